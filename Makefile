@@ -1,0 +1,62 @@
+# dusk: `make run` and `make test` are all a fresh clone needs (Python 3.11 and make).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+DAYS ?= 1
+
+export DBT_PROFILES_DIR := $(CURDIR)/profiles
+export RUNTIME__DLTHUB_TELEMETRY := false
+export DO_NOT_TRACK := 1
+
+.PHONY: help setup setup-dev run simulate test lint format docs clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed ## Create .venv from the pinned requirements
+
+setup-dev: $(VENV)/.installed-dev ## Create .venv with the development tools too
+
+run: setup ## Run the pipeline: ingest -> dbt build -> docs -> summary (creates the demo shop on first use)
+	$(BIN)/python -m dusk run
+
+simulate: setup ## Advance the demo shop by DAYS days of activity (make simulate DAYS=3)
+	$(BIN)/python -m dusk simulate --days $(DAYS)
+
+test: setup-dev ## Run the test suite (pytest)
+	$(BIN)/python -m pytest
+
+lint: setup-dev ## ruff (lint + format check), mypy, sqlfluff on the dbt models
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	DUSK_WAREHOUSE=:memory: $(BIN)/sqlfluff lint models data-tests
+
+format: setup-dev ## Apply ruff's and sqlfluff's fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	DUSK_WAREHOUSE=:memory: $(BIN)/sqlfluff fix models data-tests
+
+docs: setup ## Serve the dbt docs of the last run on http://127.0.0.1:8080
+	$(BIN)/dbt docs serve --port 8080 --host 127.0.0.1 --no-browser
+
+clean: ## Remove the warehouse, demo data, dbt target and logs (keeps .venv)
+	rm -rf data target logs

@@ -1,0 +1,76 @@
+"""The command line: ``python -m dusk <command>`` (also installed as ``dusk``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from dusk.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly ELT: dlt sources -> dbt -> docs.")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def run(
+    select: Annotated[
+        list[str] | None,
+        typer.Option("--select", "-s", help="dbt selection to build (default: everything).", envvar="DUSK_SELECT"),
+    ] = None,
+    full_refresh: Annotated[bool, typer.Option(help="Rebuild incremental models and seeds from scratch.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.", envvar="DUSK_VERBOSE")] = False,
+) -> None:
+    """Ingest every source, build and test the warehouse, generate the docs, print a summary.
+
+    Exit code 0 when everything passed, 1 when any source, model or test failed.
+    """
+    _logging(verbose)
+    from dusk.pipeline import run as run_pipeline
+    from dusk.summary import print_summary
+
+    result = run_pipeline(Settings.from_env(), select_models=select, full_refresh=full_refresh)
+    print_summary(result)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+@app.command()
+def simulate(
+    days: Annotated[int, typer.Option(min=1, help="Days of shop activity to simulate.", envvar="DAYS")] = 1,
+) -> None:
+    """Advance the demo shop by DAYS days (creating it first if needed)."""
+    _logging(False)
+    from dusk.demo import demo_shop, ensure_demo
+    from ingestion.config import load_sources
+
+    settings = Settings.from_env()
+    specs = load_sources()
+    if ensure_demo(settings, specs):
+        typer.echo(f"Created the demo shop in {settings.demo_dir}")
+    shop = demo_shop(settings, specs)
+    try:
+        for day in shop.simulate(days):
+            parts = [
+                f"{t}: +{day.count(t, 'insert')} ~{day.count(t, 'update')} -{day.count(t, 'delete')}"
+                for t in ("customers", "products", "orders", "order_items")
+            ]
+            typer.echo(f"day {day.day}: " + ", ".join(parts) + f"; {len(day.invalid)} invalid rows")
+    finally:
+        shop.dispose()
+
+
+def main() -> None:
+    """Run the CLI."""
+    app()

@@ -1,0 +1,477 @@
+"""The demo shop: a seeded, deterministic OLTP database and a simulator that advances it by days.
+
+The shop has customers, products, orders and order items, each with ``updated_at``. Every simulated
+day applies inserts, updates (customer tier/address/e-mail, product prices, order statuses), hard
+deletes, rows sharing one timestamp (ties at the watermark) and a few invalid rows. The same seed
+always gives the same shop.
+
+Ground truth for the tests is written to a separate SQLite file (``truth.sqlite``): every change
+per day and table, every version of every customer, and every invalid row with the rule it breaks.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+START = datetime(2026, 1, 1)
+"""Midnight of simulated day 1; the initial shop is created in the 90 days before it."""
+
+CURRENCY = "USD"
+TIERS = ("bronze", "silver", "gold", "platinum")
+COUNTRIES = {
+    "US": ("New York", "Austin", "Seattle", "Denver"),
+    "DE": ("Berlin", "Hamburg", "Munich"),
+    "FR": ("Paris", "Lyon"),
+    "GB": ("London", "Leeds"),
+    "NL": ("Amsterdam", "Utrecht"),
+}
+FIRST_NAMES = ("Ada", "Ben", "Chloe", "Dev", "Eva", "Finn", "Grace", "Hugo", "Iris", "Jonas", "Kai", "Lena")
+LAST_NAMES = ("Smith", "Meyer", "Dubois", "Jones", "de Vries", "Garcia", "Novak", "Rossi", "Berg", "Kim")
+CATEGORIES = ("kitchen", "garden", "books", "toys", "outdoor", "office")
+
+metadata = sa.MetaData()
+
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("customer_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("first_name", sa.String(50), nullable=False),
+    sa.Column("last_name", sa.String(50), nullable=False),
+    sa.Column("email", sa.String(120)),
+    sa.Column("country_code", sa.String(2)),
+    sa.Column("city", sa.String(60)),
+    sa.Column("tier", sa.String(10), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
+)
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("product_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("sku", sa.String(20), nullable=False),
+    sa.Column("product_name", sa.String(100), nullable=False),
+    sa.Column("category", sa.String(40), nullable=False),
+    sa.Column("unit_price", sa.Numeric(10, 2), nullable=False),
+    sa.Column("currency_code", sa.String(3), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
+)
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("order_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("customer_id", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("currency_code", sa.String(3), nullable=False),
+    sa.Column("ordered_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
+)
+order_items = sa.Table(
+    "order_items",
+    metadata,
+    sa.Column("order_item_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("order_id", sa.Integer, nullable=False),
+    sa.Column("product_id", sa.Integer, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", sa.Numeric(10, 2), nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
+)
+TABLES = {t.name: t for t in (customers, products, orders, order_items)}
+PRIMARY_KEYS = {name: next(iter(t.primary_key.columns)).name for name, t in TABLES.items()}
+
+TRUTH_SCHEMA = """
+create table if not exists sim_days (day integer primary key, sim_date text not null, seed integer not null);
+create table if not exists changes (
+    day integer not null, table_name text not null, pk integer not null, op text not null,
+    primary key (day, table_name, pk, op)
+);
+create table if not exists customer_versions (
+    customer_id integer not null, day integer not null, updated_at text not null,
+    first_name text, last_name text, email text, country_code text, city text, tier text,
+    is_deleted integer not null
+);
+create table if not exists invalid_rows (
+    day integer not null, table_name text not null, pk integer not null, rule text not null
+);
+"""
+
+
+@dataclass
+class DayLog:
+    """What one simulated day did, for the truth file and the command's output."""
+
+    day: int
+    changes: list[tuple[str, int, str]] = field(default_factory=list)
+    customer_versions: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def count(self, table: str, op: str) -> int:
+        """How many rows of ``table`` this day changed with ``op`` (insert, update, delete)."""
+        return len({pk for t, pk, o in self.changes if t == table and o == op})
+
+
+class Shop:
+    """The demo shop's source database (any SQLAlchemy URL) and its ground-truth file."""
+
+    def __init__(self, url: str, truth_path: Path, seed: int = 42) -> None:
+        self.url = url
+        self.engine = sa.create_engine(url)
+        self.truth_path = truth_path
+        self.seed = seed
+
+    # ----------------------------------------------------------------- state
+    def exists(self) -> bool:
+        """True when the shop's tables exist and the truth file records day 0."""
+        if not self.truth_path.exists():
+            return False
+        if not sa.inspect(self.engine).has_table("customers"):
+            return False
+        return self.last_day() is not None
+
+    def last_day(self) -> int | None:
+        """The last simulated day (0 after creation), from the truth file."""
+        with sqlite3.connect(self.truth_path) as con:
+            con.executescript(TRUTH_SCHEMA)
+            (day,) = con.execute("select max(day) from sim_days").fetchone()
+        return None if day is None else int(day)
+
+    def dispose(self) -> None:
+        """Close the connection pool."""
+        self.engine.dispose()
+
+    # ----------------------------------------------------------------- create
+    def create(self, customers_n: int = 1000, products_n: int = 200, orders_n: int = 3000) -> DayLog:
+        """Create the tables and fill them with day 0 (drops any earlier shop first)."""
+        rng = random.Random(f"{self.seed}:0")
+        metadata.drop_all(self.engine)
+        metadata.create_all(self.engine)
+        self.truth_path.parent.mkdir(parents=True, exist_ok=True)
+        self.truth_path.unlink(missing_ok=True)
+        log = DayLog(day=0)
+        begin = START - timedelta(days=90)
+        with self.engine.begin() as con:
+            cust_rows = [
+                _new_customer(rng, cid, begin + timedelta(seconds=rng.randrange(88 * 86400)))
+                for cid in range(1, customers_n + 1)
+            ]
+            prod_rows = [
+                _new_product(rng, pid, begin + timedelta(seconds=rng.randrange(10 * 86400)))
+                for pid in range(1, products_n + 1)
+            ]
+            order_rows: list[dict[str, Any]] = []
+            item_rows: list[dict[str, Any]] = []
+            buyers = [c for c in cust_rows if c["customer_id"] % 5 != 0]  # every 5th only browses
+            for oid in range(1, orders_n + 1):
+                cust = rng.choice(buyers)
+                at = cust["created_at"] + timedelta(seconds=rng.randrange(86400, 30 * 86400))
+                at = min(at, START - timedelta(seconds=rng.randrange(1, 86400)))
+                status = "delivered" if at < START - timedelta(days=4) else rng.choice(("placed", "shipped"))
+                order = _new_order(oid, cust["customer_id"], at)
+                order["status"] = status
+                order_rows.append(order)
+                item_rows.extend(_new_items(rng, len(item_rows) + 1, order, prod_rows))
+            for table, rows in (
+                (customers, cust_rows),
+                (products, prod_rows),
+                (orders, order_rows),
+                (order_items, item_rows),
+            ):
+                con.execute(table.insert(), rows)
+                pk = PRIMARY_KEYS[table.name]
+                log.changes.extend((table.name, r[pk], "insert") for r in rows)
+            log.customer_versions.extend(_version(c, deleted=False) for c in cust_rows)
+        self._write_truth(log, START - timedelta(days=1))
+        return log
+
+    # ----------------------------------------------------------------- simulate
+    def simulate(self, days: int = 1) -> list[DayLog]:
+        """Advance the shop by ``days`` simulated days; each day is one source transaction."""
+        last = self.last_day()
+        if last is None:
+            raise RuntimeError(f"the demo shop at {self.url} has not been created yet")
+        logs = []
+        for day in range(last + 1, last + days + 1):
+            day_start = START + timedelta(days=day - 1)
+            log = DayLog(day=day)
+            with self.engine.begin() as con:
+                _Day(con, random.Random(f"{self.seed}:{day}"), day_start, log).play()
+            self._write_truth(log, day_start)
+            logs.append(log)
+        return logs
+
+    def _write_truth(self, log: DayLog, sim_date: datetime) -> None:
+        with sqlite3.connect(self.truth_path) as con:
+            con.executescript(TRUTH_SCHEMA)
+            con.executemany(
+                "insert or ignore into changes values (?, ?, ?, ?)",
+                [(log.day, t, pk, op) for t, pk, op in log.changes],
+            )
+            con.executemany(
+                "insert into customer_versions values (:customer_id, :day, :updated_at, :first_name, "
+                ":last_name, :email, :country_code, :city, :tier, :is_deleted)",
+                [{**v, "day": log.day} for v in log.customer_versions],
+            )
+            con.executemany("insert into invalid_rows values (?, ?, ?, ?)", [(log.day, *i) for i in log.invalid])
+            con.execute("insert into sim_days values (?, ?, ?)", (log.day, sim_date.date().isoformat(), self.seed))
+
+    # ----------------------------------------------------------------- reading
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table in the source now."""
+        with self.engine.connect() as con:
+            return {
+                name: int(con.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                for name, t in TABLES.items()
+            }
+
+
+class _Day:
+    """One simulated day of shop activity inside one source transaction."""
+
+    def __init__(self, con: sa.Connection, rng: random.Random, day_start: datetime, log: DayLog) -> None:
+        self.con, self.rng, self.start, self.log = con, rng, day_start, log
+
+    def at(self) -> datetime:
+        """A random second of this day (whole seconds, so equal timestamps happen)."""
+        return self.start + timedelta(seconds=self.rng.randrange(86400))
+
+    def ids(self, query: sa.Select[Any]) -> list[int]:
+        return [int(r[0]) for r in self.con.execute(query)]
+
+    def next_id(self, table: sa.Table) -> int:
+        pk = table.c[PRIMARY_KEYS[table.name]]
+        return int(self.con.execute(sa.select(sa.func.coalesce(sa.func.max(pk), 0))).scalar_one()) + 1
+
+    def record(self, table: str, pks: Iterable[int], op: str) -> None:
+        self.log.changes.extend((table, pk, op) for pk in pks)
+
+    def record_customers(self, ids: Iterable[int], deleted: bool = False) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        rows = self.con.execute(sa.select(customers).where(customers.c.customer_id.in_(ids))).mappings()
+        by_id = {r["customer_id"]: dict(r) for r in rows}
+        for cid in ids:
+            self.log.customer_versions.append(_version(self.deleted_rows[cid] if deleted else by_id[cid], deleted))
+
+    def play(self) -> None:
+        self.deleted_rows: dict[int, dict[str, Any]] = {}
+        self.new_customers()
+        self.update_customers()
+        self.delete_customers()
+        self.change_prices()
+        self.new_orders()
+        self.advance_orders()
+        self.delete_orders()
+        self.remove_items()
+
+    def new_customers(self) -> None:
+        first = self.next_id(customers)
+        rows = [_new_customer(self.rng, first + i, self.at()) for i in range(15)]
+        if self.rng.random() < 0.6:  # a bad sign-up: no usable e-mail address
+            rows[-1]["email"] = self.rng.choice(("unknown", "n/a", " "))
+            self.log.invalid.append(("customers", rows[-1]["customer_id"], "invalid_email"))
+        self.con.execute(customers.insert(), rows)
+        self.record("customers", (r["customer_id"] for r in rows), "insert")
+        self.record_customers(r["customer_id"] for r in rows)
+
+    def valid_customer_ids(self) -> list[int]:
+        """Customers with a usable e-mail address: only they are updated and place orders."""
+        return self.ids(sa.select(customers.c.customer_id).where(customers.c.email.like("%@%")).order_by("customer_id"))
+
+    def update_customers(self) -> None:
+        pool = self.valid_customer_ids()
+        changed: dict[int, dict[str, Any]] = {}
+        for cid in self.rng.sample(pool, 8):
+            changed.setdefault(cid, {})["tier"] = self.rng.choice(TIERS)
+        for cid in self.rng.sample(pool, 4):
+            country = self.rng.choice(sorted(COUNTRIES))
+            changed.setdefault(cid, {}).update(country_code=country, city=self.rng.choice(COUNTRIES[country]))
+        for cid in self.rng.sample(pool, 3):
+            changed.setdefault(cid, {})["email"] = f"  Customer.{cid}.{self.start:%m%d}@Example.COM "
+        for cid, values in sorted(changed.items()):
+            self.con.execute(
+                customers.update().where(customers.c.customer_id == cid).values(**values, updated_at=self.at())
+            )
+        self.record("customers", changed, "update")
+        self.record_customers(sorted(changed))
+
+    def delete_customers(self) -> None:
+        never_ordered = self.ids(
+            sa.select(customers.c.customer_id)
+            .where(~customers.c.customer_id.in_(sa.select(orders.c.customer_id)))
+            .where(customers.c.email.like("%@%"))
+            .order_by("customer_id")
+        )
+        gone = self.rng.sample(never_ordered, min(len(never_ordered), self.rng.randint(1, 2)))
+        rows = self.con.execute(sa.select(customers).where(customers.c.customer_id.in_(gone))).mappings()
+        self.deleted_rows = {r["customer_id"]: dict(r) for r in rows}
+        self.con.execute(customers.delete().where(customers.c.customer_id.in_(gone)))
+        self.record("customers", gone, "delete")
+        self.record_customers(gone, deleted=True)
+
+    def change_prices(self) -> None:
+        # One price batch a day: all its rows share one updated_at, a tie at the watermark.
+        batch_at = self.start + timedelta(hours=6)
+        ids = self.rng.sample(self.ids(sa.select(products.c.product_id).order_by("product_id")), 5)
+        for pid in ids:
+            factor = Decimal(self.rng.choice(("0.90", "0.95", "1.05", "1.10")))
+            self.con.execute(
+                products.update()
+                .where(products.c.product_id == pid)
+                .values(unit_price=sa.func.round(products.c.unit_price * factor, 2), updated_at=batch_at)
+            )
+        self.record("products", ids, "update")
+        if self.rng.random() < 0.34:
+            row = _new_product(self.rng, self.next_id(products), batch_at)
+            self.con.execute(products.insert(), [row])
+            self.record("products", [row["product_id"]], "insert")
+
+    def new_orders(self) -> None:
+        buyers = [c for c in self.valid_customer_ids() if c % 5 != 0]
+        catalog = [dict(r) for r in self.con.execute(sa.select(products).order_by("product_id")).mappings()]
+        first_order, first_item = self.next_id(orders), self.next_id(order_items)
+        order_rows: list[dict[str, Any]] = []
+        item_rows: list[dict[str, Any]] = []
+        for i in range(60):
+            order = _new_order(first_order + i, self.rng.choice(buyers), self.at())
+            order_rows.append(order)
+            item_rows.extend(_new_items(self.rng, first_item + len(item_rows), order, catalog))
+        for item in self.rng.sample(item_rows, self.rng.randint(1, 2)):  # bad rows from a buggy client
+            item["quantity"] = self.rng.choice((0, -1))
+            self.log.invalid.append(("order_items", item["order_item_id"], "non_positive_quantity"))
+        self.con.execute(orders.insert(), order_rows)
+        self.con.execute(order_items.insert(), item_rows)
+        self.record("orders", (o["order_id"] for o in order_rows), "insert")
+        self.record("order_items", (i["order_item_id"] for i in item_rows), "insert")
+
+    def advance_orders(self) -> None:
+        moves = (
+            ("placed", "shipped", timedelta(days=1), 1.0),
+            ("shipped", "delivered", timedelta(days=3), 1.0),
+            ("placed", "cancelled", timedelta(0), 0.03),
+        )
+        changed: list[int] = []
+        for old, new, age, share in moves:
+            ids = self.ids(
+                sa.select(orders.c.order_id)
+                .where(orders.c.status == old, orders.c.ordered_at < self.start - age)
+                .order_by("order_id")
+            )
+            ids = [i for i in ids if i not in changed]
+            picked = ids if share >= 1 else [i for i in ids if self.rng.random() < share]
+            if picked:
+                self.con.execute(
+                    orders.update().where(orders.c.order_id.in_(picked)).values(status=new, updated_at=self.at())
+                )
+            changed.extend(picked)
+        self.record("orders", changed, "update")
+
+    def delete_orders(self) -> None:
+        cancelled = self.ids(sa.select(orders.c.order_id).where(orders.c.status == "cancelled").order_by("order_id"))
+        gone = self.rng.sample(cancelled, min(len(cancelled), self.rng.randint(1, 2)))
+        items = self.ids(sa.select(order_items.c.order_item_id).where(order_items.c.order_id.in_(gone)))
+        self.con.execute(order_items.delete().where(order_items.c.order_id.in_(gone)))
+        self.con.execute(orders.delete().where(orders.c.order_id.in_(gone)))
+        self.record("orders", gone, "delete")
+        self.record("order_items", items, "delete")
+
+    def remove_items(self) -> None:
+        # A customer drops one line from an open order: the item is deleted, the order is touched.
+        candidates = self.ids(
+            sa.select(order_items.c.order_id)
+            .join(orders, orders.c.order_id == order_items.c.order_id)
+            .where(orders.c.status == "placed", order_items.c.quantity > 0)
+            .group_by(order_items.c.order_id)
+            .having(sa.func.count() > 1)
+            .order_by(order_items.c.order_id)
+        )
+        if not candidates:
+            return
+        oid = self.rng.choice(candidates)
+        item = self.ids(
+            sa.select(order_items.c.order_item_id)
+            .where(order_items.c.order_id == oid)
+            .order_by(order_items.c.order_item_id.desc())
+        )[0]
+        self.con.execute(order_items.delete().where(order_items.c.order_item_id == item))
+        self.con.execute(orders.update().where(orders.c.order_id == oid).values(updated_at=self.at()))
+        self.record("order_items", [item], "delete")
+        self.record("orders", [oid], "update")
+
+
+def _new_customer(rng: random.Random, cid: int, at: datetime) -> dict[str, Any]:
+    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    country = rng.choice(sorted(COUNTRIES))
+    email = f"{first}.{last.replace(' ', '')}{cid}@example.com"
+    return {
+        "customer_id": cid,
+        # Messy on purpose, as real sign-up forms deliver it: staging trims and normalises.
+        "first_name": f" {first}" if cid % 7 == 0 else first,
+        "last_name": last,
+        "email": email.upper() if cid % 3 == 0 else email,
+        "country_code": country.lower() if cid % 4 == 0 else country,
+        "city": rng.choice(COUNTRIES[country]),
+        "tier": "bronze",
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
+def _new_product(rng: random.Random, pid: int, at: datetime) -> dict[str, Any]:
+    category = rng.choice(CATEGORIES)
+    return {
+        "product_id": pid,
+        "sku": f"SKU-{pid:05d}",
+        "product_name": f"{category.title()} item {pid}",
+        "category": category,
+        "unit_price": Decimal(rng.randrange(299, 19999)) / 100,
+        "currency_code": CURRENCY,
+        "created_at": at,
+        "updated_at": at,
+    }
+
+
+def _new_order(oid: int, customer_id: int, at: datetime) -> dict[str, Any]:
+    return {
+        "order_id": oid,
+        "customer_id": customer_id,
+        "status": "placed",
+        "currency_code": CURRENCY,
+        "ordered_at": at,
+        "updated_at": at,
+    }
+
+
+def _new_items(
+    rng: random.Random, first_id: int, order: dict[str, Any], catalog: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    picked = rng.sample(catalog, rng.randint(1, 4))
+    return [
+        {
+            "order_item_id": first_id + i,
+            "order_id": order["order_id"],
+            "product_id": p["product_id"],
+            "quantity": rng.randint(1, 3),
+            "unit_price": p["unit_price"],
+            "updated_at": order["ordered_at"],
+        }
+        for i, p in enumerate(picked)
+    ]
+
+
+def _version(row: dict[str, Any], deleted: bool) -> dict[str, Any]:
+    keys = ("customer_id", "first_name", "last_name", "email", "country_code", "city", "tier")
+    return {
+        **{k: row[k] for k in keys},
+        "updated_at": row["updated_at"].isoformat(sep=" "),
+        "is_deleted": int(deleted),
+    }

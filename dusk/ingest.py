@@ -1,0 +1,150 @@
+"""The ingest step: every declared source into its ``raw_<source>`` dataset with dlt."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import dlt
+import sqlalchemy as sa
+
+from dusk.settings import Settings
+from ingestion.config import SourceSpec
+from ingestion.database import database_source, find_deleted_rows
+
+log = logging.getLogger(__name__)
+
+
+def configure_dlt() -> None:
+    """dlt settings the pipeline relies on, whatever the working directory's .dlt folder says."""
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    # Arrow tables get a _dlt_load_id column: dbt's freshness and lineage read it.
+    os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+
+
+@dataclass
+class TableStats:
+    """Rows of one source table in one run."""
+
+    table: str
+    extracted: int = 0
+    deleted: int = 0
+    loaded: int = 0
+
+
+@dataclass
+class SourceResult:
+    """What ingesting one source did."""
+
+    source: str
+    ok: bool
+    seconds: float
+    tables: list[TableStats] = field(default_factory=list)
+    error: str | None = None
+    finished_pending: bool = False
+    load_ids: list[str] = field(default_factory=list)
+
+
+def credentials_for(spec: SourceSpec, settings: Settings) -> str:
+    """The source's connection string: dlt secrets/env first, the demo file for a demo source."""
+    configured: Any = dlt.secrets.get(f"sources.{spec.name}.credentials")
+    if configured:
+        return str(configured)
+    if spec.demo:
+        return demo_shop_url(settings)
+    raise RuntimeError(
+        f"source {spec.name!r}: no connection configured; set SOURCES__{spec.name.upper()}__CREDENTIALS "
+        f"or [sources.{spec.name}] credentials in .dlt/secrets.toml"
+    )
+
+
+def demo_shop_url(settings: Settings) -> str:
+    """The demo shop's SQLite database."""
+    return f"sqlite:///{settings.demo_dir / 'shop.sqlite'}"
+
+
+def make_pipeline(spec: SourceSpec, settings: Settings) -> dlt.Pipeline:
+    """The dlt pipeline of one source; its state lives in the warehouse beside the data."""
+    return dlt.pipeline(
+        pipeline_name=spec.name,
+        destination=dlt.destinations.duckdb(str(settings.warehouse)),
+        dataset_name=spec.dataset,
+        pipelines_dir=str(settings.pipelines_dir),
+    )
+
+
+def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = None) -> SourceResult:
+    """Extract, normalise and load one source; never raises, the result says what went wrong."""
+    started = time.monotonic()
+    result = SourceResult(source=spec.name, ok=False, seconds=0.0)
+    try:
+        pipeline = make_pipeline(spec, settings)
+        if pipeline.has_pending_data:
+            # A killed run left packages behind: finish them first. dlt's run() would load them and
+            # return without extracting, so fresh data is extracted below, in the same night.
+            log.warning("source=%s finishing load packages left by an interrupted run", spec.name)
+            pipeline.normalize()
+            info = pipeline.load()
+            result.finished_pending = True
+            result.load_ids.extend(info.loads_ids)
+        engine = sa.create_engine(credentials_for(spec, settings))
+        try:
+            deleted = [
+                find_deleted_rows(pipeline, engine, spec, table)
+                for table in spec.tables
+                if table.deletes == "key_diff" and (only is None or table.name in only)
+            ]
+        finally:
+            engine.dispose()
+        info = pipeline.run(database_source(spec, credentials_for(spec, settings), deleted, only))
+        result.load_ids.extend(info.loads_ids)
+        result.tables = _table_stats(pipeline, spec, {d.table: d.rows.num_rows for d in deleted}, only)
+        result.ok = True
+    except Exception as exc:  # one source's failure is reported, not raised
+        log.exception("source=%s ingest failed", spec.name)
+        result.error = _describe(spec, exc)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _table_stats(
+    pipeline: dlt.Pipeline, spec: SourceSpec, deleted: dict[str, int], only: set[str] | None
+) -> list[TableStats]:
+    """Rows per table from dlt's trace: items extracted into the package (changed rows after the
+    incremental filter, plus the deletes we emitted) and rows normalised for loading."""
+    trace = pipeline.last_trace
+    extracted: Counter[str] = Counter()
+    if trace and trace.last_extract_info:
+        for steps in trace.last_extract_info.metrics.values():
+            for step in steps:
+                for table, m in step["table_metrics"].items():
+                    extracted[table] += m.items_count
+    loaded = trace.last_normalize_info.row_counts if trace and trace.last_normalize_info else {}
+    return [
+        TableStats(
+            t.name,
+            extracted=extracted[t.name] - deleted.get(t.name, 0),
+            deleted=deleted.get(t.name, 0),
+            loaded=loaded.get(t.name, 0),
+        )
+        for t in spec.tables
+        if only is None or t.name in only
+    ]
+
+
+def _describe(spec: SourceSpec, exc: BaseException) -> str:
+    """One line naming the source and the innermost cause (dlt wraps errors in step exceptions)."""
+    inner: BaseException = exc
+    while inner.__cause__ is not None or getattr(inner, "exception", None) is not None:
+        nxt = inner.__cause__ or getattr(inner, "exception", None)
+        if not isinstance(nxt, BaseException) or nxt is inner:
+            break
+        inner = nxt
+    text = " ".join(str(inner).split()) or type(inner).__name__
+    if len(text) > 600:
+        text = text[:600] + " ..."
+    return f"source {spec.name!r}: {type(inner).__name__}: {text}"

@@ -1,0 +1,82 @@
+"""One night: ingest every source, build and test with dbt, generate the docs.
+
+This is the one place that decides whether a run succeeded; the CLI turns the outcome into an
+exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dusk.dbt_sources import check_dbt_sources
+from dusk.demo import ensure_demo
+from dusk.ingest import SourceResult, configure_dlt, ingest_source
+from dusk.settings import Settings, quiet_telemetry
+from dusk.transform import DbtResult, run_dbt
+from ingestion.config import load_sources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """Everything the summary shows about one run."""
+
+    started_at: datetime
+    settings: Settings
+    sources: list[SourceResult] = field(default_factory=list)
+    dbt: DbtResult | None = None
+    demo_created: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True only when every source loaded and every dbt node and test passed."""
+        return self.error is None and all(s.ok for s in self.sources) and self.dbt is not None and self.dbt.ok
+
+
+def run(settings: Settings, select_models: list[str] | None = None, full_refresh: bool = False) -> RunResult:
+    """Run the whole night and return what happened; raises nothing for data or tool failures."""
+    quiet_telemetry()
+    configure_dlt()
+    # dbt's profile reads the warehouse path from here, so dlt and dbt write to the same file.
+    os.environ["DUSK_WAREHOUSE"] = str(settings.warehouse)
+    started = time.monotonic()
+    result = RunResult(started_at=datetime.now(UTC), settings=settings)
+    settings.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        specs = load_sources()
+        check_dbt_sources(specs)
+        if settings.demo:
+            result.demo_created = ensure_demo(settings, specs)
+    except Exception as exc:
+        result.error = str(exc)
+        result.seconds = time.monotonic() - started
+        return result
+    for spec in specs.values():
+        result.sources.append(ingest_source(spec, settings))
+    result.dbt = run_dbt(settings, select=select_models, full_refresh=full_refresh)
+    result.seconds = time.monotonic() - started
+    write_run_record(result)
+    return result
+
+
+def write_run_record(result: RunResult) -> Path:
+    """Write the run as JSON to <data dir>/runs/<start time>.json and last_run.json (atomically)."""
+    runs = result.settings.data_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    record = {"ok": result.ok, **asdict(result)}
+    text = json.dumps(record, indent=2, default=str)
+    path = runs / f"{result.started_at:%Y%m%dT%H%M%S%fZ}.json"
+    path.write_text(text)
+    tmp = runs / "last_run.json.tmp"
+    tmp.write_text(text)
+    tmp.replace(runs / "last_run.json")
+    return path

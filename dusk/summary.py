@@ -1,0 +1,73 @@
+"""The end-of-run summary: what was loaded, built and tested, and where to look."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from dusk.pipeline import RunResult
+
+LAYER_ORDER = ("seed", "staging", "snapshot", "intermediate", "marts")
+
+
+def print_summary(result: RunResult, console: Console | None = None) -> None:
+    """Print the run's summary tables and verdict."""
+    console = console or Console()
+    if result.demo_created:
+        console.print(f"Created the demo shop in {result.settings.demo_dir}")
+    if result.sources:
+        table = Table(title="Sources", title_justify="left")
+        for col in ("source", "table", "extracted", "deleted", "loaded", "status"):
+            table.add_column(col, justify="right" if col in ("extracted", "deleted", "loaded") else "left")
+        for src in result.sources:
+            status = "ok" if src.ok else "FAILED"
+            if src.finished_pending:
+                status += " (finished an interrupted load)"
+            if not src.tables:
+                table.add_row(src.source, "-", "-", "-", "-", status)
+            for t in src.tables:
+                table.add_row(src.source, t.table, f"{t.extracted:,}", f"{t.deleted:,}", f"{t.loaded:,}", status)
+        console.print(table)
+        for src in result.sources:
+            if src.error:
+                console.print(f"[red]{src.error}[/red]")
+    dbt = result.dbt
+    if dbt is not None:
+        models = Table(title="dbt", title_justify="left")
+        for col in ("layer", "built", "errors", "skipped"):
+            models.add_column(col, justify="left" if col == "layer" else "right")
+        layers: dict[str, Counter[str]] = {}
+        for node in dbt.nodes:
+            if node.resource_type in ("test", "unit_test"):
+                continue
+            layers.setdefault(node.layer, Counter())[node.status] += 1
+        for layer in sorted(layers, key=lambda x: (LAYER_ORDER.index(x) if x in LAYER_ORDER else 99, x)):
+            c = layers[layer]
+            models.add_row(layer, str(c["success"]), str(c["error"]), str(c["skipped"]))
+        console.print(models)
+        tests = dbt.tests()
+        console.print(
+            f"Tests: {tests['pass']} passed, {tests['warn']} warned, "
+            f"{tests['fail'] + tests['error']} failed, {tests['skipped']} skipped"
+        )
+        for node in dbt.failing_tests():
+            rows = f" ({node.failures} failing rows)" if node.failures else ""
+            console.print(f"[red]  FAILED test {node.name}{rows}[/red]")
+        for node in dbt.failing_nodes():
+            console.print(f"[red]  ERROR in {node.resource_type} {node.name}: {node.message}[/red]")
+        stale = [f for f in dbt.freshness if f.status not in ("pass", "success")]
+        fresh = len(dbt.freshness) - len(stale)
+        console.print(f"Freshness: {fresh} of {len(dbt.freshness)} source tables fresh")
+        for f in stale:
+            console.print(f"[yellow]  {f.status}: source {f.name}[/yellow]")
+        if dbt.error:
+            console.print(f"[red]{dbt.error}[/red]")
+    if result.error:
+        console.print(f"[red]{result.error}[/red]")
+    console.print(f"Warehouse: {result.settings.warehouse}")
+    if dbt is not None and dbt.docs_path:
+        console.print(f"Docs: {dbt.docs_path}")
+    verdict = "[green]SUCCESS[/green]" if result.ok else "[red]FAILED[/red]"
+    console.print(f"Run {verdict} in {result.seconds:.1f}s")

@@ -1,0 +1,136 @@
+"""The dbt step: build (models, snapshots, seeds, tests), source freshness and docs, in-process.
+
+dbt is parsed once and the manifest is handed to the following invocations, so a night pays dbt's
+start-up cost once. Results are read from dbt's result objects, never from its text output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dbt.cli.main import dbtRunner
+from dbt.contracts.graph.manifest import Manifest
+
+from dusk.settings import PROJECT_DIR, Settings
+
+PROFILES_DIR = PROJECT_DIR / "profiles"
+
+
+@dataclass
+class NodeResult:
+    """One dbt node's outcome in this run."""
+
+    unique_id: str
+    name: str
+    resource_type: str
+    layer: str
+    status: str
+    seconds: float
+    failures: int | None = None
+    message: str | None = None
+
+
+@dataclass
+class DbtResult:
+    """What the dbt step did."""
+
+    ok: bool
+    seconds: float
+    nodes: list[NodeResult] = field(default_factory=list)
+    freshness: list[NodeResult] = field(default_factory=list)
+    docs_path: Path | None = None
+    error: str | None = None
+
+    def tests(self) -> Counter[str]:
+        """Test outcomes (data and unit tests) by status."""
+        return Counter(n.status for n in self.nodes if n.resource_type in ("test", "unit_test"))
+
+    def failing_tests(self) -> list[NodeResult]:
+        """Tests that failed or errored."""
+        return [n for n in self.nodes if n.resource_type in ("test", "unit_test") and n.status in ("fail", "error")]
+
+    def failing_nodes(self) -> list[NodeResult]:
+        """Models, snapshots and seeds that errored."""
+        return [n for n in self.nodes if n.resource_type not in ("test", "unit_test") and n.status == "error"]
+
+
+def _layer(node: Any) -> str:
+    if node.resource_type == "model" and len(node.fqn) > 2:
+        return str(node.fqn[1])
+    return str(node.resource_type)
+
+
+def _collect(results: Any) -> list[NodeResult]:
+    out = []
+    for r in getattr(results, "results", None) or []:
+        node = r.node
+        out.append(
+            NodeResult(
+                unique_id=node.unique_id,
+                name=node.name,
+                resource_type=str(node.resource_type),
+                layer=_layer(node),
+                status=str(r.status),
+                seconds=float(r.execution_time or 0.0),
+                failures=r.failures,
+                message=r.message if str(r.status) in ("fail", "error", "warn", "runtime error") else None,
+            )
+        )
+    return out
+
+
+def dbt_args(settings: Settings, *args: str) -> list[str]:
+    """Common flags: this project, its profiles, and the configured target path."""
+    return [
+        *args,
+        "--log-level",
+        "warn",  # the runner prints the summary; dbt's full log goes to logs/dbt.log
+        "--project-dir",
+        str(PROJECT_DIR),
+        "--profiles-dir",
+        str(PROFILES_DIR),
+        "--target-path",
+        str(settings.target_path),
+    ]
+
+
+def run_dbt(settings: Settings, select: list[str] | None = None, full_refresh: bool = False) -> DbtResult:
+    """Run build, source freshness and docs generate; dbt's own failures are captured, not raised."""
+    started = time.monotonic()
+    result = DbtResult(ok=False, seconds=0.0)
+    parsed = dbtRunner().invoke(dbt_args(settings, "parse"))
+    if not parsed.success:
+        result.error = f"dbt parse failed: {parsed.exception or 'see the dbt log'}"
+        result.seconds = time.monotonic() - started
+        return result
+    manifest = parsed.result if isinstance(parsed.result, Manifest) else None
+    runner = dbtRunner(manifest=manifest)
+    build_args = ["build"]
+    if select:
+        build_args += ["--select", *select]
+    if full_refresh:
+        build_args.append("--full-refresh")
+    build = runner.invoke(dbt_args(settings, *build_args))
+    result.nodes = _collect(build.result)
+    if build.exception is not None:
+        result.error = f"dbt build did not complete: {build.exception}"
+
+    freshness = runner.invoke(dbt_args(settings, "source", "freshness"))
+    result.freshness = _collect(freshness.result)
+    if freshness.exception is not None and result.error is None:
+        result.error = f"dbt source freshness did not complete: {freshness.exception}"
+
+    docs = runner.invoke(dbt_args(settings, "docs", "generate", "--static"))
+    if docs.success:
+        result.docs_path = settings.docs_path
+    elif result.error is None:
+        result.error = f"dbt docs generate failed: {docs.exception or 'see the dbt log'}"
+
+    stale = [f for f in result.freshness if f.status in ("error", "runtime error")]
+    result.ok = build.success and not stale and docs.success and result.error is None
+    result.seconds = time.monotonic() - started
+    return result

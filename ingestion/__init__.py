@@ -1,0 +1,1 @@
+"""dlt sources, one package per kind of source, driven by ``ingestion/sources.yml``."""
