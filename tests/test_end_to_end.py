@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import duckdb
@@ -82,7 +83,9 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
     assert_raw_matches_source(ws)
     stats = tables_by_name(ws.last_run())
     for table, (changed, deleted) in expected_changes(ws, 0, raw_before).items():
-        assert stats[table]["extracted"] == changed, f"{table}: extracted {stats[table]['extracted']}, changed {changed}"
+        assert stats[table]["extracted"] == changed, (
+            f"{table}: extracted {stats[table]['extracted']}, changed {changed}"
+        )
         assert stats[table]["deleted"] == deleted, table
         assert stats[table]["loaded"] == changed + deleted, table
         assert changed < len(raw_before[table]), f"{table}: the second run must not re-extract everything"
@@ -96,9 +99,7 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
 
     # A row that breaks a relationship test fails the run, and the summary names the test.
     with sqlite3.connect(ws.shop_db) as shop:
-        shop.execute(
-            "insert into order_items values (999999, 1, 424242, 1, 9.99, '2026-02-01 00:00:00.000000')"
-        )
+        shop.execute("insert into order_items values (999999, 1, 424242, 1, 9.99, '2026-02-01 00:00:00.000000')")
     failing = ws.cli("run", check=False)
     assert failing.returncode == 1, failing.stdout
     assert "FAILED test relationships_stg_shop__order_items_product_id" in failing.stdout
@@ -151,7 +152,7 @@ def assert_snapshot_matches_truth(ws: Workspace) -> None:
         got = snap.get(cid, [])
         assert [shape(v) for v in got] == expected, f"customer {cid}: {got} vs truth {expected}"
         assert got[-1][6] is None, f"customer {cid}: the last version must be current"
-        for older, newer in zip(got, got[1:], strict=False):
+        for older, newer in pairwise(got):
             assert older[6] == newer[5], f"customer {cid}: versions must not overlap or leave gaps"
         if len(got) == 2 and at_run1 is not None:
             changed += 1

@@ -1,0 +1,44 @@
+"""sources.yml: the shipped file is valid, and mistakes are reported naming the entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingestion.config import ConfigError, load_sources
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sources.yml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_sources_file_declares_the_shop() -> None:
+    shop = load_sources()["shop"]
+    assert shop.dataset == "raw_shop"
+    assert {t.name for t in shop.tables} == {"customers", "products", "orders", "order_items"}
+    assert shop.table("orders").primary_key == "order_id"
+    assert all(t.cursor == "updated_at" and t.deletes == "key_diff" for t in shop.tables)
+
+
+@pytest.mark.parametrize(
+    ("table_yaml", "message"),
+    [
+        ("customers; drop table x:\n        primary_key: id", "sources.shop.tables.customers; drop table x"),
+        ("customers:\n        cursor: updated_at", "sources.shop.tables.customers: primary_key is required"),
+        ('customers:\n        primary_key: "id) or (1=1"', "sources.shop.tables.customers.primary_key"),
+        (
+            "customers:\n        primary_key: id\n        write_disposition: append\n        deletes: key_diff",
+            "key_diff needs write_disposition: merge",
+        ),
+        ("customers:\n        primary_key: id\n        write_disposition: upsert", "write_disposition: 'upsert'"),
+        ("customers:\n        primary_key: id\n        cursro: updated_at", "unknown keys ['cursro']"),
+    ],
+)
+def test_bad_declarations_name_the_entry(tmp_path: Path, table_yaml: str, message: str) -> None:
+    path = write(tmp_path, f"sources:\n  shop:\n    kind: database\n    tables:\n      {table_yaml}\n")
+    with pytest.raises(ConfigError) as err:
+        load_sources(path)
+    assert message in str(err.value)

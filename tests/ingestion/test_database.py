@@ -1,0 +1,77 @@
+"""The database source against a real SQLite shop and a real DuckDB warehouse (dlt only, no dbt)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from dusk.demo import ensure_demo
+from dusk.ingest import configure_dlt, ingest_source, make_pipeline
+from dusk.settings import Settings
+from ingestion.config import load_sources
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    configure_dlt()
+    s = Settings(
+        data_dir=tmp_path, warehouse=tmp_path / "wh.duckdb", target_path=tmp_path / "t", demo=True, demo_seed=5
+    )
+    ensure_demo(s, load_sources())
+    return s
+
+
+def raw(settings: Settings, sql: str) -> list[tuple]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        return con.sql(sql).fetchall()
+
+
+def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:
+    spec = load_sources()["shop"]
+    assert ingest_source(spec, settings).ok
+    shop = settings.demo_dir / "shop.sqlite"
+    with sqlite3.connect(shop) as con:
+        con.execute("delete from products where product_id in (3, 4)")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    products = {t.table: t for t in result.tables}["products"]
+    assert (products.extracted, products.deleted, products.loaded) == (0, 2, 2)
+    rows = raw(
+        settings,
+        "select product_id, sku, _is_deleted, _deleted_at is not null from raw_shop.products "
+        "where product_id in (3, 4, 5) order by 1",
+    )
+    assert rows == [(3, "SKU-00003", True, True), (4, "SKU-00004", True, True), (5, "SKU-00005", False, False)]
+    # Nothing changed since: the next run marks nothing again.
+    again = {t.table: t for t in ingest_source(spec, settings).tables}["products"]
+    assert (again.extracted, again.deleted) == (0, 0)
+
+
+def test_an_emptied_source_table_is_refused_and_state_does_not_move(settings: Settings) -> None:
+    spec = load_sources()["shop"]
+    assert ingest_source(spec, settings).ok
+    state_before = make_pipeline(spec, settings).state["sources"]
+    with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
+        con.execute("delete from customers")
+        con.execute("update orders set status = 'shipped', updated_at = '2026-03-01 00:00:00.000000'")
+    result = ingest_source(spec, settings)
+    assert not result.ok
+    assert result.error is not None
+    assert "source 'shop', table 'customers'" in result.error
+    assert "max_delete_share" in result.error
+    assert raw(settings, "select count(*) from raw_shop.customers where _is_deleted") == [(0,)]
+    assert raw(
+        settings, "select count(*) from raw_shop.orders where status = 'shipped' and updated_at >= '2026-03-01'"
+    ) == [(0,)]
+    assert make_pipeline(spec, settings).state["sources"] == state_before
+
+
+def test_unreachable_source_is_a_clear_failure(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCES__SHOP__CREDENTIALS", f"sqlite:///{settings.data_dir / 'missing' / 'nowhere.db'}")
+    result = ingest_source(load_sources()["shop"], settings)
+    assert not result.ok
+    assert result.error is not None and result.error.startswith("source 'shop':")
+    assert "unable to open database file" in result.error
