@@ -149,8 +149,23 @@ class Shop:
         self.engine.dispose()
 
     # ----------------------------------------------------------------- create
+    @property
+    def safe_url(self) -> str:
+        """The connection URL with any password masked, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
     def create(self, customers_n: int = 1000, products_n: int = 200, orders_n: int = 3000) -> DayLog:
-        """Create the tables and fill them with day 0 (drops any earlier shop first)."""
+        """Create the tables and fill them with day 0.
+
+        Refuses to touch a database that already has shop tables but no demo truth file: that is
+        somebody's real database (or a demo whose truth was lost), never ours to drop."""
+        existing = sorted(set(TABLES) & set(sa.inspect(self.engine).get_table_names()))
+        if existing and not self.truth_path.exists():
+            raise RuntimeError(
+                f"refusing to create the demo shop in {self.safe_url}: it already has tables {existing} "
+                f"and there is no demo truth file at {self.truth_path}. If this is a real database, set "
+                "DUSK_DEMO=0; if it is an old demo, delete it (make clean) and run again."
+            )
         rng = random.Random(f"{self.seed}:0")
         metadata.drop_all(self.engine)
         metadata.create_all(self.engine)
@@ -197,7 +212,7 @@ class Shop:
         """Advance the shop by ``days`` simulated days; each day is one source transaction."""
         last = self.last_day()
         if last is None:
-            raise RuntimeError(f"the demo shop at {self.url} has not been created yet")
+            raise RuntimeError(f"the demo shop at {self.safe_url} has not been created yet")
         logs = []
         for day in range(last + 1, last + days + 1):
             day_start = START + timedelta(days=day - 1)

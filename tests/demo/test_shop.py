@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from dusk.demo.shop import TABLES, Shop
@@ -58,3 +59,17 @@ def test_simulated_days_change_delete_and_record_truth(tmp_path: Path) -> None:
         for (cid,) in deleted:
             assert con.execute(sa.text(f"select count(*) from customers where customer_id = {cid}")).scalar_one() == 0
     assert ("order_items", "non_positive_quantity") in invalid
+
+
+def test_never_overwrites_a_database_it_did_not_create(tmp_path: Path) -> None:
+    folder = tmp_path / "real"
+    folder.mkdir()
+    with sqlite3.connect(folder / "shop.sqlite") as con:
+        con.execute("create table customers (customer_id integer primary key, note text)")
+        con.execute("insert into customers values (1, 'precious')")
+    shop = Shop(f"sqlite:///{folder / 'shop.sqlite'}", folder / "truth.sqlite")
+    assert not shop.exists()
+    with pytest.raises(RuntimeError, match=r"refusing to create the demo shop.*DUSK_DEMO=0"):
+        shop.create()
+    with sqlite3.connect(folder / "shop.sqlite") as con:
+        assert con.execute("select note from customers").fetchall() == [("precious",)]

@@ -11,7 +11,7 @@ import pytest
 from dusk.demo import ensure_demo
 from dusk.ingest import configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
-from ingestion.config import load_sources
+from ingestion.config import SourceSpec, TableSpec, load_sources
 
 
 @pytest.fixture
@@ -75,3 +75,31 @@ def test_unreachable_source_is_a_clear_failure(settings: Settings, monkeypatch: 
     assert not result.ok
     assert result.error is not None and result.error.startswith("source 'shop':")
     assert "unable to open database file" in result.error
+
+
+def test_declared_options_shape_the_load(settings: Settings) -> None:
+    """exclude_columns never reaches raw; a table without cursor is reloaded whole with replace."""
+    shop = load_sources()["shop"]
+    spec = SourceSpec(
+        name="shop",
+        kind="database",
+        description="",
+        demo=True,
+        tables=(
+            TableSpec("customers", "customer_id", "updated_at", "merge", "key_diff", exclude_columns=("email",)),
+            TableSpec("products", "product_id", None, "replace", "none"),
+        ),
+    )
+    assert {t.name for t in shop.tables} >= {"customers", "products"}
+    first = {t.table: t for t in ingest_source(spec, settings).tables}
+    assert first["products"].extracted == 200
+    columns = {
+        r[0] for r in raw(settings, "select column_name from information_schema.columns where table_name = 'customers'")
+    }
+    assert "email" not in columns and "tier" in columns
+    with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
+        con.execute("delete from products where product_id = 1")
+    second = {t.table: t for t in ingest_source(spec, settings).tables}
+    assert second["customers"].extracted == 0
+    assert second["products"].extracted == 199
+    assert raw(settings, "select count(*), count(*) filter (where product_id = 1) from raw_shop.products") == [(199, 0)]

@@ -16,14 +16,8 @@ renamed as (
         upper(trim(country_code)) as country_code,
         trim(city) as city,
         lower(trim(tier)) as tier,
-        coalesce(_is_deleted, false) as is_deleted,
         cast(created_at as timestamp) as created_at,
-        -- a deleted row's last change is its deletion: snapshots version it then
-        cast(
-            case when _is_deleted then _deleted_at else updated_at end as timestamp
-        ) as updated_at,
-        cast(_deleted_at as timestamp) as deleted_at,
-        _dlt_load_id as dlt_load_id
+        {{ raw_row_status() }}
     from source
 
 ),

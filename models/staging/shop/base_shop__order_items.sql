@@ -14,12 +14,7 @@ renamed as (
         cast(product_id as integer) as product_id,
         cast(quantity as integer) as quantity,
         cast(unit_price as decimal(18, 2)) as unit_price,
-        coalesce(_is_deleted, false) as is_deleted,
-        cast(
-            case when _is_deleted then _deleted_at else updated_at end as timestamp
-        ) as updated_at,
-        cast(_deleted_at as timestamp) as deleted_at,
-        _dlt_load_id as dlt_load_id
+        {{ raw_row_status() }}
     from source
 
 ),

@@ -13,13 +13,8 @@ renamed as (
         cast(customer_id as integer) as customer_id,
         lower(trim(status)) as status,
         upper(trim(currency_code)) as currency_code,
-        coalesce(_is_deleted, false) as is_deleted,
         cast(ordered_at as timestamp) as ordered_at,
-        cast(
-            case when _is_deleted then _deleted_at else updated_at end as timestamp
-        ) as updated_at,
-        cast(_deleted_at as timestamp) as deleted_at,
-        _dlt_load_id as dlt_load_id
+        {{ raw_row_status() }}
     from source
 
 ),

@@ -1,0 +1,13 @@
+{#
+    The bookkeeping columns every raw table of a dlt database source carries, renamed for
+    staging: is_deleted, updated_at, deleted_at, dlt_load_id. A deleted row's updated_at is the
+    time ingestion found it gone, so its deletion is its latest change (snapshots version it).
+#}
+{% macro raw_row_status(updated_at='updated_at') -%}
+    coalesce(_is_deleted, false) as is_deleted,
+    cast(
+        case when _is_deleted then _deleted_at else {{ updated_at }} end as timestamp
+    ) as updated_at,
+    cast(_deleted_at as timestamp) as deleted_at,
+    _dlt_load_id as dlt_load_id
+{%- endmacro %}
