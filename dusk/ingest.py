@@ -91,7 +91,8 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
             info = pipeline.load()
             result.finished_pending = True
             result.load_ids.extend(info.loads_ids)
-        engine = sa.create_engine(credentials_for(spec, settings))
+        credentials = credentials_for(spec, settings)
+        engine = sa.create_engine(credentials)
         try:
             deleted = [
                 find_deleted_rows(pipeline, engine, spec, table)
@@ -100,7 +101,7 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
             ]
         finally:
             engine.dispose()
-        info = pipeline.run(database_source(spec, credentials_for(spec, settings), deleted, only))
+        info = pipeline.run(database_source(spec, credentials, deleted, only))
         result.load_ids.extend(info.loads_ids)
         result.tables = _table_stats(pipeline, spec, {d.table: d.rows.num_rows for d in deleted}, only)
         result.ok = True

@@ -85,6 +85,13 @@ order_items = sa.Table(
     sa.Column("unit_price", sa.Numeric(10, 2), nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
 )
+demo_marker = sa.Table(
+    "dusk_demo_marker",
+    metadata,
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("note", sa.String(120), nullable=False),
+)
+"""Only the demo writes this table: the simulator touches no database without it."""
 TABLES = {t.name: t for t in (customers, products, orders, order_items)}
 PRIMARY_KEYS = {name: next(iter(t.primary_key.columns)).name for name, t in TABLES.items()}
 
@@ -129,11 +136,13 @@ class Shop:
         self.seed = seed
 
     # ----------------------------------------------------------------- state
+    def is_demo_database(self) -> bool:
+        """True when the database carries the demo's marker table, i.e. the demo created it."""
+        return sa.inspect(self.engine).has_table(demo_marker.name)
+
     def exists(self) -> bool:
-        """True when the shop's tables exist and the truth file records day 0."""
-        if not self.truth_path.exists():
-            return False
-        if not sa.inspect(self.engine).has_table("customers"):
+        """True when this database is a demo shop and the truth file records its day 0."""
+        if not self.truth_path.exists() or not self.is_demo_database():
             return False
         return self.last_day() is not None
 
@@ -157,14 +166,13 @@ class Shop:
     def create(self, customers_n: int = 1000, products_n: int = 200, orders_n: int = 3000) -> DayLog:
         """Create the tables and fill them with day 0.
 
-        Refuses to touch a database that already has shop tables but no demo truth file: that is
-        somebody's real database (or a demo whose truth was lost), never ours to drop."""
+        Refuses to touch a database that has shop tables but not the demo's marker table: that
+        is somebody's real database, never ours to drop."""
         existing = sorted(set(TABLES) & set(sa.inspect(self.engine).get_table_names()))
-        if existing and not self.truth_path.exists():
+        if existing and not self.is_demo_database():
             raise RuntimeError(
                 f"refusing to create the demo shop in {self.safe_url}: it already has tables {existing} "
-                f"and there is no demo truth file at {self.truth_path}. If this is a real database, set "
-                "DUSK_DEMO=0; if it is an old demo, delete it (make clean) and run again."
+                "that the demo did not create. If this is a real database, set DUSK_DEMO=0."
             )
         rng = random.Random(f"{self.seed}:0")
         metadata.drop_all(self.engine)
@@ -194,6 +202,7 @@ class Shop:
                 order["status"] = status
                 order_rows.append(order)
                 item_rows.extend(_new_items(rng, len(item_rows) + 1, order, prod_rows))
+            con.execute(demo_marker.insert(), [{"seed": self.seed, "note": "created by dusk's demo shop"}])
             for table, rows in (
                 (customers, cust_rows),
                 (products, prod_rows),
@@ -210,9 +219,11 @@ class Shop:
     # ----------------------------------------------------------------- simulate
     def simulate(self, days: int = 1) -> list[DayLog]:
         """Advance the shop by ``days`` simulated days; each day is one source transaction."""
+        if not self.is_demo_database():
+            raise RuntimeError(f"{self.safe_url} is not a demo shop database (no {demo_marker.name} table)")
         last = self.last_day()
         if last is None:
-            raise RuntimeError(f"the demo shop at {self.safe_url} has not been created yet")
+            raise RuntimeError(f"the demo shop at {self.safe_url} has no ground truth at {self.truth_path}")
         logs = []
         for day in range(last + 1, last + days + 1):
             day_start = START + timedelta(days=day - 1)

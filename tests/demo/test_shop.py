@@ -71,5 +71,11 @@ def test_never_overwrites_a_database_it_did_not_create(tmp_path: Path) -> None:
     assert not shop.exists()
     with pytest.raises(RuntimeError, match=r"refusing to create the demo shop.*DUSK_DEMO=0"):
         shop.create()
+    # Even with a truth file left by an earlier demo, the simulator will not write to it.
+    shop.truth_path.write_bytes(b"")
+    shop.last_day()
+    assert not shop.exists()
+    with pytest.raises(RuntimeError, match="not a demo shop database"):
+        shop.simulate(1)
     with sqlite3.connect(folder / "shop.sqlite") as con:
         assert con.execute("select note from customers").fetchall() == [("precious",)]

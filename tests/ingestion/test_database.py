@@ -9,9 +9,10 @@ import duckdb
 import pytest
 
 from dusk.demo import ensure_demo
-from dusk.ingest import configure_dlt, ingest_source, make_pipeline
+from dusk.ingest import configure_dlt, demo_shop_url, ingest_source, make_pipeline
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, TableSpec, load_sources
+from ingestion.database import database_source
 
 
 @pytest.fixture
@@ -79,7 +80,6 @@ def test_unreachable_source_is_a_clear_failure(settings: Settings, monkeypatch: 
 
 def test_declared_options_shape_the_load(settings: Settings) -> None:
     """exclude_columns never reaches raw; a table without cursor is reloaded whole with replace."""
-    shop = load_sources()["shop"]
     spec = SourceSpec(
         name="shop",
         kind="database",
@@ -90,7 +90,6 @@ def test_declared_options_shape_the_load(settings: Settings) -> None:
             TableSpec("products", "product_id", None, "replace", "none"),
         ),
     )
-    assert {t.name for t in shop.tables} >= {"customers", "products"}
     first = {t.table: t for t in ingest_source(spec, settings).tables}
     assert first["products"].extracted == 200
     columns = {
@@ -103,3 +102,30 @@ def test_declared_options_shape_the_load(settings: Settings) -> None:
     assert second["customers"].extracted == 0
     assert second["products"].extracted == 199
     assert raw(settings, "select count(*), count(*) filter (where product_id = 1) from raw_shop.products") == [(199, 0)]
+
+
+def test_an_interrupted_load_is_finished_and_fresh_data_still_extracted(settings: Settings) -> None:
+    """A run killed after extraction leaves a pending package; the next run loads it first and
+    then extracts what changed since, in the same run."""
+    spec = load_sources()["shop"]
+    assert ingest_source(spec, settings).ok
+    shop = settings.demo_dir / "shop.sqlite"
+    with sqlite3.connect(shop) as con:
+        con.execute(
+            "update products set unit_price = 1.11, updated_at = '2026-05-01 00:00:00.000000' where product_id = 7"
+        )
+    pipeline = make_pipeline(spec, settings)
+    pipeline.extract(database_source(spec, demo_shop_url(settings), [], {"products"}))
+    assert pipeline.has_pending_data  # as if killed before normalise/load
+    with sqlite3.connect(shop) as con:
+        con.execute(
+            "update products set unit_price = 2.22, updated_at = '2026-05-02 00:00:00.000000' where product_id = 8"
+        )
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert result.finished_pending
+    assert len(result.load_ids) == 2
+    assert {t.table: t.extracted for t in result.tables}["products"] == 1  # only product 8 is new
+    prices = raw(settings, "select product_id, unit_price from raw_shop.products where product_id in (7, 8) order by 1")
+    assert [(pid, float(price)) for pid, price in prices] == [(7, 1.11), (8, 2.22)]
+    assert not make_pipeline(spec, settings).has_pending_data
