@@ -14,16 +14,19 @@ import sqlalchemy as sa
 
 from dusk.settings import Settings
 from ingestion.config import SourceSpec
-from ingestion.database import database_source, find_deleted_rows
+from ingestion.database import database_source, new_staging_dir, plan_source, remove_staging_dir
 
 log = logging.getLogger(__name__)
+
+LOAD_MEMORY_LIMIT = "600MB"
 
 
 def configure_dlt() -> None:
     """dlt settings the pipeline relies on, whatever the working directory's .dlt folder says."""
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
-    # Arrow tables get a _dlt_load_id column: dbt's freshness and lineage read it.
-    os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+    # The database source writes _dlt_load_id into its parquet files itself, so dlt imports them
+    # unchanged instead of rewriting every file to add it.
+    os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "false")
 
 
 @dataclass
@@ -71,7 +74,13 @@ def make_pipeline(spec: SourceSpec, settings: Settings) -> dlt.Pipeline:
     """The dlt pipeline of one source; its state lives in the warehouse beside the data."""
     return dlt.pipeline(
         pipeline_name=spec.name,
-        destination=dlt.destinations.duckdb(str(settings.warehouse)),
+        destination=dlt.destinations.duckdb(
+            credentials={
+                "database": str(settings.warehouse),
+                # parquet files load in parallel; memory stays capped (DuckDB spills beyond it)
+                "global_config": {"preserve_insertion_order": False, "memory_limit": LOAD_MEMORY_LIMIT},
+            }
+        ),
         dataset_name=spec.dataset,
         pipelines_dir=str(settings.pipelines_dir),
     )
@@ -91,19 +100,15 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
             info = pipeline.load()
             result.finished_pending = True
             result.load_ids.extend(info.loads_ids)
-        credentials = credentials_for(spec, settings)
-        engine = sa.create_engine(credentials)
+        url = sa.make_url(credentials_for(spec, settings))
+        plans = plan_source(pipeline, url, spec, only)
+        staging = new_staging_dir(settings.pipelines_dir / "_staging")
         try:
-            deleted = [
-                find_deleted_rows(pipeline, engine, spec, table)
-                for table in spec.tables
-                if table.deletes == "key_diff" and (only is None or table.name in only)
-            ]
+            info = pipeline.run(database_source(spec, url, plans, staging))
         finally:
-            engine.dispose()
-        info = pipeline.run(database_source(spec, credentials, deleted, only))
+            remove_staging_dir(staging)
         result.load_ids.extend(info.loads_ids)
-        result.tables = _table_stats(pipeline, spec, {d.table: d.rows.num_rows for d in deleted}, only)
+        result.tables = _table_stats(pipeline, spec, {p.spec.name: p.deleted_count for p in plans}, only)
         result.ok = True
     except Exception as exc:  # one source's failure is reported, not raised
         log.exception("source=%s ingest failed", spec.name)

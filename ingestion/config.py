@@ -31,6 +31,8 @@ class TableSpec:
     deletes: DeleteStrategy
     exclude_columns: tuple[str, ...] = ()
     max_delete_share: float = 0.5
+    lag_seconds: float = 0.0
+    """Re-read this many seconds below the watermark each run (rows committed late)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> Any:
 
 
 def _table(name: str, raw: dict[str, Any], where: str) -> TableSpec:
-    known = {"primary_key", "cursor", "write_disposition", "deletes", "exclude_columns", "max_delete_share"}
+    known = {"primary_key", "cursor", "write_disposition", "deletes", "exclude_columns", "max_delete_share", "lag"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
@@ -84,6 +86,11 @@ def _table(name: str, raw: dict[str, Any], where: str) -> TableSpec:
     share = float(raw.get("max_delete_share", 0.5))
     if not 0 < share <= 1:
         raise ConfigError(f"{where}.max_delete_share: must be in (0, 1], got {share}")
+    lag = raw.get("lag", 0)
+    if not isinstance(lag, int | float) or isinstance(lag, bool) or lag < 0:
+        raise ConfigError(f"{where}.lag: seconds as a number >= 0, got {lag!r}")
+    if lag and not raw.get("cursor"):
+        raise ConfigError(f"{where}.lag: needs a cursor")
     return TableSpec(
         name=_identifier(name, where),
         primary_key=_identifier(raw["primary_key"], f"{where}.primary_key"),
@@ -92,6 +99,7 @@ def _table(name: str, raw: dict[str, Any], where: str) -> TableSpec:
         deletes=deletes,
         exclude_columns=tuple(_identifier(c, f"{where}.exclude_columns") for c in raw.get("exclude_columns", [])),
         max_delete_share=share,
+        lag_seconds=float(lag),
     )
 
 

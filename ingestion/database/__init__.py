@@ -1,186 +1,418 @@
 """Database sources (SQLite, PostgreSQL, MySQL/MariaDB) declared in sources.yml.
 
-Each table is read with dlt's ``sql_table`` on the pyarrow backend (Arrow batches, never row by
-row), incrementally on its cursor column and merged on its primary key. dlt keeps the cursor in its
-state, which it commits in the warehouse together with the data.
+One code path for the three engines:
 
-Hard deletes leave no trace in an ``updated_at`` cursor, so tables declared with
-``deletes: key_diff`` get a second, cheap pass: the primary keys in the source are compared with the
-live keys in raw, and every key that vanished is merged back into raw with its last known values,
-``_is_deleted = true`` and ``_deleted_at`` set to the detection time. Raw therefore holds every row
-the source ever had, live or deleted, and staging and snapshots can close deleted rows.
+1. **Plan** (:func:`plan_source`): SQLAlchemy reflects every declared table. A table that vanished,
+   a column that was dropped or changed type, a missing key or cursor column stops the source with
+   a message naming it, before anything is extracted. For ``deletes: key_diff`` tables a cheap
+   pass reads only the primary key and cursor of the source and of raw; it finds
+   - keys that vanished from the source (hard deletes: merged back into raw with their last
+     values, ``_is_deleted = true`` and ``_deleted_at`` = detection time),
+   - keys whose source cursor differs from raw's but lies below the watermark (rows committed
+     late with an older ``updated_at``: re-read by key, whatever their age),
+   - NULL or duplicate keys (the source fails: a merge would silently keep one of them).
+2. **Extract** (:func:`database_source`): DuckDB's scanner reads ``cursor >= start`` (plus the late
+   keys) into parquet files that dlt imports as they are, declared with
+   ``dlt.sources.incremental`` whose range was pushed down to SQL (``Incremental.advance``). dlt
+   commits the cursor in the warehouse with the data, so a failed run never moves it.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import dlt
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
+from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
 from dlt.extract.source import DltSource
-from dlt.sources.sql_database import sql_table
 
 from ingestion.config import SourceSpec, TableSpec
+from ingestion.database.reader import (
+    FILE_SIZE,
+    SourceColumn,
+    SourceSchemaError,
+    attach,
+    engine_kind,
+    reflect_columns,
+    source_relation,
+    sql_literal,
+)
+
+log = logging.getLogger(__name__)
 
 DELETED_FLAG = "_is_deleted"
 DELETED_AT = "_deleted_at"
-CHUNK_SIZE = 50_000
+LOAD_ID = "_dlt_load_id"
+BOOKKEEPING = (DELETED_FLAG, DELETED_AT)
 _DELETED_AT_TYPE = pa.timestamp("us", tz="UTC")
+_KEY_CHUNK = 1000
 
 
 class DeleteGuardError(RuntimeError):
     """Key-diff would mark more rows deleted than the table allows (an emptied or broken source)."""
 
 
-@dataclass(frozen=True)
-class DeletedRows:
-    """Rows of one raw table whose keys have vanished from the source."""
-
-    table: str
-    rows: pa.Table
+class SourceDataError(RuntimeError):
+    """The source's rows break what the declaration promises (NULL or duplicate primary key)."""
 
 
-def _conform(rows: pa.Table, columns: dict[str, Any]) -> pa.Table:
-    """Give rows read back from raw the nullability the source's reflected columns declare."""
-    fields = [f.with_nullable(columns.get(f.name, {}).get("nullable", True)) for f in rows.schema]
-    return rows.cast(pa.schema(fields))
+@dataclass
+class TablePlan:
+    """What one run extracts from one table, decided before extraction starts."""
+
+    spec: TableSpec
+    columns: list[SourceColumn]
+    first_load: bool
+    deleted: pa.Table | None = None
+    late_keys: list[Any] = field(default_factory=list)
+    start: Any = None
+    """The cursor value this run reads from (dlt's last value, minus the lag)."""
+    boundary_keys: list[Any] = field(default_factory=list)
+    """Keys raw already holds at exactly ``start``: not read again (ties are still never lost)."""
+
+    @property
+    def deleted_count(self) -> int:
+        return 0 if self.deleted is None else self.deleted.num_rows
 
 
-def _mark_live(batch: Any) -> Any:
-    """Add the delete flag columns to an extracted Arrow batch: every extracted row is live."""
-    n = batch.num_rows
-    batch = batch.append_column(DELETED_FLAG, pa.array([False] * n, pa.bool_()))
-    return batch.append_column(DELETED_AT, pa.nulls(n, _DELETED_AT_TYPE))
+def _where(source: str, table: str) -> str:
+    return f"source {source!r}, table {table!r}"
 
 
-def _exclude(columns: tuple[str, ...]) -> Any:
-    def adapt(table: sa.Table) -> sa.Table:
-        for name in columns:
-            if name in table.columns:
-                table._columns.remove(table.columns[name])
-        return table
-
-    return adapt
+def _stored_columns(pipeline: dlt.Pipeline, table: str) -> dict[str, Any]:
+    """The columns raw holds for ``table`` (from dlt's schema), without dlt's and our bookkeeping."""
+    if not pipeline.default_schema_name:
+        return {}
+    stored = pipeline.default_schema.tables.get(table, {}).get("columns", {})
+    return {n: c for n, c in stored.items() if not n.startswith("_dlt_") and n not in BOOKKEEPING}
 
 
-def database_source(
+def select_list(columns: list[SourceColumn]) -> str:
+    """The SELECT list that reads the source columns with their declared types."""
+    return ", ".join(f'{c.expression} AS "{c.name}"' for c in columns)
+
+
+def check_schema(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    pipeline: dlt.Pipeline,
     spec: SourceSpec,
-    credentials: str,
-    deleted: list[DeletedRows],
-    only: set[str] | None = None,
-) -> DltSource:
-    """The dlt source for one declared database: one incremental resource per table, plus one
-    resource per table that carries the deletes found by :func:`find_deleted_rows`."""
-    tables = [t for t in spec.tables if only is None or t.name in only]
+    table: TableSpec,
+    columns: list[SourceColumn],
+) -> None:
+    """Raise SourceSchemaError when the source table lost a column raw has, changed a column's
+    type, or lacks the declared key or cursor. New columns are fine: they appear in raw."""
+    where = _where(spec.name, table.name)
+    names = {c.name for c in columns}
+    for needed, role in ((table.primary_key, "primary_key"), (table.cursor, "cursor")):
+        if needed and needed not in names:
+            raise SourceSchemaError(f"{where}: the declared {role} column {needed!r} is not in the source table")
+    stored = _stored_columns(pipeline, table.name)
+    dropped = sorted(set(stored) - names - set(table.exclude_columns))
+    if dropped:
+        raise SourceSchemaError(
+            f"{where}: column(s) {dropped} were dropped from the source table but raw has them. "
+            "If that is intended, add them to exclude_columns in sources.yml; raw keeps their history."
+        )
+    if not stored:
+        return
+    arrow = con.execute(f"SELECT {select_list(columns)} FROM {source_relation(kind, table.name)} LIMIT 0")
+    now = py_arrow_to_table_schema_columns(arrow.arrow().schema)
+    for name, column in stored.items():
+        old, new = column.get("data_type"), now.get(name, {}).get("data_type")
+        if name in now and old and new and old != new:
+            raise SourceSchemaError(
+                f"{where}: column {name!r} changed type in the source from {old} to {new}. "
+                "Raw keeps the old type; migrate raw (or rename the column at the source) before loading."
+            )
+
+
+def _raw_arrow(pipeline: dlt.Pipeline, sql: str) -> pa.Table | None:
+    """Run ``sql`` on the warehouse; None when the raw table does not exist yet."""
+    try:
+        with pipeline.sql_client() as client, client.execute_query(sql) as cur:
+            table = cur.arrow()
+    except DestinationUndefinedEntity:
+        return None
+    if table is None:
+        raise RuntimeError("the warehouse returned no result set")
+    return table
+
+
+def _qualified(pipeline: dlt.Pipeline, table: str) -> str:
+    with pipeline.sql_client() as client:
+        return str(client.make_qualified_table_name(table))
+
+
+def key_pass(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    pipeline: dlt.Pipeline,
+    spec: SourceSpec,
+    table: TableSpec,
+    columns: list[SourceColumn],
+    start: Any,
+    now: datetime,
+) -> tuple[pa.Table | None, list[Any]]:
+    """Compare the source's keys (and cursors) with raw's; return raw's rows for vanished keys,
+    flagged deleted, and the keys of rows committed late below the watermark."""
+    where = _where(spec.name, table.name)
+    pk = f'"{table.primary_key}"'
+    cursor = next((c for c in columns if c.name == table.cursor), None)
+    cursor_sql = f"{cursor.expression}" if cursor else "NULL"
+    raw_cursor = f'"{table.cursor}"' if table.cursor else "NULL"
+    qualified = _qualified(pipeline, table.name)
+    raw = _raw_arrow(pipeline, f'select {pk} as k, {raw_cursor} as c, "{DELETED_FLAG}" is true as d from {qualified}')
+    relation = source_relation(kind, table.name)
+    source = con.execute(f"SELECT {pk} AS k, {cursor_sql} AS c FROM {relation}").to_arrow_table()
+    con.register("source_keys", source)
+    nulls, dups = con.execute(
+        "SELECT count(*) - count(k), count(k) - count(DISTINCT k) FROM source_keys"
+    ).fetchone() or (0, 0)
+    if nulls:
+        raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {table.primary_key!r}")
+    if dups:
+        sample = [
+            r[0]
+            for r in con.execute(
+                "SELECT k FROM source_keys GROUP BY k HAVING count(*) > 1 ORDER BY k LIMIT 5"
+            ).fetchall()
+        ]
+        raise SourceDataError(f"{where}: {dups} duplicate value(s) of primary key {table.primary_key!r}, e.g. {sample}")
+    if raw is None or raw.num_rows == 0:
+        return None, []
+    con.register("raw_keys", raw)
+    live = con.execute("SELECT count(*) FROM raw_keys WHERE NOT d").fetchone()[0]  # type: ignore[index]
+    gone = [
+        r[0]
+        for r in con.execute(
+            "SELECT k FROM raw_keys WHERE NOT d AND k NOT IN (SELECT k FROM source_keys) ORDER BY k"
+        ).fetchall()
+    ]
+    late: list[Any] = []
+    if start is not None and cursor is not None:
+        late = [
+            r[0]
+            for r in con.execute(
+                "SELECT s.k FROM source_keys s LEFT JOIN raw_keys r ON r.k = s.k "
+                f"WHERE s.c < {sql_literal(start)} AND (r.k IS NULL OR r.d OR r.c IS DISTINCT FROM s.c) ORDER BY s.k"
+            ).fetchall()
+        ]
+    con.unregister("raw_keys")
+    con.unregister("source_keys")
+    if len(gone) > table.max_delete_share * live:
+        raise DeleteGuardError(
+            f"{where}: {len(gone)} of {live} live rows are gone from the source ({len(source)} keys left), "
+            f"more than max_delete_share={table.max_delete_share}. Is the source table emptied or the connection "
+            "pointing elsewhere? Nothing was marked deleted; raise max_delete_share in sources.yml if it is real."
+        )
+    if not gone:
+        return None, late
+    parts = []
+    for i in range(0, len(gone), _KEY_CHUNK):
+        keys = ", ".join(sql_literal(k) for k in gone[i : i + _KEY_CHUNK])
+        part = _raw_arrow(pipeline, f"select * from {qualified} where {pk} in ({keys})")
+        assert part is not None
+        parts.append(part.drop_columns([c for c in part.column_names if c.startswith("_dlt_") or c in BOOKKEEPING]))
+    rows = pa.concat_tables(parts, promote_options="default")
+    rows = rows.append_column(DELETED_FLAG, pa.array([True] * rows.num_rows, pa.bool_()))
+    rows = rows.append_column(DELETED_AT, pa.array([now] * rows.num_rows, _DELETED_AT_TYPE))
+    return rows, late
+
+
+def _incremental(table: TableSpec) -> Any:
+    if not table.cursor:
+        return None
+    return dlt.sources.incremental(table.cursor, range_start="closed", lag=table.lag_seconds or None)
+
+
+def plan_source(
+    pipeline: dlt.Pipeline, url: sa.URL, spec: SourceSpec, only: set[str] | None = None, now: datetime | None = None
+) -> list[TablePlan]:
+    """Reflect, check and key-diff every declared table; raise naming the source and table."""
+    now = now or datetime.now(UTC)
+    engine = sa.create_engine(url)
+    plans = []
+    try:
+        kind = engine_kind(url)
+        with attach(url) as con:
+            for table in spec.tables:
+                if only is not None and table.name not in only:
+                    continue
+                try:
+                    columns = reflect_columns(engine, table.name, table.exclude_columns)
+                except sa.exc.NoSuchTableError:
+                    raise SourceSchemaError(
+                        f"{_where(spec.name, table.name)}: the table is not in the source database "
+                        "(renamed or dropped?). Fix the source or sources.yml; raw is left as it is."
+                    ) from None
+                check_schema(con, kind, pipeline, spec, table, columns)
+                first = not _stored_columns(pipeline, table.name)
+                plan = TablePlan(table, columns, first_load=first)
+                if not first:
+                    plan.start = _resource_start(pipeline, spec, table)
+                    if plan.start is not None and not table.lag_seconds:
+                        plan.boundary_keys = _boundary_keys(pipeline, table, plan.start)
+                if table.deletes == "key_diff" and not first:
+                    plan.deleted, plan.late_keys = key_pass(con, kind, pipeline, spec, table, columns, plan.start, now)
+                plans.append(plan)
+    finally:
+        engine.dispose()
+    return plans
+
+
+def _boundary_keys(pipeline: dlt.Pipeline, table: TableSpec, start: Any) -> list[Any]:
+    """Live keys raw holds with the cursor exactly at ``start`` (what dlt's closed range would
+    de-duplicate): rows tied at the watermark that arrive later are still read."""
+    rows = _raw_arrow(
+        pipeline,
+        f'select "{table.primary_key}" from {_qualified(pipeline, table.name)} '
+        f'where "{table.cursor}" = {sql_literal(start)} and "{DELETED_FLAG}" is not true',
+    )
+    return [] if rows is None else rows.column(0).to_pylist()
+
+
+def _resource_start(pipeline: dlt.Pipeline, spec: SourceSpec, table: TableSpec) -> Any:
+    """The cursor value the next extract starts from (dlt's stored last value minus the lag)."""
+    if not table.cursor:
+        return None
+    state = pipeline.state.get("sources", {}).get(spec.name, {}).get("resources", {}).get(table.name, {})
+    last = state.get("incremental", {}).get(table.cursor, {}).get("last_value")
+    if last is None:
+        return None
+    if table.lag_seconds and isinstance(last, datetime):
+        return last - timedelta(seconds=table.lag_seconds)
+    return last
+
+
+def _extract_files(
+    url: sa.URL, spec: SourceSpec, plan: TablePlan, start: Any, staging: Path, load_id: str
+) -> tuple[list[tuple[Path, int]], pa.Schema, Any]:
+    """COPY the rows to read into parquet files; return (file, rows) pairs, the schema and the
+    highest cursor value read. Raises SourceDataError on NULL or duplicate keys among them."""
+    table = plan.spec
+    where = _where(spec.name, table.name)
+    conditions = []
+    cursor = next((c for c in plan.columns if c.name == table.cursor), None)
+    if cursor is not None and start is not None:
+        # NULL cursors are read too, so they are found and refused rather than skipped forever
+        value = sql_literal(start)
+        at_boundary = f"{cursor.expression} = {value}"
+        if plan.boundary_keys and start == plan.start:
+            seen = ", ".join(sql_literal(k) for k in plan.boundary_keys)
+            at_boundary += f' AND "{table.primary_key}" NOT IN ({seen})'
+        conditions.append(f'{cursor.expression} > {value} OR ({at_boundary}) OR "{cursor.name}" IS NULL')
+    for i in range(0, len(plan.late_keys), _KEY_CHUNK):
+        keys = ", ".join(sql_literal(k) for k in plan.late_keys[i : i + _KEY_CHUNK])
+        conditions.append(f'"{table.primary_key}" IN ({keys})')
+    predicate = f"WHERE {' OR '.join(conditions)}" if conditions else ""
+    staging.mkdir(parents=True, exist_ok=True)
+    with attach(url) as con:
+        relation = source_relation(engine_kind(url), table.name)
+        query = (
+            f"SELECT {select_list(plan.columns)}, {sql_literal(load_id)} AS {LOAD_ID}, "
+            f"false AS {DELETED_FLAG}, CAST(NULL AS TIMESTAMPTZ) AS {DELETED_AT} FROM {relation} {predicate}"
+        )
+        schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+        con.execute(
+            f"COPY ({query}) TO {sql_literal(str(staging))} "
+            f"(FORMAT parquet, FILE_SIZE_BYTES '{FILE_SIZE}', COMPRESSION lz4, OVERWRITE_OR_IGNORE)"
+        )
+        files = sorted(staging.glob("*.parquet"))
+        if not files:
+            return [], schema, None
+        glob = sql_literal(str(staging / "*.parquet"))
+        pk = f'"{table.primary_key}"'
+        cursor_max = f'max("{table.cursor}")' if table.cursor else "NULL"
+        cursor_nulls = f'count(*) - count("{table.cursor}")' if table.cursor else "0"
+        nulls, dups, top, missing = con.execute(
+            f"SELECT count(*) - count({pk}), count({pk}) - count(DISTINCT {pk}), {cursor_max}, {cursor_nulls} "
+            f"FROM read_parquet({glob})"
+        ).fetchone() or (0, 0, None, 0)
+        if missing:
+            raise SourceDataError(
+                f"{where}: {missing} row(s) with a NULL cursor {table.cursor!r}; an incremental load cannot place "
+                "them. Fill the column at the source or declare the table without a cursor (full reload)."
+            )
+        if nulls:
+            raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {table.primary_key!r}")
+        if dups:
+            raise SourceDataError(f"{where}: {dups} duplicate value(s) of primary key {table.primary_key!r}")
+        counts = [
+            (f, int(con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(f))})").fetchone()[0]))  # type: ignore[index]
+            for f in files
+        ]
+    return [(f, n) for f, n in counts if n], schema, top
+
+
+def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Path) -> Any:
+    table = plan.spec
+    cursor_range = _incremental(table)
+
+    def read(incremental: Any = cursor_range) -> Iterator[Any]:
+        start = incremental.get_current_range()[0] if incremental is not None else None
+        load_id = dlt.current.load_package_state()["load_id"]
+        files, schema, top = _extract_files(url, spec, plan, start, staging / table.name, load_id)
+        if not files and plan.first_load:
+            yield schema.empty_table()  # the table exists in raw even when the source table is empty
+        for i, (path, rows) in enumerate(files):
+            yield dlt.mark.with_file_import(str(path), "parquet", rows, hints=None if i else schema.empty_table())
+        if incremental is not None and top is not None:
+            last = incremental.last_value
+            incremental.advance(top if last is None else max(top, last))
+
+    disposition = "replace" if plan.first_load and table.write_disposition == "merge" else table.write_disposition
+    return dlt.resource(
+        read,
+        name=table.name,
+        write_disposition=disposition,
+        primary_key=table.primary_key,
+        # DuckDB writes every parquet column as nullable; saying so lets dlt import the files unchanged
+        columns={table.primary_key: {"nullable": True}},
+    )
+
+
+def database_source(spec: SourceSpec, url: sa.URL, plans: list[TablePlan], staging: Path) -> DltSource:
+    """The dlt source for one declared database: one resource per planned table, plus one per
+    table that carries the rows key-diff found deleted."""
 
     @dlt.source(name=spec.name, max_table_nesting=0)
     def source() -> Iterator[Any]:
-        reflected: dict[str, Any] = {}
-        for table in tables:
-            incremental: Any = dlt.sources.incremental(table.cursor, range_start="closed") if table.cursor else None
-            resource = sql_table(
-                credentials=credentials,
-                table=table.name,
-                backend="pyarrow",
-                chunk_size=CHUNK_SIZE,
-                reflection_level="full_with_precision",
-                incremental=incremental,
-                primary_key=table.primary_key,
-                write_disposition=table.write_disposition,
-                table_adapter_callback=_exclude(table.exclude_columns) if table.exclude_columns else None,
-            )
-            if table.deletes == "key_diff":
-                resource.add_map(_mark_live)
-                reflected[table.name] = resource.compute_table_schema()["columns"]
-            yield resource
-        for d in deleted:
-            if d.rows.num_rows:
-                # The same column hints as the live rows: dlt writes both into one file per table.
+        for plan in plans:
+            yield _table_resource(url, spec, plan, staging)
+        for plan in plans:
+            if plan.deleted is not None and plan.deleted.num_rows:
                 yield dlt.resource(
-                    [_conform(d.rows, reflected[d.table])],
-                    name=f"{d.table}__deletes",
-                    table_name=d.table,
+                    _with_load_id(plan.deleted),
+                    name=f"{plan.spec.name}__deletes",
+                    table_name=plan.spec.name,
                     write_disposition="merge",
-                    primary_key=spec.table(d.table).primary_key,
-                    columns=reflected[d.table],
+                    primary_key=plan.spec.primary_key,
                 )
 
     return source()
 
 
-def source_keys(engine: sa.Engine, table: TableSpec) -> pa.Array:
-    """Every primary key in the source table, streamed in chunks into one Arrow array."""
-    chunks: list[pa.Array] = []
-    reflected = sa.Table(table.name, sa.MetaData(), autoload_with=engine)
-    with engine.connect() as con:
-        result = con.execution_options(stream_results=True, yield_per=CHUNK_SIZE).execute(
-            sa.select(reflected.c[table.primary_key])
-        )
-        for part in result.partitions():
-            chunks.append(pa.array([row[0] for row in part]))
-    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.int64())
+def _with_load_id(rows: pa.Table) -> Iterator[pa.Table]:
+    load_id = dlt.current.load_package_state()["load_id"]
+    yield rows.append_column(LOAD_ID, pa.array([load_id] * rows.num_rows, pa.string()))
 
 
-def _literal(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"key-diff supports integer and text primary keys, got {type(value).__name__}")
-    if isinstance(value, int):
-        return str(value)
-    return "'" + value.replace("'", "''") + "'"
+def new_staging_dir(root: Path) -> Path:
+    """A fresh folder for one extract's parquet files."""
+    return root / f"extract-{uuid.uuid4().hex[:12]}"
 
 
-def _arrow(cursor: Any) -> pa.Table:
-    table = cursor.arrow()
-    if table is None:
-        raise RuntimeError("the destination returned no result set")
-    return table
-
-
-def find_deleted_rows(
-    pipeline: dlt.Pipeline, engine: sa.Engine, spec: SourceSpec, table: TableSpec, now: datetime | None = None
-) -> DeletedRows:
-    """Compare the source's keys with raw's live keys; return raw's rows for the vanished keys,
-    flagged deleted. Raises DeleteGuardError when more than ``max_delete_share`` would go."""
-    now = now or datetime.now(UTC)
-    bookkeeping = (DELETED_FLAG, DELETED_AT)
-    empty = DeletedRows(table.name, pa.table({}))
-    try:
-        with pipeline.sql_client() as client:
-            qualified = client.make_qualified_table_name(table.name)
-            pk = client.escape_column_name(table.primary_key)
-            flag = client.escape_column_name(DELETED_FLAG)
-            with client.execute_query(f"select {pk} from {qualified} where {flag} is not true") as cur:
-                live = _arrow(cur).column(0)
-            if len(live) == 0:
-                return empty
-            current = source_keys(engine, table)
-            gone = pc.filter(live, pc.invert(pc.is_in(live, value_set=current.cast(live.type)))).to_pylist()
-            if not gone:
-                return empty
-            if len(gone) > table.max_delete_share * len(live):
-                raise DeleteGuardError(
-                    f"source {spec.name!r}, table {table.name!r}: {len(gone)} of {len(live)} live rows are gone "
-                    f"from the source ({len(current)} keys left), more than max_delete_share="
-                    f"{table.max_delete_share}. Is the source table emptied or the connection pointing "
-                    "elsewhere? Nothing was marked deleted; raise max_delete_share in sources.yml if it is real."
-                )
-            parts = []
-            for i in range(0, len(gone), 1000):
-                keys = ", ".join(_literal(k) for k in gone[i : i + 1000])
-                with client.execute_query(f"select * from {qualified} where {pk} in ({keys})") as cur:
-                    part = _arrow(cur)
-                parts.append(
-                    part.drop_columns([c for c in part.column_names if c.startswith("_dlt_") or c in bookkeeping])
-                )
-    except DestinationUndefinedEntity:
-        return empty  # first load: nothing in raw yet, so nothing can have been deleted
-    rows = pa.concat_tables(parts, promote_options="default")
-    rows = rows.append_column(DELETED_FLAG, pa.array([True] * rows.num_rows, pa.bool_()))
-    rows = rows.append_column(DELETED_AT, pa.array([now] * rows.num_rows, _DELETED_AT_TYPE))
-    return DeletedRows(table.name, rows)
+def remove_staging_dir(path: Path) -> None:
+    """Remove an extract's parquet files once dlt holds them in its load package."""
+    shutil.rmtree(path, ignore_errors=True)

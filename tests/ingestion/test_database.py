@@ -7,12 +7,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import sqlalchemy as sa
 
 from dusk.demo import ensure_demo
 from dusk.ingest import configure_dlt, demo_shop_url, ingest_source, make_pipeline
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, TableSpec, load_sources
-from ingestion.database import database_source
+from ingestion.database import database_source, plan_source
 
 
 @pytest.fixture
@@ -115,7 +116,9 @@ def test_an_interrupted_load_is_finished_and_fresh_data_still_extracted(settings
             "update products set unit_price = 1.11, updated_at = '2026-05-01 00:00:00.000000' where product_id = 7"
         )
     pipeline = make_pipeline(spec, settings)
-    pipeline.extract(database_source(spec, demo_shop_url(settings), [], {"products"}))
+    url = sa.make_url(demo_shop_url(settings))
+    plans = plan_source(pipeline, url, spec, {"products"})
+    pipeline.extract(database_source(spec, url, plans, settings.data_dir / "staging"))
     assert pipeline.has_pending_data  # as if killed before normalise/load
     with sqlite3.connect(shop) as con:
         con.execute(
