@@ -12,7 +12,7 @@ export DBT_PROFILES_DIR := $(CURDIR)/profiles
 export RUNTIME__DLTHUB_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup setup-dev run simulate test lint format docs clean
+.PHONY: help setup setup-dev run simulate test lint format docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ format: setup-dev ## Apply ruff's and sqlfluff's fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 	DUSK_WAREHOUSE=:memory: $(BIN)/sqlfluff fix models data-tests
+
+bench: setup-dev ## Benchmark a 6M-row PostgreSQL table: COPY limit, full load, 1% incremental, peak memory
+	$(BIN)/python benchmarks/bench_database.py
 
 docs: setup ## Serve the dbt docs of the last run on http://127.0.0.1:8080
 	$(BIN)/dbt docs serve --port 8080 --host 127.0.0.1 --no-browser

@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -69,3 +71,37 @@ class Workspace:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Iterator[Workspace]:
     yield Workspace(tmp_path)
+
+
+SERVERS = {
+    "postgres": ("postgresql://postgres@127.0.0.1:5432/postgres", "postgresql://postgres@127.0.0.1:5432/{db}"),
+    "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test", "mysql+pymysql://root@127.0.0.1:3306/{db}"),
+}
+
+
+@pytest.fixture(params=sorted(SERVERS))
+def shop_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new, empty database on each real server (PostgreSQL, MariaDB), dropped afterwards."""
+    admin_url, url = SERVERS[request.param]
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        reason = f"{request.param} is not reachable at {admin.url.render_as_string(hide_password=True)}: {exc.orig}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    db = f"dusk_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as con:
+        con.execute(sa.text(f"create database {db}"))
+    try:
+        yield url.format(db=db)
+    finally:
+        with admin.connect() as con:
+            if request.param == "postgres":
+                con.execute(sa.text(f"drop database if exists {db} with (force)"))
+            else:
+                con.execute(sa.text(f"drop database if exists {db}"))
+        admin.dispose()

@@ -37,8 +37,8 @@ from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
 from dlt.extract.source import DltSource
 
 from ingestion.config import SourceSpec, TableSpec
+from ingestion.database import reader
 from ingestion.database.reader import (
-    FILE_SIZE,
     SourceColumn,
     SourceSchemaError,
     attach,
@@ -302,23 +302,34 @@ def _extract_files(
     highest cursor value read. Raises SourceDataError on NULL or duplicate keys among them."""
     table = plan.spec
     where = _where(spec.name, table.name)
-    conditions = []
     cursor = next((c for c in plan.columns if c.name == table.cursor), None)
+    predicate, null_check = "", ""
     if cursor is not None and start is not None:
-        # NULL cursors are read too, so they are found and refused rather than skipped forever
-        value = sql_literal(start)
-        at_boundary = f"{cursor.expression} = {value}"
+        # Compare the source column itself, so the filter runs in the source database on its index.
+        column, value = f'"{cursor.name}"', cursor.filter_literal(start)
+        predicate = f"{column} >= {value}"
         if plan.boundary_keys and start == plan.start:
             seen = ", ".join(sql_literal(k) for k in plan.boundary_keys)
-            at_boundary += f' AND "{table.primary_key}" NOT IN ({seen})'
-        conditions.append(f'{cursor.expression} > {value} OR ({at_boundary}) OR "{cursor.name}" IS NULL')
+            predicate += f' AND NOT ({column} = {value} AND "{table.primary_key}" IN ({seen}))'
+        null_check = f"{column} IS NULL"
     for i in range(0, len(plan.late_keys), _KEY_CHUNK):
         keys = ", ".join(sql_literal(k) for k in plan.late_keys[i : i + _KEY_CHUNK])
-        conditions.append(f'"{table.primary_key}" IN ({keys})')
-    predicate = f"WHERE {' OR '.join(conditions)}" if conditions else ""
+        predicate = (
+            f'({predicate}) OR "{table.primary_key}" IN ({keys})' if predicate else f'"{table.primary_key}" IN ({keys})'
+        )
     staging.mkdir(parents=True, exist_ok=True)
+    kind = engine_kind(url)
     with attach(url) as con:
-        relation = source_relation(engine_kind(url), table.name)
+        relation = source_relation(kind, table.name)
+        if predicate and kind == "postgresql":
+            # a filtered read: one indexed query beats DuckDB's parallel page-range scans
+            con.execute("SET pg_use_ctid_scan = false")
+        if null_check:
+            # rows without a cursor would never be read again: found here and refused
+            (missing,) = con.execute(f"SELECT count(*) FROM {relation} WHERE {null_check}").fetchone() or (0,)
+            if missing:
+                raise SourceDataError(_null_cursor(where, missing, table))
+        predicate = f"WHERE {predicate}" if predicate else ""
         query = (
             f"SELECT {select_list(plan.columns)}, {sql_literal(load_id)} AS {LOAD_ID}, "
             f"false AS {DELETED_FLAG}, CAST(NULL AS TIMESTAMPTZ) AS {DELETED_AT} FROM {relation} {predicate}"
@@ -326,7 +337,8 @@ def _extract_files(
         schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
         con.execute(
             f"COPY ({query}) TO {sql_literal(str(staging))} "
-            f"(FORMAT parquet, FILE_SIZE_BYTES '{FILE_SIZE}', COMPRESSION lz4, OVERWRITE_OR_IGNORE)"
+            f"(FORMAT parquet, FILE_SIZE_BYTES '{reader.FILE_SIZE}', ROW_GROUP_SIZE {reader.ROW_GROUP_SIZE}, "
+            "COMPRESSION lz4, OVERWRITE_OR_IGNORE)"
         )
         files = sorted(staging.glob("*.parquet"))
         if not files:
@@ -340,10 +352,7 @@ def _extract_files(
             f"FROM read_parquet({glob})"
         ).fetchone() or (0, 0, None, 0)
         if missing:
-            raise SourceDataError(
-                f"{where}: {missing} row(s) with a NULL cursor {table.cursor!r}; an incremental load cannot place "
-                "them. Fill the column at the source or declare the table without a cursor (full reload)."
-            )
+            raise SourceDataError(_null_cursor(where, missing, table))
         if nulls:
             raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {table.primary_key!r}")
         if dups:
@@ -353,6 +362,13 @@ def _extract_files(
             for f in files
         ]
     return [(f, n) for f, n in counts if n], schema, top
+
+
+def _null_cursor(where: str, count: int, table: TableSpec) -> str:
+    return (
+        f"{where}: {count} row(s) with a NULL cursor {table.cursor!r}; an incremental load cannot place them. "
+        "Fill the column at the source or declare the table without a cursor (full reload)."
+    )
 
 
 def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Path) -> Any:
@@ -365,8 +381,9 @@ def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Pat
         files, schema, top = _extract_files(url, spec, plan, start, staging / table.name, load_id)
         if not files and plan.first_load:
             yield schema.empty_table()  # the table exists in raw even when the source table is empty
-        for i, (path, rows) in enumerate(files):
-            yield dlt.mark.with_file_import(str(path), "parquet", rows, hints=None if i else schema.empty_table())
+        for path, rows in files:
+            # the (empty) arrow table carries the schema; without an item dlt would drop the file
+            yield dlt.mark.with_file_import(str(path), "parquet", rows, hints=schema.empty_table())
         if incremental is not None and top is not None:
             last = incremental.last_value
             incremental.advance(top if last is None else max(top, last))

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ MEMORY_LIMIT = "512MB"
 """DuckDB's cap while reading a source: a table of any size streams through this much memory."""
 FILE_SIZE = "64MB"
 """Parquet files are cut at about this size (several files load in parallel)."""
+ROW_GROUP_SIZE = 122_880
+"""Rows per parquet row group (DuckDB's default); a file holds whole row groups."""
 
 _EXTENSIONS = {
     "postgresql": ("duckdb_extension_postgres_scanner", "postgres"),
@@ -106,6 +108,15 @@ class SourceColumn:
     name: str
     expression: str
     nullable: bool
+    naive_timestamp: bool = False
+    """A timestamp without time zone at the source (its values are taken as UTC)."""
+
+    def filter_literal(self, value: Any) -> str:
+        """A literal to compare the *source* column with, so the filter is pushed down to the
+        source database (a cast on the column would make PostgreSQL scan the whole table)."""
+        if self.naive_timestamp and isinstance(value, datetime) and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return sql_literal(value)
 
 
 def _expression(name: str, type_: Any) -> str:
@@ -131,7 +142,12 @@ def reflect_columns(engine: sa.Engine, table: str, exclude: tuple[str, ...] = ()
     if not columns:
         raise sa.exc.NoSuchTableError(table)
     return [
-        SourceColumn(c["name"], _expression(c["name"], c["type"]), bool(c.get("nullable", True)))
+        SourceColumn(
+            c["name"],
+            _expression(c["name"], c["type"]),
+            bool(c.get("nullable", True)),
+            isinstance(c["type"], sa.DateTime) and not c["type"].timezone,
+        )
         for c in columns
         if c["name"] not in exclude
     ]

@@ -132,3 +132,21 @@ def test_an_interrupted_load_is_finished_and_fresh_data_still_extracted(settings
     prices = raw(settings, "select product_id, unit_price from raw_shop.products where product_id in (7, 8) order by 1")
     assert [(pid, float(price)) for pid, price in prices] == [(7, 1.11), (8, 2.22)]
     assert not make_pipeline(spec, settings).has_pending_data
+
+
+def test_a_table_split_into_many_parquet_files_loads_every_row(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large tables are cut into several files; every file reaches raw (counted and loaded)."""
+    from ingestion.database import reader
+
+    monkeypatch.setattr(reader, "FILE_SIZE", "1KB")
+    monkeypatch.setattr(reader, "ROW_GROUP_SIZE", 500)
+    result = ingest_source(load_sources()["shop"], settings)
+    assert result.ok, result.error
+    with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
+        (items,) = con.execute("select count(*) from order_items").fetchone()
+    assert items > 5000
+    assert {t.table: t.extracted for t in result.tables}["order_items"] == items
+    assert raw(settings, "select count(*), count(distinct order_item_id) from raw_shop.order_items") == [(items, items)]
+    assert len(list((settings.pipelines_dir).rglob("order_items.*.parquet"))) > 1

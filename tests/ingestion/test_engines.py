@@ -5,9 +5,6 @@ Skips with the reason where a server is not reachable; fails instead when CI=tru
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -19,38 +16,7 @@ from dusk.ingest import configure_dlt, ingest_source
 from dusk.settings import Settings
 from ingestion.config import load_sources
 
-SERVERS = {
-    "postgres": ("postgresql://postgres@127.0.0.1:5432/postgres", "postgresql://postgres@127.0.0.1:5432/{db}"),
-    "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test", "mysql+pymysql://root@127.0.0.1:3306/{db}"),
-}
 KEYS = {"customers": "customer_id", "products": "product_id", "orders": "order_id", "order_items": "order_item_id"}
-
-
-@pytest.fixture(params=sorted(SERVERS))
-def shop_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    admin_url, url = SERVERS[request.param]
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect():
-            pass
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        reason = f"{request.param} is not reachable at {admin.url.render_as_string(hide_password=True)}: {exc.orig}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    db = f"dusk_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as con:
-        con.execute(sa.text(f"create database {db}"))
-    try:
-        yield url.format(db=db)
-    finally:
-        with admin.connect() as con:
-            if request.param == "postgres":
-                con.execute(sa.text(f"drop database if exists {db} with (force)"))
-            else:
-                con.execute(sa.text(f"drop database if exists {db}"))
-        admin.dispose()
 
 
 def live_keys(settings: Settings, table: str) -> set[int]:

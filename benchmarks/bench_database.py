@@ -1,0 +1,182 @@
+"""`make bench`: a full and a 1 % incremental load of TPC-H lineitem from PostgreSQL, against the
+server's own COPY speed.
+
+1. Generates lineitem (scale factor BENCH_SF, default 1 = 6,001,215 rows) with DuckDB's tpch
+   extension and writes it into the PostgreSQL database BENCH_DB (default ``dusk_bench``, created
+   if missing, reused if it already holds the table), with a bigint key ``l_id`` and an indexed
+   ``updated_at`` cursor.
+2. The limit: ``COPY (SELECT * FROM lineitem) TO STDOUT`` read and discarded by the client, the
+   same as psql's ``\\copy ... to /dev/null``.
+3. Our full load: dusk's database source into a fresh DuckDB warehouse, in a child process whose
+   peak RSS is sampled every 50 ms.
+4. 1 % of the rows change (new ``updated_at``); an incremental run (cursor only), then another 1 %
+   and an incremental run with the key-diff delete pass on.
+
+Every figure is the median of BENCH_RUNS (default 3) runs. Prints one table; nothing is asserted.
+Needs a PostgreSQL server (BENCH_PG, default postgresql://postgres@127.0.0.1:5432).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+DB = os.environ.get("BENCH_DB", "dusk_bench")
+SF = float(os.environ.get("BENCH_SF", "1"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+TARGETS = {"ratio": 0.6, "rss_gib": 1.0, "incremental_share": 0.05}
+
+
+def _url(db: str) -> str:
+    return f"{PG}/{db}"
+
+
+def prepare() -> int:
+    """Create and fill the benchmark table unless it is already there; return its row count."""
+    with psycopg.connect(_url("postgres"), autocommit=True) as con:
+        if not con.execute("select 1 from pg_database where datname = %s", (DB,)).fetchone():
+            con.execute(f'create database "{DB}"')
+    with psycopg.connect(_url(DB), autocommit=True) as con:
+        exists = con.execute("select to_regclass('public.lineitem') is not null").fetchone()
+        if exists and exists[0]:
+            (n,) = con.execute("select count(*) from lineitem").fetchone() or (0,)
+            if n:
+                return int(n)
+    import duckdb
+
+    from ingestion.database.reader import _load_extension
+
+    print(f"generating TPC-H lineitem at scale factor {SF} into {DB} ...", flush=True)
+    duck = duckdb.connect()
+    _load_extension(duck, "duckdb_extension_tpch")
+    _load_extension(duck, "duckdb_extension_postgres_scanner")
+    duck.execute(f"CALL dbgen(sf={SF})")
+    duck.execute(f"ATTACH 'dbname={DB} host=127.0.0.1 user=postgres' AS pg (TYPE postgres)")
+    duck.execute("DROP TABLE IF EXISTS pg.public.lineitem")
+    duck.execute(
+        "CREATE TABLE pg.public.lineitem AS SELECT row_number() OVER () AS l_id, *, "
+        "TIMESTAMP '2026-01-01' + to_seconds(row_number() OVER ()) AS updated_at FROM lineitem"
+    )
+    duck.close()
+    with psycopg.connect(_url(DB), autocommit=True) as con:
+        con.execute("alter table lineitem add primary key (l_id)")
+        con.execute("create index on lineitem (updated_at)")
+        con.execute("vacuum analyze lineitem")
+        (n,) = con.execute("select count(*) from lineitem").fetchone() or (0,)
+    return int(n)
+
+
+def copy_seconds() -> float:
+    """Seconds for the server to COPY the whole table out to a client that discards it."""
+    with psycopg.connect(_url(DB)) as con, con.cursor() as cur:
+        started = time.perf_counter()
+        with cur.copy("COPY (SELECT * FROM lineitem) TO STDOUT") as copy:
+            for _ in copy:
+                pass
+        return time.perf_counter() - started
+
+
+def child(workdir: str, deletes: str) -> None:
+    """Run in a child process: one ingest of the bench source; print JSON with seconds, rows, RSS."""
+    import psutil
+
+    peak = [0]
+
+    def sample() -> None:
+        proc = psutil.Process()
+        while True:
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+    from dusk.ingest import configure_dlt, ingest_source
+    from dusk.settings import Settings
+    from ingestion.config import SourceSpec, TableSpec
+
+    configure_dlt()
+    root = Path(workdir)
+    settings = Settings(root, root / "bench.duckdb", root / "target", demo=False, demo_seed=0)
+    spec = SourceSpec(
+        "bench", "database", "TPC-H lineitem", False, (TableSpec("lineitem", "l_id", "updated_at", "merge", deletes),)
+    )  # type: ignore[arg-type]
+    started = time.perf_counter()
+    result = ingest_source(spec, settings)
+    seconds = time.perf_counter() - started
+    if not result.ok:
+        raise SystemExit(result.error)
+    rows = result.tables[0].extracted
+    print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss": peak[0]}))
+
+
+def run_child(workdir: str, deletes: str = "none") -> dict[str, Any]:
+    env = {**os.environ, "SOURCES__BENCH__CREDENTIALS": _url(DB), "RUNTIME__DLTHUB_TELEMETRY": "false"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", workdir, deletes], env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode:
+        raise SystemExit(f"bench child failed:\n{out.stdout}\n{out.stderr}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def touch_one_percent(round_: int) -> int:
+    """Give 1 % of the rows a new updated_at (a different 1 % each round)."""
+    with psycopg.connect(_url(DB), autocommit=True) as con:
+        cur = con.execute(
+            "update lineitem set updated_at = now() at time zone 'utc', l_comment = 'bench ' || %s "
+            "where l_id %% 100 = %s",
+            (round_, round_ % 100),
+        )
+        return cur.rowcount
+
+
+def main() -> None:
+    rows = prepare()
+    limits, fulls, incs, diffs = [], [], [], []
+    rss = []
+    for i in range(RUNS):
+        limits.append(copy_seconds())
+        with tempfile.TemporaryDirectory(prefix="dusk-bench-") as work:
+            full = run_child(work)
+            assert full["rows"] == rows, full
+            fulls.append(full["seconds"])
+            rss.append(full["peak_rss"])
+            changed = touch_one_percent(2 * i + 1)
+            inc = run_child(work)
+            assert inc["rows"] == changed, (inc, changed)
+            incs.append(inc["seconds"])
+            changed = touch_one_percent(2 * i + 2)
+            diff = run_child(work, "key_diff")
+            assert diff["rows"] == changed, (diff, changed)
+            diffs.append(diff["seconds"])
+    limit, full_s = statistics.median(limits), statistics.median(fulls)
+    inc_s, diff_s, peak = statistics.median(incs), statistics.median(diffs), max(rss)
+    ratio = limit / full_s
+    lines = [
+        f"lineitem: {rows:,} rows in PostgreSQL ({DB}), medians of {RUNS} runs",
+        f"COPY limit (server COPY TO STDOUT)   {limit:6.1f} s  {rows / limit:>10,.0f} rows/s",
+        f"full load (dusk, into DuckDB)        {full_s:6.1f} s  {rows / full_s:>10,.0f} rows/s  "
+        f"ratio {ratio:.2f} (target >= {TARGETS['ratio']})",
+        f"peak RSS of the full load            {peak / 2**30:6.2f} GiB (target <= {TARGETS['rss_gib']})",
+        f"incremental, 1 % changed, cursor     {inc_s:6.1f} s  {inc_s / full_s:.1%} of the full load "
+        f"(target <= {TARGETS['incremental_share']:.0%})",
+        f"incremental, 1 % changed, +key-diff  {diff_s:6.1f} s  {diff_s / full_s:.1%} of the full load",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3])
+    else:
+        main()
