@@ -102,7 +102,9 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
             result.load_ids.extend(info.loads_ids)
         url = sa.make_url(credentials_for(spec, settings))
         plans = plan_source(pipeline, url, spec, only)
-        staging = new_staging_dir(settings.pipelines_dir / "_staging")
+        # a killed run may have left its parquet files here; dlt already holds what it imported
+        remove_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
+        staging = new_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
         try:
             info = pipeline.run(database_source(spec, url, plans, staging))
         finally:
