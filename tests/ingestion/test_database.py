@@ -150,3 +150,36 @@ def test_a_table_split_into_many_parquet_files_loads_every_row(
     assert {t.table: t.extracted for t in result.tables}["order_items"] == items
     assert raw(settings, "select count(*), count(distinct order_item_id) from raw_shop.order_items") == [(items, items)]
     assert len(list((settings.pipelines_dir).rglob("order_items.*.parquet"))) > 1
+
+
+@pytest.mark.parametrize("delay", [1.0, 2.0, 2.6])
+def test_a_sigkilled_ingest_is_finished_by_the_next_run(settings: Settings, delay: float) -> None:
+    """SIGKILL a real ingest process at some instant (reflection, extraction, load), run again:
+    raw equals the source, no key twice, and a third run finds nothing new."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "from pathlib import Path; from dusk.ingest import configure_dlt, ingest_source; "
+        "from dusk.settings import Settings; from ingestion.config import load_sources; configure_dlt(); "
+        f"s = Settings(Path({str(settings.data_dir)!r}), Path({str(settings.warehouse)!r}), Path('t'), True, 5); "
+        "r = ingest_source(load_sources()['shop'], s); print(r.ok, r.error)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOURCES__")}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    time.sleep(delay)
+    assert proc.poll() is None, "the ingest finished before the kill; the test needs a later instant"
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    spec = load_sources()["shop"]
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
+        for table, pk in (("customers", "customer_id"), ("order_items", "order_item_id")):
+            source = sorted(r[0] for r in con.execute(f"select {pk} from {table}"))
+            assert [r[0] for r in raw(settings, f"select {pk} from raw_shop.{table} order by 1")] == source
+    quiet = ingest_source(spec, settings)
+    assert quiet.ok and all(t.extracted == 0 for t in quiet.tables)
