@@ -260,6 +260,7 @@ def plan_source(
                 first = not _stored_columns(pipeline, table.name)
                 plan = TablePlan(table, columns, first_load=first)
                 if not first:
+                    _refuse_null_cursors(engine, spec, table)
                     plan.start = _resource_start(pipeline, spec, table)
                     if plan.start is not None and not table.lag_seconds:
                         plan.boundary_keys = _boundary_keys(pipeline, table, plan.start)
@@ -269,6 +270,18 @@ def plan_source(
     finally:
         engine.dispose()
     return plans
+
+
+def _refuse_null_cursors(engine: sa.Engine, spec: SourceSpec, table: TableSpec) -> None:
+    """Rows without a cursor would never be read by an incremental run: refuse them. Asked of the
+    source database itself, where an index on the cursor answers it."""
+    if not table.cursor:
+        return
+    t = sa.table(table.name, sa.column(table.cursor))
+    with engine.connect() as con:
+        missing = con.execute(sa.select(sa.func.count()).select_from(t).where(t.c[table.cursor].is_(None))).scalar()
+    if missing:
+        raise SourceDataError(_null_cursor(_where(spec.name, table.name), int(missing), table))
 
 
 def _boundary_keys(pipeline: dlt.Pipeline, table: TableSpec, start: Any) -> list[Any]:
@@ -303,7 +316,7 @@ def _extract_files(
     table = plan.spec
     where = _where(spec.name, table.name)
     cursor = next((c for c in plan.columns if c.name == table.cursor), None)
-    predicate, null_check = "", ""
+    predicate = ""
     if cursor is not None and start is not None:
         # Compare the source column itself, so the filter runs in the source database on its index.
         column, value = f'"{cursor.name}"', cursor.filter_literal(start)
@@ -311,7 +324,6 @@ def _extract_files(
         if plan.boundary_keys and start == plan.start:
             seen = ", ".join(sql_literal(k) for k in plan.boundary_keys)
             predicate += f' AND NOT ({column} = {value} AND "{table.primary_key}" IN ({seen}))'
-        null_check = f"{column} IS NULL"
     for i in range(0, len(plan.late_keys), _KEY_CHUNK):
         keys = ", ".join(sql_literal(k) for k in plan.late_keys[i : i + _KEY_CHUNK])
         predicate = (
@@ -324,11 +336,6 @@ def _extract_files(
         if predicate and kind == "postgresql":
             # a filtered read: one indexed query beats DuckDB's parallel page-range scans
             con.execute("SET pg_use_ctid_scan = false")
-        if null_check:
-            # rows without a cursor would never be read again: found here and refused
-            (missing,) = con.execute(f"SELECT count(*) FROM {relation} WHERE {null_check}").fetchone() or (0,)
-            if missing:
-                raise SourceDataError(_null_cursor(where, missing, table))
         predicate = f"WHERE {predicate}" if predicate else ""
         query = (
             f"SELECT {select_list(plan.columns)}, {sql_literal(load_id)} AS {LOAD_ID}, "
