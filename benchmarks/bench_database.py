@@ -54,15 +54,20 @@ def prepare() -> int:
             if n:
                 return int(n)
     import duckdb
+    import sqlalchemy as sa
 
-    from ingestion.database.reader import _load_extension
+    from ingestion.database.reader import load_extension
 
     print(f"generating TPC-H lineitem at scale factor {SF} into {DB} ...", flush=True)
     duck = duckdb.connect()
-    _load_extension(duck, "duckdb_extension_tpch")
-    _load_extension(duck, "duckdb_extension_postgres_scanner")
+    load_extension(duck, "duckdb_extension_tpch")
+    load_extension(duck, "duckdb_extension_postgres_scanner")
     duck.execute(f"CALL dbgen(sf={SF})")
-    duck.execute(f"ATTACH 'dbname={DB} host=127.0.0.1 user=postgres' AS pg (TYPE postgres)")
+    url = sa.make_url(_url(DB))
+    conninfo = f"dbname={DB} host={url.host or 'localhost'} port={url.port or 5432} user={url.username or 'postgres'}"
+    if url.password:
+        conninfo += f" password={url.password}"
+    duck.execute(f"ATTACH '{conninfo}' AS pg (TYPE postgres)")
     duck.execute("DROP TABLE IF EXISTS pg.public.lineitem")
     duck.execute(
         "CREATE TABLE pg.public.lineitem AS SELECT row_number() OVER () AS l_id, *, "

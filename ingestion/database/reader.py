@@ -47,7 +47,8 @@ class SourceSchemaError(RuntimeError):
     """The source table no longer matches what raw holds (dropped column, changed type, gone)."""
 
 
-def _load_extension(con: duckdb.DuckDBPyConnection, module: str) -> None:
+def load_extension(con: duckdb.DuckDBPyConnection, module: str) -> None:
+    """LOAD the extension binary shipped in the ``duckdb-extension-*`` package ``module``."""
     package = importlib.import_module(module)
     files = list(Path(package.__file__ or "").parent.rglob("*.duckdb_extension"))
     if not files:
@@ -81,7 +82,7 @@ def attach(url: sa.URL, threads: int = 2) -> Iterator[duckdb.DuckDBPyConnection]
         con.execute("SET preserve_insertion_order = false")
         con.execute("SET autoinstall_known_extensions = false")
         con.execute("SET autoload_known_extensions = false")
-        _load_extension(con, module)
+        load_extension(con, module)
         if kind == "sqlite":
             con.execute(f"ATTACH {_quote(url.database)} AS src (TYPE sqlite, READ_ONLY)")
         else:
