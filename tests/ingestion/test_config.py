@@ -35,6 +35,8 @@ def test_shipped_sources_file_declares_the_shop() -> None:
         ),
         ("customers:\n        primary_key: id\n        write_disposition: upsert", "write_disposition: 'upsert'"),
         ("customers:\n        primary_key: id\n        cursro: updated_at", "unknown keys ['cursro']"),
+        ("customers:\n        primary_key: id\n        cursor: updated_at\n        lag: -5", "lag: seconds"),
+        ("customers:\n        primary_key: id\n        lag: 60", "customers.lag: needs a cursor"),
     ],
 )
 def test_bad_declarations_name_the_entry(tmp_path: Path, table_yaml: str, message: str) -> None:
@@ -42,3 +44,12 @@ def test_bad_declarations_name_the_entry(tmp_path: Path, table_yaml: str, messag
     with pytest.raises(ConfigError) as err:
         load_sources(path)
     assert message in str(err.value)
+
+
+def test_lag_is_read_in_seconds(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "sources:\n  shop:\n    kind: database\n    tables:\n      t:\n        primary_key: id\n"
+        "        cursor: updated_at\n        lag: 3600\n",
+    )
+    assert load_sources(path)["shop"].table("t").lag_seconds == 3600.0
