@@ -19,7 +19,6 @@ One code path for the three engines:
 
 from __future__ import annotations
 
-import logging
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -47,8 +46,6 @@ from ingestion.database.reader import (
     source_relation,
     sql_literal,
 )
-
-log = logging.getLogger(__name__)
 
 DELETED_FLAG = "_is_deleted"
 DELETED_AT = "_deleted_at"
@@ -179,16 +176,10 @@ def key_pass(
     nulls, dups = con.execute(
         "SELECT count(*) - count(k), count(k) - count(DISTINCT k) FROM source_keys"
     ).fetchone() or (0, 0)
-    if nulls:
-        raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {table.primary_key!r}")
     if dups:
-        sample = [
-            r[0]
-            for r in con.execute(
-                "SELECT k FROM source_keys GROUP BY k HAVING count(*) > 1 ORDER BY k LIMIT 5"
-            ).fetchall()
-        ]
-        raise SourceDataError(f"{where}: {dups} duplicate value(s) of primary key {table.primary_key!r}, e.g. {sample}")
+        dup_sql = "SELECT k FROM source_keys GROUP BY k HAVING count(*) > 1 ORDER BY k LIMIT 5"
+        sample = [r[0] for r in con.execute(dup_sql).fetchall()]
+    _refuse_bad_keys(where, table, nulls, dups, f", e.g. {sample}" if dups else "")
     if raw is None or raw.num_rows == 0:
         return None, []
     con.register("raw_keys", raw)
@@ -228,6 +219,14 @@ def key_pass(
     rows = rows.append_column(DELETED_FLAG, pa.array([True] * rows.num_rows, pa.bool_()))
     rows = rows.append_column(DELETED_AT, pa.array([now] * rows.num_rows, _DELETED_AT_TYPE))
     return rows, late
+
+
+def _refuse_bad_keys(where: str, table: TableSpec, nulls: int, dups: int, example: str = "") -> None:
+    """NULL or duplicate primary keys fail the table: a merge would silently keep one row."""
+    if nulls:
+        raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {table.primary_key!r}")
+    if dups:
+        raise SourceDataError(f"{where}: {dups} duplicate value(s) of primary key {table.primary_key!r}{example}")
 
 
 def _incremental(table: TableSpec) -> Any:
@@ -360,15 +359,11 @@ def _extract_files(
         ).fetchone() or (0, 0, None, 0)
         if missing:
             raise SourceDataError(_null_cursor(where, missing, table))
-        if nulls:
-            raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {table.primary_key!r}")
-        if dups:
-            raise SourceDataError(f"{where}: {dups} duplicate value(s) of primary key {table.primary_key!r}")
-        counts = [
-            (f, int(con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(f))})").fetchone()[0]))  # type: ignore[index]
-            for f in files
-        ]
-    return [(f, n) for f, n in counts if n], schema, top
+        _refuse_bad_keys(where, table, nulls, dups)
+        counts = con.execute(
+            f"SELECT filename, count(*) FROM read_parquet({glob}, filename = true) GROUP BY filename ORDER BY filename"
+        ).fetchall()
+    return [(Path(f), int(n)) for f, n in counts if n], schema, top
 
 
 def _null_cursor(where: str, count: int, table: TableSpec) -> str:
