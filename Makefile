@@ -12,7 +12,7 @@ export DBT_PROFILES_DIR := $(CURDIR)/profiles
 export RUNTIME__DLTHUB_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup setup-dev run simulate test lint format docs bench clean
+.PHONY: help setup setup-dev run simulate cdc-setup cdc-drop test lint format docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -40,6 +40,14 @@ run: setup ## Run the pipeline: ingest -> dbt build -> docs -> summary (creates 
 
 simulate: setup ## Advance the demo shop by DAYS days of activity (make simulate DAYS=3)
 	$(BIN)/python -m dusk simulate --days $(DAYS)
+
+cdc-setup: setup ## Create the PostgreSQL publication and replication slot of SOURCE's `deletes: cdc` tables
+	@test -n "$(SOURCE)" || { echo "usage: make cdc-setup SOURCE=<name in sources.yml>"; exit 2; }
+	$(BIN)/python -m dusk cdc setup $(SOURCE)
+
+cdc-drop: setup ## Drop SOURCE's replication slot and publication (the server stops keeping WAL for it)
+	@test -n "$(SOURCE)" || { echo "usage: make cdc-drop SOURCE=<name in sources.yml>"; exit 2; }
+	$(BIN)/python -m dusk cdc drop $(SOURCE)
 
 test: setup-dev ## Run the test suite (pytest)
 	$(BIN)/python -m pytest

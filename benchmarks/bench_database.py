@@ -11,6 +11,9 @@ server's own COPY speed.
    peak RSS is sampled every 50 ms.
 4. 1 % of the rows change (new ``updated_at``); an incremental run (cursor only), then another 1 %
    and an incremental run with the key-diff delete pass on.
+5. When the server runs with ``wal_level=logical``: the table declared ``deletes: cdc`` (a
+   replication slot of its own, dropped afterwards), a snapshot load, 1 % changed, and the
+   incremental run that reads those changes from the slot.
 
 Every figure is the median of BENCH_RUNS (default 3) runs. Prints one table; nothing is asserted.
 Needs a PostgreSQL server (BENCH_PG, default postgresql://postgres@127.0.0.1:5432).
@@ -112,8 +115,9 @@ def child(workdir: str, deletes: str) -> None:
     configure_dlt()
     root = Path(workdir)
     settings = Settings(root, root / "bench.duckdb", root / "target", demo=False, demo_seed=0)
+    cursor = None if deletes == "cdc" else "updated_at"
     spec = SourceSpec(
-        "bench", "database", "TPC-H lineitem", False, (TableSpec("lineitem", "l_id", "updated_at", "merge", deletes),)
+        "bench", "database", "TPC-H lineitem", False, (TableSpec("lineitem", "l_id", cursor, "merge", deletes),)
     )  # type: ignore[arg-type]
     started = time.perf_counter()
     result = ingest_source(spec, settings)
@@ -145,10 +149,39 @@ def touch_one_percent(round_: int) -> int:
         return cur.rowcount
 
 
+def wal_level() -> str:
+    with psycopg.connect(_url(DB)) as con:
+        row = con.execute("show wal_level").fetchone()
+        return str(row[0]) if row else ""
+
+
+def cdc_round(work: str, round_: int) -> tuple[float, float]:
+    """A fresh slot, a snapshot load and a 1 % CDC run; returns (snapshot s, CDC run s)."""
+    import sqlalchemy as sa
+
+    from ingestion.config import SourceSpec, TableSpec
+    from ingestion.database import cdc
+
+    spec = SourceSpec("bench", "database", "", False, (TableSpec("lineitem", "l_id", None, "merge", "cdc"),))
+    url = sa.make_url(_url(DB))
+    cdc.drop(url, spec)
+    cdc.setup(url, spec)
+    try:
+        snapshot = run_child(work, "cdc")
+        changed = touch_one_percent(round_)
+        run = run_child(work, "cdc")
+        assert run["rows"] == changed, (run, changed)
+        return snapshot["seconds"], run["seconds"]
+    finally:
+        cdc.drop(url, spec)
+
+
 def main() -> None:
     rows = prepare()
     limits, fulls, incs, diffs = [], [], [], []
-    rss = []
+    rss: list[int] = []
+    cdc_runs: list[float] = []
+    logical = wal_level() == "logical"
     for i in range(RUNS):
         limits.append(copy_seconds())
         with tempfile.TemporaryDirectory(prefix="dusk-bench-") as work:
@@ -164,6 +197,9 @@ def main() -> None:
             diff = run_child(work, "key_diff")
             assert diff["rows"] == changed, (diff, changed)
             diffs.append(diff["seconds"])
+        if logical:
+            with tempfile.TemporaryDirectory(prefix="dusk-bench-cdc-") as work:
+                cdc_runs.append(cdc_round(work, 2 * RUNS + i + 1)[1])
     limit, full_s = statistics.median(limits), statistics.median(fulls)
     inc_s, diff_s, peak = statistics.median(incs), statistics.median(diffs), max(rss)
     ratio = limit / full_s
@@ -177,6 +213,11 @@ def main() -> None:
         f"(target <= {TARGETS['incremental_share']:.0%})",
         f"incremental, 1 % changed, +key-diff  {diff_s:6.1f} s  {diff_s / full_s:.1%} of the full load",
     ]
+    if cdc_runs:
+        cdc_s = statistics.median(cdc_runs)
+        lines.append(f"incremental, 1 % changed, CDC       {cdc_s:6.1f} s  {cdc_s / full_s:.1%} of the full load")
+    else:
+        lines.append("incremental, CDC: not measured (the server runs without wal_level=logical)")
     print("\n".join(lines))
 
 

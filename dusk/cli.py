@@ -71,6 +71,46 @@ def simulate(
         shop.dispose()
 
 
+cdc_app = typer.Typer(no_args_is_help=True, help="PostgreSQL change data capture: slot and publication.")
+app.add_typer(cdc_app, name="cdc")
+
+
+def _cdc(source: str, action: str) -> None:
+    import sqlalchemy as sa
+
+    from dusk.ingest import configure_dlt, credentials_for
+    from ingestion.config import load_sources
+    from ingestion.database import cdc
+
+    _logging(False)
+    configure_dlt()
+    specs = load_sources()
+    if source not in specs:
+        typer.echo(f"no source {source!r} in sources.yml (known: {', '.join(sorted(specs))})", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    url = sa.make_url(credentials_for(specs[source], Settings.from_env()))
+    try:
+        done = cdc.setup(url, specs[source]) if action == "setup" else cdc.drop(url, specs[source])
+    except cdc.CdcError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    for line in done:
+        typer.echo(line)
+
+
+@cdc_app.command("setup")
+def cdc_setup(source: Annotated[str, typer.Argument(help="Source name in sources.yml.")]) -> None:
+    """Create the publication of the source's `deletes: cdc` tables and its replication slot
+    (idempotent; run it again after adding a CDC table)."""
+    _cdc(source, "setup")
+
+
+@cdc_app.command("drop")
+def cdc_drop(source: Annotated[str, typer.Argument(help="Source name in sources.yml.")]) -> None:
+    """Drop the source's replication slot and publication (PostgreSQL stops keeping WAL for it)."""
+    _cdc(source, "drop")
+
+
 def main() -> None:
     """Run the CLI."""
     app()

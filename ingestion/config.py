@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ SOURCES_FILE = Path(__file__).resolve().parent / "sources.yml"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 WriteDisposition = Literal["append", "merge", "replace"]
-DeleteStrategy = Literal["none", "key_diff"]
+DeleteStrategy = Literal["none", "key_diff", "cdc"]
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,18 @@ class SourceSpec:
     description: str
     demo: bool
     tables: tuple[TableSpec, ...]
+    slot: str = ""
+    publication: str = ""
+
+    @property
+    def cdc_slot(self) -> str:
+        """PostgreSQL replication slot of the ``deletes: cdc`` tables (default ``dusk_<name>``)."""
+        return self.slot or f"dusk_{self.name.lower()}"
+
+    @property
+    def cdc_publication(self) -> str:
+        """PostgreSQL publication of the ``deletes: cdc`` tables (default ``dusk_<name>``)."""
+        return self.publication or f"dusk_{self.name.lower()}"
 
     @property
     def dataset(self) -> str:
@@ -80,9 +93,11 @@ def _table(name: str, raw: dict[str, Any], where: str) -> TableSpec:
     disposition = _choice(
         raw.get("write_disposition", "merge"), ("append", "merge", "replace"), f"{where}.write_disposition"
     )
-    deletes = _choice(raw.get("deletes", "none"), ("none", "key_diff"), f"{where}.deletes")
-    if deletes == "key_diff" and disposition != "merge":
-        raise ConfigError(f"{where}: deletes: key_diff needs write_disposition: merge")
+    deletes = _choice(raw.get("deletes", "none"), ("none", "key_diff", "cdc"), f"{where}.deletes")
+    if deletes != "none" and disposition != "merge":
+        raise ConfigError(f"{where}: deletes: {deletes} needs write_disposition: merge")
+    if deletes == "cdc" and raw.get("cursor"):
+        raise ConfigError(f"{where}: deletes: cdc takes no cursor (the replication position is the cursor)")
     share = float(raw.get("max_delete_share", 0.5))
     if not 0 < share <= 1:
         raise ConfigError(f"{where}.max_delete_share: must be in (0, 1], got {share}")
@@ -103,8 +118,10 @@ def _table(name: str, raw: dict[str, Any], where: str) -> TableSpec:
     )
 
 
-def load_sources(path: Path = SOURCES_FILE) -> dict[str, SourceSpec]:
-    """Parse sources.yml into specs, raising ConfigError naming the offending entry."""
+def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
+    """Parse sources.yml (or the file ``DUSK_SOURCES_FILE`` names) into specs, raising
+    ConfigError naming the offending entry."""
+    path = path or Path(os.environ.get("DUSK_SOURCES_FILE") or SOURCES_FILE)
     doc = yaml.safe_load(path.read_text()) or {}
     sources: dict[str, SourceSpec] = {}
     for name, raw in (doc.get("sources") or {}).items():
@@ -112,11 +129,17 @@ def load_sources(path: Path = SOURCES_FILE) -> dict[str, SourceSpec]:
         _identifier(name, where)
         if not raw.get("tables"):
             raise ConfigError(f"{where}: no tables listed")
+        cdc = raw.get("cdc") or {}
+        unknown = set(cdc) - {"slot", "publication"}
+        if unknown:
+            raise ConfigError(f"{where}.cdc: unknown keys {sorted(unknown)}")
         sources[name] = SourceSpec(
             name=name,
             kind=_choice(raw.get("kind"), ("database",), f"{where}.kind"),
             description=str(raw.get("description", "")),
             demo=bool(raw.get("demo", False)),
             tables=tuple(_table(t, spec or {}, f"{where}.tables.{t}") for t, spec in raw["tables"].items()),
+            slot=_identifier(cdc["slot"], f"{where}.cdc.slot") if "slot" in cdc else "",
+            publication=_identifier(cdc["publication"], f"{where}.cdc.publication") if "publication" in cdc else "",
         )
     return sources

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,10 +92,9 @@ def shop_url(request: pytest.FixtureRequest) -> Iterator[str]:
             pass
     except sa.exc.OperationalError as exc:
         admin.dispose()
-        reason = f"{request.param} is not reachable at {admin.url.render_as_string(hide_password=True)}: {exc.orig}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        _service_missing(
+            f"{request.param} is not reachable at {admin.url.render_as_string(hide_password=True)}: {exc.orig}"
+        )
     db = f"dusk_test_{uuid.uuid4().hex[:10]}"
     with admin.connect() as con:
         con.execute(sa.text(f"create database {db}"))
@@ -104,4 +106,85 @@ def shop_url(request: pytest.FixtureRequest) -> Iterator[str]:
                 con.execute(sa.text(f"drop database if exists {db} with (force)"))
             else:
                 con.execute(sa.text(f"drop database if exists {db}"))
+        admin.dispose()
+
+
+def _service_missing(reason: str) -> None:
+    """Skip on a laptop without the service; fail under CI=true, where it must be there."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def logical_pg_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server with wal_level=logical (what CDC needs): the machine's own server when
+    it runs so, else a throwaway cluster of the machine's PostgreSQL binaries, stopped after."""
+    admin_url = SERVERS["postgres"][0]
+    engine = sa.create_engine(admin_url)
+    try:
+        with engine.connect() as con:
+            if con.execute(sa.text("show wal_level")).scalar() == "logical":
+                yield admin_url
+                return
+    except sa.exc.OperationalError:
+        pass
+    finally:
+        engine.dispose()
+    bindir = _pg_bindir()
+    if bindir is None:
+        _service_missing("no PostgreSQL with wal_level=logical, and no PostgreSQL binaries (initdb) to start one")
+        return
+    root = Path(tempfile.mkdtemp(prefix="dusk-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    options = (
+        f"-c wal_level=logical -c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} "
+        "-c fsync=off -c max_replication_slots=20 -c max_wal_senders=20"
+    )
+    ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
+    subprocess.run([*ctl, "-o", options, "-w", "-l", str(root / "log"), "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def logical_pg_url(logical_pg_admin: str) -> Iterator[str]:
+    """A new, empty database on a PostgreSQL server with wal_level=logical, dropped afterwards
+    with the replication slots on it."""
+    admin = sa.create_engine(logical_pg_admin, isolation_level="AUTOCOMMIT")
+    db = f"dusk_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as con:
+        con.execute(sa.text(f"create database {db}"))
+    try:
+        yield logical_pg_admin.rsplit("/", 1)[0] + f"/{db}"
+    finally:
+        with admin.connect() as con:
+            con.execute(
+                sa.text("select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = :db"),
+                {"db": db},
+            )
+            con.execute(sa.text(f"drop database if exists {db} with (force)"))
         admin.dispose()

@@ -36,7 +36,15 @@ from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
 from dlt.extract.source import DltSource
 
 from ingestion.config import SourceSpec, TableSpec
-from ingestion.database import reader
+from ingestion.database import cdc, reader
+from ingestion.database.raw import (
+    DELETED_AT,
+    DELETED_FLAG,
+    LOAD_ID,
+    SOURCE_COMMITTED_AT,
+    SOURCE_LSN,
+    is_bookkeeping,
+)
 from ingestion.database.reader import (
     SourceColumn,
     SourceSchemaError,
@@ -47,10 +55,6 @@ from ingestion.database.reader import (
     sql_literal,
 )
 
-DELETED_FLAG = "_is_deleted"
-DELETED_AT = "_deleted_at"
-LOAD_ID = "_dlt_load_id"
-BOOKKEEPING = (DELETED_FLAG, DELETED_AT)
 _DELETED_AT_TYPE = pa.timestamp("us", tz="UTC")
 _KEY_CHUNK = 1000
 
@@ -76,10 +80,18 @@ class TablePlan:
     """The cursor value this run reads from (dlt's last value, minus the lag)."""
     boundary_keys: list[Any] = field(default_factory=list)
     """Keys raw already holds at exactly ``start``: not read again (ties are still never lost)."""
+    cdc_upto: int | None = None
+    """For ``deletes: cdc``: the WAL position this run reads changes up to."""
+    types: dict[str, str] = field(default_factory=dict)
+    """For ``deletes: cdc``: each column's DuckDB type as the scanner reads it (changes are cast to it)."""
+    raw_rows: cdc.RawRows | None = None
+    """For ``deletes: cdc``: raw's rows, given columns and a SQL predicate (None before the first load)."""
+    cdc_deleted: int = 0
+    """Rows the change stream deleted in this run (known once extracted)."""
 
     @property
     def deleted_count(self) -> int:
-        return 0 if self.deleted is None else self.deleted.num_rows
+        return self.cdc_deleted + (0 if self.deleted is None else self.deleted.num_rows)
 
 
 def _where(source: str, table: str) -> str:
@@ -91,7 +103,7 @@ def _stored_columns(pipeline: dlt.Pipeline, table: str) -> dict[str, Any]:
     if not pipeline.default_schema_name:
         return {}
     stored = pipeline.default_schema.tables.get(table, {}).get("columns", {})
-    return {n: c for n, c in stored.items() if not n.startswith("_dlt_") and n not in BOOKKEEPING}
+    return {n: c for n, c in stored.items() if not is_bookkeeping(n)}
 
 
 def select_list(columns: list[SourceColumn]) -> str:
@@ -214,7 +226,7 @@ def key_pass(
         keys = ", ".join(sql_literal(k) for k in gone[i : i + _KEY_CHUNK])
         part = _raw_arrow(pipeline, f"select * from {qualified} where {pk} in ({keys})")
         assert part is not None
-        parts.append(part.drop_columns([c for c in part.column_names if c.startswith("_dlt_") or c in BOOKKEEPING]))
+        parts.append(part.drop_columns([c for c in part.column_names if is_bookkeeping(c)]))
     rows = pa.concat_tables(parts, promote_options="default")
     rows = rows.append_column(DELETED_FLAG, pa.array([True] * rows.num_rows, pa.bool_()))
     rows = rows.append_column(DELETED_AT, pa.array([now] * rows.num_rows, _DELETED_AT_TYPE))
@@ -240,6 +252,7 @@ def plan_source(
 ) -> list[TablePlan]:
     """Reflect, check and key-diff every declared table; raise naming the source and table."""
     now = now or datetime.now(UTC)
+    upto = _cdc_bound(url, spec, only)
     engine = sa.create_engine(url)
     plans = []
     try:
@@ -258,7 +271,13 @@ def plan_source(
                 check_schema(con, kind, pipeline, spec, table, columns)
                 first = not _stored_columns(pipeline, table.name)
                 plan = TablePlan(table, columns, first_load=first)
-                if not first:
+                if table.deletes == "cdc":
+                    relation = source_relation(kind, table.name)
+                    described = con.execute(f"DESCRIBE SELECT {select_list(columns)} FROM {relation}").fetchall()
+                    plan.types = {str(r[0]): str(r[1]) for r in described}
+                    plan.cdc_upto = upto
+                    plan.raw_rows = _raw_reader(pipeline, table.name)
+                elif not first:
                     _refuse_null_cursors(engine, spec, table)
                     plan.start = _resource_start(pipeline, spec, table)
                     if plan.start is not None and not table.lag_seconds:
@@ -269,6 +288,27 @@ def plan_source(
     finally:
         engine.dispose()
     return plans
+
+
+def _cdc_bound(url: sa.URL, spec: SourceSpec, only: set[str] | None) -> int | None:
+    """For a source with ``deletes: cdc`` tables: check the slot and publication and return the
+    WAL position this run reads up to. Read before reflecting and snapshotting, so a snapshot
+    holds every change below it."""
+    tables = [t for t in cdc.cdc_tables(spec) if only is None or t.name in only]
+    if not tables:
+        return None
+    if engine_kind(url) != "postgresql":
+        raise SourceSchemaError(f"{_where(spec.name, tables[0].name)}: deletes: cdc needs PostgreSQL")
+    if len(tables) != len(cdc.cdc_tables(spec)):
+        raise ValueError(f"source {spec.name!r}: the CDC tables share one slot; select all of them or none")
+    return cdc.check_ready(url, spec, tables)
+
+
+def _raw_reader(pipeline: dlt.Pipeline, table: str) -> cdc.RawRows:
+    def rows(columns: str, predicate: str) -> pa.Table | None:
+        return _raw_arrow(pipeline, f"select {columns} from {_qualified(pipeline, table)} where {predicate}")
+
+    return rows
 
 
 def _refuse_null_cursors(engine: sa.Engine, spec: SourceSpec, table: TableSpec) -> None:
@@ -336,9 +376,14 @@ def _extract_files(
             # a filtered read: one indexed query beats DuckDB's parallel page-range scans
             con.execute("SET pg_use_ctid_scan = false")
         predicate = f"WHERE {predicate}" if predicate else ""
+        extra = (
+            f", CAST(NULL AS BIGINT) AS {SOURCE_LSN}, CAST(NULL AS TIMESTAMPTZ) AS {SOURCE_COMMITTED_AT}"
+            if table.deletes == "cdc"
+            else ""
+        )
         query = (
             f"SELECT {select_list(plan.columns)}, {sql_literal(load_id)} AS {LOAD_ID}, "
-            f"false AS {DELETED_FLAG}, CAST(NULL AS TIMESTAMPTZ) AS {DELETED_AT} FROM {relation} {predicate}"
+            f"false AS {DELETED_FLAG}, CAST(NULL AS TIMESTAMPTZ) AS {DELETED_AT}{extra} FROM {relation} {predicate}"
         )
         schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
         con.execute(
@@ -373,11 +418,58 @@ def _null_cursor(where: str, count: int, table: TableSpec) -> str:
     )
 
 
-def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Path) -> Any:
+class _ChangeFeed:
+    """The slot's changes of one run, read once for all the source's CDC tables; reading them
+    puts the new position in dlt's source state, which dlt commits with the rows."""
+
+    def __init__(self, url: sa.URL, spec: SourceSpec, plans: list[TablePlan], staging: Path) -> None:
+        self.url, self.spec, self.staging = url, spec, staging
+        self.plans = [p for p in plans if p.spec.deletes == "cdc"]
+        self._batch: cdc.ChangeBatch | None = None
+
+    def batch(self) -> cdc.ChangeBatch:
+        if self._batch is None:
+            state = dlt.current.source_state().setdefault("cdc", {})
+            upto = self.plans[0].cdc_upto
+            assert upto is not None
+            # a first load is a snapshot taken after `upto` was read: it holds those changes already
+            tables = {p.spec.name: [c.name for c in p.columns] for p in self.plans if not p.first_load}
+            self._batch = cdc.read_changes(self.url, self.spec, tables, state.get("lsn"), upto, self.staging)
+            state["lsn"] = self._batch.end_lsn
+        return self._batch
+
+    def resource(self, plan: TablePlan) -> Any:
+        """The resource that merges one table's changes into raw."""
+        table = plan.spec
+
+        def changes() -> Iterator[Any]:
+            found = self.batch().tables[table.name]
+            if not found.count and not found.truncates:
+                return
+            assert plan.raw_rows is not None
+            load_id = dlt.current.load_package_state()["load_id"]
+            out = self.staging / f"{table.name}.resolved"
+            resolved = cdc.resolve(found, plan.types, plan.raw_rows, load_id, out)
+            plan.cdc_deleted = resolved.deleted
+            for path, rows in resolved.files:
+                yield dlt.mark.with_file_import(str(path), "parquet", rows, hints=resolved.schema.empty_table())
+
+        return dlt.resource(
+            changes,
+            name=table.name,
+            write_disposition="merge",
+            primary_key=table.primary_key,
+            columns={table.primary_key: {"nullable": True}},
+        )
+
+
+def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Path, feed: _ChangeFeed | None) -> Any:
     table = plan.spec
     cursor_range = _incremental(table)
 
     def read(incremental: Any = cursor_range) -> Iterator[Any]:
+        if feed is not None:
+            feed.batch()  # moves the stored position past what this snapshot holds
         start = incremental.get_current_range()[0] if incremental is not None else None
         load_id = dlt.current.load_package_state()["load_id"]
         files, schema, top = _extract_files(url, spec, plan, start, staging / table.name, load_id)
@@ -405,10 +497,18 @@ def database_source(spec: SourceSpec, url: sa.URL, plans: list[TablePlan], stagi
     """The dlt source for one declared database: one resource per planned table, plus one per
     table that carries the rows key-diff found deleted."""
 
+    feed = _ChangeFeed(url, spec, plans, staging / "_cdc") if any(p.cdc_upto is not None for p in plans) else None
+
     @dlt.source(name=spec.name, max_table_nesting=0)
     def source() -> Iterator[Any]:
         for plan in plans:
-            yield _table_resource(url, spec, plan, staging)
+            if plan.spec.deletes == "cdc" and feed is not None:
+                if plan.first_load:
+                    yield _table_resource(url, spec, plan, staging, feed)
+                else:
+                    yield feed.resource(plan)
+            else:
+                yield _table_resource(url, spec, plan, staging, None)
         for plan in plans:
             if plan.deleted is not None and plan.deleted.num_rows:
                 yield dlt.resource(

@@ -37,6 +37,14 @@ def test_shipped_sources_file_declares_the_shop() -> None:
         ("customers:\n        primary_key: id\n        cursro: updated_at", "unknown keys ['cursro']"),
         ("customers:\n        primary_key: id\n        cursor: updated_at\n        lag: -5", "lag: seconds"),
         ("customers:\n        primary_key: id\n        lag: 60", "customers.lag: needs a cursor"),
+        (
+            "customers:\n        primary_key: id\n        cursor: updated_at\n        deletes: cdc",
+            "deletes: cdc takes no cursor",
+        ),
+        (
+            "customers:\n        primary_key: id\n        write_disposition: replace\n        deletes: cdc",
+            "cdc needs write_disposition: merge",
+        ),
     ],
 )
 def test_bad_declarations_name_the_entry(tmp_path: Path, table_yaml: str, message: str) -> None:
@@ -53,3 +61,15 @@ def test_lag_is_read_in_seconds(tmp_path: Path) -> None:
         "        cursor: updated_at\n        lag: 3600\n",
     )
     assert load_sources(path)["shop"].table("t").lag_seconds == 3600.0
+
+
+def test_cdc_slot_and_publication_default_to_the_source_name(tmp_path: Path) -> None:
+    table = "    tables:\n      t:\n        primary_key: id\n        deletes: cdc\n"
+    path = write(tmp_path, f"sources:\n  crm:\n    kind: database\n{table}")
+    crm = load_sources(path)["crm"]
+    assert (crm.cdc_slot, crm.cdc_publication, crm.table("t").deletes) == ("dusk_crm", "dusk_crm", "cdc")
+    path = write(tmp_path, f"sources:\n  crm:\n    kind: database\n    cdc:\n      slot: crm_slot\n{table}")
+    assert load_sources(path)["crm"].cdc_slot == "crm_slot"
+    path = write(tmp_path, f"sources:\n  crm:\n    kind: database\n    cdc:\n      slto: x\n{table}")
+    with pytest.raises(ConfigError, match=r"sources.crm.cdc: unknown keys \['slto'\]"):
+        load_sources(path)

@@ -6,7 +6,6 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
-import duckdb
 import pytest
 import sqlalchemy as sa
 
@@ -15,6 +14,7 @@ from dusk.ingest import configure_dlt, demo_shop_url, ingest_source, make_pipeli
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, TableSpec, load_sources
 from ingestion.database import database_source, plan_source
+from tests.helpers import raw
 
 
 @pytest.fixture
@@ -25,11 +25,6 @@ def settings(tmp_path: Path) -> Settings:
     )
     ensure_demo(s, load_sources())
     return s
-
-
-def raw(settings: Settings, sql: str) -> list[tuple]:
-    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
-        return con.sql(sql).fetchall()
 
 
 def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:

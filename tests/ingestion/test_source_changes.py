@@ -9,7 +9,6 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-import duckdb
 import pytest
 import sqlalchemy as sa
 
@@ -17,6 +16,7 @@ from dusk.demo import ensure_demo
 from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, TableSpec, load_sources
+from tests.helpers import raw, sql
 
 
 @pytest.fixture
@@ -32,17 +32,6 @@ def shop(shop_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tupl
     engine = sa.create_engine(shop_url)
     yield settings, specs["shop"], engine
     engine.dispose()
-
-
-def sql(engine: sa.Engine, *statements: str) -> None:
-    with engine.begin() as con:
-        for s in statements:
-            con.execute(sa.text(s))
-
-
-def raw(settings: Settings, query: str) -> list[tuple]:
-    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
-        return con.sql(query).fetchall()
 
 
 def stats(result: SourceResult, table: str) -> tuple[int, int]:

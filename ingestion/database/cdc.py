@@ -1,0 +1,515 @@
+"""PostgreSQL change data capture: a logical replication slot (``pgoutput``) and a publication.
+
+``dusk cdc setup <source>`` creates both; every run then
+
+1. reads the server's current WAL position *before* reflecting and snapshotting, and bounds the run
+   there (a change committed later waits for the next night);
+2. advances the slot to the position dlt committed in the warehouse with the last loaded data,
+   then *peeks* (never consumes) the changes up to the bound: so a run that dies anywhere before
+   its load completes leaves the slot where it was, and the next run reads the same changes again;
+3. writes the decoded changes to parquet parts (memory bounded by the part size), and resolves
+   them per table in DuckDB into one row per key: the last change wins, a delete keeps the row's
+   last known values with ``_is_deleted`` and ``_deleted_at`` = the commit time, values the
+   stream does not carry (a delete's non-key columns, an unchanged TOASTed value) come from the
+   key's earlier change in the batch or from raw;
+4. stores the new position in dlt's source state, which dlt commits together with the rows.
+
+A TRUNCATE marks every row of the table deleted at its commit time. A table's first load is a
+snapshot through the scanner, taken after the bound was read, so it holds every change below
+the bound; those changes are skipped for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from ingestion.config import SourceSpec, TableSpec
+from ingestion.database import pgoutput, reader
+from ingestion.database.raw import DELETED_AT, DELETED_FLAG, LOAD_ID, SOURCE_COMMITTED_AT, SOURCE_LSN, is_bookkeeping
+from ingestion.database.reader import MEMORY_LIMIT, sql_literal
+
+PART_ROWS = 50_000
+"""Changes buffered in memory per table before they are written to a parquet part."""
+_KEY_CHUNK = 5000
+"""Keys per query when raw's rows are fetched for values the stream does not carry."""
+
+
+_META = ("_seq", "_op", "_lsn", "_ts", "_unknown")
+
+
+class CdcError(RuntimeError):
+    """Change data capture is not set up, not possible, or its position was lost."""
+
+
+def connect(url: sa.URL) -> psycopg.Connection[Any]:
+    """A psycopg connection to the source, with the session settings the text values rely on."""
+    conn = psycopg.connect(
+        host=url.host or "localhost",
+        port=url.port or 5432,
+        user=url.username or "",
+        password=url.password or "",
+        dbname=url.database or "",
+        options="-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3",
+    )
+    return conn
+
+
+def cdc_tables(spec: SourceSpec) -> list[TableSpec]:
+    """The source's tables declared with ``deletes: cdc``."""
+    return [t for t in spec.tables if t.deletes == "cdc"]
+
+
+def _wal_level(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SHOW wal_level").fetchone()
+    return str(row[0]) if row else ""
+
+
+def _require_logical(conn: psycopg.Connection[Any], spec: SourceSpec) -> None:
+    level = _wal_level(conn)
+    if level != "logical":
+        raise CdcError(
+            f"source {spec.name!r}: the server runs with wal_level={level}; CDC needs wal_level=logical "
+            "(ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
+        )
+
+
+def setup(url: sa.URL, spec: SourceSpec) -> list[str]:
+    """Create (or bring up to date) the publication of the source's CDC tables and its slot.
+    Returns one line per thing done. Idempotent."""
+    tables = cdc_tables(spec)
+    if not tables:
+        raise CdcError(f"source {spec.name!r}: no table is declared with deletes: cdc")
+    done = []
+    with connect(url) as conn:
+        conn.autocommit = True
+        _require_logical(conn, spec)
+        for table in tables:
+            _check_key(conn, spec, table)
+        names = ", ".join(f'public."{t.name}"' for t in tables)
+        exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (spec.cdc_publication,)).fetchone()
+        verb = "SET TABLE" if exists else "FOR TABLE"
+        action = "ALTER" if exists else "CREATE"
+        conn.execute(f'{action} PUBLICATION "{spec.cdc_publication}" {verb} {names}'.encode())
+        done.append(f"publication {spec.cdc_publication}: {', '.join(t.name for t in tables)}")
+        slot = _slot(conn, spec)
+        if slot is None:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (spec.cdc_slot,))
+            done.append(f"replication slot {spec.cdc_slot} created (pgoutput)")
+        else:
+            done.append(f"replication slot {spec.cdc_slot} exists (confirmed up to {slot[1]})")
+    return done
+
+
+def drop(url: sa.URL, spec: SourceSpec) -> list[str]:
+    """Drop the source's slot and publication (the server stops keeping WAL for it)."""
+    done = []
+    with connect(url) as conn:
+        conn.autocommit = True
+        if _slot(conn, spec) is not None:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (spec.cdc_slot,))
+            done.append(f"replication slot {spec.cdc_slot} dropped")
+        conn.execute(f'DROP PUBLICATION IF EXISTS "{spec.cdc_publication}"'.encode())
+        done.append(f"publication {spec.cdc_publication} dropped")
+    return done
+
+
+def _slot(conn: psycopg.Connection[Any], spec: SourceSpec) -> tuple[str, str, str] | None:
+    """(plugin, confirmed_flush_lsn, database) of the source's slot, or None."""
+    row = conn.execute(
+        "SELECT plugin, confirmed_flush_lsn::text, database FROM pg_replication_slots WHERE slot_name = %s",
+        (spec.cdc_slot,),
+    ).fetchone()
+    return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
+
+
+def _check_key(conn: psycopg.Connection[Any], spec: SourceSpec, table: TableSpec) -> None:
+    """The declared primary key must be the table's replica identity, or deletes would arrive
+    without it."""
+    row = conn.execute(
+        "SELECT c.relreplident, "
+        "  (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_index i "
+        "   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "   WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) "
+        "     OR (c.relreplident = 'i' AND i.indisreplident))) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (table.name,),
+    ).fetchone()
+    where = f"source {spec.name!r}, table {table.name!r}"
+    if row is None:
+        raise CdcError(f"{where}: the table is not in the source database (schema public)")
+    identity, keys = row
+    if identity == "f":
+        return  # REPLICA IDENTITY FULL: deletes carry the whole row
+    if identity == "n" or keys != [table.primary_key]:
+        raise CdcError(
+            f"{where}: deletes would not carry the declared primary key {table.primary_key!r} "
+            f"(replica identity key: {keys or 'none'}). Give the table that primary key, or "
+            f'ALTER TABLE "{table.name}" REPLICA IDENTITY FULL'
+        )
+
+
+def check_ready(url: sa.URL, spec: SourceSpec, tables: list[TableSpec]) -> int:
+    """Check the slot and the publication are in place for ``tables``; return the server's
+    current WAL position, the bound of this run."""
+    with connect(url) as conn:
+        _require_logical(conn, spec)
+        slot = _slot(conn, spec)
+        hint = f"run `dusk cdc setup {spec.name}` (or `make cdc-setup SOURCE={spec.name}`)"
+        if slot is None:
+            raise CdcError(f"source {spec.name!r}: replication slot {spec.cdc_slot!r} does not exist; {hint}")
+        if slot[0] != "pgoutput" or slot[2] != (url.database or ""):
+            raise CdcError(
+                f"source {spec.name!r}: replication slot {spec.cdc_slot!r} uses plugin {slot[0]} on database "
+                f"{slot[2]}, not pgoutput on {url.database}; drop it and {hint}"
+            )
+        published = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_publication_tables WHERE pubname = %s AND schemaname = 'public'",
+                (spec.cdc_publication,),
+            ).fetchall()
+        }
+        missing = [t.name for t in tables if t.name not in published]
+        if missing:
+            raise CdcError(
+                f"source {spec.name!r}: table(s) {missing} are not in publication {spec.cdc_publication!r}; {hint}"
+            )
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        return pgoutput.lsn_int(str(row[0]))
+
+
+@dataclass
+class TableChanges:
+    """The decoded changes of one table: parquet parts of text values, and truncates."""
+
+    spec: TableSpec
+    columns: list[str]
+    folder: Path
+    parts: list[Path] = field(default_factory=list)
+    truncates: list[tuple[int, int, datetime]] = field(default_factory=list)
+    """(sequence number, commit LSN, commit time) of each TRUNCATE."""
+    count: int = 0
+    _buffer: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._buffer = {name: [] for name in (*_META, *self.columns)}
+
+    def add(self, seq: int, op: str, lsn: int, ts: datetime, values: dict[str, Any]) -> None:
+        """One change; ``values`` maps column to text, None (NULL) or ``pgoutput.UNCHANGED``;
+        a column not in ``values`` is unknown too."""
+        buffer = self._buffer
+        buffer["_seq"].append(seq)
+        buffer["_op"].append(op)
+        buffer["_lsn"].append(lsn)
+        buffer["_ts"].append(ts)
+        unknown = []
+        for name in self.columns:
+            value = values.get(name, pgoutput.UNCHANGED)
+            if value is pgoutput.UNCHANGED:
+                unknown.append(name)
+                value = None
+            buffer[name].append(value)
+        buffer["_unknown"].append(unknown)
+        self.count += 1
+        if len(buffer["_seq"]) >= PART_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered changes to a parquet part."""
+        if not self._buffer["_seq"]:
+            return
+        schema = pa.schema(
+            [
+                ("_seq", pa.int64()),
+                ("_op", pa.string()),
+                ("_lsn", pa.int64()),
+                ("_ts", pa.timestamp("us", tz="UTC")),
+                ("_unknown", pa.list_(pa.string())),
+                *[(name, pa.string()) for name in self.columns],
+            ]
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"part-{len(self.parts):05d}.parquet"
+        pq.write_table(pa.table(self._buffer, schema=schema), path)
+        self.parts.append(path)
+        self._reset()
+
+
+@dataclass
+class ChangeBatch:
+    """What one run read from the slot."""
+
+    tables: dict[str, TableChanges]
+    end_lsn: int
+    """The position to store once these changes are loaded (the slot is advanced there next run)."""
+
+
+def read_changes(
+    url: sa.URL,
+    spec: SourceSpec,
+    tables: dict[str, list[str]],
+    stored_lsn: int | None,
+    upto_lsn: int,
+    staging: Path,
+) -> ChangeBatch:
+    """Advance the slot to ``stored_lsn`` (what raw holds), then peek the changes of ``tables``
+    (table -> column names) committed below ``upto_lsn`` into parquet parts under ``staging``."""
+    where = f"source {spec.name!r}"
+    batch = ChangeBatch(
+        {name: TableChanges(spec.table(name), columns, staging / name) for name, columns in tables.items()},
+        end_lsn=max(upto_lsn, stored_lsn or 0),
+    )
+    with connect(url) as conn:
+        conn.autocommit = True
+        slot = _slot(conn, spec)
+        if slot is None:
+            raise CdcError(f"{where}: replication slot {spec.cdc_slot!r} is gone; run `dusk cdc setup {spec.name}`")
+        confirmed = pgoutput.lsn_int(slot[1])
+        if stored_lsn is not None and confirmed > stored_lsn:
+            raise CdcError(
+                f"{where}: replication slot {spec.cdc_slot!r} was advanced to {slot[1]} outside dusk, past "
+                f"{pgoutput.lsn_text(stored_lsn)} that raw holds: the changes in between are lost to raw. "
+                f"Drop and set up the slot again (`dusk cdc drop/setup {spec.name}`) and reload the CDC tables."
+            )
+        if stored_lsn is not None and stored_lsn > confirmed:
+            conn.execute(
+                "SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (spec.cdc_slot, pgoutput.lsn_text(stored_lsn))
+            )
+        if not tables:
+            return batch
+        conn.autocommit = False
+        with conn.transaction(), conn.cursor(name="dusk_cdc") as cur:
+            cur.itersize = 10_000
+            cur.execute(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL, "
+                "'proto_version', '1', 'publication_names', %s)",
+                (spec.cdc_slot, pgoutput.lsn_text(upto_lsn), spec.cdc_publication),
+            )
+            _decode_into(batch, (bytes(row[0]) for row in cur))
+    for changes in batch.tables.values():
+        changes.flush()
+    return batch
+
+
+def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
+    relations: dict[int, pgoutput.Relation] = {}
+    seq, lsn, ts = 0, 0, None
+    for data in messages:
+        message = pgoutput.decode(data)
+        if isinstance(message, pgoutput.Begin):
+            lsn, ts = message.final_lsn, message.commit_time
+            continue
+        if isinstance(message, pgoutput.Commit):
+            batch.end_lsn = max(batch.end_lsn, message.end_lsn)
+            continue
+        if isinstance(message, pgoutput.Relation):
+            relations[message.relation_id] = message
+            continue
+        if message is None:
+            continue
+        assert ts is not None, "a change outside a transaction"
+        if isinstance(message, pgoutput.Truncate):
+            for relation_id in message.relation_ids:
+                relation = relations.get(relation_id)
+                changes = batch.tables.get(relation.name) if relation and relation.namespace == "public" else None
+                if changes is not None:
+                    seq += 1
+                    changes.truncates.append((seq, lsn, ts))
+            continue
+        relation = relations[message.relation_id]
+        changes = batch.tables.get(relation.name) if relation.namespace == "public" else None
+        if changes is None:
+            continue
+        if isinstance(message, pgoutput.Insert):
+            seq += 1
+            changes.add(seq, "I", lsn, ts, dict(zip(relation.columns, message.new, strict=True)))
+        elif isinstance(message, pgoutput.Update):
+            new = dict(zip(relation.columns, message.new, strict=True))
+            key = changes.spec.primary_key
+            if message.old is not None:
+                old = _old_values(relation, message.old, message.old_is_key)
+                if old.get(key) != new.get(key):  # the key itself changed: the old key is deleted
+                    seq += 1
+                    changes.add(seq, "D", lsn, ts, old)
+            seq += 1
+            changes.add(seq, "U", lsn, ts, new)
+        elif isinstance(message, pgoutput.Delete):
+            seq += 1
+            changes.add(seq, "D", lsn, ts, _old_values(relation, message.old, message.old_is_key))
+
+
+def _old_values(relation: pgoutput.Relation, old: pgoutput.Tuple, key_only: bool) -> dict[str, Any]:
+    """An old tuple's known values: with a key-only tuple, the other columns are unknown (not NULL)."""
+    values = dict(zip(relation.columns, old, strict=True))
+    if key_only:
+        return {k: v for k, v in values.items() if k in relation.key_columns}
+    return values
+
+
+def _cast(column: str, duck_type: str) -> str:
+    """Text from pgoutput to the column's DuckDB type (as the scanner reads it)."""
+    col = f'"{column}"'
+    if duck_type == "BLOB":
+        return f"from_hex(substr({col}, 3))"  # bytea's text form: \x0a1b...
+    if duck_type == "JSON":
+        return f"CAST({col} AS VARCHAR)"
+    return f"CAST({col} AS {duck_type})"
+
+
+@dataclass
+class Resolved:
+    """One table's changes as raw rows: parquet files ready for dlt, and their schema."""
+
+    files: list[tuple[Path, int]]
+    schema: pa.Schema
+    deleted: int
+
+
+RawRows = Callable[[str, str], "pa.Table | None"]
+"""``raw_rows(columns, predicate)``: raw's rows of the table, None before its first load."""
+
+
+def resolve(
+    changes: TableChanges,
+    types: dict[str, str],
+    raw_rows: RawRows,
+    load_id: str,
+    out: Path,
+) -> Resolved:
+    """Write one row per changed key, its state after the batch as raw stores it, to parquet
+    files under ``out``.
+
+    Values the stream does not carry (a delete's non-key columns, unchanged TOASTed values) come
+    from the key's last change in the batch that carried them, else from raw. ``bookkeeping``
+    names the deleted flag, the deletion time and the load id columns (``deleted``,
+    ``deleted_at``, ``load_id``: the load id's value is under ``load_id_value``)."""
+    table = changes.spec
+    pk = f'"{table.primary_key}"'
+    columns = changes.columns
+    out.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"threads": 2, "memory_limit": MEMORY_LIMIT})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET preserve_insertion_order = false")
+        typed = ", ".join(f'{_cast(c, types[c])} AS "{c}"' for c in columns)
+        parts = ", ".join(sql_literal(str(p)) for p in changes.parts)
+        sources = [f"SELECT _seq, _op, _lsn, _ts, _unknown, {typed} FROM read_parquet([{parts}])"] if parts else []
+        if changes.truncates:
+            sources.append(_truncate_deletes(con, changes, types, raw_rows, sources))
+        filled = ", ".join(
+            f"{pk}"
+            if c == table.primary_key
+            else f'last_value(CASE WHEN NOT list_contains(_unknown, {sql_literal(c)}) THEN struct_pack(v := "{c}") END '
+            f'IGNORE NULLS) OVER w AS "{c}"'
+            for c in columns
+        )
+        con.execute(
+            f"CREATE TEMP TABLE _last AS SELECT * FROM ("
+            f"  SELECT _seq, _op, _lsn, _ts, {filled} FROM ({' UNION ALL '.join(sources)}) "
+            f"  WINDOW w AS (PARTITION BY {pk} ORDER BY _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+            f") QUALIFY row_number() OVER (PARTITION BY {pk} ORDER BY _seq DESC) = 1"
+        )
+        others = [c for c in columns if c != table.primary_key]
+        missing = " OR ".join(f'"{c}" IS NULL' for c in others) or "false"
+        files = _raw_for_keys(con, f"SELECT {pk} FROM _last WHERE {missing}", raw_rows, table.primary_key, out)
+        raw_files = f"[{', '.join(files)}]"
+        described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({raw_files})").fetchall() if files else []
+        raw_columns = {str(r[0]) for r in described}
+        join = f"LEFT JOIN read_parquet({raw_files}) r ON r.{pk} = l.{pk}" if files else ""
+
+        def value(c: str) -> str:
+            if c == table.primary_key:
+                return f"l.{pk}"
+            fallback = f'CAST(r."{c}" AS {types[c]})' if c in raw_columns else f"CAST(NULL AS {types[c]})"
+            return f'CASE WHEN l."{c}" IS NULL THEN {fallback} ELSE l."{c}".v END AS "{c}"'
+
+        query = (
+            f"SELECT {', '.join(value(c) for c in columns)}, {sql_literal(load_id)} AS {LOAD_ID}, "
+            f"l._op = 'D' AS {DELETED_FLAG}, CASE WHEN l._op = 'D' THEN l._ts END AS {DELETED_AT}, "
+            f"l._lsn AS {SOURCE_LSN}, l._ts AS {SOURCE_COMMITTED_AT} FROM _last l {join}"
+        )
+        schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+        rows = out / "rows"
+        con.execute(
+            f"COPY ({query}) TO {sql_literal(str(rows))} (FORMAT parquet, FILE_SIZE_BYTES '{reader.FILE_SIZE}', "
+            "COMPRESSION lz4, OVERWRITE_OR_IGNORE)"
+        )
+        glob = sql_literal(str(rows / "*.parquet"))
+        counts = (
+            con.execute(
+                f"SELECT filename, count(*), count(*) FILTER (WHERE {DELETED_FLAG}) "
+                f"FROM read_parquet({glob}, filename = true) GROUP BY filename ORDER BY filename"
+            ).fetchall()
+            if any(rows.glob("*.parquet"))
+            else []
+        )
+        return Resolved([(Path(f), int(n)) for f, n, _ in counts if n], schema, sum(int(d) for *_, d in counts))
+    finally:
+        con.close()
+
+
+def _truncate_deletes(
+    con: duckdb.DuckDBPyConnection,
+    changes: TableChanges,
+    types: dict[str, str],
+    raw_rows: RawRows,
+    sources: list[str],
+) -> str:
+    """A SELECT of one delete per key a TRUNCATE removed: every key raw holds live and every key
+    changed earlier in the batch."""
+    key = changes.spec.primary_key
+    key_type = types[key]
+    con.register(
+        "_truncates",
+        pa.table(
+            {
+                "_seq": [t[0] for t in changes.truncates],
+                "_lsn": [t[1] for t in changes.truncates],
+                "_ts": [t[2] for t in changes.truncates],
+            }
+        ),
+    )
+    live = raw_rows(f'"{key}"', f'"{DELETED_FLAG}" IS NOT TRUE')
+    keys = [f"SELECT CAST(NULL AS {key_type}) AS k, -1 AS _seq WHERE false"]
+    if live is not None:
+        con.register("_raw_live", live)
+        keys.append(f'SELECT CAST("{key}" AS {key_type}), -1 FROM _raw_live')
+    if sources:
+        keys.append(f'SELECT "{key}", _seq FROM ({sources[0]})')
+    others = [c for c in changes.columns if c != key]
+    unknown = "[" + ", ".join(sql_literal(c) for c in others) + "]::VARCHAR[]"
+    values = ", ".join(f'k.k AS "{c}"' if c == key else f'CAST(NULL AS {types[c]}) AS "{c}"' for c in changes.columns)
+    return (
+        f"SELECT t._seq, 'D' AS _op, t._lsn, t._ts, {unknown} AS _unknown, {values} "
+        f"FROM _truncates t JOIN ({' UNION ALL '.join(keys)}) k ON k._seq < t._seq"
+    )
+
+
+def _raw_for_keys(con: duckdb.DuckDBPyConnection, keys_sql: str, raw_rows: RawRows, key: str, out: Path) -> list[str]:
+    """Raw's rows for the keys ``keys_sql`` selects, fetched in chunks into parquet files under
+    ``out`` (memory bounded by the chunk); returns the files as SQL literals."""
+    files: list[str] = []
+    result = con.execute(keys_sql)
+    while chunk := result.fetchmany(_KEY_CHUNK):
+        part = raw_rows("*", f'"{key}" IN ({", ".join(sql_literal(r[0]) for r in chunk)})')
+        if part is None:
+            return []
+        path = out / f"raw-{len(files):05d}.parquet"
+        pq.write_table(part.drop_columns([c for c in part.column_names if is_bookkeeping(c)]), path)
+        files.append(sql_literal(str(path)))
+    return files

@@ -1,0 +1,185 @@
+"""Decodes PostgreSQL's built-in logical replication output, ``pgoutput`` (protocol version 1).
+
+Only what change data capture needs: transactions (Begin/Commit), relation descriptions,
+inserts, updates, deletes and truncates. Values arrive in PostgreSQL's text format; the caller
+casts them to the column types. The message layout is PostgreSQL's "Logical Replication Message
+Formats" (protocol chapter 55.9).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+UNCHANGED = object()
+"""A TOASTed value the update did not change: pgoutput does not send it again."""
+
+
+class DecodeError(ValueError):
+    """A message this decoder does not understand (a newer protocol or a corrupt stream)."""
+
+
+@dataclass(frozen=True)
+class Begin:
+    final_lsn: int
+    """The LSN of the transaction's commit record."""
+    commit_time: datetime
+    xid: int
+
+
+@dataclass(frozen=True)
+class Commit:
+    commit_lsn: int
+    end_lsn: int
+    """Where the next transaction starts: a slot advanced here has consumed this transaction."""
+    commit_time: datetime
+
+
+@dataclass(frozen=True)
+class Relation:
+    relation_id: int
+    namespace: str
+    name: str
+    replica_identity: str
+    columns: tuple[str, ...]
+    key_columns: tuple[str, ...]
+
+
+Tuple = list[str | object | None]
+"""One row: text values, None for NULL, ``UNCHANGED`` for an unsent TOASTed value."""
+
+
+@dataclass(frozen=True)
+class Insert:
+    relation_id: int
+    new: Tuple
+
+
+@dataclass(frozen=True)
+class Update:
+    relation_id: int
+    old: Tuple | None
+    """The old key ('K', only when the key changed) or the whole old row ('O', REPLICA IDENTITY FULL)."""
+    old_is_key: bool
+    new: Tuple
+
+
+@dataclass(frozen=True)
+class Delete:
+    relation_id: int
+    old: Tuple
+    old_is_key: bool
+
+
+@dataclass(frozen=True)
+class Truncate:
+    relation_ids: tuple[int, ...]
+
+
+Message = Begin | Commit | Relation | Insert | Update | Delete | Truncate | None
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def take(self, fmt: str) -> int:
+        (value,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return int(value)
+
+    def byte(self) -> str:
+        value = chr(self.data[self.pos])
+        self.pos += 1
+        return value
+
+    def string(self) -> str:
+        end = bytes(self.data[self.pos :]).index(b"\0")
+        value = bytes(self.data[self.pos : self.pos + end]).decode()
+        self.pos += end + 1
+        return value
+
+    def time(self) -> datetime:
+        return _PG_EPOCH + timedelta(microseconds=self.take("!q"))
+
+    def tuple(self) -> Tuple:
+        values: Tuple = []
+        for _ in range(self.take("!h")):
+            kind = self.byte()
+            if kind == "n":
+                values.append(None)
+            elif kind == "u":
+                values.append(UNCHANGED)
+            elif kind == "t":
+                size = self.take("!i")
+                values.append(bytes(self.data[self.pos : self.pos + size]).decode())
+                self.pos += size
+            else:
+                raise DecodeError(f"unknown tuple value kind {kind!r} (binary mode is not supported)")
+        return values
+
+
+def decode(data: bytes) -> Message:
+    """One pgoutput message; None for the kinds CDC does not need (type, origin, message)."""
+    r = _Reader(data)
+    kind = r.byte()
+    if kind == "B":
+        return Begin(final_lsn=r.take("!Q"), commit_time=r.time(), xid=r.take("!I"))
+    if kind == "C":
+        r.take("!B")  # flags, unused
+        return Commit(commit_lsn=r.take("!Q"), end_lsn=r.take("!Q"), commit_time=r.time())
+    if kind == "R":
+        relation_id, namespace, name = r.take("!I"), r.string(), r.string()
+        identity = r.byte()
+        columns, keys = [], []
+        for _ in range(r.take("!h")):
+            flags, column = r.take("!B"), r.string()
+            r.take("!I")  # type oid
+            r.take("!i")  # type modifier
+            columns.append(column)
+            if flags & 1:
+                keys.append(column)
+        return Relation(relation_id, namespace, name, identity, tuple(columns), tuple(keys))
+    if kind == "I":
+        relation_id = r.take("!I")
+        if r.byte() != "N":
+            raise DecodeError("an insert without a new tuple")
+        return Insert(relation_id, r.tuple())
+    if kind == "U":
+        relation_id = r.take("!I")
+        marker, old = r.byte(), None
+        old_is_key = marker == "K"
+        if marker in ("K", "O"):
+            old = r.tuple()
+            marker = r.byte()
+        if marker != "N":
+            raise DecodeError(f"an update with an unexpected part {marker!r}")
+        return Update(relation_id, old, old_is_key, r.tuple())
+    if kind == "D":
+        relation_id = r.take("!I")
+        marker = r.byte()
+        if marker not in ("K", "O"):
+            raise DecodeError(f"a delete with an unexpected part {marker!r}")
+        return Delete(relation_id, r.tuple(), marker == "K")
+    if kind == "T":
+        count = r.take("!I")
+        r.take("!B")  # options (CASCADE, RESTART IDENTITY)
+        return Truncate(tuple(r.take("!I") for _ in range(count)))
+    if kind in ("Y", "O", "M"):
+        return None
+    raise DecodeError(f"unknown pgoutput message kind {kind!r}")
+
+
+def lsn_text(lsn: int) -> str:
+    """An LSN as PostgreSQL writes it (``16/B374D848``)."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def lsn_int(text: str) -> int:
+    """PostgreSQL's text form of an LSN as a number (comparable, storable)."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)

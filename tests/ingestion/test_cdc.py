@@ -1,0 +1,326 @@
+"""PostgreSQL log-based CDC (pgoutput slot + publication), against a real server with
+wal_level=logical and a database of its own per test: inserts, updates and deletes arrive in raw
+with their commit LSN and time, a TRUNCATE deletes, the position moves only with the data, and a
+process killed at any instant loses and repeats nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
+from dusk.settings import Settings
+from ingestion.config import SourceSpec, TableSpec, load_sources
+from ingestion.database import cdc, database_source, plan_source
+from tests.helpers import raw, sql
+
+SOURCES_YML = """
+sources:
+  crm:
+    kind: database
+    description: a CRM on PostgreSQL, captured from its write-ahead log
+    tables:
+      accounts:
+        primary_key: account_id
+        deletes: cdc
+      notes:
+        primary_key: note_id
+        deletes: cdc
+"""
+
+SCHEMA = (
+    "create table accounts (account_id bigint primary key, name text not null, balance numeric(12, 2), "
+    "active boolean, opened_on date, touched_at timestamptz, naive_at timestamp, blob bytea)",
+    "create table notes (note_id int primary key, account_id bigint, body text)",
+    "insert into accounts select g, 'account ' || g, g * 1.5, g % 2 = 0, date '2026-01-01' + g, "
+    "timestamptz '2026-01-01 00:00:00+00' + g * interval '1 hour', timestamp '2026-01-01' + g * interval '1 day', "
+    "decode('0a0b', 'hex') from generate_series(1, 50) g",
+    "insert into notes select g, g, repeat('x', 5) from generate_series(1, 20) g",
+)
+
+
+@pytest.fixture
+def crm(logical_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, SourceSpec, sa.Engine]:
+    configure_dlt()
+    sources = tmp_path / "sources.yml"
+    sources.write_text(SOURCES_YML)
+    monkeypatch.setenv("DUSK_SOURCES_FILE", str(sources))
+    monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", logical_pg_url)
+    engine = sa.create_engine(logical_pg_url)
+    sql(engine, *SCHEMA)
+    settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
+    yield settings, load_sources()["crm"], engine
+    engine.dispose()
+
+
+def source_rows(engine: sa.Engine, table: str, key: str) -> list[tuple]:
+    with engine.connect() as con:
+        return [tuple(r) for r in con.execute(sa.text(f"select * from {table} order by {key}"))]
+
+
+def live(settings: Settings, table: str, key: str, columns: str = "*") -> list[tuple]:
+    return raw(settings, f"select {columns} from raw_crm.{table} where not _is_deleted order by {key}")
+
+
+def stats(result: SourceResult) -> dict[str, tuple[int, int]]:
+    return {t.table: (t.extracted, t.deleted) for t in result.tables}
+
+
+ACCOUNT_COLUMNS = "account_id, name, balance, active, opened_on, touched_at, naive_at, blob"
+
+
+def assert_raw_equals_source(settings: Settings, engine: sa.Engine) -> None:
+    got = live(settings, "accounts", "account_id", ACCOUNT_COLUMNS)
+    want = source_rows(engine, "accounts", "account_id")
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        # naive source timestamps land as UTC timestamptz; bytea as blob
+        w = (*w[:6], w[6] and w[6].replace(tzinfo=UTC), w[7] and bytes(w[7]))
+        assert g == w
+    assert live(settings, "notes", "note_id", "note_id, account_id, body") == source_rows(engine, "notes", "note_id")
+
+
+def test_setup_is_required_and_idempotent(crm) -> None:
+    settings, spec, engine = crm
+    result = ingest_source(spec, settings)
+    assert not result.ok
+    assert "replication slot 'dusk_crm' does not exist" in (result.error or "")
+    assert "dusk cdc setup crm" in (result.error or "")
+    first = cdc.setup(engine.url, spec)
+    assert first[-1] == "replication slot dusk_crm created (pgoutput)"
+    again = cdc.setup(engine.url, spec)
+    assert again[0] == "publication dusk_crm: accounts, notes"
+    assert again[-1].startswith("replication slot dusk_crm exists")
+
+
+def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) -> None:
+    settings, spec, engine = crm
+    cdc.setup(engine.url, spec)
+    first = ingest_source(spec, settings)
+    assert first.ok, first.error
+    assert stats(first) == {"accounts": (50, 0), "notes": (20, 0)}
+    assert_raw_equals_source(settings, engine)
+    assert raw(settings, "select count(*) from raw_crm.accounts where _source_lsn is null") == [(50,)]
+
+    before = datetime.now(UTC)
+    sql(
+        engine,
+        "insert into accounts (account_id, name, balance) values (51, 'new', 10.00)",
+        "update accounts set balance = 99.99, active = null where account_id = 2",
+        "update accounts set name = 'twice' where account_id = 2",
+        "delete from accounts where account_id = 3",
+        "insert into accounts (account_id, name) values (52, 'short-lived')",
+        "delete from accounts where account_id = 52",
+        "update accounts set account_id = 1004 where account_id = 4",  # a key change: 4 deleted, 1004 new
+    )
+    sql(engine, "update notes set body = 'edited' where note_id = 1", "delete from notes where note_id = 2")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    # accounts: 51, 2 and 1004 live; 3, 52 and 4 deleted
+    assert stats(result) == {"accounts": (3, 3), "notes": (1, 1)}
+    assert_raw_equals_source(settings, engine)
+    deleted = raw(
+        settings,
+        "select account_id, name, balance, _deleted_at, _source_lsn, _source_committed_at = _deleted_at "
+        "from raw_crm.accounts where _is_deleted order by 1",
+    )
+    assert [(r[0], r[1], r[2]) for r in deleted] == [
+        (3, "account 3", Decimal("4.50")),  # the last values raw held
+        (4, "account 4", Decimal("6.00")),
+        (52, "short-lived", None),  # its values from the insert in the same batch
+    ]
+    assert all(r[3] >= before and r[4] > 0 and r[5] for r in deleted)
+    changed = raw(settings, "select _source_lsn, _source_committed_at from raw_crm.accounts where account_id = 2")
+    assert changed[0][0] > 0 and changed[0][1] >= before
+    # the position was stored with the data: a quiet run reads nothing
+    quiet = ingest_source(spec, settings)
+    assert quiet.ok, quiet.error
+    assert stats(quiet) == {"accounts": (0, 0), "notes": (0, 0)}
+
+
+def test_unchanged_toasted_values_and_truncates(crm) -> None:
+    """An update leaves a large (TOASTed) value out of the stream: raw keeps it. A TRUNCATE marks
+    every row deleted at its commit time; rows inserted after it stay live."""
+    settings, spec, engine = crm
+    sql(engine, "alter table notes alter column body set storage external")
+    cdc.setup(engine.url, spec)
+    assert ingest_source(spec, settings).ok
+    big = "y" * 20_000
+    sql(engine, f"update notes set body = '{big}' where note_id in (3, 4)")
+    sql(engine, "update notes set account_id = 33 where note_id = 3")  # same batch: body from the change before
+    assert ingest_source(spec, settings).ok
+    sql(engine, "update notes set account_id = 44 where note_id = 4")  # next batch: body from raw
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert stats(result)["notes"] == (1, 0)
+    assert live(settings, "notes", "note_id", "note_id, account_id, length(body)")[2:4] == [
+        (3, 33, 20_000),
+        (4, 44, 20_000),
+    ]
+    assert_raw_equals_source(settings, engine)
+
+    sql(engine, "update notes set body = 'before' where note_id = 5", "truncate notes")
+    sql(engine, "insert into notes values (100, 1, 'after the truncate')")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert stats(result)["notes"] == (1, 20)
+    assert_raw_equals_source(settings, engine)
+    ((deleted_at, committed),) = raw(
+        settings, "select distinct _deleted_at, _source_committed_at from raw_crm.notes where _is_deleted"
+    )
+    assert deleted_at == committed
+    assert raw(settings, "select body from raw_crm.notes where note_id = 5") == [("before",)]
+
+
+def test_a_new_source_column_arrives_and_a_dropped_one_stops_the_table(crm) -> None:
+    settings, spec, engine = crm
+    cdc.setup(engine.url, spec)
+    assert ingest_source(spec, settings).ok
+    sql(engine, "update notes set body = 'old shape' where note_id = 1")
+    sql(engine, "alter table notes add column mood text", "update notes set mood = 'happy' where note_id = 2")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert raw(settings, "select note_id, body, mood from raw_crm.notes where note_id <= 2 order by 1") == [
+        (1, "old shape", None),
+        (2, "xxxxx", "happy"),
+    ]
+    sql(engine, "alter table notes drop column body")
+    result = ingest_source(spec, settings)
+    assert not result.ok
+    assert "source 'crm', table 'notes': column(s) ['body'] were dropped" in (result.error or "")
+
+
+def test_the_position_only_moves_with_the_data(crm) -> None:
+    """A run that extracted changes but died before loading leaves the slot where it was; the next
+    run loads that package, then reads only the newer changes: nothing lost, nothing twice."""
+    settings, spec, engine = crm
+    cdc.setup(engine.url, spec)
+    assert ingest_source(spec, settings).ok
+    sql(
+        engine, "update accounts set balance = 1.00 where account_id = 10", "delete from accounts where account_id = 11"
+    )
+    pipeline = make_pipeline(spec, settings)
+    plans = plan_source(pipeline, engine.url, spec)
+    pipeline.extract(database_source(spec, engine.url, plans, settings.data_dir / "staging"))
+    assert pipeline.has_pending_data  # as if killed before the load
+    sql(engine, "update accounts set balance = 2.00 where account_id = 12")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert result.finished_pending
+    assert stats(result)["accounts"] == (1, 0)  # only account 12 is new in this run's extract
+    assert_raw_equals_source(settings, engine)
+    assert raw(settings, "select count(*) from raw_crm.accounts where _is_deleted") == [(1,)]
+
+
+def test_a_failed_extract_reads_the_same_changes_again(crm, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, spec, engine = crm
+    cdc.setup(engine.url, spec)
+    assert ingest_source(spec, settings).ok
+    sql(engine, "delete from notes where note_id = 7", "update accounts set name = 'renamed' where account_id = 8")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the warehouse went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(cdc, "resolve", broken)
+        failed = ingest_source(spec, settings)
+    assert not failed.ok and "the warehouse went away" in (failed.error or "")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert stats(result) == {"accounts": (1, 0), "notes": (0, 1)}
+    assert_raw_equals_source(settings, engine)
+
+
+@pytest.mark.parametrize("delay", [1.5, 2.3, 3.0])
+def test_a_sigkilled_cdc_ingest_loses_and_repeats_nothing(crm, delay: float) -> None:
+    settings, spec, engine = crm
+    cdc.setup(engine.url, spec)
+    assert ingest_source(spec, settings).ok
+    sql(
+        engine,
+        "update accounts set balance = balance + 1 where account_id % 3 = 0",
+        "delete from accounts where account_id % 7 = 0",
+        "insert into notes select g, g, 'more' from generate_series(21, 3000) g",
+    )
+    script = (
+        "from pathlib import Path; from dusk.ingest import configure_dlt, ingest_source; "
+        "from dusk.settings import Settings; from ingestion.config import load_sources; configure_dlt(); "
+        f"s = Settings(Path({str(settings.data_dir)!r}), Path({str(settings.warehouse)!r}), Path('t'), False, 1); "
+        "r = ingest_source(load_sources()['crm'], s); print(r.ok, r.error)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ), start_new_session=True)
+    time.sleep(delay)
+    assert proc.poll() is None, "the ingest finished before the kill; the test needs an earlier instant"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    sql(engine, "update accounts set name = 'after the kill' where account_id = 1")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert_raw_equals_source(settings, engine)
+    assert raw(settings, "select count(*) from raw_crm.accounts where _is_deleted") == [(7,)]
+    assert raw(settings, "select count(*), count(distinct note_id) from raw_crm.notes") == [(3000, 3000)]
+    quiet = ingest_source(spec, settings)
+    assert quiet.ok and stats(quiet) == {"accounts": (0, 0), "notes": (0, 0)}
+
+
+def test_refusals_name_the_source_and_table(crm, tmp_path: Path) -> None:
+    settings, spec, engine = crm
+    sql(engine, "create table loose (id int, v text)")
+    loose = SourceSpec("crm", "database", "", False, (TableSpec("loose", "id", None, "merge", "cdc"),))
+    with pytest.raises(cdc.CdcError, match=r"source 'crm', table 'loose': deletes would not carry the declared"):
+        cdc.setup(engine.url, loose)
+    cdc.setup(engine.url, spec)
+    assert ingest_source(spec, settings).ok
+    sql(engine, "update notes set body = 'lost' where note_id = 1")
+    with engine.connect() as con:
+        con.execute(sa.text("select pg_replication_slot_advance('dusk_crm', pg_current_wal_lsn())"))
+    result = ingest_source(spec, settings)
+    assert not result.ok
+    assert "replication slot 'dusk_crm' was advanced to" in (result.error or "")
+    assert "outside dusk" in (result.error or "")
+    with pytest.raises(ValueError, match=r"source 'crm': the CDC tables share one slot; select all of them or none"):
+        plan_source(make_pipeline(spec, settings), engine.url, spec, only={"accounts"})
+    sqlite = sa.URL.create("sqlite", database=str(tmp_path / "x.sqlite"))
+    with pytest.raises(Exception, match=r"source 'crm', table 'accounts': deletes: cdc needs PostgreSQL"):
+        plan_source(make_pipeline(spec, settings), sqlite, spec)
+
+
+def test_the_cli_sets_up_and_drops_the_slot(crm) -> None:
+    _settings, _spec, engine = crm
+    env = dict(os.environ)
+    cli = [sys.executable, "-m", "dusk", "cdc"]
+    setup = subprocess.run([*cli, "setup", "crm"], env=env, capture_output=True, text=True, check=True)
+    assert "replication slot dusk_crm created (pgoutput)" in setup.stdout
+    with engine.connect() as con:
+        assert (
+            con.execute(sa.text("select count(*) from pg_replication_slots where slot_name = 'dusk_crm'")).scalar() == 1
+        )
+    dropped = subprocess.run([*cli, "drop", "crm"], env=env, capture_output=True, text=True, check=True)
+    assert "replication slot dusk_crm dropped" in dropped.stdout
+    unknown = subprocess.run([*cli, "setup", "nope"], env=env, capture_output=True, text=True)
+    assert unknown.returncode == 1 and "no source 'nope'" in unknown.stderr
+
+
+def test_setup_refuses_a_server_without_logical_wal() -> None:
+    url = sa.make_url("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        with cdc.connect(url) as conn:
+            level = conn.execute("show wal_level").fetchone()[0]  # type: ignore[index]
+    except Exception as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    if level == "logical":
+        pytest.skip("the machine's server runs with wal_level=logical: nothing to refuse")
+    spec = SourceSpec("crm", "database", "", False, (TableSpec("accounts", "account_id", None, "merge", "cdc"),))
+    with pytest.raises(cdc.CdcError, match=rf"source 'crm': the server runs with wal_level={level}; CDC needs"):
+        cdc.setup(url, spec)
