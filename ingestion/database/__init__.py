@@ -51,6 +51,7 @@ from ingestion.database.reader import (
     attach,
     engine_kind,
     reflect_columns,
+    select_list,
     source_relation,
     sql_literal,
 )
@@ -83,7 +84,8 @@ class TablePlan:
     cdc_upto: int | None = None
     """For ``deletes: cdc``: the WAL position this run reads changes up to."""
     types: dict[str, str] = field(default_factory=dict)
-    """For ``deletes: cdc``: each column's DuckDB type as the scanner reads it (changes are cast to it)."""
+    """For ``deletes: cdc``: each column's DuckDB type as the scanner reads it, before the SELECT
+    list's casts (the log's text values are cast to it, then read through the same SELECT list)."""
     raw_rows: cdc.RawRows | None = None
     """For ``deletes: cdc``: raw's rows, given columns and a SQL predicate (None before the first load)."""
     cdc_deleted: int = 0
@@ -104,11 +106,6 @@ def _stored_columns(pipeline: dlt.Pipeline, table: str) -> dict[str, Any]:
         return {}
     stored = pipeline.default_schema.tables.get(table, {}).get("columns", {})
     return {n: c for n, c in stored.items() if not is_bookkeeping(n)}
-
-
-def select_list(columns: list[SourceColumn]) -> str:
-    """The SELECT list that reads the source columns with their declared types."""
-    return ", ".join(f'{c.expression} AS "{c.name}"' for c in columns)
 
 
 def check_schema(
@@ -273,7 +270,8 @@ def plan_source(
                 plan = TablePlan(table, columns, first_load=first)
                 if table.deletes == "cdc":
                     relation = source_relation(kind, table.name)
-                    described = con.execute(f"DESCRIBE SELECT {select_list(columns)} FROM {relation}").fetchall()
+                    names = ", ".join(f'"{c.name}"' for c in columns)
+                    described = con.execute(f"DESCRIBE SELECT {names} FROM {relation}").fetchall()
                     plan.types = {str(r[0]): str(r[1]) for r in described}
                     plan.cdc_upto = upto
                     plan.raw_rows = _raw_reader(pipeline, table.name)
@@ -449,7 +447,7 @@ class _ChangeFeed:
             assert plan.raw_rows is not None
             load_id = dlt.current.load_package_state()["load_id"]
             out = self.staging / f"{table.name}.resolved"
-            resolved = cdc.resolve(found, plan.types, plan.raw_rows, load_id, out)
+            resolved = cdc.resolve(found, plan.columns, plan.types, plan.raw_rows, load_id, out)
             plan.cdc_deleted = resolved.deleted
             for path, rows in resolved.files:
                 yield dlt.mark.with_file_import(str(path), "parquet", rows, hints=resolved.schema.empty_table())

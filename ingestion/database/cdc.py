@@ -36,13 +36,12 @@ import sqlalchemy as sa
 from ingestion.config import SourceSpec, TableSpec
 from ingestion.database import pgoutput, reader
 from ingestion.database.raw import DELETED_AT, DELETED_FLAG, LOAD_ID, SOURCE_COMMITTED_AT, SOURCE_LSN, is_bookkeeping
-from ingestion.database.reader import MEMORY_LIMIT, sql_literal
+from ingestion.database.reader import MEMORY_LIMIT, SourceColumn, select_list, sql_literal
 
 PART_ROWS = 50_000
 """Changes buffered in memory per table before they are written to a parquet part."""
 _KEY_CHUNK = 5000
 """Keys per query when raw's rows are fetched for values the stream does not carry."""
-
 
 _META = ("_seq", "_op", "_lsn", "_ts", "_unknown")
 
@@ -59,7 +58,8 @@ def connect(url: sa.URL) -> psycopg.Connection[Any]:
         user=url.username or "",
         password=url.password or "",
         dbname=url.database or "",
-        options="-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3",
+        # the text forms DuckDB's casts read: ISO dates, UTC offsets, postgres-style intervals
+        options="-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres",
     )
     return conn
 
@@ -201,53 +201,32 @@ class TableChanges:
     truncates: list[tuple[int, int, datetime]] = field(default_factory=list)
     """(sequence number, commit LSN, commit time) of each TRUNCATE."""
     count: int = 0
-    _buffer: dict[str, list[Any]] = field(default_factory=dict)
+    _rows: list[list[Any]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self._buffer = {name: [] for name in (*_META, *self.columns)}
-
-    def add(self, seq: int, op: str, lsn: int, ts: datetime, values: dict[str, Any]) -> None:
-        """One change; ``values`` maps column to text, None (NULL) or ``pgoutput.UNCHANGED``;
-        a column not in ``values`` is unknown too."""
-        buffer = self._buffer
-        buffer["_seq"].append(seq)
-        buffer["_op"].append(op)
-        buffer["_lsn"].append(lsn)
-        buffer["_ts"].append(ts)
-        unknown = []
-        for name in self.columns:
-            value = values.get(name, pgoutput.UNCHANGED)
-            if value is pgoutput.UNCHANGED:
-                unknown.append(name)
-                value = None
-            buffer[name].append(value)
-        buffer["_unknown"].append(unknown)
+    def add(self, seq: int, op: str, lsn: int, ts: datetime, values: list[Any]) -> None:
+        """One change; ``values`` (in the order of ``columns``) are text, None (NULL) or
+        ``pgoutput.UNCHANGED`` (not in the stream: taken from earlier changes or raw)."""
+        unknown: list[str] = []
+        if pgoutput.UNCHANGED in values:
+            unknown = [c for c, v in zip(self.columns, values, strict=True) if v is pgoutput.UNCHANGED]
+            values = [None if v is pgoutput.UNCHANGED else v for v in values]
+        self._rows.append([seq, op, lsn, ts, unknown, *values])
         self.count += 1
-        if len(buffer["_seq"]) >= PART_ROWS:
+        if len(self._rows) >= PART_ROWS:
             self.flush()
 
     def flush(self) -> None:
         """Write the buffered changes to a parquet part."""
-        if not self._buffer["_seq"]:
+        if not self._rows:
             return
-        schema = pa.schema(
-            [
-                ("_seq", pa.int64()),
-                ("_op", pa.string()),
-                ("_lsn", pa.int64()),
-                ("_ts", pa.timestamp("us", tz="UTC")),
-                ("_unknown", pa.list_(pa.string())),
-                *[(name, pa.string()) for name in self.columns],
-            ]
-        )
+        types = [pa.int64(), pa.string(), pa.int64(), pa.timestamp("us", tz="UTC"), pa.list_(pa.string())]
+        types += [pa.string()] * len(self.columns)
+        arrays = [pa.array(column, type=t) for column, t in zip(zip(*self._rows, strict=True), types, strict=True)]
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"part-{len(self.parts):05d}.parquet"
-        pq.write_table(pa.table(self._buffer, schema=schema), path)
+        pq.write_table(pa.table(arrays, names=[*_META, *self.columns]), path)
         self.parts.append(path)
-        self._reset()
+        self._rows = []
 
 
 @dataclass
@@ -299,6 +278,7 @@ def read_changes(
                 "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL, "
                 "'proto_version', '1', 'publication_names', %s)",
                 (spec.cdc_slot, pgoutput.lsn_text(upto_lsn), spec.cdc_publication),
+                binary=True,  # bytea without its hex text form
             )
             _decode_into(batch, (bytes(row[0]) for row in cur))
     for changes in batch.tables.values():
@@ -307,58 +287,68 @@ def read_changes(
 
 
 def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
-    relations: dict[int, pgoutput.Relation] = {}
+    relations: dict[int, tuple[pgoutput.Relation, TableChanges | None, list[int], list[int]]] = {}
     seq, lsn, ts = 0, 0, None
+    unknown = pgoutput.UNCHANGED
     for data in messages:
         message = pgoutput.decode(data)
         if isinstance(message, pgoutput.Begin):
             lsn, ts = message.final_lsn, message.commit_time
-            continue
-        if isinstance(message, pgoutput.Commit):
+        elif isinstance(message, pgoutput.Commit):
             batch.end_lsn = max(batch.end_lsn, message.end_lsn)
+        elif isinstance(message, pgoutput.Relation):
+            relations[message.relation_id] = _route(batch, message)
+        elif message is None:
             continue
-        if isinstance(message, pgoutput.Relation):
-            relations[message.relation_id] = message
-            continue
-        if message is None:
-            continue
-        assert ts is not None, "a change outside a transaction"
-        if isinstance(message, pgoutput.Truncate):
+        elif isinstance(message, pgoutput.Truncate):
+            assert ts is not None, "a change outside a transaction"
             for relation_id in message.relation_ids:
-                relation = relations.get(relation_id)
-                changes = batch.tables.get(relation.name) if relation and relation.namespace == "public" else None
+                changes = relations[relation_id][1] if relation_id in relations else None
                 if changes is not None:
                     seq += 1
                     changes.truncates.append((seq, lsn, ts))
-            continue
-        relation = relations[message.relation_id]
-        changes = batch.tables.get(relation.name) if relation.namespace == "public" else None
-        if changes is None:
-            continue
-        if isinstance(message, pgoutput.Insert):
-            seq += 1
-            changes.add(seq, "I", lsn, ts, dict(zip(relation.columns, message.new, strict=True)))
-        elif isinstance(message, pgoutput.Update):
-            new = dict(zip(relation.columns, message.new, strict=True))
-            key = changes.spec.primary_key
-            if message.old is not None:
-                old = _old_values(relation, message.old, message.old_is_key)
-                if old.get(key) != new.get(key):  # the key itself changed: the old key is deleted
-                    seq += 1
-                    changes.add(seq, "D", lsn, ts, old)
-            seq += 1
-            changes.add(seq, "U", lsn, ts, new)
-        elif isinstance(message, pgoutput.Delete):
-            seq += 1
-            changes.add(seq, "D", lsn, ts, _old_values(relation, message.old, message.old_is_key))
+        else:
+            assert ts is not None, "a change outside a transaction"
+            _, changes, index, key_index = relations[message.relation_id]
+            if changes is None:
+                continue
+            if isinstance(message, pgoutput.Insert):
+                seq += 1
+                changes.add(seq, "I", lsn, ts, [message.new[i] if i >= 0 else unknown for i in index])
+            elif isinstance(message, pgoutput.Update):
+                new = [message.new[i] if i >= 0 else unknown for i in index]
+                if message.old is not None:
+                    old = _old_values(message.old, index, key_index if message.old_is_key else None)
+                    key = changes.columns.index(changes.spec.primary_key)
+                    if old[key] != new[key]:  # the key itself changed: the old key is deleted
+                        seq += 1
+                        changes.add(seq, "D", lsn, ts, old)
+                seq += 1
+                changes.add(seq, "U", lsn, ts, new)
+            elif isinstance(message, pgoutput.Delete):
+                seq += 1
+                old = _old_values(message.old, index, key_index if message.old_is_key else None)
+                changes.add(seq, "D", lsn, ts, old)
 
 
-def _old_values(relation: pgoutput.Relation, old: pgoutput.Tuple, key_only: bool) -> dict[str, Any]:
-    """An old tuple's known values: with a key-only tuple, the other columns are unknown (not NULL)."""
-    values = dict(zip(relation.columns, old, strict=True))
-    if key_only:
-        return {k: v for k, v in values.items() if k in relation.key_columns}
-    return values
+def _route(
+    batch: ChangeBatch, relation: pgoutput.Relation
+) -> tuple[pgoutput.Relation, TableChanges | None, list[int], list[int]]:
+    """Where a relation's changes go: its table (None if not captured), and for each of the
+    table's columns its position in the relation's tuples (-1: not sent, e.g. added since)."""
+    changes = batch.tables.get(relation.name) if relation.namespace == "public" else None
+    if changes is None:
+        return relation, None, [], []
+    positions = {name: i for i, name in enumerate(relation.columns)}
+    index = [positions.get(c, -1) for c in changes.columns]
+    keys = [positions[c] for c in relation.key_columns]
+    return relation, changes, index, keys
+
+
+def _old_values(old: pgoutput.Tuple, index: list[int], key_index: list[int] | None) -> list[Any]:
+    """An old tuple's values in the table's column order. With a key-only tuple ('K'), the other
+    columns are unknown, not NULL."""
+    return [old[i] if i >= 0 and (key_index is None or i in key_index) else pgoutput.UNCHANGED for i in index]
 
 
 def _cast(column: str, duck_type: str) -> str:
@@ -368,6 +358,8 @@ def _cast(column: str, duck_type: str) -> str:
         return f"from_hex(substr({col}, 3))"  # bytea's text form: \x0a1b...
     if duck_type == "JSON":
         return f"CAST({col} AS VARCHAR)"
+    if duck_type.endswith("[]"):
+        return f"CAST(translate({col}, '{{}}', '[]') AS {duck_type})"  # {1,2} -> [1,2]
     return f"CAST({col} AS {duck_type})"
 
 
@@ -386,7 +378,8 @@ RawRows = Callable[[str, str], "pa.Table | None"]
 
 def resolve(
     changes: TableChanges,
-    types: dict[str, str],
+    columns: list[SourceColumn],
+    source_types: dict[str, str],
     raw_rows: RawRows,
     load_id: str,
     out: Path,
@@ -395,28 +388,36 @@ def resolve(
     files under ``out``.
 
     Values the stream does not carry (a delete's non-key columns, unchanged TOASTed values) come
-    from the key's last change in the batch that carried them, else from raw. ``bookkeeping``
-    names the deleted flag, the deletion time and the load id columns (``deleted``,
-    ``deleted_at``, ``load_id``: the load id's value is under ``load_id_value``)."""
+    from the key's last change in the batch that carried them, else from raw. Text values are
+    cast to the scanner's type and then read through the snapshot's SELECT list, so both paths
+    give raw the same types."""
     table = changes.spec
     pk = f'"{table.primary_key}"'
-    columns = changes.columns
+    names = changes.columns
     out.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config={"threads": 2, "memory_limit": MEMORY_LIMIT})
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET preserve_insertion_order = false")
-        typed = ", ".join(f'{_cast(c, types[c])} AS "{c}"' for c in columns)
+        meta = "_seq, _op, _lsn, _ts, _unknown"
+        as_read = ", ".join(f'{_cast(c, source_types[c])} AS "{c}"' for c in names)
+        typed = f"SELECT {meta}, {select_list(columns)} FROM (SELECT {meta}, {as_read} FROM <changes>)"
+        empty = ", ".join(f'NULL::VARCHAR AS "{c}"' for c in names)  # the parts hold text
+        nothing = f"(SELECT 0::BIGINT AS _seq, '' AS _op, 0::BIGINT AS _lsn, now() AS _ts, [] AS _unknown, {empty})"
+        described = con.execute("DESCRIBE " + typed.replace("<changes>", nothing)).fetchall()
+        types = {str(r[0]): str(r[1]) for r in described}
         parts = ", ".join(sql_literal(str(p)) for p in changes.parts)
-        sources = [f"SELECT _seq, _op, _lsn, _ts, _unknown, {typed} FROM read_parquet([{parts}])"] if parts else []
+        sources = [typed.replace("<changes>", f"read_parquet([{parts}])")] if parts else []
         if changes.truncates:
             sources.append(_truncate_deletes(con, changes, types, raw_rows, sources))
+        if not sources:
+            return Resolved([], pa.schema([]), 0)
         filled = ", ".join(
             f"{pk}"
             if c == table.primary_key
             else f'last_value(CASE WHEN NOT list_contains(_unknown, {sql_literal(c)}) THEN struct_pack(v := "{c}") END '
             f'IGNORE NULLS) OVER w AS "{c}"'
-            for c in columns
+            for c in names
         )
         con.execute(
             f"CREATE TEMP TABLE _last AS SELECT * FROM ("
@@ -424,7 +425,7 @@ def resolve(
             f"  WINDOW w AS (PARTITION BY {pk} ORDER BY _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
             f") QUALIFY row_number() OVER (PARTITION BY {pk} ORDER BY _seq DESC) = 1"
         )
-        others = [c for c in columns if c != table.primary_key]
+        others = [c for c in names if c != table.primary_key]
         missing = " OR ".join(f'"{c}" IS NULL' for c in others) or "false"
         files = _raw_for_keys(con, f"SELECT {pk} FROM _last WHERE {missing}", raw_rows, table.primary_key, out)
         raw_files = f"[{', '.join(files)}]"
@@ -439,7 +440,7 @@ def resolve(
             return f'CASE WHEN l."{c}" IS NULL THEN {fallback} ELSE l."{c}".v END AS "{c}"'
 
         query = (
-            f"SELECT {', '.join(value(c) for c in columns)}, {sql_literal(load_id)} AS {LOAD_ID}, "
+            f"SELECT {', '.join(value(c) for c in names)}, {sql_literal(load_id)} AS {LOAD_ID}, "
             f"l._op = 'D' AS {DELETED_FLAG}, CASE WHEN l._op = 'D' THEN l._ts END AS {DELETED_AT}, "
             f"l._lsn AS {SOURCE_LSN}, l._ts AS {SOURCE_COMMITTED_AT} FROM _last l {join}"
         )

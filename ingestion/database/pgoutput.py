@@ -82,14 +82,21 @@ class Truncate:
 Message = Begin | Commit | Relation | Insert | Update | Delete | Truncate | None
 
 
+_INT16 = struct.Struct("!h")
+_INT32 = struct.Struct("!i")
+_T, _N, _U = ord("t"), ord("n"), ord("u")
+_STRUCTS: dict[str, struct.Struct] = {}
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
+        self.data = data
         self.pos = 0
 
     def take(self, fmt: str) -> int:
-        (value,) = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
+        packer = _STRUCTS.get(fmt) or _STRUCTS.setdefault(fmt, struct.Struct(fmt))
+        (value,) = packer.unpack_from(self.data, self.pos)
+        self.pos += packer.size
         return int(value)
 
     def byte(self) -> str:
@@ -98,28 +105,36 @@ class _Reader:
         return value
 
     def string(self) -> str:
-        end = bytes(self.data[self.pos :]).index(b"\0")
-        value = bytes(self.data[self.pos : self.pos + end]).decode()
-        self.pos += end + 1
+        end = self.data.index(b"\0", self.pos)
+        value = self.data[self.pos : end].decode()
+        self.pos = end + 1
         return value
 
     def time(self) -> datetime:
         return _PG_EPOCH + timedelta(microseconds=self.take("!q"))
 
     def tuple(self) -> Tuple:
+        # the hot loop of CDC (one pass per column of every changed row): locals, no method calls
+        data, pos = self.data, self.pos
+        (count,) = _INT16.unpack_from(data, pos)
+        pos += 2
         values: Tuple = []
-        for _ in range(self.take("!h")):
-            kind = self.byte()
-            if kind == "n":
-                values.append(None)
-            elif kind == "u":
-                values.append(UNCHANGED)
-            elif kind == "t":
-                size = self.take("!i")
-                values.append(bytes(self.data[self.pos : self.pos + size]).decode())
-                self.pos += size
+        append = values.append
+        for _ in range(count):
+            kind = data[pos]
+            pos += 1
+            if kind == _T:
+                (size,) = _INT32.unpack_from(data, pos)
+                pos += 4
+                append(data[pos : pos + size].decode())
+                pos += size
+            elif kind == _N:
+                append(None)
+            elif kind == _U:
+                append(UNCHANGED)
             else:
-                raise DecodeError(f"unknown tuple value kind {kind!r} (binary mode is not supported)")
+                raise DecodeError(f"unknown tuple value kind {chr(kind)!r} (binary mode is not supported)")
+        self.pos = pos
         return values
 
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,13 @@ class SourceColumn:
         return sql_literal(value)
 
 
+def _python_type(type_: Any) -> type | None:
+    try:
+        return type_.python_type
+    except NotImplementedError:
+        return None
+
+
 def _expression(name: str, type_: Any) -> str:
     col = f'"{name}"'
     if isinstance(type_, sa.Numeric) and not isinstance(type_, sa.Float):
@@ -133,6 +140,8 @@ def _expression(name: str, type_: Any) -> str:
         return f"CAST({col} AS DATE)"
     if isinstance(type_, sa.Boolean):
         return f"CAST({col} AS BOOLEAN)"
+    if _python_type(type_) is timedelta:  # PostgreSQL's INTERVAL is not an sa.Interval
+        return f"CAST({col} AS VARCHAR)"  # dlt has no interval type: raw keeps its text, '1 day 02:03:04'
     return col
 
 
@@ -152,6 +161,11 @@ def reflect_columns(engine: sa.Engine, table: str, exclude: tuple[str, ...] = ()
         for c in columns
         if c["name"] not in exclude
     ]
+
+
+def select_list(columns: list[SourceColumn]) -> str:
+    """The SELECT list that reads the source columns with their declared types."""
+    return ", ".join(f'{c.expression} AS "{c.name}"' for c in columns)
 
 
 def sql_literal(value: Any) -> str:

@@ -35,6 +35,9 @@ sources:
       notes:
         primary_key: note_id
         deletes: cdc
+      kinds:
+        primary_key: id
+        deletes: cdc
 """
 
 SCHEMA = (
@@ -45,6 +48,11 @@ SCHEMA = (
     "timestamptz '2026-01-01 00:00:00+00' + g * interval '1 hour', timestamp '2026-01-01' + g * interval '1 day', "
     "decode('0a0b', 'hex') from generate_series(1, 50) g",
     "insert into notes select g, g, repeat('x', 5) from generate_series(1, 20) g",
+    "create table kinds (id int primary key, u uuid, tags int[], span interval, doc jsonb, ratio float8, "
+    "at_time time, price numeric(30, 10), flag boolean, day date, ts timestamp(3))",
+    "insert into kinds values (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{1,2,3}', '1 day 02:03:04', "
+    """'{"a": [1, "x y"]}', 0.1, '12:34:56.789', 12345678901234567890.0123456789, true, '2026-02-28', """
+    "'2026-03-01 04:05:06.789')",
 )
 
 
@@ -98,7 +106,7 @@ def test_setup_is_required_and_idempotent(crm) -> None:
     first = cdc.setup(engine.url, spec)
     assert first[-1] == "replication slot dusk_crm created (pgoutput)"
     again = cdc.setup(engine.url, spec)
-    assert again[0] == "publication dusk_crm: accounts, notes"
+    assert again[0] == "publication dusk_crm: accounts, notes, kinds"
     assert again[-1].startswith("replication slot dusk_crm exists")
 
 
@@ -107,7 +115,7 @@ def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) 
     cdc.setup(engine.url, spec)
     first = ingest_source(spec, settings)
     assert first.ok, first.error
-    assert stats(first) == {"accounts": (50, 0), "notes": (20, 0)}
+    assert stats(first) == {"accounts": (50, 0), "notes": (20, 0), "kinds": (1, 0)}
     assert_raw_equals_source(settings, engine)
     assert raw(settings, "select count(*) from raw_crm.accounts where _source_lsn is null") == [(50,)]
 
@@ -126,7 +134,7 @@ def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) 
     result = ingest_source(spec, settings)
     assert result.ok, result.error
     # accounts: 51, 2 and 1004 live; 3, 52 and 4 deleted
-    assert stats(result) == {"accounts": (3, 3), "notes": (1, 1)}
+    assert stats(result) == {"accounts": (3, 3), "notes": (1, 1), "kinds": (0, 0)}
     assert_raw_equals_source(settings, engine)
     deleted = raw(
         settings,
@@ -144,7 +152,23 @@ def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) 
     # the position was stored with the data: a quiet run reads nothing
     quiet = ingest_source(spec, settings)
     assert quiet.ok, quiet.error
-    assert stats(quiet) == {"accounts": (0, 0), "notes": (0, 0)}
+    assert stats(quiet) == {"accounts": (0, 0), "notes": (0, 0), "kinds": (0, 0)}
+
+
+def test_every_column_type_lands_the_same_from_the_log_as_from_the_snapshot(crm) -> None:
+    settings, spec, engine = crm
+    cdc.setup(engine.url, spec)
+    assert ingest_source(spec, settings).ok
+    sql(engine, "insert into kinds select 2, u, tags, span, doc, ratio, at_time, price, flag, day, ts from kinds")
+    assert ingest_source(spec, settings).ok
+    types = raw(settings, "select data_type from information_schema.columns where table_name = 'kinds' order by 1")
+    assert len(types) > 10
+    snapshot, logged = raw(
+        settings,
+        "select * exclude (id, _dlt_load_id, _source_lsn, _source_committed_at) from raw_crm.kinds order by id",
+    )
+    assert snapshot == logged
+    assert snapshot[1:3] == ("[1,2,3]", "1 day 02:03:04")  # arrays land as JSON, intervals as text
 
 
 def test_unchanged_toasted_values_and_truncates(crm) -> None:
@@ -236,7 +260,7 @@ def test_a_failed_extract_reads_the_same_changes_again(crm, monkeypatch: pytest.
     assert not failed.ok and "the warehouse went away" in (failed.error or "")
     result = ingest_source(spec, settings)
     assert result.ok, result.error
-    assert stats(result) == {"accounts": (1, 0), "notes": (0, 1)}
+    assert stats(result) == {"accounts": (1, 0), "notes": (0, 1), "kinds": (0, 0)}
     assert_raw_equals_source(settings, engine)
 
 
@@ -269,7 +293,7 @@ def test_a_sigkilled_cdc_ingest_loses_and_repeats_nothing(crm, delay: float) -> 
     assert raw(settings, "select count(*) from raw_crm.accounts where _is_deleted") == [(7,)]
     assert raw(settings, "select count(*), count(distinct note_id) from raw_crm.notes") == [(3000, 3000)]
     quiet = ingest_source(spec, settings)
-    assert quiet.ok and stats(quiet) == {"accounts": (0, 0), "notes": (0, 0)}
+    assert quiet.ok and stats(quiet) == {"accounts": (0, 0), "notes": (0, 0), "kinds": (0, 0)}
 
 
 def test_refusals_name_the_source_and_table(crm, tmp_path: Path) -> None:
@@ -324,3 +348,27 @@ def test_setup_refuses_a_server_without_logical_wal() -> None:
     spec = SourceSpec("crm", "database", "", False, (TableSpec("accounts", "account_id", None, "merge", "cdc"),))
     with pytest.raises(cdc.CdcError, match=rf"source 'crm': the server runs with wal_level={level}; CDC needs"):
         cdc.setup(url, spec)
+
+
+def test_a_read_only_replication_role_is_all_extraction_needs(crm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented least-privilege role: LOGIN REPLICATION, read-only, SELECT on the tables."""
+    settings, spec, engine = crm
+    cdc.setup(engine.url, spec)  # the owner sets up publication and slot once
+    role = f"dusk_cdc_{os.getpid()}"
+    sql(
+        engine,
+        f"create role {role} login replication",
+        f"alter role {role} set default_transaction_read_only = on",
+        f"grant usage on schema public to {role}",
+        f"grant select on all tables in schema public to {role}",
+    )
+    try:
+        monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", engine.url.set(username=role).render_as_string())
+        assert ingest_source(spec, settings).ok
+        sql(engine, "delete from accounts where account_id = 5", "update notes set body = 'ro' where note_id = 6")
+        result = ingest_source(spec, settings)
+        assert result.ok, result.error
+        assert stats(result) == {"accounts": (0, 1), "notes": (1, 0), "kinds": (0, 0)}
+        assert_raw_equals_source(settings, engine)
+    finally:
+        sql(engine, f"drop owned by {role}", f"drop role {role}")
