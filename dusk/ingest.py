@@ -7,12 +7,13 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dlt
 import sqlalchemy as sa
 
-from dusk.settings import Settings
+from dusk.settings import PROJECT_DIR, Settings
 from ingestion.config import SourceSpec
 from ingestion.database import database_source, new_staging_dir, plan_source, remove_staging_dir
 
@@ -37,6 +38,7 @@ class TableStats:
     extracted: int = 0
     deleted: int = 0
     loaded: int = 0
+    quarantined: int = 0
 
 
 @dataclass
@@ -50,6 +52,8 @@ class SourceResult:
     error: str | None = None
     finished_pending: bool = False
     load_ids: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    """Why the source was not read this run (a demo stream without its server), if it was not."""
 
 
 def credentials_for(spec: SourceSpec, settings: Settings) -> str:
@@ -100,18 +104,13 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
             info = pipeline.load()
             result.finished_pending = True
             result.load_ids.extend(info.loads_ids)
-        url = sa.make_url(credentials_for(spec, settings))
-        plans = plan_source(pipeline, url, spec, only)
-        # a killed run may have left its parquet files here; dlt already holds what it imported
+        # a killed run may have left its staged files here; dlt already holds what it imported
         remove_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
         staging = new_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
         try:
-            info = pipeline.run(database_source(spec, url, plans, staging))
+            KINDS[spec.kind](pipeline, spec, settings, result, staging, only)
         finally:
             remove_staging_dir(staging)
-        result.load_ids.extend(info.loads_ids)
-        result.tables = _table_stats(pipeline, spec, {p.spec.name: p.deleted_count for p in plans}, only)
-        result.ok = True
     except Exception as exc:  # one source's failure is reported, not raised
         log.exception("source=%s ingest failed", spec.name)
         result.error = _describe(spec, exc)
@@ -119,12 +118,60 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
     return result
 
 
+def _ingest_database(
+    pipeline: dlt.Pipeline,
+    spec: SourceSpec,
+    settings: Settings,
+    result: SourceResult,
+    staging: Path,
+    only: set[str] | None,
+) -> None:
+    url = sa.make_url(credentials_for(spec, settings))
+    plans = plan_source(pipeline, url, spec, only)
+    info = pipeline.run(database_source(spec, url, plans, staging))
+    result.load_ids.extend(info.loads_ids)
+    result.tables = _table_stats(pipeline, spec, {p.spec.name: p.deleted_count for p in plans}, only)
+    result.ok = True
+
+
+def _ingest_files(
+    pipeline: dlt.Pipeline,
+    spec: SourceSpec,
+    settings: Settings,
+    result: SourceResult,
+    staging: Path,
+    only: set[str] | None,
+) -> None:
+    from ingestion import files
+
+    landing = files.landing_dir(spec, settings.landing_dir, PROJECT_DIR)
+    plan = files.plan_files(pipeline, spec, landing)
+    prepared = files.prepare(spec, plan, staging)
+    if plan.ledger:
+        info = pipeline.run(files.files_source(spec, plan, prepared))
+        result.load_ids.extend(info.loads_ids)
+    if spec.option("archive"):
+        files.archive(plan)
+    quarantined = {name: item.quarantined for name, item in prepared.items()}
+    result.tables = _table_stats(pipeline, spec, {}, only, quarantined, ran=bool(plan.ledger))
+    result.ok = not plan.failures
+    if plan.failures:
+        result.error = "; ".join(plan.failures)
+    log.info("source=%s files new=%d seen=%d failed=%d", spec.name, len(plan.new), len(plan.seen), len(plan.failures))
+
+
 def _table_stats(
-    pipeline: dlt.Pipeline, spec: SourceSpec, deleted: dict[str, int], only: set[str] | None
+    pipeline: dlt.Pipeline,
+    spec: SourceSpec,
+    deleted: dict[str, int],
+    only: set[str] | None,
+    quarantined: dict[str, int] | None = None,
+    ran: bool = True,
 ) -> list[TableStats]:
     """Rows per table from dlt's trace: items extracted into the package (changed rows after the
     incremental filter, plus the deletes we emitted) and rows normalised for loading."""
-    trace = pipeline.last_trace
+    trace = pipeline.last_trace if ran else None
+    quarantined = quarantined or {}
     extracted: Counter[str] = Counter()
     if trace and trace.last_extract_info:
         for steps in trace.last_extract_info.metrics.values():
@@ -138,10 +185,15 @@ def _table_stats(
             extracted=extracted[t.name] - deleted.get(t.name, 0),
             deleted=deleted.get(t.name, 0),
             loaded=loaded.get(t.name, 0),
+            quarantined=quarantined.get(t.name, 0),
         )
         for t in spec.tables
         if only is None or t.name in only
     ]
+
+
+KINDS = {"database": _ingest_database, "files": _ingest_files}
+"""How each kind of source is ingested into its pipeline."""
 
 
 def _describe(spec: SourceSpec, exc: BaseException) -> str:

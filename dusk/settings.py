@@ -34,6 +34,11 @@ class Settings:
         return self.data_dir / "dlt"
 
     @property
+    def landing_dir(self) -> Path:
+        """The default landing folder of file sources (``files.path`` in sources.yml overrides it)."""
+        return self.data_dir / "landing"
+
+    @property
     def demo_dir(self) -> Path:
         """Where the demo shop keeps its source database and ground truth."""
         return self.data_dir / "demo"

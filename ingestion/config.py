@@ -14,6 +14,33 @@ SOURCES_FILE = Path(__file__).resolve().parent / "sources.yml"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 WriteDisposition = Literal["append", "merge", "replace"]
+KINDS = ("database", "api", "files", "stream")
+COLUMN_TYPE = re.compile(r"^(text|integer|bigint|double|boolean|date|timestamp|decimal\(\d+,\s*\d+\))$")
+"""The types a file or stream table may declare for its columns."""
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "database": {},
+    "api": {
+        "base_url": None,  # None: the demo's local payments API, started by the runner
+        "page_size": 100,
+        "timeout": 10.0,
+        "max_attempts": 5,
+        "backoff": 0.5,
+        "max_backoff": 30.0,
+        "breaker_failures": 8,
+    },
+    "files": {"path": None, "archive": False, "max_bad_share": 0.1},
+    "stream": {
+        "servers": "nats://127.0.0.1:4222",
+        "stream": None,
+        "durable": None,
+        "batch_size": 500,
+        "max_messages": 100_000,
+        "ack_wait": 300.0,
+        "fetch_timeout": 1.0,
+    },
+}
+"""Each kind's source-level settings and their defaults."""
 DeleteStrategy = Literal["none", "key_diff", "cdc"]
 
 
@@ -34,6 +61,25 @@ class TableSpec:
     max_delete_share: float = 0.5
     lag_seconds: float = 0.0
     """Re-read this many seconds below the watermark each run (rows committed late)."""
+    keys: tuple[str, ...] = ()
+    """Every primary key column (files may have a composite key); empty: no key."""
+    path: str = ""
+    """API: the endpoint path under the base URL."""
+    cursor_param: str = ""
+    """API: the query parameter that takes the cursor's last value (e.g. ``updated_since``)."""
+    data_selector: str = ""
+    """API: where the records are in a response (a JSON path, e.g. ``data``)."""
+    pattern: str = ""
+    """Files: the glob (in the landing folder) of this table's files."""
+    subject: str = ""
+    """Stream: the NATS subject whose messages are this table's rows."""
+    columns: tuple[tuple[str, str], ...] = ()
+    """Files and stream: the declared columns and their types, in order."""
+
+    @property
+    def key_columns(self) -> list[str]:
+        """The primary key as a list (one column for databases)."""
+        return list(self.keys or ((self.primary_key,) if self.primary_key else ()))
 
 
 @dataclass(frozen=True)
@@ -47,6 +93,12 @@ class SourceSpec:
     tables: tuple[TableSpec, ...]
     slot: str = ""
     publication: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
+    """Kind-specific settings (api, files, stream), validated; read with :meth:`option`."""
+
+    def option(self, name: str) -> Any:
+        """A kind-specific setting (its default when sources.yml does not set it)."""
+        return dict(self.options)[name]
 
     @property
     def cdc_slot(self) -> str:
@@ -83,13 +135,43 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> Any:
     return value
 
 
-def _table(name: str, raw: dict[str, Any], where: str) -> TableSpec:
-    known = {"primary_key", "cursor", "write_disposition", "deletes", "exclude_columns", "max_delete_share", "lag"}
-    unknown = set(raw) - known
+_TABLE_KEYS = {
+    "database": {"primary_key", "cursor", "write_disposition", "deletes", "exclude_columns", "max_delete_share", "lag"},
+    "api": {"primary_key", "cursor", "write_disposition", "lag", "path", "cursor_param", "data_selector"},
+    "files": {"primary_key", "write_disposition", "pattern", "columns"},
+    "stream": {"primary_key", "subject", "columns"},
+}
+
+
+def _keys(raw: Any, where: str) -> tuple[str, ...]:
+    values = raw if isinstance(raw, list) else [raw]
+    return tuple(_identifier(v, where) for v in values)
+
+
+def _columns(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: a mapping of column name to type is required")
+    columns = []
+    for name, type_ in raw.items():
+        type_ = str(type_).lower().replace(" ", "")
+        if not COLUMN_TYPE.match(type_):
+            raise ConfigError(
+                f"{where}.{name}: type {type_!r} is not one of text, integer, bigint, double, boolean, date, "
+                "timestamp, decimal(p,s)"
+            )
+        columns.append((_identifier(name, where), type_))
+    return tuple(columns)
+
+
+def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
+    unknown = set(raw) - _TABLE_KEYS[kind]
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    if "primary_key" not in raw:
+    if "primary_key" not in raw and kind != "files":
         raise ConfigError(f"{where}: primary_key is required")
+    keys = _keys(raw["primary_key"], f"{where}.primary_key") if "primary_key" in raw else ()
+    if kind == "database" and len(keys) != 1:
+        raise ConfigError(f"{where}.primary_key: a database table needs a single-column primary key")
     disposition = _choice(
         raw.get("write_disposition", "merge"), ("append", "merge", "replace"), f"{where}.write_disposition"
     )
@@ -106,16 +188,52 @@ def _table(name: str, raw: dict[str, Any], where: str) -> TableSpec:
         raise ConfigError(f"{where}.lag: seconds as a number >= 0, got {lag!r}")
     if lag and not raw.get("cursor"):
         raise ConfigError(f"{where}.lag: needs a cursor")
+    required = {"api": ("path",), "files": ("pattern", "columns"), "stream": ("subject", "columns")}.get(kind, ())
+    for key in required:
+        if not raw.get(key):
+            raise ConfigError(f"{where}: {key} is required for a {kind} source")
+    if kind == "api" and raw.get("cursor") and not raw.get("cursor_param"):
+        raise ConfigError(f"{where}: cursor_param (the query parameter that takes the cursor) is required")
+    columns = _columns(raw["columns"], f"{where}.columns") if "columns" in raw else ()
+    missing = [k for k in keys if columns and k not in dict(columns)]
+    if missing:
+        raise ConfigError(f"{where}.primary_key: {missing} not among the declared columns")
     return TableSpec(
         name=_identifier(name, where),
-        primary_key=_identifier(raw["primary_key"], f"{where}.primary_key"),
-        cursor=_identifier(raw["cursor"], f"{where}.cursor") if raw.get("cursor") else None,
+        primary_key=keys[0] if keys else "",
+        cursor=str(raw["cursor"]) if raw.get("cursor") else None,
         write_disposition=disposition,
         deletes=deletes,
         exclude_columns=tuple(_identifier(c, f"{where}.exclude_columns") for c in raw.get("exclude_columns", [])),
         max_delete_share=share,
         lag_seconds=float(lag),
+        keys=keys,
+        path=str(raw.get("path", "")),
+        cursor_param=str(raw.get("cursor_param", "")),
+        data_selector=str(raw.get("data_selector", "data" if kind == "api" else "")),
+        pattern=str(raw.get("pattern", "")),
+        subject=str(raw.get("subject", "")),
+        columns=columns,
     )
+
+
+def _options(kind: str, raw: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    defaults = OPTIONS[kind]
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a mapping of settings is required")
+    unknown = set(raw) - set(defaults)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(defaults)})")
+    merged = {**defaults, **raw}
+    for key, default in defaults.items():
+        value = merged[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}: true or false, got {value!r}")
+        number = isinstance(default, int | float) and not isinstance(default, bool)
+        if number and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+            raise ConfigError(f"{where}.{key}: a number > 0, got {value!r}")
+    return tuple(sorted(merged.items()))
 
 
 def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
@@ -129,16 +247,22 @@ def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
         _identifier(name, where)
         if not raw.get("tables"):
             raise ConfigError(f"{where}: no tables listed")
+        kind = _choice(raw.get("kind"), KINDS, f"{where}.kind")
+        known = {"kind", "description", "demo", "tables", "cdc" if kind == "database" else kind}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
         cdc = raw.get("cdc") or {}
         unknown = set(cdc) - {"slot", "publication"}
         if unknown:
             raise ConfigError(f"{where}.cdc: unknown keys {sorted(unknown)}")
         sources[name] = SourceSpec(
             name=name,
-            kind=_choice(raw.get("kind"), ("database",), f"{where}.kind"),
+            kind=kind,
             description=str(raw.get("description", "")),
             demo=bool(raw.get("demo", False)),
-            tables=tuple(_table(t, spec or {}, f"{where}.tables.{t}") for t, spec in raw["tables"].items()),
+            tables=tuple(_table(kind, t, spec or {}, f"{where}.tables.{t}") for t, spec in raw["tables"].items()),
+            options=_options(kind, raw.get(kind), f"{where}.{kind}"),
             slot=_identifier(cdc["slot"], f"{where}.cdc.slot") if "slot" in cdc else "",
             publication=_identifier(cdc["publication"], f"{where}.cdc.publication") if "publication" in cdc else "",
         )

@@ -1,0 +1,402 @@
+"""File sources: CSV, JSONL and Parquet files (optionally gzipped) dropped into a landing folder.
+
+Each file is loaded **exactly once**, identified by its name *and the SHA-256 of its content*: the
+ledger table ``_files`` in raw records every (file, hash) loaded, and it is written in the same dlt
+load package as the file's rows, so a crash either loads both or neither. A file replaced with new
+content has a new hash and is loaded again (its rows replace the old version's by primary key, or
+all of the file's rows when the table has no key). Names and sizes are not trusted: a file copied
+again with the same content is skipped, whatever its modification time.
+
+Every row is checked against the declared column types. A row that does not fit (wrong number of
+fields, a number or date that does not parse, an empty key, invalid JSON) goes to ``_quarantine``
+with the file, line and reason, and the rest of the file loads, unless more than
+``max_bad_share`` of its rows are bad: then nothing of the file loads and the source fails naming
+it. A file that cannot be read at all (a truncated gzip, bad encoding, a missing column) fails the
+same way, never as an empty load. Failed files are tried again on the next run.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dlt
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dlt.common.destination.exceptions import DestinationUndefinedEntity
+from dlt.extract.source import DltSource
+
+from ingestion.config import SourceSpec, TableSpec
+
+LEDGER = "_files"
+QUARANTINE = "_quarantine"
+ARCHIVE = "archive"
+"""Loaded files move to this sub-folder of the landing folder (when ``archive: true``)."""
+
+_DUCK_TYPES = {
+    "text": "VARCHAR",
+    "integer": "INTEGER",
+    "bigint": "BIGINT",
+    "double": "DOUBLE",
+    "boolean": "BOOLEAN",
+    "date": "DATE",
+    "timestamp": "TIMESTAMPTZ",
+}
+
+
+class FileError(RuntimeError):
+    """A file that cannot be loaded at all (unreadable, truncated, too many bad rows)."""
+
+
+def duck_type(declared: str) -> str:
+    """The DuckDB type of a declared column type (``decimal(p,s)`` as is)."""
+    return _DUCK_TYPES.get(declared, declared.upper())
+
+
+@dataclass
+class LandedFile:
+    """One file of the landing folder and what to do with it."""
+
+    table: str
+    path: Path
+    name: str
+    """The path relative to the landing folder: the file's identity with its hash."""
+    sha256: str
+    size: int
+
+
+@dataclass
+class FilesPlan:
+    """What one run loads from the landing folder."""
+
+    landing: Path
+    new: list[LandedFile] = field(default_factory=list)
+    seen: list[LandedFile] = field(default_factory=list)
+    """Files whose (name, hash) raw already holds: skipped (and archived, when asked)."""
+    failures: list[str] = field(default_factory=list)
+    """One message per file that could not be loaded."""
+    loaded: list[LandedFile] = field(default_factory=list)
+    """Files whose rows (and ledger row) go into this run's load package."""
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+
+
+def landing_dir(spec: SourceSpec, default: Path, project_dir: Path) -> Path:
+    """The source's landing folder: ``files.path`` (relative to the project) or ``default``."""
+    configured = spec.option("path")
+    if not configured:
+        return default
+    path = Path(configured)
+    return path if path.is_absolute() else project_dir / path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _ledger(pipeline: dlt.Pipeline) -> set[tuple[str, str]]:
+    try:
+        with pipeline.sql_client() as client:
+            table = client.make_qualified_table_name(LEDGER)
+            rows = client.execute_sql(f"select file, sha256 from {table}")
+    except DestinationUndefinedEntity:
+        return set()
+    return {(str(f), str(h)) for f, h in rows or []}
+
+
+def plan_files(pipeline: dlt.Pipeline, spec: SourceSpec, landing: Path) -> FilesPlan:
+    """Find every table's files in the landing folder and split them into new and loaded."""
+    if not landing.is_dir():
+        raise FileError(f"source {spec.name!r}: the landing folder {landing} does not exist")
+    loaded = _ledger(pipeline)
+    plan = FilesPlan(landing)
+    claimed: dict[Path, str] = {}
+    for table in spec.tables:
+        for path in sorted(landing.glob(table.pattern)):
+            if not path.is_file() or ARCHIVE in path.relative_to(landing).parts[:1]:
+                continue
+            if path in claimed:
+                raise FileError(
+                    f"source {spec.name!r}: file {path.name} matches the patterns of tables "
+                    f"{claimed[path]!r} and {table.name!r}"
+                )
+            claimed[path] = table.name
+            name = str(path.relative_to(landing))
+            landed = LandedFile(table.name, path, name, _sha256(path), path.stat().st_size)
+            (plan.seen if (name, landed.sha256) in loaded else plan.new).append(landed)
+    return plan
+
+
+def _read_text(path: Path) -> str:
+    """The whole text of a (gzipped) file; a truncated or corrupt file raises FileError."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+        return data.decode("utf-8-sig")
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise FileError(f"file {path.name}: cannot be read ({exc or type(exc).__name__}); nothing loaded") from None
+    except UnicodeDecodeError as exc:
+        raise FileError(
+            f"file {path.name}: not UTF-8 text ({exc.reason} at byte {exc.start}); nothing loaded"
+        ) from None
+
+
+def _format(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    for suffix, kind in ((".csv", "csv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".parquet", "parquet")):
+        if name.endswith(suffix):
+            return kind
+    raise FileError(f"file {path.name}: unknown format (expected .csv, .jsonl or .parquet, optionally .gz)")
+
+
+def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str, str]]]:
+    """The file's records as (line, {column: text}) and its unparsable lines as (line, reason,
+    text). Raises FileError when the file as a whole cannot be read."""
+    names = [c for c, _ in table.columns]
+    kind = _format(path)
+    records: list[tuple[int, dict[str, Any]]] = []
+    bad: list[tuple[int, str, str]] = []
+    if kind == "parquet":
+        try:
+            data = pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise FileError(f"file {path.name}: not a readable parquet file ({exc}); nothing loaded") from None
+        missing = [n for n in names if n not in data.column_names]
+        if missing:
+            raise FileError(f"file {path.name}: column(s) {missing} missing; nothing loaded")
+        for i, row in enumerate(data.select(names).to_pylist(), start=1):
+            records.append((i, {k: None if v is None else str(v) for k, v in row.items()}))
+        return records, bad
+    text = _read_text(path)
+    if kind == "jsonl":
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad.append((i, f"not valid JSON ({exc.msg})", line))
+                continue
+            if not isinstance(value, dict):
+                bad.append((i, "not a JSON object", line))
+                continue
+            records.append((i, {n: _text(value.get(n)) for n in names}))
+        return records, bad
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise FileError(f"file {path.name}: empty (no header line); nothing loaded")
+    header = [h.strip() for h in header]
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise FileError(f"file {path.name}: header lacks column(s) {missing}; nothing loaded")
+    positions = [header.index(n) for n in names]
+    for fields in reader:
+        number = reader.line_num
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            bad.append((number, f"expected {len(header)} fields, found {len(fields)}", ",".join(fields)))
+            continue
+        records.append(
+            (number, {n: (fields[p] if fields[p] != "" else None) for n, p in zip(names, positions, strict=True)})
+        )
+    return records, bad
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _value(name: str, declared: str) -> str:
+    """The text to cast: surrounding spaces are dropped except for text columns."""
+    return f'"{name}"' if declared == "text" else f'trim("{name}")'
+
+
+def typed_rows(
+    con: duckdb.DuckDBPyConnection, table: TableSpec, records: list[tuple[int, dict[str, Any]]]
+) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+    """Cast the records to the declared types: (good rows with ``_line``, bad rows as (line,
+    reason, record)). A value that does not cast, an empty key or a key repeated later in the
+    file (the last line wins) makes a row bad."""
+    names = [c for c, _ in table.columns]
+    text = pa.table(
+        {"_line": pa.array([r[0] for r in records], pa.int64())}
+        | {n: pa.array([r[1].get(n) for r in records], pa.string()) for n in names}
+    )
+    con.register("_records", text)
+    checks = []
+    for name, declared in table.columns:
+        col = f'trim("{name}")' if declared != "text" else f'"{name}"'
+        checks.append(
+            f'CASE WHEN "{name}" IS NOT NULL AND TRY_CAST({col} AS {duck_type(declared)}) IS NULL '
+            f"THEN 'column {name}: ' || to_json(\"{name}\")::VARCHAR || ' is not a {declared}' END"
+        )
+    checks += [f"CASE WHEN \"{k}\" IS NULL THEN 'primary key column {k} is empty' END" for k in table.key_columns]
+    keys = ", ".join(f'"{k}"' for k in table.key_columns)
+    if keys:
+        checks.append(
+            f"CASE WHEN _line < max(_line) OVER (PARTITION BY {keys}) THEN 'duplicate key: line ' || "
+            f"max(_line) OVER (PARTITION BY {keys}) || ' of the file has the same key and wins' END"
+        )
+    reason = f"coalesce({', '.join(checks)})"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT *, {reason} AS _reason FROM _records")
+    casts = ", ".join(f'TRY_CAST({_value(n, t)} AS {duck_type(t)}) AS "{n}"' for n, t in table.columns)
+    good = con.execute(f"SELECT {casts}, _line FROM _checked WHERE _reason IS NULL ORDER BY _line").to_arrow_table()
+    record = "to_json(struct_pack(" + ", ".join(f'"{n}" := "{n}"' for n in names) + "))::VARCHAR"
+    bad = con.execute(
+        f"SELECT _line, _reason, {record} FROM _checked WHERE _reason IS NOT NULL ORDER BY _line"
+    ).fetchall()
+    con.unregister("_records")
+    return good, [(int(line), str(why), str(rec)) for line, why, rec in bad]
+
+
+@dataclass
+class PreparedTable:
+    """One table's checked rows of this run: a parquet file per landed file, in name order."""
+
+    table: TableSpec
+    parts: list[Path] = field(default_factory=list)
+    rows: int = 0
+    quarantined: int = 0
+
+
+def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, PreparedTable]:
+    """Parse and check every new file, one at a time (memory: one file). Good rows go to parquet
+    under ``staging``; bad rows to the plan's quarantine; a file that fails as a whole to the
+    plan's failures, with nothing of it kept."""
+    max_bad = float(spec.option("max_bad_share"))
+    prepared = {t.name: PreparedTable(t) for t in spec.tables}
+    staging.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    try:
+        for order, landed in enumerate(plan.new):
+            table = spec.table(landed.table)
+            where = f"source {spec.name!r}, table {table.name!r}"
+            try:
+                records, unparsable = parse(landed.path, table)
+                good, checked = typed_rows(con, table, records)
+            except FileError as exc:
+                plan.failures.append(f"{where}: {exc}")
+                continue
+            bad = sorted(unparsable + checked)
+            total = good.num_rows + len(bad)
+            if total and len(bad) > max_bad * total:
+                plan.failures.append(
+                    f"{where}: file {landed.name}: {len(bad)} of {total} rows are bad (more than "
+                    f"max_bad_share={max_bad}); nothing loaded. First: line {bad[0][0]}: {bad[0][1]}"
+                )
+                continue
+            now = datetime.now(UTC)
+            good = good.append_column("_file", pa.array([landed.name] * good.num_rows, pa.string()))
+            good = good.append_column("_file_order", pa.array([order] * good.num_rows, pa.int64()))
+            target = prepared[table.name]
+            if good.num_rows:
+                path = staging / f"{order:06d}.parquet"
+                pq.write_table(good, path)
+                target.parts.append(path)
+            target.rows += good.num_rows
+            target.quarantined += len(bad)
+            plan.quarantine.extend(_quarantine_rows(table.name, landed, bad, now))
+            plan.ledger.append(
+                {
+                    "file": landed.name,
+                    "sha256": landed.sha256,
+                    "table_name": table.name,
+                    "size_bytes": landed.size,
+                    "rows_loaded": good.num_rows,
+                    "rows_quarantined": len(bad),
+                    "loaded_at": now,
+                }
+            )
+            plan.loaded.append(landed)
+    finally:
+        con.close()
+    return prepared
+
+
+def _table_resource(prepared: PreparedTable) -> Any:
+    table = prepared.table
+
+    def read() -> Iterator[Any]:
+        for part in prepared.parts:
+            yield pq.read_table(part)
+
+    hints: dict[str, Any] = {"write_disposition": table.write_disposition}
+    if table.write_disposition == "merge" and table.key_columns:
+        # a key in several files of one run: the last file (in name order) wins
+        hints["primary_key"] = table.key_columns
+        hints["columns"] = {"_file_order": {"dedup_sort": "desc"}}
+    elif table.write_disposition == "merge":
+        hints["merge_key"] = "_file"  # no key: a file loaded again replaces its own rows
+    return dlt.resource(read, name=table.name, **hints)
+
+
+def _quarantine_rows(
+    table: str, landed: LandedFile, bad: list[tuple[int, str, str]], now: datetime
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "source_table": table,
+            "file": landed.name,
+            "sha256": landed.sha256,
+            "line": line,
+            "reason": reason,
+            "record": record,
+            "quarantined_at": now,
+        }
+        for line, reason, record in bad
+    ]
+
+
+def files_source(spec: SourceSpec, plan: FilesPlan, prepared: dict[str, PreparedTable]) -> DltSource:
+    """The dlt source of one landing folder: a resource per table with rows, the quarantined
+    rows, and the ledger of the files loaded, all in one load package."""
+
+    @dlt.source(name=spec.name, max_table_nesting=0)
+    def source() -> Iterator[Any]:
+        for item in prepared.values():
+            if item.parts:
+                yield _table_resource(item)
+        if plan.quarantine:
+            yield dlt.resource(plan.quarantine, name=QUARANTINE, write_disposition="append")
+        if plan.ledger:
+            yield dlt.resource(plan.ledger, name=LEDGER, write_disposition="merge", primary_key=["file", "sha256"])
+
+    return source()
+
+
+def archive(plan: FilesPlan) -> list[Path]:
+    """Move loaded (and already-loaded) files to the landing folder's archive sub-folder."""
+    moved = []
+    for landed in plan.loaded + plan.seen:
+        target = plan.landing / ARCHIVE / landed.name
+        if target.exists():
+            target = target.with_name(f"{landed.sha256[:12]}-{target.name}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(landed.path), target)
+        moved.append(target)
+    return moved

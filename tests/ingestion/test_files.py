@@ -1,0 +1,231 @@
+"""File sources: real CSV, JSONL and Parquet files (some gzipped, some malformed or truncated) in a
+landing folder. Each file loads exactly once, replaced files load again, bad rows go to quarantine
+with file, line and reason, and a file that cannot be read loads nothing and fails naming it."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
+from dusk.settings import Settings
+from ingestion import files
+from ingestion.config import SourceSpec, load_sources
+from tests.helpers import raw
+
+SOURCES_YML = """
+sources:
+  marketing:
+    kind: files
+    description: marketing spend and FX rates dropped as files
+    files:
+      path: {landing}
+      archive: {archive}
+      max_bad_share: 0.3
+    tables:
+      spend:
+        pattern: "spend_*.csv*"
+        primary_key: [spend_date, channel]
+        columns:
+          spend_date: date
+          channel: text
+          amount: decimal(12,2)
+          clicks: integer
+      fx_rates:
+        pattern: "fx_*"
+        primary_key: [rate_date, currency]
+        columns:
+          rate_date: date
+          currency: text
+          rate: double
+"""
+
+SPEND = "spend_date,channel,amount,clicks\n2026-01-01,search,100.50,10\n2026-01-01,social,20.00,3\n"
+
+
+@pytest.fixture
+def landing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    configure_dlt()
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    (tmp_path / "sources.yml").write_text(SOURCES_YML.format(landing=folder, archive="false"))
+    monkeypatch.setenv("DUSK_SOURCES_FILE", str(tmp_path / "sources.yml"))
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
+
+
+def spec() -> SourceSpec:
+    return load_sources()["marketing"]
+
+
+def counts(result: SourceResult) -> dict[str, tuple[int, int]]:
+    return {t.table: (t.extracted, t.quarantined) for t in result.tables}
+
+
+def gz(path: Path, text: str) -> None:
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+
+
+def test_csv_gzip_jsonl_and_parquet_load_once_each(landing: Path, settings: Settings) -> None:
+    (landing / "spend_2026-01-01.csv").write_text(SPEND)
+    gz(landing / "spend_2026-01-02.csv.gz", "spend_date,channel,amount,clicks\n2026-01-02,search,7.25,1\n")
+    (landing / "fx_2026-01-01.jsonl").write_text(
+        '{"rate_date": "2026-01-01", "currency": "EUR", "rate": 1.08}\n'
+        '{"rate_date": "2026-01-01", "currency": "GBP", "rate": 1.27, "extra": "ignored"}\n'
+    )
+    pq.write_table(
+        pa.table({"rate_date": ["2026-01-02"], "currency": ["EUR"], "rate": [1.09]}), landing / "fx_2026-01-02.parquet"
+    )
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert counts(result) == {"spend": (3, 0), "fx_rates": (3, 0)}
+    assert raw(
+        settings, "select spend_date::text, channel, amount, clicks, _file from raw_marketing.spend order by 1, 2"
+    ) == [
+        ("2026-01-01", "search", Decimal("100.50"), 10, "spend_2026-01-01.csv"),
+        ("2026-01-01", "social", Decimal("20.00"), 3, "spend_2026-01-01.csv"),
+        ("2026-01-02", "search", Decimal("7.25"), 1, "spend_2026-01-02.csv.gz"),
+    ]
+    assert raw(settings, "select count(*), sum(rate) from raw_marketing.fx_rates") == [(3, 1.08 + 1.27 + 1.09)]
+    assert raw(settings, "select count(*) from raw_marketing._files") == [(4,)]
+    # again: nothing new; a copy of a loaded file under its own name with the same content is skipped too
+    (landing / "spend_2026-01-01.csv").write_text(SPEND)
+    again = ingest_source(spec(), settings)
+    assert again.ok and counts(again) == {"spend": (0, 0), "fx_rates": (0, 0)}
+    assert raw(settings, "select count(*) from raw_marketing.spend") == [(3,)]
+
+
+def test_a_replaced_file_loads_again_and_replaces_its_rows(landing: Path, settings: Settings) -> None:
+    path = landing / "spend_2026-01-01.csv"
+    path.write_text(SPEND)
+    assert ingest_source(spec(), settings).ok
+    path.write_text("spend_date,channel,amount,clicks\n2026-01-01,search,111.00,11\n")
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert counts(result)["spend"] == (1, 0)
+    assert raw(settings, "select channel, amount from raw_marketing.spend order by 1") == [
+        ("search", Decimal("111.00")),
+        ("social", Decimal("20.00")),  # a key only the old version had stays (merge on the key)
+    ]
+    assert raw(
+        settings, "select count(distinct sha256) from raw_marketing._files where file = 'spend_2026-01-01.csv'"
+    ) == [(2,)]
+
+
+def test_malformed_rows_go_to_quarantine_with_file_line_and_reason(landing: Path, settings: Settings) -> None:
+    (landing / "spend_2026-01-03.csv").write_text(
+        "spend_date,channel,amount,clicks\n"
+        "2026-01-03,search,10.00,1\n"
+        "2026-01-03,social,ten,2\n"  # line 3: not a number
+        "2026-13-45,email,1.00,1\n"  # line 4: not a date
+        "2026-01-03,display,5.00\n"  # line 5: a field short
+        ",tv,1.00,1\n"  # line 6: empty key
+        "2026-01-03,radio,1.00,1\n"
+        "2026-01-03,print,2.00,2\n"
+        "2026-01-03,outdoor,3.00,3\n"
+        "2026-01-03,search,12.00,4\n"  # line 10: the same key as line 2, and it wins
+        "2026-01-03,podcast,4.00,4\n"
+        "2026-01-03,video,5.00,5\n"
+        "2026-01-03,affiliate,6.00,6\n"
+        "2026-01-03,partner,7.00,7\n"
+        "2026-01-03,referral,8.00,8\n"
+        "2026-01-03,events,9.00,9\n"
+        "2026-01-03,direct,9.50,9\n"
+        "2026-01-03,catalog,1.50,1\n"
+        "2026-01-03,sms,0.50,1\n"
+    )
+    (landing / "fx_2026-01-03.jsonl").write_text(
+        '{"rate_date": "2026-01-03", "currency": "EUR", "rate": 1.1}\n{not json\n'
+        '{"rate_date": "2026-01-03", "currency": "GBP", "rate": 1.3}\n'
+        '{"rate_date": "2026-01-03", "currency": "JPY", "rate": 0.007}\n'
+    )
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert counts(result) == {"spend": (13, 5), "fx_rates": (3, 1)}
+    quarantined = raw(settings, "select file, line, reason from raw_marketing._quarantine order by file, line")
+    assert quarantined == [
+        ("fx_2026-01-03.jsonl", 2, "not valid JSON (Expecting property name enclosed in double quotes)"),
+        ("spend_2026-01-03.csv", 2, "duplicate key: line 10 of the file has the same key and wins"),
+        ("spend_2026-01-03.csv", 3, 'column amount: "ten" is not a decimal(12,2)'),
+        ("spend_2026-01-03.csv", 4, 'column spend_date: "2026-13-45" is not a date'),
+        ("spend_2026-01-03.csv", 5, "expected 4 fields, found 3"),
+        ("spend_2026-01-03.csv", 6, "primary key column spend_date is empty"),
+    ]
+    assert raw(settings, "select amount from raw_marketing.spend where channel = 'search'") == [(Decimal("12.00"),)]
+    assert raw(settings, "select record from raw_marketing._quarantine where line = 3") == [
+        ('{"spend_date":"2026-01-03","channel":"social","amount":"ten","clicks":"2"}',)
+    ]
+
+
+def test_too_many_bad_rows_or_an_unreadable_file_load_nothing_and_name_the_file(
+    landing: Path, settings: Settings
+) -> None:
+    (landing / "spend_2026-01-04.csv").write_text(
+        "spend_date,channel,amount,clicks\n2026-01-04,search,x,1\n2026-01-04,social,y,1\n2026-01-04,email,1.00,1\n"
+    )
+    data = gzip.compress(SPEND.encode())
+    (landing / "spend_2026-01-05.csv.gz").write_bytes(data[: len(data) // 2])  # truncated in transit
+    (landing / "fx_2026-01-04.jsonl").write_text('{"rate_date": "2026-01-04", "currency": "EUR", "rate": 1.2}\n')
+    result = ingest_source(spec(), settings)
+    assert not result.ok
+    error = result.error or ""
+    assert "source 'marketing', table 'spend': file spend_2026-01-04.csv: 2 of 3 rows are bad" in error
+    assert "max_bad_share=0.3" in error and "line 2: column amount" in error
+    assert "file spend_2026-01-05.csv.gz: cannot be read (Compressed file ended" in error
+    assert "nothing loaded" in error
+    assert counts(result) == {"spend": (0, 0), "fx_rates": (1, 0)}  # the good file still loads
+    assert raw(settings, "select file from raw_marketing._files") == [("fx_2026-01-04.jsonl",)]
+    assert raw(settings, "select count(*) from information_schema.tables where table_name = 'spend'") == [(0,)]
+    # the failed files are tried again next run (and fail again until fixed)
+    again = ingest_source(spec(), settings)
+    assert not again.ok and "spend_2026-01-05.csv.gz" in (again.error or "")
+    (landing / "spend_2026-01-05.csv.gz").write_bytes(data)
+    (landing / "spend_2026-01-04.csv").unlink()
+    fixed = ingest_source(spec(), settings)
+    assert fixed.ok, fixed.error
+    assert counts(fixed)["spend"] == (2, 0)
+
+
+def test_an_interrupted_load_neither_loses_nor_repeats_a_file(landing: Path, settings: Settings) -> None:
+    (landing / "spend_2026-01-01.csv").write_text(SPEND)
+    source = spec()
+    pipeline = make_pipeline(source, settings)
+    plan = files.plan_files(pipeline, source, landing)
+    prepared = files.prepare(source, plan, settings.data_dir / "staging")
+    pipeline.extract(files.files_source(source, plan, prepared))
+    assert pipeline.has_pending_data  # killed before the load: neither rows nor ledger landed
+    (landing / "fx_2026-01-01.jsonl").write_text('{"rate_date": "2026-01-01", "currency": "EUR", "rate": 1.0}\n')
+    result = ingest_source(source, settings)
+    assert result.ok, result.error
+    assert result.finished_pending
+    assert counts(result) == {"spend": (0, 0), "fx_rates": (1, 0)}  # the spend file came with the old package
+    assert raw(settings, "select count(*) from raw_marketing.spend") == [(2,)]
+    assert raw(settings, "select count(*) from raw_marketing._files") == [(2,)]
+
+
+def test_loaded_files_move_to_the_archive(tmp_path: Path, landing: Path, settings: Settings) -> None:
+    (tmp_path / "sources.yml").write_text(SOURCES_YML.format(landing=landing, archive="true"))
+    (landing / "spend_2026-01-01.csv").write_text(SPEND)
+    (landing / "fx_2026-01-01.jsonl").write_text("{broken\n")  # every row bad: fails, stays in landing
+    result = ingest_source(spec(), settings)
+    assert not result.ok
+    assert sorted(p.name for p in (landing / "archive").iterdir()) == ["spend_2026-01-01.csv"]
+    assert sorted(p.name for p in landing.iterdir() if p.is_file()) == ["fx_2026-01-01.jsonl"]
+    (landing / "spend_2026-01-01.csv").write_text(SPEND)  # dropped again, same content: not loaded twice
+    (landing / "fx_2026-01-01.jsonl").unlink()
+    again = ingest_source(spec(), settings)
+    assert again.ok and counts(again)["spend"] == (0, 0)
+    assert len(list((landing / "archive").iterdir())) == 2
+    assert not [p for p in landing.iterdir() if p.is_file()]
+    assert os.path.exists(landing / "archive" / "spend_2026-01-01.csv")
