@@ -160,6 +160,30 @@ def _ingest_files(
     log.info("source=%s files new=%d seen=%d failed=%d", spec.name, len(plan.new), len(plan.seen), len(plan.failures))
 
 
+def _ingest_api(
+    pipeline: dlt.Pipeline,
+    spec: SourceSpec,
+    settings: Settings,
+    result: SourceResult,
+    staging: Path,
+    only: set[str] | None,
+) -> None:
+    from ingestion import api
+
+    base_url, token = api.endpoint_settings(spec)
+    if not base_url:
+        raise RuntimeError(
+            f"source {spec.name!r}: no base URL; set SOURCES__{spec.name.upper()}__BASE_URL or "
+            f"{spec.kind}.base_url in sources.yml"
+        )
+    session = api.session_for(spec)
+    info = pipeline.run(api.api_source(spec, base_url, token, session))
+    result.load_ids.extend(info.loads_ids)
+    result.tables = _table_stats(pipeline, spec, {}, only)
+    result.ok = True
+    log.info("source=%s api requests=%d", spec.name, session.attempts)
+
+
 def _table_stats(
     pipeline: dlt.Pipeline,
     spec: SourceSpec,
@@ -192,7 +216,7 @@ def _table_stats(
     ]
 
 
-KINDS = {"database": _ingest_database, "files": _ingest_files}
+KINDS = {"database": _ingest_database, "files": _ingest_files, "api": _ingest_api}
 """How each kind of source is ingested into its pipeline."""
 
 

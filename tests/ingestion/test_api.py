@@ -1,0 +1,171 @@
+"""REST API sources against the demo payments API served over real HTTP (uvicorn on 127.0.0.1):
+token auth, cursor pagination, incremental on updated_at, and injected 429 with Retry-After, 5xx,
+and responses slower than the client's timeout. Failures name the endpoint and status, load
+nothing and leave the cursor where it was; the token never reaches a log line."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+from collections import deque
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from dusk.demo.payments_api import Chaos, PaymentsServer, PaymentsStore, serving, stamp
+from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
+from dusk.settings import Settings
+from ingestion.config import SourceSpec, load_sources
+from tests.helpers import raw
+
+SOURCES_YML = """
+sources:
+  payments:
+    kind: api
+    description: the payments API
+    api:
+      page_size: 7
+      timeout: {timeout}
+      max_attempts: {attempts}
+      backoff: 0.05
+      max_backoff: 2
+      breaker_failures: {breaker}
+    tables:
+      payments:
+        path: payments
+        primary_key: payment_id
+        cursor: updated_at
+        cursor_param: updated_since
+"""
+
+
+def write_sources(tmp_path: Path, timeout: float = 1.0, attempts: int = 4, breaker: int = 6) -> None:
+    (tmp_path / "sources.yml").write_text(SOURCES_YML.format(timeout=timeout, attempts=attempts, breaker=breaker))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> PaymentsStore:
+    store = PaymentsStore(tmp_path / "payments.sqlite")
+    store.create()
+    orders = [{"order_id": i, "amount": f"{i}.50"} for i in range(1, 31)]
+    store.record(random.Random(1), orders, datetime(2026, 1, 1))
+    return store
+
+
+@pytest.fixture
+def api(store: PaymentsStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PaymentsServer]:
+    configure_dlt()
+    write_sources(tmp_path)
+    monkeypatch.setenv("DUSK_SOURCES_FILE", str(tmp_path / "sources.yml"))
+    with serving(store.db_path, chaos=Chaos(slow_seconds=1.5)) as server:
+        monkeypatch.setenv("SOURCES__PAYMENTS__BASE_URL", server.url)
+        monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", server.token)
+        yield server
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
+
+
+def spec() -> SourceSpec:
+    return load_sources()["payments"]
+
+
+def extracted(result: SourceResult) -> int:
+    return {t.table: t.extracted for t in result.tables}["payments"]
+
+
+def cursor(settings: Settings) -> str | None:
+    state = make_pipeline(spec(), settings).state
+    resource = state.get("sources", {}).get("payments", {}).get("resources", {}).get("payments", {})
+    return resource.get("incremental", {}).get("updated_at", {}).get("last_value")
+
+
+def test_pages_load_incrementally_and_no_page_twice(
+    api: PaymentsServer, store: PaymentsStore, settings: Settings
+) -> None:
+    first = ingest_source(spec(), settings)
+    assert first.ok, first.error
+    assert extracted(first) == 30
+    assert api.chaos.requests == 5  # 30 rows in pages of 7
+    assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(30, 30)]
+    quiet = ingest_source(spec(), settings)
+    assert quiet.ok and extracted(quiet) == 0  # rows at the watermark are known and not loaded again
+    written = store.record(random.Random(2), [{"order_id": 31, "amount": "5.00"}], datetime(2026, 1, 2))
+    later = ingest_source(spec(), settings)
+    assert later.ok, later.error
+    assert extracted(later) == written  # the new payment and the day's refunds
+    assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(31, 31)]
+    refunded = raw(settings, "select count(*) from raw_payments.payments where status = 'refunded'")
+    with sqlite3.connect(store.db_path) as con:
+        assert refunded == con.execute("select count(*) from payments where status = 'refunded'").fetchall()
+
+
+def test_429_5xx_and_timeouts_are_retried_honouring_retry_after(api: PaymentsServer, settings: Settings) -> None:
+    api.chaos.retry_after = 1
+    api.chaos.script = deque(["429", "ok", "503", "500", "ok", "slow", "ok"])
+    started = datetime.now()
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert extracted(result) == 30
+    assert api.chaos.faults == ["429", "503", "500", "slow"]
+    assert (datetime.now() - started).total_seconds() >= 1.0  # waited the Retry-After second
+    assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(30, 30)]
+
+
+def test_exhausted_retries_fail_the_source_naming_endpoint_and_status(
+    api: PaymentsServer, store: PaymentsStore, settings: Settings
+) -> None:
+    assert ingest_source(spec(), settings).ok
+    before = cursor(settings)
+    written = store.record(random.Random(3), [{"order_id": 40, "amount": "1.00"}], datetime(2026, 1, 3))
+    api.chaos.script = deque(["503"] * 4)
+    result = ingest_source(spec(), settings)
+    assert not result.ok
+    error = result.error or ""
+    assert "source 'payments'" in error and "503 Server Error" in error
+    assert f"{api.url}payments" in error
+    assert cursor(settings) == before  # the failed run did not move it
+    assert raw(settings, "select count(*) from raw_payments.payments") == [(30,)]
+    again = ingest_source(spec(), settings)  # the server recovered: the missed row arrives, once
+    assert again.ok and extracted(again) == written
+
+
+def test_the_circuit_breaker_opens_after_consecutive_failures(
+    api: PaymentsServer, tmp_path: Path, settings: Settings
+) -> None:
+    write_sources(tmp_path, attempts=10, breaker=3)
+    api.chaos.script = deque(["500", "slow", "503", "ok"])
+    result = ingest_source(spec(), settings)
+    assert not result.ok
+    error = result.error or ""
+    assert "circuit breaker open after 3 failed attempts in a row" in error
+    assert f"GET {api.url}payments" in error and "-> 503" in error
+    assert api.chaos.requests == 3  # it stopped asking
+    assert cursor(settings) is None
+    assert raw(settings, "select count(*) from information_schema.tables where table_name = 'payments'") == [(0,)]
+
+
+def test_wrong_token_fails_at_once_and_the_token_is_never_logged(
+    api: PaymentsServer, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    api.chaos.script = deque(["503"])
+    ok = ingest_source(spec(), settings)
+    assert ok.ok, ok.error
+    monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", "not-the-token")
+    denied = ingest_source(spec(), settings)
+    assert not denied.ok
+    assert "401 Client Error" in (denied.error or "")
+    assert api.chaos.requests == 7  # 5 pages + the retried 503, then one 401 that is not retried
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert api.token not in logged and api.token not in (denied.error or "")
+    assert "not-the-token" not in logged
+
+
+def test_payment_times_are_utc_text(store: PaymentsStore) -> None:
+    assert stamp(datetime(2026, 1, 2, 3, 4, 5)) == "2026-01-02T03:04:05.000000Z"
