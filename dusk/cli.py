@@ -52,23 +52,20 @@ def simulate(
 ) -> None:
     """Advance the demo shop by DAYS days (creating it first if needed)."""
     _logging(False)
-    from dusk.demo import demo_shop, ensure_demo
+    from dusk.demo import simulate as advance
     from ingestion.config import load_sources
 
     settings = Settings.from_env()
-    specs = load_sources()
-    if ensure_demo(settings, specs):
-        typer.echo(f"Created the demo shop in {settings.demo_dir}")
-    shop = demo_shop(settings, specs)
-    try:
-        for day in shop.simulate(days):
-            parts = [
-                f"{t}: +{day.count(t, 'insert')} ~{day.count(t, 'update')} -{day.count(t, 'delete')}"
-                for t in ("customers", "products", "orders", "order_items")
-            ]
-            typer.echo(f"day {day.day}: " + ", ".join(parts) + f"; {len(day.invalid)} invalid rows")
-    finally:
-        shop.dispose()
+    for day, feeds in advance(settings, load_sources(), days):
+        parts = [
+            f"{t}: +{day.count(t, 'insert')} ~{day.count(t, 'update')} -{day.count(t, 'delete')}"
+            for t in ("customers", "products", "orders", "order_items")
+        ]
+        stream = f"{feeds.events} events" if feeds.stream_skipped is None else f"events skipped: {feeds.stream_skipped}"
+        typer.echo(
+            f"day {day.day}: " + ", ".join(parts) + f"; {len(day.invalid)} invalid rows; "
+            f"{feeds.payments} payments, {feeds.files} files, {stream}"
+        )
 
 
 cdc_app = typer.Typer(no_args_is_help=True, help="PostgreSQL change data capture: slot and publication.")

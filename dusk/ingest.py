@@ -108,7 +108,7 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
         remove_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
         staging = new_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
         try:
-            KINDS[spec.kind](pipeline, spec, settings, result, staging, only)
+            KINDS[spec.kind](_SourceRun(pipeline, spec, settings, result, staging, only))
         finally:
             remove_staging_dir(staging)
     except Exception as exc:  # one source's failure is reported, not raised
@@ -118,58 +118,62 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
     return result
 
 
-def _ingest_database(
-    pipeline: dlt.Pipeline,
-    spec: SourceSpec,
-    settings: Settings,
-    result: SourceResult,
-    staging: Path,
-    only: set[str] | None,
-) -> None:
-    url = sa.make_url(credentials_for(spec, settings))
-    plans = plan_source(pipeline, url, spec, only)
-    info = pipeline.run(database_source(spec, url, plans, staging))
-    result.load_ids.extend(info.loads_ids)
-    result.tables = _table_stats(pipeline, spec, {p.spec.name: p.deleted_count for p in plans}, only)
-    result.ok = True
+@dataclass
+class _SourceRun:
+    """One source's ingest in progress: what each kind's function works with and fills in."""
+
+    pipeline: dlt.Pipeline
+    spec: SourceSpec
+    settings: Settings
+    result: SourceResult
+    staging: Path
+    only: set[str] | None
+
+    def loaded(self, info: Any) -> None:
+        self.result.load_ids.extend(info.loads_ids)
+
+    def finish(
+        self,
+        deleted: dict[str, int] | None = None,
+        quarantined: dict[str, int] | None = None,
+        ran: bool = True,
+        failures: list[str] | None = None,
+    ) -> None:
+        """Record the tables' counts (from dlt's trace when dlt ran) and the verdict."""
+        self.result.tables = _table_stats(self.pipeline, self.spec, deleted or {}, self.only, quarantined, ran)
+        self.result.ok = not failures
+        if failures:
+            self.result.error = "; ".join(failures)
 
 
-def _ingest_files(
-    pipeline: dlt.Pipeline,
-    spec: SourceSpec,
-    settings: Settings,
-    result: SourceResult,
-    staging: Path,
-    only: set[str] | None,
-) -> None:
+def _ingest_database(run: _SourceRun) -> None:
+    url = sa.make_url(credentials_for(run.spec, run.settings))
+    plans = plan_source(run.pipeline, url, run.spec, run.only)
+    run.loaded(run.pipeline.run(database_source(run.spec, url, plans, run.staging)))
+    run.finish(deleted={p.spec.name: p.deleted_count for p in plans})
+
+
+def _ingest_files(run: _SourceRun) -> None:
     from ingestion import files
 
-    landing = files.landing_dir(spec, settings.landing_dir, PROJECT_DIR)
-    plan = files.plan_files(pipeline, spec, landing)
-    prepared = files.prepare(spec, plan, staging)
-    if plan.ledger:
-        info = pipeline.run(files.files_source(spec, plan, prepared))
-        result.load_ids.extend(info.loads_ids)
+    spec = run.spec
+    landing = files.landing_dir(spec, run.settings.landing_dir, PROJECT_DIR)
+    plan = files.plan_files(run.pipeline, spec, landing)
+    prepared = files.prepare(spec, plan, run.staging)
+    create = tuple(t.name for t in files.missing_tables(run.pipeline, spec))
+    if plan.ledger or create:
+        run.loaded(run.pipeline.run(files.files_source(spec, plan, prepared, create)))
     if spec.option("archive"):
         files.archive(plan)
     quarantined = {name: item.quarantined for name, item in prepared.items()}
-    result.tables = _table_stats(pipeline, spec, {}, only, quarantined, ran=bool(plan.ledger))
-    result.ok = not plan.failures
-    if plan.failures:
-        result.error = "; ".join(plan.failures)
+    run.finish(quarantined=quarantined, ran=bool(plan.ledger), failures=plan.failures)
     log.info("source=%s files new=%d seen=%d failed=%d", spec.name, len(plan.new), len(plan.seen), len(plan.failures))
 
 
-def _ingest_api(
-    pipeline: dlt.Pipeline,
-    spec: SourceSpec,
-    settings: Settings,
-    result: SourceResult,
-    staging: Path,
-    only: set[str] | None,
-) -> None:
+def _ingest_api(run: _SourceRun) -> None:
     from ingestion import api
 
+    spec = run.spec
     base_url, token = api.endpoint_settings(spec)
     if not base_url:
         raise RuntimeError(
@@ -177,11 +181,42 @@ def _ingest_api(
             f"{spec.kind}.base_url in sources.yml"
         )
     session = api.session_for(spec)
-    info = pipeline.run(api.api_source(spec, base_url, token, session))
-    result.load_ids.extend(info.loads_ids)
-    result.tables = _table_stats(pipeline, spec, {}, only)
-    result.ok = True
+    run.loaded(run.pipeline.run(api.api_source(spec, base_url, token, session)))
+    run.finish()
     log.info("source=%s api requests=%d", spec.name, session.attempts)
+
+
+def _ingest_stream(run: _SourceRun) -> None:
+    from ingestion import stream
+    from ingestion.files import missing_tables
+
+    spec = run.spec
+    create = tuple(t.name for t in missing_tables(run.pipeline, spec))
+    try:
+        reader = stream.StreamReader(spec).__enter__()
+    except stream.StreamUnreachable as exc:
+        if not spec.demo:
+            raise
+        # the demo's event stream is optional: the night goes on without it, and says so
+        run.result.skipped = str(exc)
+        if create:  # raw still gets the (empty) tables that dbt reads
+            run.pipeline.run(stream.stream_source(spec, stream.Batch(), create))
+        run.finish(ran=False)
+        log.warning("source=%s skipped: %s", spec.name, exc)
+        return
+    with reader:
+        batch = reader.fetch()
+        if batch.messages or create:
+            try:
+                info = run.pipeline.run(stream.stream_source(spec, batch, create))
+            except Exception:
+                reader.nak(batch)  # not loaded: deliver again at once
+                raise
+            reader.ack(batch)  # only now: the rows are committed in the warehouse
+            run.loaded(info)
+    quarantined = Counter(str(q["source_table"]) for q in batch.quarantine)
+    run.finish(quarantined=dict(quarantined), ran=bool(batch.messages))
+    log.info("source=%s stream messages=%d quarantined=%d", spec.name, len(batch.messages), len(batch.quarantine))
 
 
 def _table_stats(
@@ -216,7 +251,7 @@ def _table_stats(
     ]
 
 
-KINDS = {"database": _ingest_database, "files": _ingest_files, "api": _ingest_api}
+KINDS = {"database": _ingest_database, "files": _ingest_files, "api": _ingest_api, "stream": _ingest_stream}
 """How each kind of source is ingested into its pipeline."""
 
 

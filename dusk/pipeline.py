@@ -10,12 +10,13 @@ import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dusk.dbt_sources import check_dbt_sources
-from dusk.demo import ensure_demo
+from dusk.demo import ensure_demo, serve_payments_api
 from dusk.ingest import SourceResult, configure_dlt, ingest_source
 from dusk.settings import Settings, quiet_telemetry
 from dusk.transform import DbtResult, run_dbt
@@ -60,8 +61,9 @@ def run(settings: Settings, select_models: list[str] | None = None, full_refresh
         result.error = str(exc)
         result.seconds = time.monotonic() - started
         return result
-    for spec in specs.values():
-        result.sources.append(ingest_source(spec, settings))
+    with serve_payments_api(settings, specs) if settings.demo else nullcontext():
+        for spec in specs.values():
+            result.sources.append(ingest_source(spec, settings))
     result.dbt = run_dbt(settings, select=select_models, full_refresh=full_refresh)
     result.seconds = time.monotonic() - started
     write_run_record(result)

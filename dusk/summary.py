@@ -19,18 +19,22 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         console.print(f"Created the demo shop in {result.settings.demo_dir}")
     if result.sources:
         table = Table(title="Sources", title_justify="left")
-        for col in ("source", "table", "extracted", "deleted", "loaded", "status"):
-            table.add_column(col, justify="right" if col in ("extracted", "deleted", "loaded") else "left")
+        numbers = ("extracted", "deleted", "quarantined", "loaded")
+        for col in ("source", "table", *numbers, "status"):
+            table.add_column(col, justify="right" if col in numbers else "left")
         for src in result.sources:
-            status = "ok" if src.ok else "FAILED"
+            status = "skipped" if src.skipped else "ok" if src.ok else "FAILED"
             if src.finished_pending:
                 status += " (finished an interrupted load)"
             if not src.tables:
-                table.add_row(src.source, "-", "-", "-", "-", status)
+                table.add_row(src.source, "-", "-", "-", "-", "-", status)
             for t in src.tables:
-                table.add_row(src.source, t.table, f"{t.extracted:,}", f"{t.deleted:,}", f"{t.loaded:,}", status)
+                counts = (f"{t.extracted:,}", f"{t.deleted:,}", f"{t.quarantined:,}", f"{t.loaded:,}")
+                table.add_row(src.source, t.table, *counts, status)
         console.print(table)
         for src in result.sources:
+            if src.skipped:
+                console.print(f"[yellow]skipped {src.skipped}[/yellow]")
             if src.error:
                 console.print(f"[red]{src.error}[/red]")
     dbt = result.dbt

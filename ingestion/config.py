@@ -137,7 +137,7 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> Any:
 
 _TABLE_KEYS = {
     "database": {"primary_key", "cursor", "write_disposition", "deletes", "exclude_columns", "max_delete_share", "lag"},
-    "api": {"primary_key", "cursor", "write_disposition", "lag", "path", "cursor_param", "data_selector"},
+    "api": {"primary_key", "cursor", "write_disposition", "lag", "path", "cursor_param", "data_selector", "columns"},
     "files": {"primary_key", "write_disposition", "pattern", "columns"},
     "stream": {"primary_key", "subject", "columns"},
 }
@@ -195,7 +195,8 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
     if kind == "api" and raw.get("cursor") and not raw.get("cursor_param"):
         raise ConfigError(f"{where}: cursor_param (the query parameter that takes the cursor) is required")
     columns = _columns(raw["columns"], f"{where}.columns") if "columns" in raw else ()
-    missing = [k for k in keys if columns and k not in dict(columns)]
+    # files and streams declare every column; an API's columns are type hints for some of them
+    missing = [k for k in keys if kind in ("files", "stream") and k not in dict(columns)]
     if missing:
         raise ConfigError(f"{where}.primary_key: {missing} not among the declared columns")
     return TableSpec(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -43,9 +44,18 @@ class Workspace:
     def truth_db(self) -> Path:
         return self.data_dir / "demo" / "truth.sqlite"
 
+    @property
+    def sources_file(self) -> Path:
+        """The project's sources.yml with a NATS stream, subject and consumer of this test's own."""
+        path = self.root / "sources.yml"
+        if not path.exists():
+            write_sources_with_own_stream(path)
+        return path
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DUSK_", "SOURCES__"))}
         env.update(
+            DUSK_SOURCES_FILE=str(self.sources_file),
             DUSK_DATA_DIR=str(self.data_dir),
             DBT_TARGET_PATH=str(self.root / "target"),
             DBT_LOG_PATH=str(self.root / "logs"),
@@ -71,9 +81,58 @@ class Workspace:
         return json.loads((self.data_dir / "runs" / "last_run.json").read_text())
 
 
+def write_sources_with_own_stream(path: Path) -> None:
+    """The project's sources.yml, with a NATS stream, subject and consumer no other test uses."""
+    tag = uuid.uuid4().hex[:12]
+    text = (PROJECT_DIR / "ingestion" / "sources.yml").read_text()
+    text = text.replace("DUSK_WEB", f"DUSK_TEST_{tag}").replace("dusk.web.events", f"dusk.test.{tag}.events")
+    path.write_text(text.replace("durable: dusk_web", f"durable: dusk_test_{tag}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_demo_stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests that create the demo (it publishes web events when NATS runs) use a stream of their
+    own, deleted at the end, never the demo's DUSK_WEB on the machine's NATS."""
+    path = tmp_path_factory.mktemp("sources") / "sources.yml"
+    write_sources_with_own_stream(path)
+    saved = os.environ.get("DUSK_SOURCES_FILE")
+    os.environ["DUSK_SOURCES_FILE"] = str(path)
+    yield
+    if saved is None:
+        os.environ.pop("DUSK_SOURCES_FILE", None)
+    else:
+        os.environ["DUSK_SOURCES_FILE"] = saved
+    delete_demo_stream(path)
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Iterator[Workspace]:
-    yield Workspace(tmp_path)
+    ws = Workspace(tmp_path)
+    yield ws
+    if ws.sources_file.exists():  # the demo may have created its NATS stream: remove it
+        delete_demo_stream(ws.sources_file)
+
+
+def delete_demo_stream(sources_file: Path) -> None:
+    import asyncio
+
+    from ingestion import stream
+    from ingestion.config import load_sources
+
+    web = next((s for s in load_sources(sources_file).values() if s.kind == "stream"), None)
+    if web is None:
+        return
+
+    async def delete() -> None:
+        nc = await stream.connect(str(web.option("servers")))
+        try:
+            await nc.jetstream().delete_stream(str(web.option("stream")))
+        finally:
+            await nc.close()
+
+    # NATS not running, or the stream never created: nothing to remove
+    with contextlib.suppress(Exception):
+        asyncio.run(delete())
 
 
 SERVERS = {

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import duckdb
 import sqlalchemy as sa
 
@@ -19,3 +25,20 @@ def raw(settings: Settings, query: str) -> list[tuple]:
     """Rows of a query on the warehouse, opened read-only."""
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
         return con.sql(query).fetchall()
+
+
+def kill_ingest_after(settings: Settings, source: str, delay: float, env: dict[str, str] | None = None) -> None:
+    """Start ``ingest_source`` of ``source`` in a process of its own and SIGKILL it (and its
+    children) after ``delay`` seconds; fails if it finished before the kill."""
+    script = (
+        "from pathlib import Path; from dusk.ingest import configure_dlt, ingest_source; "
+        "from dusk.settings import Settings; from ingestion.config import load_sources; configure_dlt(); "
+        f"s = Settings(Path({str(settings.data_dir)!r}), Path({str(settings.warehouse)!r}), Path('t'), "
+        f"{settings.demo}, {settings.demo_seed}); "
+        f"r = ingest_source(load_sources()[{source!r}], s); print(r.ok, r.error)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env or dict(os.environ), start_new_session=True)
+    time.sleep(delay)
+    assert proc.poll() is None, f"the ingest finished within {delay}s; the test needs an earlier instant"
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL

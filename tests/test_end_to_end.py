@@ -8,6 +8,7 @@ the run and is named in the summary.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from datetime import datetime
@@ -17,7 +18,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import Workspace
+from tests.conftest import Workspace, delete_demo_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +71,7 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
     for table, stats in tables_by_name(record).items():
         assert stats["extracted"] == stats["loaded"] == len(source_keys(ws.shop_db, table))
         assert stats["deleted"] == 0
+    assert_feeds_loaded(ws)
     tests = [n for n in record["dbt"]["nodes"] if n["resource_type"] in ("test", "unit_test")]
     assert tests and all(n["status"] == "pass" for n in tests)
     assert {n["layer"] for n in record["dbt"]["nodes"]} >= {"staging", "intermediate", "marts", "snapshot", "seed"}
@@ -81,6 +83,7 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
     second = ws.cli("run")
     assert "Run SUCCESS" in second.stdout
     assert_raw_matches_source(ws)
+    assert_feeds_loaded(ws)
     stats = tables_by_name(ws.last_run())
     for table, (changed, deleted) in expected_changes(ws, 0, raw_before).items():
         assert stats[table]["extracted"] == changed, (
@@ -90,12 +93,18 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
         assert stats[table]["loaded"] == changed + deleted, table
         assert changed < len(raw_before[table]), f"{table}: the second run must not re-extract everything"
 
-    # A quiet night: nothing changed, nothing extracted.
+    # A quiet night: nothing changed, nothing extracted, from any source.
     ws.cli("run")
-    assert all(t["extracted"] == 0 and t["deleted"] == 0 for t in tables_by_name(ws.last_run()).values())
+    quiet = [t for s in ws.last_run()["sources"] for t in s["tables"]]
+    assert len(quiet) == 8
+    assert all(t["extracted"] == 0 and t["deleted"] == 0 for t in quiet), quiet
 
     assert_snapshot_matches_truth(ws)
-    assert_marts_equal_from_scratch(ws, Workspace(tmp_path / "scratch"))
+    scratch = Workspace(tmp_path / "scratch")
+    try:
+        assert_marts_equal_from_scratch(ws, scratch)
+    finally:
+        delete_demo_stream(scratch.sources_file)
 
     # A row that breaks a relationship test fails the run, and the summary names the test.
     with sqlite3.connect(ws.shop_db) as shop:
@@ -105,6 +114,57 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
     assert "FAILED test relationships_stg_shop__order_items_product_id" in failing.stdout
     assert "Run FAILED" in failing.stdout
     assert ws.last_run()["ok"] is False
+
+
+def assert_feeds_loaded(ws: Workspace) -> None:
+    """The demo's API, files and stream reached raw: every payment, every file's good rows (the
+    files archived), every event published to the stream (events or quarantined), all acked."""
+    with sqlite3.connect(ws.data_dir / "demo" / "payments.sqlite") as con:
+        payments = con.execute("select count(*), max(updated_at) from payments").fetchone()
+    landing = ws.data_dir / "landing"
+    assert not [p for p in landing.iterdir() if p.is_file()], "every dropped file is loaded and archived"
+    archived = sorted(p.name for p in (landing / "archive").iterdir())
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        got = wh.execute(
+            "select count(*), strftime(max(updated_at), '%Y-%m-%dT%H:%M:%S.%fZ') from raw_payments.payments"
+        ).fetchone()
+        assert got == payments
+        assert sorted(r[0] for r in wh.sql("select file from raw_marketing._files").fetchall()) == archived
+        for table in ("marketing_spend", "fx_rates"):
+            (loaded,) = wh.sql(
+                f"select sum(rows_loaded) from raw_marketing._files where table_name = '{table}'"
+            ).fetchone()
+            assert wh.sql(f"select count(*) from raw_marketing.{table}").fetchone() == (loaded,), table
+        events = wh.sql("select count(*) from raw_web.web_events").fetchone()[0]
+        poison = wh.sql("select count(*) from raw_web._quarantine").fetchone()[0] if events else 0
+    web = next(s for s in ws.last_run()["sources"] if s["source"] == "web")
+    if web["skipped"]:
+        assert os.environ.get("CI", "").lower() != "true", f"NATS must run in CI: {web['skipped']}"
+        return
+    assert events + poison == demo_stream_messages(ws) > 0
+
+
+def demo_stream_messages(ws: Workspace) -> int:
+    """Messages in the workspace's demo stream (all acknowledged by the durable consumer)."""
+    import asyncio
+
+    from ingestion import stream
+    from ingestion.config import load_sources
+
+    web = load_sources(ws.sources_file)["web"]
+
+    async def count() -> int:
+        nc = await stream.connect(str(web.option("servers")))
+        try:
+            js = nc.jetstream()
+            name = str(web.option("stream"))
+            info = await js.consumer_info(name, f"{web.option('durable')}_web_events")
+            assert info.num_pending == 0 and info.num_ack_pending == 0
+            return int((await js.stream_info(name)).state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
 
 
 def assert_snapshot_matches_truth(ws: Workspace) -> None:
@@ -164,8 +224,9 @@ def assert_snapshot_matches_truth(ws: Workspace) -> None:
 def assert_marts_equal_from_scratch(ws: Workspace, scratch: Workspace) -> None:
     """Copy the final source into a new workspace, build from nothing, compare every mart."""
     scratch.shop_db.parent.mkdir(parents=True)
-    shutil.copy(ws.shop_db, scratch.shop_db)
-    shutil.copy(ws.truth_db, scratch.truth_db)
+    for name in ("shop.sqlite", "truth.sqlite", "payments.sqlite"):
+        shutil.copy(ws.data_dir / "demo" / name, scratch.data_dir / "demo" / name)
+    shutil.copytree(ws.data_dir / "landing" / "archive", scratch.data_dir / "landing")  # every file again
     out = scratch.cli("run")
     assert "Created the demo shop" not in out.stdout
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:

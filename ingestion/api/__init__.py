@@ -129,6 +129,25 @@ def session_for(spec: SourceSpec) -> ResilientSession:
     )
 
 
+_DLT_TYPES = {
+    "text": "text",
+    "integer": "bigint",
+    "bigint": "bigint",
+    "double": "double",
+    "boolean": "bool",
+    "date": "date",
+    "timestamp": "timestamp",
+}
+
+
+def dlt_column(declared: str) -> dict[str, Any]:
+    """dlt's column hint for a declared type (JSON gives text and numbers; raw gets the type)."""
+    if declared.startswith("decimal("):
+        precision, scale = declared[len("decimal(") : -1].split(",")
+        return {"data_type": "decimal", "precision": int(precision), "scale": int(scale)}
+    return {"data_type": _DLT_TYPES[declared]}
+
+
 def api_source(spec: SourceSpec, base_url: str, token: str | None, session: requests.Session) -> DltSource:
     """dlt's rest_api source for one declared API: a resource per table, incremental on the
     table's cursor when it has one."""
@@ -149,6 +168,7 @@ def api_source(spec: SourceSpec, base_url: str, token: str | None, session: requ
                 "name": table.name,
                 "primary_key": table.key_columns,
                 "write_disposition": table.write_disposition,
+                "columns": {name: dlt_column(declared) for name, declared in table.columns},
                 "endpoint": {"path": table.path, "params": params, "data_selector": table.data_selector},
             }
         )

@@ -188,17 +188,12 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
     text = _read_text(path)
     if kind == "jsonl":
         for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                bad.append((i, f"not valid JSON ({exc.msg})", line))
-                continue
-            if not isinstance(value, dict):
-                bad.append((i, "not a JSON object", line))
-                continue
-            records.append((i, {n: _text(value.get(n)) for n in names}))
+            if line.strip():
+                record = json_record(line, names)
+                if isinstance(record, str):
+                    bad.append((i, record, line))
+                else:
+                    records.append((i, record))
         return records, bad
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
@@ -222,6 +217,18 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
     return records, bad
 
 
+def json_record(text: str, names: list[str]) -> dict[str, str | None] | str:
+    """The fields ``names`` of one JSON object, as text (nested values as JSON); or, when the
+    text is not a JSON object, the reason why not."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg})"
+    if not isinstance(value, dict):
+        return "not a JSON object"
+    return {n: _text(value.get(n)) for n in names}
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -236,11 +243,14 @@ def _value(name: str, declared: str) -> str:
 
 
 def typed_rows(
-    con: duckdb.DuckDBPyConnection, table: TableSpec, records: list[tuple[int, dict[str, Any]]]
+    con: duckdb.DuckDBPyConnection,
+    table: TableSpec,
+    records: list[tuple[int, dict[str, Any]]],
+    quarantine_duplicates: bool = True,
 ) -> tuple[pa.Table, list[tuple[int, str, str]]]:
     """Cast the records to the declared types: (good rows with ``_line``, bad rows as (line,
-    reason, record)). A value that does not cast, an empty key or a key repeated later in the
-    file (the last line wins) makes a row bad."""
+    reason, record)). A value that does not cast or an empty key makes a row bad, and so does a
+    key repeated later in the file (the last line wins) when ``quarantine_duplicates``."""
     names = [c for c, _ in table.columns]
     text = pa.table(
         {"_line": pa.array([r[0] for r in records], pa.int64())}
@@ -256,7 +266,7 @@ def typed_rows(
         )
     checks += [f"CASE WHEN \"{k}\" IS NULL THEN 'primary key column {k} is empty' END" for k in table.key_columns]
     keys = ", ".join(f'"{k}"' for k in table.key_columns)
-    if keys:
+    if keys and quarantine_duplicates:
         checks.append(
             f"CASE WHEN _line < max(_line) OVER (PARTITION BY {keys}) THEN 'duplicate key: line ' || "
             f"max(_line) OVER (PARTITION BY {keys}) || ' of the file has the same key and wins' END"
@@ -338,18 +348,50 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, Prepa
     return prepared
 
 
-def _table_resource(prepared: PreparedTable) -> Any:
+def empty_rows(table: TableSpec, extra: str) -> pa.Table:
+    """No rows, with the declared columns' types and ``extra`` (``"name TYPE, ..."``): yielded
+    so that a table with nothing to load yet still exists in raw for dbt."""
+    con = duckdb.connect()
+    try:
+        columns = ", ".join(f'CAST(NULL AS {duck_type(t)}) AS "{n}"' for n, t in table.columns)
+        extras = ", ".join(f"CAST(NULL AS {e.split()[1]}) AS {e.split()[0]}" for e in extra.split(", "))
+        return con.execute(f"SELECT {columns}, {extras} LIMIT 0").to_arrow_table()
+    finally:
+        con.close()
+
+
+def with_load_id(rows: pa.Table) -> pa.Table:
+    """``rows`` with dlt's ``_dlt_load_id`` (the project has dlt add it only to JSON items)."""
+    load_id = dlt.current.load_package_state()["load_id"]
+    return rows.append_column("_dlt_load_id", pa.array([load_id] * rows.num_rows, pa.string()))
+
+
+def key_hints(table: TableSpec) -> dict[str, Any]:
+    """Column hints that let Arrow's nullable key columns pass as they are (rows with an empty key
+    never get this far: they are quarantined)."""
+    return {k: {"nullable": True} for k in table.key_columns}
+
+
+def missing_tables(pipeline: dlt.Pipeline, spec: SourceSpec) -> list[TableSpec]:
+    """Declared tables raw does not have yet."""
+    known: dict[str, Any] = pipeline.default_schema.tables if pipeline.default_schema_name else {}
+    return [t for t in spec.tables if t.name not in known]
+
+
+def _table_resource(prepared: PreparedTable, create: bool) -> Any:
     table = prepared.table
 
     def read() -> Iterator[Any]:
+        if create and not prepared.parts:
+            yield with_load_id(empty_rows(table, "_line BIGINT, _file VARCHAR, _file_order BIGINT"))
         for part in prepared.parts:
-            yield pq.read_table(part)
+            yield with_load_id(pq.read_table(part))
 
-    hints: dict[str, Any] = {"write_disposition": table.write_disposition}
+    hints: dict[str, Any] = {"write_disposition": table.write_disposition, "columns": key_hints(table)}
     if table.write_disposition == "merge" and table.key_columns:
         # a key in several files of one run: the last file (in name order) wins
         hints["primary_key"] = table.key_columns
-        hints["columns"] = {"_file_order": {"dedup_sort": "desc"}}
+        hints["columns"]["_file_order"] = {"dedup_sort": "desc"}
     elif table.write_disposition == "merge":
         hints["merge_key"] = "_file"  # no key: a file loaded again replaces its own rows
     return dlt.resource(read, name=table.name, **hints)
@@ -372,15 +414,18 @@ def _quarantine_rows(
     ]
 
 
-def files_source(spec: SourceSpec, plan: FilesPlan, prepared: dict[str, PreparedTable]) -> DltSource:
-    """The dlt source of one landing folder: a resource per table with rows, the quarantined
-    rows, and the ledger of the files loaded, all in one load package."""
+def files_source(
+    spec: SourceSpec, plan: FilesPlan, prepared: dict[str, PreparedTable], create: tuple[str, ...] = ()
+) -> DltSource:
+    """The dlt source of one landing folder: a resource per table with rows (and per table in
+    ``create``, which raw lacks: created empty), the quarantined rows, and the ledger of the
+    files loaded, all in one load package."""
 
     @dlt.source(name=spec.name, max_table_nesting=0)
     def source() -> Iterator[Any]:
         for item in prepared.values():
-            if item.parts:
-                yield _table_resource(item)
+            if item.parts or item.table.name in create:
+                yield _table_resource(item, item.table.name in create)
         if plan.quarantine:
             yield dlt.resource(plan.quarantine, name=QUARANTINE, write_disposition="append")
         if plan.ledger:

@@ -6,10 +6,8 @@ process killed at any instant loses and repeats nothing."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +19,7 @@ from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipelin
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, TableSpec, load_sources
 from ingestion.database import cdc, database_source, plan_source
-from tests.helpers import raw, sql
+from tests.helpers import kill_ingest_after, raw, sql
 
 SOURCES_YML = """
 sources:
@@ -275,17 +273,7 @@ def test_a_sigkilled_cdc_ingest_loses_and_repeats_nothing(crm, delay: float) -> 
         "delete from accounts where account_id % 7 = 0",
         "insert into notes select g, g, 'more' from generate_series(21, 3000) g",
     )
-    script = (
-        "from pathlib import Path; from dusk.ingest import configure_dlt, ingest_source; "
-        "from dusk.settings import Settings; from ingestion.config import load_sources; configure_dlt(); "
-        f"s = Settings(Path({str(settings.data_dir)!r}), Path({str(settings.warehouse)!r}), Path('t'), False, 1); "
-        "r = ingest_source(load_sources()['crm'], s); print(r.ok, r.error)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ), start_new_session=True)
-    time.sleep(delay)
-    assert proc.poll() is None, "the ingest finished before the kill; the test needs an earlier instant"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_ingest_after(settings, "crm", delay)
     sql(engine, "update accounts set name = 'after the kill' where account_id = 1")
     result = ingest_source(spec, settings)
     assert result.ok, result.error

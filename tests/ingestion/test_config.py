@@ -73,3 +73,56 @@ def test_cdc_slot_and_publication_default_to_the_source_name(tmp_path: Path) -> 
     path = write(tmp_path, f"sources:\n  crm:\n    kind: database\n    cdc:\n      slto: x\n{table}")
     with pytest.raises(ConfigError, match=r"sources.crm.cdc: unknown keys \['slto'\]"):
         load_sources(path)
+
+
+@pytest.mark.parametrize(
+    ("source_yaml", "message"),
+    [
+        ("kind: files\n    tables:\n      t:\n        pattern: 'x*'", "t: columns is required for a files source"),
+        (
+            "kind: files\n    tables:\n      t:\n        pattern: 'x*'\n        columns: {a: money}",
+            "t.columns.a: type 'money' is not one of",
+        ),
+        (
+            "kind: files\n    tables:\n      t: {pattern: 'x*', primary_key: b, columns: {a: text}}",
+            "t.primary_key: ['b'] not among the declared columns",
+        ),
+        ("kind: api\n    tables:\n      t:\n        primary_key: id", "t: path is required for a api source"),
+        (
+            "kind: api\n    tables:\n      t:\n        primary_key: id\n        path: t\n        cursor: u",
+            "cursor_param (the query parameter that takes the cursor) is required",
+        ),
+        (
+            "kind: api\n    api: {timeout: -1}\n    tables:\n      t: {primary_key: id, path: t}",
+            "api.timeout: a number > 0",
+        ),
+        (
+            "kind: api\n    api: {retries: 3}\n    tables:\n      t: {primary_key: id, path: t}",
+            "unknown keys ['retries']",
+        ),
+        ("kind: stream\n    tables:\n      t: {primary_key: id, columns: {id: text}}", "subject is required"),
+        (
+            "kind: files\n    files: {archive: 'yes'}\n    tables:\n      t: {pattern: x, columns: {a: text}}",
+            "true or false",
+        ),
+        ("kind: ftp\n    tables:\n      t: {primary_key: id}", "'ftp' is not one of database, api, files, stream"),
+    ],
+)
+def test_bad_api_file_and_stream_declarations_name_the_entry(tmp_path: Path, source_yaml: str, message: str) -> None:
+    path = write(tmp_path, f"sources:\n  src:\n    {source_yaml}\n")
+    with pytest.raises(ConfigError) as err:
+        load_sources(path)
+    assert message in str(err.value)
+
+
+def test_the_shipped_demo_declares_an_api_files_and_a_stream() -> None:
+    sources = load_sources()
+    assert {name: s.kind for name, s in sources.items()} == {
+        "shop": "database",
+        "payments": "api",
+        "marketing": "files",
+        "web": "stream",
+    }
+    assert sources["marketing"].table("marketing_spend").key_columns == ["spend_date", "channel"]
+    assert sources["payments"].option("breaker_failures") == 8
+    assert sources["web"].option("ack_wait") == 300

@@ -14,7 +14,7 @@ from dusk.ingest import configure_dlt, demo_shop_url, ingest_source, make_pipeli
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, TableSpec, load_sources
 from ingestion.database import database_source, plan_source
-from tests.helpers import raw
+from tests.helpers import kill_ingest_after, raw
 
 
 @pytest.fixture
@@ -153,23 +153,9 @@ def test_a_sigkilled_ingest_is_finished_by_the_next_run(settings: Settings, dela
     """SIGKILL a real ingest process at some instant (reflection, extraction, load), run again:
     raw equals the source, no key twice, and a third run finds nothing new."""
     import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
-    script = (
-        "from pathlib import Path; from dusk.ingest import configure_dlt, ingest_source; "
-        "from dusk.settings import Settings; from ingestion.config import load_sources; configure_dlt(); "
-        f"s = Settings(Path({str(settings.data_dir)!r}), Path({str(settings.warehouse)!r}), Path('t'), True, 5); "
-        "r = ingest_source(load_sources()['shop'], s); print(r.ok, r.error)"
-    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOURCES__")}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
-    time.sleep(delay)
-    assert proc.poll() is None, "the ingest finished before the kill; the test needs a later instant"
-    os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    kill_ingest_after(settings, "shop", delay, env)
     spec = load_sources()["shop"]
     result = ingest_source(spec, settings)
     assert result.ok, result.error

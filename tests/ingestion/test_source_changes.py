@@ -140,7 +140,7 @@ def test_null_and_duplicate_keys_fail_the_table(shop) -> None:
 def load_sources_table(name: str) -> TableSpec:
     from ingestion.config import _table
 
-    return _table(name, {"primary_key": "visit_id", "cursor": "updated_at", "deletes": "key_diff"}, "test")
+    return _table("database", name, {"primary_key": "visit_id", "cursor": "updated_at", "deletes": "key_diff"}, "test")
 
 
 def test_wrong_credentials_name_the_source_and_hide_the_password(

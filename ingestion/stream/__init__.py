@@ -1,0 +1,284 @@
+"""Stream sources: micro-batches from a NATS JetStream stream through a durable pull consumer.
+
+One run fetches what is pending (up to ``max_messages``), loads it with dlt, and only **after the
+load is committed in the warehouse** acknowledges the messages. A run that dies before the ack
+leaves them unacknowledged: JetStream redelivers them (after ``ack_wait``), and the merge on the
+event's key makes the redelivery harmless, so nothing is lost and nothing lands twice. A run that
+fails in a way it notices (the load fails) negatively acknowledges them for prompt redelivery.
+
+A message that is not a JSON object, lacks its key, or has a value that does not fit its declared
+type is a poison message: it goes to ``_quarantine`` with its stream sequence and the reason, and
+is acknowledged like the others so it never blocks the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import dlt
+import duckdb
+import nats
+import nats.errors
+import pyarrow as pa
+from dlt.extract.source import DltSource
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from ingestion.config import SourceSpec, TableSpec
+from ingestion.files import empty_rows, json_record, key_hints, typed_rows, with_load_id
+
+QUARANTINE = "_quarantine"
+CONNECT_TIMEOUT = 2.0
+T = TypeVar("T")
+
+
+class StreamUnreachable(RuntimeError):
+    """The stream cannot be read: NATS unreachable, or (demo) the stream not created yet; the demo
+    skips its stream source then."""
+
+
+def safe_servers(servers: str) -> str:
+    """The server URL(s) without user or password, for messages."""
+    parts = []
+    for server in servers.split(","):
+        url = urlsplit(server.strip())
+        host = url.hostname or ""
+        netloc = f"{host}:{url.port}" if url.port else host
+        parts.append(urlunsplit((url.scheme, netloc, url.path, "", "")))
+    return ",".join(parts)
+
+
+def servers_for(spec: SourceSpec) -> str:
+    """The NATS server(s): dlt secrets/env (``SOURCES__<NAME>__SERVERS``, may hold credentials)
+    over sources.yml."""
+    configured: Any = dlt.secrets.get(f"sources.{spec.name}.servers")
+    return str(configured or spec.option("servers"))
+
+
+async def connect(servers: str) -> Any:
+    """A NATS connection that fails within seconds when the server is not there (nats-py
+    retries the first connection forever unless ``max_reconnect_attempts`` > 0)."""
+    return await asyncio.wait_for(
+        nats.connect(
+            servers,
+            connect_timeout=CONNECT_TIMEOUT,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
+            error_cb=_quiet,
+        ),
+        timeout=3 * CONNECT_TIMEOUT,
+    )
+
+
+class _Loop:
+    """An asyncio loop in a thread of its own: the NATS connection stays served (pings, acks)
+    while the synchronous dlt load runs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="nats", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.run(_cancel_tasks(), timeout=5)  # the client's reader/flusher tasks end cleanly
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+@dataclass
+class Batch:
+    """One run's messages and what became of them."""
+
+    messages: list[Msg] = field(default_factory=list)
+    rows: dict[str, pa.Table] = field(default_factory=dict)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StreamReader:
+    """A connection to the source's stream and its durable consumer, for one run."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+        self.servers = servers_for(spec)
+        self._loop = _Loop()
+        self._nc: Any = None
+        self._subs: dict[str, Any] = {}
+
+    def __enter__(self) -> StreamReader:
+        try:
+            self._loop.run(self._connect())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._nc is not None:
+            with contextlib.suppress(Exception):  # closing after a failure must not hide it
+                self._loop.run(self._nc.close(), timeout=10)
+            self._nc = None
+        self._loop.close()
+
+    async def _connect(self) -> None:
+        where = f"source {self.spec.name!r}"
+        try:
+            self._nc = await connect(self.servers)
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            raise StreamUnreachable(
+                f"{where}: NATS at {safe_servers(self.servers)} is not reachable ({type(exc).__name__}: {exc})"
+            ) from None
+        js = self._nc.jetstream()
+        stream = str(self.spec.option("stream"))
+        try:
+            await js.stream_info(stream)
+        except NotFoundError:
+            message = f"{where}: JetStream stream {stream!r} does not exist on {safe_servers(self.servers)}"
+            if self.spec.demo:  # the demo's simulator creates it with its first events
+                raise StreamUnreachable(message + " yet") from None
+            raise RuntimeError(message) from None
+        for table in self.spec.tables:
+            config = js_api.ConsumerConfig(
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=float(self.spec.option("ack_wait")),
+                max_ack_pending=-1,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+            )
+            durable = f"{self.spec.option('durable') or 'dusk_' + self.spec.name}_{table.name}"
+            self._subs[table.name] = await js.pull_subscribe(
+                table.subject, durable=durable, stream=stream, config=config
+            )
+
+    def fetch(self) -> Batch:
+        """Everything pending for every table, up to ``max_messages`` a table."""
+        batch = Batch()
+        for table in self.spec.tables:
+            messages = self._loop.run(self._fetch(table))
+            batch.messages.extend(messages)
+            rows, bad = decode(table, messages)
+            batch.rows[table.name] = rows
+            batch.quarantine.extend(bad)
+        return batch
+
+    async def _fetch(self, table: TableSpec) -> list[Msg]:
+        sub = self._subs[table.name]
+        size, limit = int(self.spec.option("batch_size")), int(self.spec.option("max_messages"))
+        timeout = float(self.spec.option("fetch_timeout"))
+        messages: list[Msg] = []
+        while len(messages) < limit:
+            try:
+                got = await sub.fetch(min(size, limit - len(messages)), timeout=timeout)
+            except nats.errors.TimeoutError:
+                break
+            messages.extend(got)
+        return messages
+
+    def ack(self, batch: Batch) -> None:
+        """Acknowledge the batch (after its load committed); waits for the server's confirmation."""
+        self._loop.run(_each(batch.messages, "ack_sync"), timeout=300)
+
+    def nak(self, batch: Batch) -> None:
+        """Ask for prompt redelivery of a batch that did not load."""
+        self._loop.run(_each(batch.messages, "nak"), timeout=60)
+
+
+async def _cancel_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py's error callback: the failure is raised to the caller, who reports it once."""
+
+
+async def _each(messages: list[Msg], method: str) -> None:
+    for message in messages:
+        await getattr(message, method)()
+
+
+def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """Typed rows (with ``_stream_seq``) of the good messages, quarantine rows of the poison ones."""
+    names = [c for c, _ in table.columns]
+    records: list[tuple[int, dict[str, Any]]] = []
+    bad: list[tuple[int, str, str]] = []
+    for message in messages:
+        seq = int(message.metadata.sequence.stream)
+        text = message.data.decode("utf-8", errors="replace")
+        record = json_record(text, names)
+        if isinstance(record, str):
+            bad.append((seq, record, text))
+        else:
+            records.append((seq, record))
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        # a message published twice (a producer's retry) is no error: the merge keeps the last
+        good, checked = typed_rows(con, table, records, quarantine_duplicates=False)
+    finally:
+        con.close()
+    good = good.rename_columns([*names, "_stream_seq"])
+    now = datetime.now(UTC)
+    quarantine = [
+        {
+            "source_table": table.name,
+            "subject": table.subject,
+            "stream_seq": seq,
+            "reason": reason,
+            "record": record,
+            "quarantined_at": now,
+        }
+        for seq, reason, record in sorted(bad + checked)
+    ]
+    return good, quarantine
+
+
+def _rows(rows: pa.Table) -> Iterator[pa.Table]:
+    yield with_load_id(rows)
+
+
+def stream_source(spec: SourceSpec, batch: Batch, create: tuple[str, ...] = ()) -> DltSource:
+    """The dlt source of one micro-batch: a resource per table, merged on its key (a redelivered
+    message replaces itself), and the quarantined messages. Tables in ``create`` (which raw
+    lacks) are created even without rows."""
+
+    @dlt.source(name=spec.name, max_table_nesting=0)
+    def source() -> Iterator[Any]:
+        for table in spec.tables:
+            rows = batch.rows.get(table.name)
+            if (rows is None or not rows.num_rows) and table.name in create:
+                rows = empty_rows(table, "_stream_seq BIGINT")
+            if rows is not None and (rows.num_rows or table.name in create):
+                yield dlt.resource(
+                    _rows(rows),
+                    name=table.name,
+                    write_disposition="merge",
+                    primary_key=table.key_columns,
+                    columns={**key_hints(table), "_stream_seq": {"dedup_sort": "desc"}},
+                )
+        if batch.quarantine:
+            yield dlt.resource(
+                batch.quarantine,
+                name=QUARANTINE,
+                write_disposition="merge",
+                primary_key=["source_table", "stream_seq"],
+            )
+
+    return source()

@@ -1,0 +1,210 @@
+"""Stream sources against the real NATS JetStream on 127.0.0.1:4222 (a stream of its own per test,
+deleted after): micro-batches acknowledged only after the load commits, poison messages in
+quarantine, redelivery after a crash or a failed load without duplicates, and an unreachable
+server skipped (demo) or failed (otherwise) with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dusk.ingest import SourceResult, configure_dlt, ingest_source
+from dusk.settings import Settings
+from ingestion import stream
+from ingestion.config import SourceSpec, load_sources
+from tests.helpers import kill_ingest_after, raw
+
+NATS_URL = "nats://127.0.0.1:4222"
+
+SOURCES_YML = """
+sources:
+  web:
+    kind: stream
+    description: web events
+    demo: {demo}
+    stream:
+      servers: {servers}
+      stream: {stream}
+      durable: {durable}
+      batch_size: 200
+      ack_wait: 1.5
+      fetch_timeout: 0.5
+    tables:
+      web_events:
+        primary_key: event_id
+        subject: {subject}
+        columns:
+          event_id: text
+          event_type: text
+          customer_id: integer
+          occurred_at: timestamp
+"""
+
+
+async def _admin(coro_fn: object) -> object:
+    nc = await stream.connect(NATS_URL)
+    try:
+        return await coro_fn(nc.jetstream())  # type: ignore[operator]
+    finally:
+        await nc.close()
+
+
+def admin(fn: object) -> object:
+    return asyncio.run(_admin(fn))
+
+
+@pytest.fixture
+def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A JetStream stream and subject of this test's own, and sources.yml pointing at them."""
+    try:
+        admin(lambda js: js.account_info())
+    except Exception as exc:
+        reason = f"NATS JetStream is not reachable at {NATS_URL}: {exc!r}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    configure_dlt()
+    tag = uuid.uuid4().hex[:10]
+    names = {"stream": f"DUSK_TEST_{tag}", "subject": f"dusk.test.{tag}.events", "durable": f"dusk_test_{tag}"}
+    admin(lambda js: js.add_stream(name=names["stream"], subjects=[names["subject"]]))
+    write(tmp_path, names)
+    monkeypatch.setenv("DUSK_SOURCES_FILE", str(tmp_path / "sources.yml"))
+    yield names
+    admin(lambda js: js.delete_stream(names["stream"]))
+
+
+def write(tmp_path: Path, names: dict[str, str], servers: str = NATS_URL, demo: bool = False) -> None:
+    (tmp_path / "sources.yml").write_text(SOURCES_YML.format(servers=servers, demo=str(demo).lower(), **names))
+
+
+def publish(subject: str, payloads: list[bytes]) -> None:
+    async def go(js: object) -> None:
+        for payload in payloads:
+            await js.publish(subject, payload)  # type: ignore[attr-defined]
+
+    admin(go)
+
+
+def event(i: int, **extra: object) -> bytes:
+    body = {
+        "event_id": f"e{i}",
+        "event_type": "page_view",
+        "customer_id": i % 7,
+        "occurred_at": f"2026-01-01T00:00:{i % 60:02d}Z",
+    }
+    return json.dumps({**body, **extra}).encode()
+
+
+def consumer_state(names: dict[str, str]) -> tuple[int, int]:
+    """(messages not yet delivered, delivered but not acknowledged) of the durable consumer."""
+
+    async def go(js: object) -> tuple[int, int]:
+        info = await js.consumer_info(names["stream"], f"{names['durable']}_web_events")  # type: ignore[attr-defined]
+        return info.num_pending, info.num_ack_pending
+
+    return admin(go)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
+
+
+def spec() -> SourceSpec:
+    return load_sources()["web"]
+
+
+def counts(result: SourceResult) -> tuple[int, int]:
+    t = result.tables[0]
+    return t.extracted, t.quarantined
+
+
+def test_a_batch_loads_then_is_acknowledged_and_poison_goes_to_quarantine(
+    web: dict[str, str], settings: Settings
+) -> None:
+    publish(web["subject"], [event(i) for i in range(250)])
+    publish(
+        web["subject"],
+        [event(5), b"{not json", json.dumps({"event_type": "click"}).encode(), event(900, customer_id="x")],
+    )
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert counts(result) == (251, 3)  # event 5 twice (a producer retry) is one row
+    assert raw(settings, "select count(*), count(distinct event_id) from raw_web.web_events") == [(250, 250)]
+    assert raw(settings, "select stream_seq, reason from raw_web._quarantine order by 1") == [
+        (252, "not valid JSON (Expecting property name enclosed in double quotes)"),
+        (253, "primary key column event_id is empty"),
+        (254, 'column customer_id: "x" is not a integer'),
+    ]
+    assert consumer_state(web) == (0, 0)  # everything, poison included, acknowledged
+    quiet = ingest_source(spec(), settings)
+    assert quiet.ok and counts(quiet) == (0, 0)
+
+
+def test_a_crash_between_load_and_ack_redelivers_without_duplicates(
+    web: dict[str, str], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(web["subject"], [event(i) for i in range(100)])
+    with monkeypatch.context() as m:
+        m.setattr(stream.StreamReader, "ack", lambda self, batch: None)  # dies right after the commit
+        assert ingest_source(spec(), settings).ok
+    assert consumer_state(web) == (0, 100)  # loaded, never acknowledged
+    publish(web["subject"], [event(i) for i in range(100, 110)])
+    time.sleep(1.6)  # ack_wait passes: JetStream redelivers
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert counts(result)[0] == 110
+    assert raw(settings, "select count(*), count(distinct event_id) from raw_web.web_events") == [(110, 110)]
+    assert consumer_state(web) == (0, 0)
+
+
+def test_a_failed_load_is_negatively_acknowledged_and_loaded_next_run(
+    web: dict[str, str], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(web["subject"], [event(i) for i in range(20)])
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the warehouse is locked")
+
+    with monkeypatch.context() as m:
+        m.setattr(stream, "stream_source", broken)
+        failed = ingest_source(spec(), settings)
+    assert not failed.ok and "the warehouse is locked" in (failed.error or "")
+    result = ingest_source(spec(), settings)  # nak'd: delivered again at once, no ack_wait
+    assert result.ok, result.error
+    assert counts(result) == (20, 0)
+    assert consumer_state(web) == (0, 0)
+
+
+@pytest.mark.parametrize("delay", [2.0, 3.0])
+def test_a_killed_consumer_restarted_loses_and_repeats_nothing(
+    web: dict[str, str], settings: Settings, delay: float
+) -> None:
+    publish(web["subject"], [event(i) for i in range(3000)])
+    kill_ingest_after(settings, "web", delay)
+    time.sleep(1.6)  # what the killed consumer had fetched comes back after ack_wait
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert raw(settings, "select count(*), count(distinct event_id) from raw_web.web_events") == [(3000, 3000)]
+    assert consumer_state(web) == (0, 0)
+
+
+def test_an_unreachable_server_is_skipped_for_the_demo_and_fails_otherwise(
+    web: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    write(tmp_path, web, servers="nats://dusk:s3cret@127.0.0.1:1", demo=True)
+    skipped = ingest_source(spec(), settings)
+    assert skipped.ok
+    assert "source 'web': NATS at nats://127.0.0.1:1 is not reachable" in (skipped.skipped or "")
+    write(tmp_path, web, servers="nats://dusk:s3cret@127.0.0.1:1", demo=False)
+    failed = ingest_source(spec(), settings)
+    assert not failed.ok
+    assert "NATS at nats://127.0.0.1:1 is not reachable" in (failed.error or "")
+    assert "s3cret" not in (failed.error or "")
