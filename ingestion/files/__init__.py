@@ -289,7 +289,6 @@ class PreparedTable:
 
     table: TableSpec
     parts: list[Path] = field(default_factory=list)
-    rows: int = 0
     quarantined: int = 0
 
 
@@ -328,7 +327,6 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, Prepa
                 path = staging / f"{order:06d}.parquet"
                 pq.write_table(good, path)
                 target.parts.append(path)
-            target.rows += good.num_rows
             target.quarantined += len(bad)
             plan.quarantine.extend(_quarantine_rows(table.name, landed, bad, now))
             plan.ledger.append(

@@ -190,12 +190,18 @@ class StreamReader:
         return messages
 
     def ack(self, batch: Batch) -> None:
-        """Acknowledge the batch (after its load committed); waits for the server's confirmation."""
-        self._loop.run(_each(batch.messages, "ack_sync"), timeout=300)
+        """Acknowledge the batch (after its load committed). The acks are flushed to the server;
+        one lost on the way only means a redelivery, which the merge absorbs."""
+        self._loop.run(self._each(batch.messages, "ack"), timeout=300)
 
     def nak(self, batch: Batch) -> None:
         """Ask for prompt redelivery of a batch that did not load."""
-        self._loop.run(_each(batch.messages, "nak"), timeout=60)
+        self._loop.run(self._each(batch.messages, "nak"), timeout=300)
+
+    async def _each(self, messages: list[Msg], method: str) -> None:
+        for message in messages:
+            await getattr(message, method)()
+        await self._nc.flush(timeout=60)
 
 
 async def _cancel_tasks() -> None:
@@ -207,11 +213,6 @@ async def _cancel_tasks() -> None:
 
 async def _quiet(exc: Exception) -> None:
     """nats-py's error callback: the failure is raised to the caller, who reports it once."""
-
-
-async def _each(messages: list[Msg], method: str) -> None:
-    for message in messages:
-        await getattr(message, method)()
 
 
 def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[str, Any]]]:
