@@ -167,8 +167,9 @@ def _order_totals(shop: Shop, order_ids: list[int]) -> list[dict[str, Any]]:
             chunk = order_ids[i : i + 500]
             rows = con.execute(
                 sa.text(
+                    # the payment system charges the valid lines only (the shop has a few with quantity <= 0)
                     "select order_id, sum(quantity * unit_price) from order_items "
-                    "where order_id in :ids group by order_id order by order_id"
+                    "where order_id in :ids and quantity > 0 group by order_id order by order_id"
                 ).bindparams(sa.bindparam("ids", expanding=True)),
                 {"ids": chunk},
             )
