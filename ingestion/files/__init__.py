@@ -41,6 +41,8 @@ from ingestion.config import SourceSpec, TableSpec
 
 LEDGER = "_files"
 QUARANTINE = "_quarantine"
+IN_FLIGHT_SUFFIXES = (".tmp", ".part", ".partial", ".filepart", ".crdownload")
+"""Files being written (uploads name them so until they are complete): never read."""
 ARCHIVE = "archive"
 """Loaded files move to this sub-folder of the landing folder (when ``archive: true``)."""
 
@@ -101,6 +103,11 @@ def landing_dir(spec: SourceSpec, default: Path, project_dir: Path) -> Path:
     return path if path.is_absolute() else project_dir / path
 
 
+def _in_flight(path: Path) -> bool:
+    """A file still being written by the usual conventions (hidden, or a temporary suffix)."""
+    return path.name.startswith(".") or path.suffix.lower() in IN_FLIGHT_SUFFIXES
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -128,7 +135,7 @@ def plan_files(pipeline: dlt.Pipeline, spec: SourceSpec, landing: Path) -> Files
     claimed: dict[Path, str] = {}
     for table in spec.tables:
         for path in sorted(landing.glob(table.pattern)):
-            if not path.is_file() or ARCHIVE in path.relative_to(landing).parts[:1]:
+            if not path.is_file() or ARCHIVE in path.relative_to(landing).parts[:1] or _in_flight(path):
                 continue
             if path in claimed:
                 raise FileError(

@@ -99,6 +99,8 @@ def test_csv_gzip_jsonl_and_parquet_load_once_each(landing: Path, settings: Sett
     ]
     assert raw(settings, "select count(*), sum(rate) from raw_marketing.fx_rates") == [(3, 1.08 + 1.27 + 1.09)]
     assert raw(settings, "select count(*) from raw_marketing._files") == [(4,)]
+    (landing / "spend_2026-01-09.csv.part").write_text(SPEND)  # an upload in flight is not read
+    (landing / ".spend_2026-01-10.csv").write_text(SPEND)
     # again: nothing new; a copy of a loaded file under its own name with the same content is skipped too
     (landing / "spend_2026-01-01.csv").write_text(SPEND)
     again = ingest_source(spec(), settings)
