@@ -193,7 +193,7 @@ def _ingest_stream(run: _SourceRun) -> None:
     spec = run.spec
     create = tuple(t.name for t in missing_tables(run.pipeline, spec))
     try:
-        reader = stream.StreamReader(spec).__enter__()
+        reader = stream.StreamReader(spec).open()
     except stream.StreamUnreachable as exc:
         if not spec.demo:
             raise

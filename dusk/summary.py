@@ -58,7 +58,8 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         )
         for node in dbt.failing_tests():
             rows = f" ({node.failures} failing rows)" if node.failures else ""
-            console.print(f"[red]  FAILED test {node.name}{rows}[/red]")
+            kept = f": rows in {node.failures_table}" if node.failures_table else ""
+            console.print(f"[red]  FAILED test {node.name}{rows}{kept}[/red]")
         for node in dbt.failing_nodes():
             console.print(f"[red]  ERROR in {node.resource_type} {node.name}: {node.message}[/red]")
         stale = [f for f in dbt.freshness if f.status not in ("pass", "success")]

@@ -32,6 +32,8 @@ class NodeResult:
     seconds: float
     failures: int | None = None
     message: str | None = None
+    failures_table: str | None = None
+    """Where a failing test's rows are kept (store_failures; long test names are shortened there)."""
 
 
 @dataclass
@@ -78,6 +80,7 @@ def _collect(results: Any) -> list[NodeResult]:
                 seconds=float(r.execution_time or 0.0),
                 failures=r.failures,
                 message=r.message if str(r.status) in ("fail", "error", "warn", "runtime error") else None,
+                failures_table=getattr(node, "relation_name", None) if str(r.status) in ("fail", "warn") else None,
             )
         )
     return out

@@ -114,6 +114,11 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
     assert "FAILED test relationships_stg_shop__order_items_product_id" in failing.stdout
     assert "Run FAILED" in failing.stdout
     assert ws.last_run()["ok"] is False
+    # the failing row is kept to inspect, where the summary says
+    (failed,) = [n for n in ws.last_run()["dbt"]["nodes"] if n["status"] == "fail"]
+    assert f"rows in {failed['failures_table']}" in " ".join(failing.stdout.split())
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        assert wh.execute(f"select * from {failed['failures_table']}").fetchall() == [(424242,)]
 
 
 def assert_feeds_loaded(ws: Workspace) -> None:

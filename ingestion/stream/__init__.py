@@ -118,12 +118,17 @@ class StreamReader:
         self._nc: Any = None
         self._subs: dict[str, Any] = {}
 
-    def __enter__(self) -> StreamReader:
+    def open(self) -> StreamReader:
+        """Connect and bind the consumers; raises StreamUnreachable (and cleans up) when the
+        server or, for the demo, the stream is not there."""
         try:
             self._loop.run(self._connect())
         except BaseException:
             self.close()
             raise
+        return self
+
+    def __enter__(self) -> StreamReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

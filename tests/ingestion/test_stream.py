@@ -197,13 +197,15 @@ def test_a_killed_consumer_restarted_loses_and_repeats_nothing(
 
 
 def test_an_unreachable_server_is_skipped_for_the_demo_and_fails_otherwise(
-    web: dict[str, str], settings: Settings, tmp_path: Path
+    web: dict[str, str], settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write(tmp_path, web, servers="nats://dusk:s3cret@127.0.0.1:1", demo=True)
     skipped = ingest_source(spec(), settings)
     assert skipped.ok
     assert "source 'web': NATS at nats://127.0.0.1:1 is not reachable" in (skipped.skipped or "")
-    write(tmp_path, web, servers="nats://dusk:s3cret@127.0.0.1:1", demo=False)
+    write(tmp_path, web, demo=False)
+    # the server from the environment (it may carry credentials) wins over sources.yml
+    monkeypatch.setenv("SOURCES__WEB__SERVERS", "nats://dusk:s3cret@127.0.0.1:1")
     failed = ingest_source(spec(), settings)
     assert not failed.ok
     assert "NATS at nats://127.0.0.1:1 is not reachable" in (failed.error or "")
