@@ -68,6 +68,22 @@ def simulate(
         )
 
 
+@app.command("pii-salt")
+def pii_salt() -> None:
+    """Put the PII salt (DUSK_PII_SALT, else the generated data/secrets/pii_salt) into the warehouse,
+    so `dbt build` works with the plain dbt CLI; `run` does it itself."""
+    _logging(False)
+    from dusk.pii import SaltError, install_salt
+
+    settings = Settings.from_env()
+    try:
+        stored = install_salt(settings)
+    except SaltError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"PII salt {'stored in' if stored else 'already in'} {settings.warehouse} (dusk_private.pii_salt)")
+
+
 cdc_app = typer.Typer(no_args_is_help=True, help="PostgreSQL change data capture: slot and publication.")
 app.add_typer(cdc_app, name="cdc")
 

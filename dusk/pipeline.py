@@ -18,6 +18,7 @@ from pathlib import Path
 from dusk.dbt_sources import check_dbt_sources
 from dusk.demo import ensure_demo, serve_payments_api
 from dusk.ingest import SourceResult, configure_dlt, ingest_source
+from dusk.pii import install_salt
 from dusk.settings import Settings, quiet_telemetry
 from dusk.transform import DbtResult, run_dbt
 from ingestion.config import load_sources
@@ -55,6 +56,7 @@ def run(settings: Settings, select_models: list[str] | None = None, full_refresh
     try:
         specs = load_sources()
         check_dbt_sources(specs)
+        install_salt(settings)
         if settings.demo:
             result.demo_created = ensure_demo(settings, specs)
     except Exception as exc:

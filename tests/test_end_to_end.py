@@ -8,6 +8,7 @@ the run and is named in the summary.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -193,11 +194,15 @@ def assert_snapshot_matches_truth(ws: Workspace) -> None:
     for cid, *values in rows:
         snap.setdefault(cid, []).append(tuple(values))
 
+    salt = (ws.data_dir / "secrets" / "pii_salt").read_text().strip()
+
     def norm(v: tuple) -> tuple:
-        """A truth version as staging shapes it; a deletion's time is the detection time, unknown here."""
+        """A truth version as staging shapes it (the e-mail as its salted hash); a deletion's time
+        is the detection time, unknown here."""
         tier, email, country, city, is_deleted, updated_at = v
         when = None if is_deleted else datetime.fromisoformat(updated_at)
-        return (tier, email.strip().lower(), country.strip().upper(), city, bool(is_deleted), when)
+        hashed = hashlib.sha256((salt + email.strip().lower()).encode()).hexdigest()
+        return (tier, hashed, country.strip().upper(), city, bool(is_deleted), when)
 
     def shape(v: tuple) -> tuple:
         """A snapshot row in the same shape: valid_from is the version's updated_at."""

@@ -168,12 +168,14 @@ def _order_totals(shop: Shop, order_ids: list[int]) -> list[dict[str, Any]]:
             rows = con.execute(
                 sa.text(
                     # the payment system charges the valid lines only (the shop has a few with quantity <= 0)
-                    "select order_id, sum(quantity * unit_price) from order_items "
-                    "where order_id in :ids and quantity > 0 group by order_id order by order_id"
+                    "select i.order_id, o.currency_code, sum(i.quantity * i.unit_price) "
+                    "from order_items as i join orders as o on o.order_id = i.order_id "
+                    "where i.order_id in :ids and i.quantity > 0 group by i.order_id, o.currency_code "
+                    "order by i.order_id"
                 ).bindparams(sa.bindparam("ids", expanding=True)),
                 {"ids": chunk},
             )
-            totals.extend({"order_id": r[0], "amount": str(r[1])} for r in rows)
+            totals.extend({"order_id": r[0], "currency": r[1], "amount": str(r[2])} for r in rows)
     return totals
 
 

@@ -226,7 +226,7 @@ class PaymentsStore:
                         next_id,
                         order["order_id"],
                         str(Decimal(order["amount"]).quantize(Decimal("0.01"))),
-                        "USD",
+                        order.get("currency", "USD"),
                         rng.choice(METHODS),
                         "captured",
                         stamp(moment),

@@ -26,6 +26,14 @@ START = datetime(2026, 1, 1)
 """Midnight of simulated day 1; the initial shop is created in the 90 days before it."""
 
 CURRENCY = "USD"
+"""The catalogue's currency; the initial orders are in it too."""
+ORDER_CURRENCIES = {"US": "USD", "DE": "EUR", "FR": "EUR", "NL": "EUR", "GB": "GBP"}
+"""From day 1 an order is in the currency of the customer's country, priced at DEMO_RATES."""
+DEMO_RATES = {"USD": Decimal("1"), "EUR": Decimal("0.92"), "GBP": Decimal("0.79")}
+"""Units of the currency per USD the shop uses to price its catalogue abroad."""
+CHANNELS = ("search", "social", "email", "display", None)
+"""The marketing channel an order came through (None: direct traffic)."""
+PHONE_CODES = {"US": "1", "DE": "49", "FR": "33", "GB": "44", "NL": "31"}
 TIERS = ("bronze", "silver", "gold", "platinum")
 COUNTRIES = {
     "US": ("New York", "Austin", "Seattle", "Denver"),
@@ -47,6 +55,7 @@ customers = sa.Table(
     sa.Column("first_name", sa.String(50), nullable=False),
     sa.Column("last_name", sa.String(50), nullable=False),
     sa.Column("email", sa.String(120)),
+    sa.Column("phone", sa.String(30)),
     sa.Column("country_code", sa.String(2)),
     sa.Column("city", sa.String(60)),
     sa.Column("tier", sa.String(10), nullable=False),
@@ -72,6 +81,7 @@ orders = sa.Table(
     sa.Column("customer_id", sa.Integer, nullable=False),
     sa.Column("status", sa.String(12), nullable=False),
     sa.Column("currency_code", sa.String(3), nullable=False),
+    sa.Column("channel", sa.String(20)),
     sa.Column("ordered_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
 )
@@ -198,7 +208,7 @@ class Shop:
                 at = cust["created_at"] + timedelta(seconds=rng.randrange(86400, 30 * 86400))
                 at = min(at, START - timedelta(seconds=rng.randrange(1, 86400)))
                 status = "delivered" if at < START - timedelta(days=4) else rng.choice(("placed", "shipped"))
-                order = _new_order(oid, cust["customer_id"], at)
+                order = _new_order(oid, cust["customer_id"], at, channel=rng.choice(CHANNELS))
                 order["status"] = status
                 order_rows.append(order)
                 item_rows.extend(_new_items(rng, len(item_rows) + 1, order, prod_rows))
@@ -363,12 +373,15 @@ class _Day:
 
     def new_orders(self) -> None:
         buyers = [c for c in self.valid_customer_ids() if c % 5 != 0]
+        countries = dict(self.con.execute(sa.select(customers.c.customer_id, sa.func.upper(customers.c.country_code))))
         catalog = [dict(r) for r in self.con.execute(sa.select(products).order_by("product_id")).mappings()]
         first_order, first_item = self.next_id(orders), self.next_id(order_items)
         order_rows: list[dict[str, Any]] = []
         item_rows: list[dict[str, Any]] = []
         for i in range(60):
-            order = _new_order(first_order + i, self.rng.choice(buyers), self.at())
+            buyer = self.rng.choice(buyers)
+            currency = ORDER_CURRENCIES[countries[buyer]]
+            order = _new_order(first_order + i, buyer, self.at(), currency, self.rng.choice(CHANNELS))
             order_rows.append(order)
             item_rows.extend(_new_items(self.rng, first_item + len(item_rows), order, catalog))
         for item in self.rng.sample(item_rows, self.rng.randint(1, 2)):  # bad rows from a buggy client
@@ -444,6 +457,7 @@ def _new_customer(rng: random.Random, cid: int, at: datetime) -> dict[str, Any]:
         "first_name": f" {first}" if cid % 7 == 0 else first,
         "last_name": last,
         "email": email.upper() if cid % 3 == 0 else email,
+        "phone": _messy_phone(rng, country) if cid % 6 else None,
         "country_code": country.lower() if cid % 4 == 0 else country,
         "city": rng.choice(COUNTRIES[country]),
         "tier": "bronze",
@@ -466,12 +480,32 @@ def _new_product(rng: random.Random, pid: int, at: datetime) -> dict[str, Any]:
     }
 
 
-def _new_order(oid: int, customer_id: int, at: datetime) -> dict[str, Any]:
+def _messy_phone(rng: random.Random, country: str) -> str:
+    """A phone number as people type it: international, 00-prefixed or national (with the trunk
+    prefix), with assorted separators. Staging turns every form into the same E.164 number."""
+    code = PHONE_CODES[country]
+    trunk = "1" if country == "US" else "0"
+    area = str(rng.randrange(201, 989) if country == "US" else rng.randrange(20, 99))
+    line = str(rng.randrange(1_000_000, 9_999_999))
+    return rng.choice(
+        (
+            f"+{code} {area} {line}",
+            f"00{code}-{area}-{line}",
+            f"{trunk} ({area}) {line[:3]} {line[3:]}",
+            f"{trunk}{area}/{line}",
+        )
+    )
+
+
+def _new_order(
+    oid: int, customer_id: int, at: datetime, currency: str = CURRENCY, channel: str | None = None
+) -> dict[str, Any]:
     return {
         "order_id": oid,
         "customer_id": customer_id,
         "status": "placed",
-        "currency_code": CURRENCY,
+        "currency_code": currency,
+        "channel": channel,
         "ordered_at": at,
         "updated_at": at,
     }
@@ -481,13 +515,14 @@ def _new_items(
     rng: random.Random, first_id: int, order: dict[str, Any], catalog: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     picked = rng.sample(catalog, rng.randint(1, 4))
+    rate = DEMO_RATES[order["currency_code"]]
     return [
         {
             "order_item_id": first_id + i,
             "order_id": order["order_id"],
             "product_id": p["product_id"],
             "quantity": rng.randint(1, 3),
-            "unit_price": p["unit_price"],
+            "unit_price": (Decimal(p["unit_price"]) * rate).quantize(Decimal("0.01")),
             "updated_at": order["ordered_at"],
         }
         for i, p in enumerate(picked)

@@ -1,8 +1,15 @@
+-- Joins the orders' validity: a line of a quarantined order waits in quarantine with it.
 with
 
 source as (
 
     select * from {{ source('shop', 'order_items') }}
+
+),
+
+orders as (
+
+    select * from {{ ref('base_shop__orders') }}
 
 ),
 
@@ -28,21 +35,25 @@ deduplicated as (
 final as (
 
     select
-        order_item_id,
-        order_id,
-        product_id,
-        quantity,
-        unit_price,
+        deduplicated.order_item_id,
+        deduplicated.order_id,
+        deduplicated.product_id,
+        deduplicated.quantity,
+        deduplicated.unit_price,
         case
-            when order_item_id is null then 'missing_key'
-            when quantity is null or quantity <= 0 then 'non_positive_quantity'
-            when unit_price is null or unit_price < 0 then 'invalid_price'
+            when deduplicated.order_item_id is null then 'missing_key'
+            when deduplicated.quantity is null or deduplicated.quantity <= 0
+                then 'non_positive_quantity'
+            when deduplicated.unit_price is null or deduplicated.unit_price < 0 then 'invalid_price'
+            when orders.quarantine_reason is not null then 'order_quarantined'
         end as quarantine_reason,
-        is_deleted,
-        updated_at,
-        deleted_at,
-        dlt_load_id
+        deduplicated.is_deleted,
+        deduplicated.updated_at,
+        deduplicated.deleted_at,
+        deduplicated.dlt_load_id
     from deduplicated
+    left join orders
+        on deduplicated.order_id = orders.order_id
 
 )
 

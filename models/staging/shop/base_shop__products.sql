@@ -6,6 +6,12 @@ source as (
 
 ),
 
+currencies as (
+
+    select * from {{ ref('currencies') }}
+
+),
+
 renamed as (
 
     select
@@ -30,22 +36,25 @@ deduplicated as (
 final as (
 
     select
-        product_id,
-        sku,
-        product_name,
-        category,
-        currency_code,
-        unit_price,
+        deduplicated.product_id,
+        deduplicated.sku,
+        deduplicated.product_name,
+        deduplicated.category,
+        deduplicated.currency_code,
+        deduplicated.unit_price,
         case
-            when product_id is null then 'missing_key'
-            when unit_price is null or unit_price < 0 then 'invalid_price'
+            when deduplicated.product_id is null then 'missing_key'
+            when deduplicated.unit_price is null or deduplicated.unit_price < 0 then 'invalid_price'
+            when currencies.currency_code is null then 'unknown_currency'
         end as quarantine_reason,
-        is_deleted,
-        created_at,
-        updated_at,
-        deleted_at,
-        dlt_load_id
+        deduplicated.is_deleted,
+        deduplicated.created_at,
+        deduplicated.updated_at,
+        deduplicated.deleted_at,
+        deduplicated.dlt_load_id
     from deduplicated
+    left join currencies
+        on deduplicated.currency_code = currencies.currency_code
 
 )
 

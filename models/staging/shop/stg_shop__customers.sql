@@ -13,6 +13,7 @@ final as (
         first_name,
         last_name,
         email,
+        phone,
         country_code,
         city,
         tier,

@@ -13,6 +13,7 @@ final as (
         customer_id,
         status,
         currency_code,
+        channel,
         is_deleted,
         ordered_at,
         updated_at,
