@@ -12,8 +12,10 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+
+import duckdb
 
 from dusk.dbt_sources import check_dbt_sources
 from dusk.demo import ensure_demo, serve_payments_api
@@ -21,7 +23,7 @@ from dusk.ingest import SourceResult, configure_dlt, ingest_source
 from dusk.pii import install_salt
 from dusk.settings import Settings, quiet_telemetry
 from dusk.transform import DbtResult, run_dbt
-from ingestion.config import load_sources
+from ingestion.config import SourceSpec, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,37 @@ def run(settings: Settings, select_models: list[str] | None = None, full_refresh
     with serve_payments_api(settings, specs) if settings.demo else nullcontext():
         for spec in specs.values():
             result.sources.append(ingest_source(spec, settings))
-    result.dbt = run_dbt(settings, select=select_models, full_refresh=full_refresh)
+    window = loaded_event_window(settings, specs, result.sources)
+    result.dbt = run_dbt(settings, select=select_models, full_refresh=full_refresh, event_window=window)
     result.seconds = time.monotonic() - started
     write_run_record(result)
     return result
+
+
+def loaded_event_window(
+    settings: Settings, specs: dict[str, SourceSpec], sources: list[SourceResult]
+) -> tuple[date, date] | None:
+    """The days (first, last + 1) of the rows this run loaded into tables that declare an
+    `event_time`: dbt's microbatch models rebuild exactly those days, late events included.
+    None when no such row was loaded (dbt then uses each model's own lookback)."""
+    spans = []
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        for source in sources:
+            spec = specs[source.source]
+            for table in spec.tables:
+                if not table.event_time or not source.load_ids:
+                    continue
+                placeholders = ", ".join("?" for _ in source.load_ids)
+                span = con.execute(
+                    f'select min(cast("{table.event_time}" as date)), max(cast("{table.event_time}" as date)) '
+                    f'from "{spec.dataset}"."{table.name}" where _dlt_load_id in ({placeholders})',
+                    source.load_ids,
+                ).fetchone()
+                if span and span[0] is not None:
+                    spans.append(span)
+    if not spans:
+        return None
+    return min(s[0] for s in spans), max(s[1] for s in spans) + timedelta(days=1)
 
 
 def write_run_record(result: RunResult) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import date
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,16 @@ def dbt_args(settings: Settings, *args: str) -> list[str]:
     ]
 
 
-def run_dbt(settings: Settings, select: list[str] | None = None, full_refresh: bool = False) -> DbtResult:
-    """Run build, source freshness and docs generate; dbt's own failures are captured, not raised."""
+def run_dbt(
+    settings: Settings,
+    select: list[str] | None = None,
+    full_refresh: bool = False,
+    event_window: tuple[date, date] | None = None,
+) -> DbtResult:
+    """Run build, source freshness and docs generate; dbt's own failures are captured, not raised.
+
+    ``event_window`` (first day, day after the last) is handed to microbatch models as
+    ``--event-time-start/--event-time-end``: they rebuild those days instead of their lookback."""
     started = time.monotonic()
     result = DbtResult(ok=False, seconds=0.0)
     parsed = dbtRunner().invoke(dbt_args(settings, "parse"))
@@ -117,6 +126,8 @@ def run_dbt(settings: Settings, select: list[str] | None = None, full_refresh: b
         build_args += ["--select", *select]
     if full_refresh:
         build_args.append("--full-refresh")
+    if event_window is not None:
+        build_args += ["--event-time-start", event_window[0].isoformat(), "--event-time-end", event_window[1].isoformat()]
     build = runner.invoke(dbt_args(settings, *build_args))
     result.nodes = _collect(build.result)
     if build.exception is not None:

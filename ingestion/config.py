@@ -75,6 +75,9 @@ class TableSpec:
     """Stream: the NATS subject whose messages are this table's rows."""
     columns: tuple[tuple[str, str], ...] = ()
     """Files and stream: the declared columns and their types, in order."""
+    event_time: str = ""
+    """The column dbt's microbatch models read this table by: the runner rebuilds the days of the
+    rows each run loaded (late events included)."""
 
     @property
     def key_columns(self) -> list[str]:
@@ -141,6 +144,8 @@ _TABLE_KEYS = {
     "files": {"primary_key", "write_disposition", "pattern", "columns"},
     "stream": {"primary_key", "subject", "columns"},
 }
+for _keys_of_kind in _TABLE_KEYS.values():
+    _keys_of_kind.add("event_time")
 
 
 def _keys(raw: Any, where: str) -> tuple[str, ...]:
@@ -215,6 +220,7 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
         pattern=str(raw.get("pattern", "")),
         subject=str(raw.get("subject", "")),
         columns=columns,
+        event_time=_identifier(raw["event_time"], f"{where}.event_time") if raw.get("event_time") else "",
     )
 
 

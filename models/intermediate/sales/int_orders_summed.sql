@@ -1,16 +1,19 @@
+{#
+    Every order (deleted ones flagged, so the incremental orders mart can remove them) with its
+    live lines summed, and the latest load that touched the order or any of its lines: the
+    orders mart picks up exactly the orders whose rows arrived since its last build.
+#}
 with
 
 orders as (
 
     select * from {{ ref('stg_shop__orders') }}
-    where not is_deleted
 
 ),
 
 order_items as (
 
     select * from {{ ref('stg_shop__order_items') }}
-    where not is_deleted
 
 ),
 
@@ -24,9 +27,10 @@ item_totals as (
 
     select
         order_id,
-        count(*) as item_count,
-        sum(quantity) as unit_count,
-        sum(quantity * unit_price) as order_amount
+        sum(case when not is_deleted then 1 else 0 end) as item_count,
+        sum(case when not is_deleted then quantity else 0 end) as unit_count,
+        sum(case when not is_deleted then quantity * unit_price else 0 end) as order_amount,
+        max(cast(dlt_load_id as double precision)) as last_item_load
     from order_items
     group by order_id
 
@@ -39,12 +43,18 @@ final as (
         orders.customer_id,
         orders.status,
         orders.currency_code,
+        orders.channel,
         coalesce(item_totals.item_count, 0) as item_count,
         coalesce(item_totals.unit_count, 0) as unit_count,
         coalesce(item_totals.order_amount, 0) as order_amount,
         coalesce(order_statuses.is_revenue, false) as is_revenue,
+        orders.is_deleted,
         orders.ordered_at,
-        orders.updated_at
+        orders.updated_at,
+        greatest(
+            cast(orders.dlt_load_id as double precision),
+            coalesce(item_totals.last_item_load, 0)
+        ) as last_load
     from orders
     left join item_totals
         on orders.order_id = item_totals.order_id

@@ -9,7 +9,7 @@ customers as (
 
 orders as (
 
-    select * from {{ ref('orders') }}
+    select * from {{ ref('int_orders_converted') }}
     where is_revenue
 
 ),
@@ -19,7 +19,7 @@ customer_orders as (
     select
         customer_id,
         count(*) as order_count,
-        sum(order_amount) as lifetime_value,
+        sum(order_amount_base) as lifetime_value,
         min(ordered_at) as first_ordered_at,
         max(ordered_at) as last_ordered_at
     from orders
@@ -32,7 +32,7 @@ final as (
     select
         cast(customers.customer_id as integer) as customer_id,
         cast(customers.first_name as varchar(50)) as first_name,
-        cast(customers.last_name as varchar(50)) as last_name,
+        cast(customers.last_name as varchar(64)) as last_name,
         cast(customers.email as varchar(120)) as email,
         cast(customers.country_code as varchar(2)) as country_code,
         cast(customers.city as varchar(60)) as city,

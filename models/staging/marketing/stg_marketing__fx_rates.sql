@@ -1,20 +1,21 @@
 with
 
-source as (
+base as (
 
-    select * from {{ source('marketing', 'fx_rates') }}
+    select * from {{ ref('base_marketing__fx_rates') }}
 
 ),
 
 final as (
 
     select
-        upper(trim(currency_code)) as currency_code,
-        _file as source_file,
-        cast(rate_to_usd as {{ dbt.type_float() }}) as rate_to_usd,
-        cast(rate_date as date) as rate_date,
-        _dlt_load_id as dlt_load_id
-    from source
+        currency_code,
+        source_file,
+        rate_to_usd,
+        rate_date,
+        dlt_load_id
+    from base
+    where quarantine_reason is null
 
 )
 

@@ -1,22 +1,8 @@
 with
 
-source as (
+base as (
 
-    select * from {{ source('marketing', 'marketing_spend') }}
-
-),
-
-renamed as (
-
-    select
-        lower(trim(channel)) as channel,
-        upper(trim(currency_code)) as currency_code,
-        _file as source_file,
-        cast(spend as decimal(12, 2)) as spend,
-        cast(clicks as integer) as clicks,
-        cast(spend_date as date) as spend_date,
-        _dlt_load_id as dlt_load_id
-    from source
+    select * from {{ ref('base_marketing__marketing_spend') }}
 
 ),
 
@@ -30,7 +16,8 @@ final as (
         clicks,
         spend_date,
         dlt_load_id
-    from renamed
+    from base
+    where quarantine_reason is null
 
 )
 

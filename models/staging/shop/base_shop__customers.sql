@@ -1,5 +1,7 @@
--- The one join in staging: the countries seed, reference data to standardise phone numbers
--- (calling code, trunk prefix) and to check the country code.
+{#
+    The one join in staging: the countries seed, reference data to standardise phone numbers
+    (calling code, trunk prefix) and to check the country code.
+#}
 with
 
 source as (

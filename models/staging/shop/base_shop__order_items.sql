@@ -1,4 +1,6 @@
--- Joins the orders' validity: a line of a quarantined order waits in quarantine with it.
+{#
+    Joins the orders' validity: a line of a quarantined order waits in quarantine with it.
+#}
 with
 
 source as (

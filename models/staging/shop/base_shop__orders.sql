@@ -1,5 +1,7 @@
--- Joins reference data (currencies) and the customers' validity: an order of a quarantined
--- customer waits in quarantine with it, so staging never holds an order without its customer.
+{#
+    Joins reference data (currencies) and the customers' validity: an order of a quarantined
+    customer waits in quarantine with it, so staging never holds an order without its customer.
+#}
 with
 
 source as (

@@ -1,5 +1,7 @@
--- Rows of the shop that broke a validity rule: they stay out of staging until fixed at the
--- source (or the rule changes), then flow on at the next run.
+{#
+    Rows of the shop that broke a validity rule: they stay out of staging until fixed at the
+    source (or the rule changes), then flow on at the next run.
+#}
 with
 
 customers as (

@@ -1,8 +1,8 @@
 with
 
-source as (
+base as (
 
-    select * from {{ source('web', 'web_events') }}
+    select * from {{ ref('base_web__web_events') }}
 
 ),
 
@@ -10,13 +10,14 @@ final as (
 
     select
         event_id,
-        cast(customer_id as integer) as customer_id,
-        cast(product_id as integer) as product_id,
-        lower(trim(event_type)) as event_type,
-        cast(_stream_seq as bigint) as stream_seq,
-        cast(occurred_at as timestamp) as occurred_at,
-        _dlt_load_id as dlt_load_id
-    from source
+        customer_id,
+        product_id,
+        event_type,
+        stream_seq,
+        occurred_at,
+        dlt_load_id
+    from base
+    where quarantine_reason is null
 
 )
 
