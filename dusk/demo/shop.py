@@ -373,7 +373,12 @@ class _Day:
 
     def new_orders(self) -> None:
         buyers = [c for c in self.valid_customer_ids() if c % 5 != 0]
-        countries = dict(self.con.execute(sa.select(customers.c.customer_id, sa.func.upper(customers.c.country_code))))
+        countries = {
+            cid: country
+            for cid, country in self.con.execute(
+                sa.select(customers.c.customer_id, sa.func.upper(customers.c.country_code))
+            )
+        }
         catalog = [dict(r) for r in self.con.execute(sa.select(products).order_by("product_id")).mappings()]
         first_order, first_item = self.next_id(orders), self.next_id(order_items)
         order_rows: list[dict[str, Any]] = []
