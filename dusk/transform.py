@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import date
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,8 @@ def run_dbt(
     if full_refresh:
         build_args.append("--full-refresh")
     if event_window is not None:
-        build_args += ["--event-time-start", event_window[0].isoformat(), "--event-time-end", event_window[1].isoformat()]
+        start, end = event_window
+        build_args += ["--event-time-start", start.isoformat(), "--event-time-end", end.isoformat()]
     build = runner.invoke(dbt_args(settings, *build_args))
     result.nodes = _collect(build.result)
     if build.exception is not None:

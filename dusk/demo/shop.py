@@ -373,10 +373,10 @@ class _Day:
 
     def new_orders(self) -> None:
         buyers = [c for c in self.valid_customer_ids() if c % 5 != 0]
-        countries = {
-            cid: country
-            for cid, country in self.con.execute(
-                sa.select(customers.c.customer_id, sa.func.upper(customers.c.country_code))
+        countries: dict[int, str] = {
+            row.customer_id: row.country
+            for row in self.con.execute(
+                sa.select(customers.c.customer_id, sa.func.upper(customers.c.country_code).label("country"))
             )
         }
         catalog = [dict(r) for r in self.con.execute(sa.select(products).order_by("product_id")).mappings()]

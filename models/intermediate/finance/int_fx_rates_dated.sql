@@ -65,7 +65,7 @@ candidates as (
     left join published
         on
             needed_currencies.currency_code = published.currency_code
-            and published.rate_date <= needed_days.rate_date
+            and needed_days.rate_date >= published.rate_date
 
 ),
 

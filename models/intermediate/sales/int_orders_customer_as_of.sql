@@ -37,9 +37,15 @@ final as (
             and (
                 (
                     orders.ordered_at >= customer_versions.valid_from
-                    and (orders.ordered_at < customer_versions.valid_to or customer_versions.valid_to is null)
+                    and (
+                        orders.ordered_at < customer_versions.valid_to
+                        or customer_versions.valid_to is null
+                    )
                 )
-                or (customer_versions.version_number = 1 and orders.ordered_at < customer_versions.valid_from)
+                or (
+                    customer_versions.version_number = 1
+                    and orders.ordered_at < customer_versions.valid_from
+                )
             )
 
 )

@@ -44,7 +44,9 @@ activity as (
 
     select
         cohorts.cohort_month,
-        {{ dbt.datediff('cohorts.cohort_month', 'customer_months.order_month', 'month') }} as month_number,
+        {{ dbt.datediff(
+            'cohorts.cohort_month', 'customer_months.order_month', 'month'
+        ) }} as month_number,
         count(*) as active_customers
     from customer_months
     inner join cohorts
@@ -59,7 +61,9 @@ final as (
         cast(activity.month_number as integer) as month_number,
         cast(cohort_sizes.cohort_size as integer) as cohort_size,
         cast(activity.active_customers as integer) as active_customers,
-        cast(1.0 * activity.active_customers / cohort_sizes.cohort_size as decimal(6, 4)) as retention_rate,
+        cast(
+            1.0 * activity.active_customers / cohort_sizes.cohort_size as decimal(6, 4)
+        ) as retention_rate,
         activity.cohort_month
     from activity
     inner join cohort_sizes

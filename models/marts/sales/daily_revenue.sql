@@ -20,7 +20,9 @@ final as (
         cast(count(*) as integer) as order_count,
         cast(count(distinct customer_id) as integer) as customer_count,
         cast(sum(unit_count) as integer) as unit_count,
-        cast(sum(case when order_amount_base is null then 1 else 0 end) as integer) as unconverted_order_count,
+        cast(
+            sum(case when order_amount_base is null then 1 else 0 end) as integer
+        ) as unconverted_order_count,
         cast(coalesce(sum(order_amount_base), 0) as decimal(18, 2)) as revenue
     from orders
     group by order_date
