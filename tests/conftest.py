@@ -64,11 +64,13 @@ class Workspace:
         )
         return env
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, env_extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "dusk", *args],
             cwd=PROJECT_DIR,
-            env=self.env(),
+            env={**self.env(), **(env_extra or {})},
             capture_output=True,
             text=True,
             timeout=600,

@@ -41,6 +41,14 @@ TESTS: dict[str, list[dict[str, Any]]] = {
             "test": {"accepted_range": {"min_value": 1.5, "max_value": 4, "inclusive": False}},
         },
     ],
+    "history": [
+        {
+            "name": "fail_scd2",
+            "test": {"scd2_valid_ranges": {"key": "customer_id", "valid_from": "valid_from", "valid_to": "valid_to"}},
+        },
+        {"name": "pass_unique_combination", "test": {"unique_combination": {"columns": ["customer_id", "valid_from"]}}},
+        {"name": "fail_unique_combination", "test": {"unique_combination": {"columns": ["customer_id"]}}},
+    ],
     "events": [
         {"name": "fail_recency", "test": {"recency": {"field": "happened_at", "datepart": "day", "interval": 2}}}
     ],
@@ -73,12 +81,6 @@ TESTS: dict[str, list[dict[str, Any]]] = {
             },
         },
     ],
-    "history": [
-        {
-            "name": "fail_scd2",
-            "test": {"scd2_valid_ranges": {"key": "customer_id", "valid_from": "valid_from", "valid_to": "valid_to"}},
-        }
-    ],
 }
 
 EXPECTED = {  # test name -> failing rows (0: passes)
@@ -93,6 +95,8 @@ EXPECTED = {  # test name -> failing rows (0: passes)
     "pass_reconciles": 0,
     "fail_reconciles": 1,
     "fail_scd2": 4,  # customer 2 overlaps, 3 has a gap, 4 has an open version before another, 5 is reversed
+    "pass_unique_combination": 0,
+    "fail_unique_combination": 4,  # customers 1 to 4 have two rows each
 }
 
 

@@ -97,7 +97,7 @@ final as (
         as_of.currency_code,
         as_of.rate_date,
         as_of.published_on,
-        as_of.rate_to_usd / base.base_rate_to_usd as rate_to_base
+        cast(as_of.rate_to_usd / base.base_rate_to_usd as decimal(18, 10)) as rate_to_base
     from as_of
     inner join base
         on as_of.rate_date = base.rate_date

@@ -46,7 +46,7 @@ final as (
         orders.channel,
         coalesce(item_totals.item_count, 0) as item_count,
         coalesce(item_totals.unit_count, 0) as unit_count,
-        coalesce(item_totals.order_amount, 0) as order_amount,
+        cast(coalesce(item_totals.order_amount, 0) as decimal(18, 2)) as order_amount,
         coalesce(order_statuses.is_revenue, false) as is_revenue,
         orders.is_deleted,
         orders.ordered_at,

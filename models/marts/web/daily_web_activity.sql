@@ -7,6 +7,7 @@
         batch_size='day',
         lookback=1,
         on_schema_change='fail',
+        unique_key=(['activity_date', 'event_type'] if target.type == 'postgres' else none),
     )
 }}
 {#
@@ -14,6 +15,8 @@
     each reading only that day's events (stg_web__web_events declares event_time). Rebuild a
     date range, e.g. after late events, with
       dbt build --select daily_web_activity --event-time-start 2026-01-02 --event-time-end 2026-01-04
+    dbt-duckdb replaces each batch's days (delete + insert) and refuses a unique_key; dbt-postgres
+    merges each batch on the unique_key, which it requires.
 #}
 with
 

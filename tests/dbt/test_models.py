@@ -1,0 +1,273 @@
+"""The dbt layer on demo data: quarantine and replay, PII hashing, the microbatch rebuild of a date
+range, and the whole project built on PostgreSQL (dbt-postgres) from the same raw data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+
+from ingestion.database.reader import load_extension
+from tests.conftest import PROJECT_DIR, Workspace, _service_missing, delete_demo_stream
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """One demo night, shared by the tests of this module (each leaves it as it found it)."""
+    ws = Workspace(tmp_path_factory.mktemp("dbt_models"))
+    try:
+        ws.cli("run")
+        yield ws
+    finally:
+        delete_demo_stream(ws.sources_file)
+
+
+def dbt(ws: Workspace, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dbt"), *args],
+        cwd=PROJECT_DIR,
+        env={**ws.env(), "DUSK_WAREHOUSE": str(ws.warehouse), "DBT_PROFILES_DIR": str(PROJECT_DIR / "profiles"), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def query(ws: Workspace, sql: str) -> list[tuple]:
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        return wh.sql(sql).fetchall()
+
+
+def test_pii_columns_are_salted_hashes_and_the_salt_stays_secret(night: Workspace) -> None:
+    salt = (night.data_dir / "secrets" / "pii_salt").read_text().strip()
+    assert len(salt) == 64
+    rows = query(
+        night,
+        "select r.email, r.last_name, s.email, s.last_name, s.first_name from raw_shop.customers as r "
+        "join staging.stg_shop__customers as s using (customer_id)",
+    )
+    assert len(rows) > 900
+
+    def digest(value: str) -> str:
+        return hashlib.sha256((salt + value).encode()).hexdigest()
+
+    for raw_email, raw_last, email, last_name, first_name in rows:
+        assert email == digest(raw_email.strip().lower())
+        assert last_name == digest(raw_last.strip())
+        assert first_name and not re.fullmatch(r"[0-9a-f]{64}", first_name)  # not tagged pii
+    # phones: standardised to E.164 before hashing, whatever way they were typed
+    phones = query(
+        night,
+        "select r.phone, upper(r.country_code), s.phone from raw_shop.customers as r "
+        "join staging.stg_shop__customers as s using (customer_id) where r.phone is not null",
+    )
+    codes = {"US": "1", "DE": "49", "FR": "33", "GB": "44", "NL": "31"}
+    for typed, country, hashed in phones:
+        digits = re.sub(r"\D", "", typed)
+        national = digits[2 + len(codes[country]) :] if digits.startswith("00") else None
+        if typed.startswith("+"):
+            e164 = "+" + digits
+        elif national is not None:
+            e164 = f"+{codes[country]}{national}"
+        else:
+            e164 = f"+{codes[country]}{digits[1:]}"  # the demo's national forms carry the trunk prefix
+        assert hashed == digest(e164), (typed, e164)
+    # the salt is in no artifact, log or run record
+    for folder in (night.root / "target", night.root / "logs", night.data_dir / "runs"):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert salt.encode() not in path.read_bytes(), path
+    # a different salt would re-hash everything: the run refuses it
+    other = night.cli("run", check=False, env_extra={"DUSK_PII_SALT": "x" * 32})
+    assert other.returncode == 1
+    assert "PII salt differs" in other.stdout + other.stderr
+
+
+def test_quarantine_reconciles_and_replays_fixed_rows(night: Workspace) -> None:
+    with sqlite3.connect(night.shop_db) as shop:
+        shop.execute(
+            "insert into customers values (900001, 'Zoe', 'Q', 'zoe@example.com', null, 'ZZ', 'Nowhere', 'bronze', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+        )
+        shop.execute(
+            "insert into orders values (900001, 1, 'placed', 'XXX', null, '2026-01-01 10:00:00', '2026-01-01 10:00:00')"
+        )
+        shop.execute("insert into order_items values (900001, 900001, 1, 1, 5.00, '2026-01-01 10:00:00')")
+    night.cli("run")  # quarantined rows do not fail the night
+    quarantined = set(query(night, "select table_name, record_key, quarantine_reason from staging.quarantine_shop"))
+    assert {
+        ("customers", "900001", "unknown_country"),
+        ("orders", "900001", "unknown_currency"),
+        ("order_items", "900001", "order_quarantined"),
+    } <= quarantined
+    assert query(night, "select count(*) from marts.orders where order_id = 900001") == [(0,)]
+    reconciled = [n for n in night.last_run()["dbt"]["nodes"] if n["name"].startswith("reconcile_raw_")]
+    assert len(reconciled) == 8 and all(n["status"] == "pass" for n in reconciled)
+
+    # fixed at the source: the rows leave quarantine and flow on at the next run
+    with sqlite3.connect(night.shop_db) as shop:
+        shop.execute(
+            "update customers set country_code = 'DE', updated_at = '2026-01-01 00:00:01' where customer_id = 900001"
+        )
+        shop.execute(
+            "update orders set currency_code = 'EUR', updated_at = '2026-01-01 10:00:01' where order_id = 900001"
+        )
+    night.cli("run")
+    assert not [q for q in query(night, "select record_key from staging.quarantine_shop") if q[0] == "900001"]
+    assert query(night, "select currency_code, order_amount from marts.orders where order_id = 900001") == [("EUR", 5)]
+    assert query(night, "select country_code from staging.stg_shop__customers where customer_id = 900001") == [("DE",)]
+
+
+def test_microbatch_rebuilds_only_the_given_days(night: Workspace) -> None:
+    days = query(night, "select activity_date, sum(event_count) from marts.daily_web_activity group by 1 order by 1")
+    web = next(s for s in night.last_run()["sources"] if s["source"] == "web")
+    if web["skipped"] or not days:
+        _service_missing(f"no web events to build from: {web['skipped']}")
+    assert sum(n for _, n in days) == query(night, "select count(*) from staging.stg_web__web_events")[0][0]
+    target = days[0][0]
+    with duckdb.connect(str(night.warehouse)) as wh:  # a damaged day, and a row no rebuild may touch
+        wh.execute("delete from marts.daily_web_activity where activity_date = ?", [target])
+        wh.execute("insert into marts.daily_web_activity values ('sentinel', 1, 1, 1, date '2020-01-01')")
+    start, end = target.isoformat(), (target + timedelta(days=1)).isoformat()
+    out = dbt(night, "build", "--select", "daily_web_activity", "--event-time-start", start, "--event-time-end", end)
+    assert out.returncode == 0, out.stdout
+    assert "batch" in out.stdout.lower()
+    assert (
+        query(
+            night,
+            "select activity_date, sum(event_count) from marts.daily_web_activity "
+            "where event_type != 'sentinel' group by 1 order by 1",
+        )
+        == days
+    )
+    assert query(night, "select count(*) from marts.daily_web_activity where event_type = 'sentinel'") == [(1,)]
+    with duckdb.connect(str(night.warehouse)) as wh:
+        wh.execute("delete from marts.daily_web_activity where event_type = 'sentinel'")
+
+
+def test_project_builds_on_postgres(night: Workspace) -> None:
+    """Copy raw (and the salt) to a new PostgreSQL database, build everything there with
+    dbt-postgres, and get the same marts as on DuckDB."""
+    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        _service_missing(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc.orig}")
+    db = f"dusk_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as con:
+        con.execute(sa.text(f"create database {db}"))
+    try:
+        with duckdb.connect() as con:
+            load_extension(con, "duckdb_extension_postgres_scanner")
+            con.execute(f"attach '{night.warehouse}' as wh (read_only)")
+            con.execute(f"attach 'host=127.0.0.1 port=5432 user=postgres dbname={db}' as pg (type postgres)")
+            tables = con.execute(
+                "select table_schema, table_name from information_schema.tables where table_catalog = 'wh' "
+                "and (table_schema like 'raw\\_%' escape '\\' or table_schema = 'dusk_private') "
+                "and table_schema not like '%\\_staging' escape '\\' "
+                "and table_name not like '\\_dlt%' escape '\\'"
+            ).fetchall()
+            assert {s for s, _ in tables} >= {"raw_shop", "raw_payments", "raw_marketing", "raw_web", "dusk_private"}
+            for schema in sorted({s for s, _ in tables}):
+                con.execute(f'create schema pg."{schema}"')
+            for schema, table in tables:
+                con.execute(f'create table pg."{schema}"."{table}" as select * from wh."{schema}"."{table}"')
+        out = dbt(night, "build", "--target", "postgres", DUSK_PG_DATABASE=db)
+        assert out.returncode == 0, out.stdout[-6000:]
+        assert re.search(r"ERROR=0", out.stdout)
+        pg = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}")
+        try:
+            with pg.connect() as con:
+                for mart, measure in (
+                    ("orders", "sum(order_amount)"),
+                    ("daily_revenue", "sum(revenue)"),
+                    ("customers", "sum(lifetime_value)"),
+                    ("marketing_roas", "sum(spend)"),
+                    ("cohort_retention", "sum(active_customers)"),
+                    ("products", "sum(unit_count)"),
+                ):
+                    got = con.execute(sa.text(f"select count(*), {measure} from marts.{mart}")).one()
+                    want = query(night, f"select count(*), {measure} from marts.{mart}")[0]
+                    assert (got[0], float(got[1])) == (want[0], pytest.approx(float(want[1]))), mart
+                hashed = con.execute(
+                    sa.text("select email from staging.stg_shop__customers order by customer_id limit 1")
+                ).scalar()
+                assert (
+                    hashed
+                    == query(night, "select email from staging.stg_shop__customers order by customer_id limit 1")[0][0]
+                )
+        finally:
+            pg.dispose()
+    finally:
+        with admin.connect() as con:
+            con.execute(sa.text(f"drop database if exists {db} with (force)"))
+        admin.dispose()
+
+
+def test_snapshot_guard_refuses_a_source_that_came_in_empty(night: Workspace) -> None:
+    """Every customer flagged deleted at once (an emptied table past ingestion, a broken rule): the
+    snapshot stops with both counts instead of recording a mass deletion, until overridden."""
+    before = query(night, "select count(*) from snapshots.customers_snapshot")
+    with duckdb.connect(str(night.warehouse)) as wh:
+        wh.execute("create table raw_shop.customers_kept as select * from raw_shop.customers")
+        wh.execute("update raw_shop.customers set _is_deleted = true, _deleted_at = current_timestamp")
+    try:
+        out = dbt(night, "build", "--select", "stg_shop__customers", "customers_snapshot")
+        assert out.returncode == 1
+        assert re.search(
+            r"customers_snapshot\" refused: its source .* has 0 live rows, the snapshot \d+ live", out.stdout
+        )
+        assert query(night, "select count(*) from snapshots.customers_snapshot") == before
+    finally:
+        with duckdb.connect(str(night.warehouse)) as wh:
+            wh.execute("delete from raw_shop.customers")
+            wh.execute("insert into raw_shop.customers select * from raw_shop.customers_kept")
+            wh.execute("drop table raw_shop.customers_kept")
+        assert dbt(night, "build", "--select", "stg_shop__customers").returncode == 0
+
+
+def test_everything_is_documented(night: Workspace) -> None:
+    """Every model, seed, snapshot, source table, singular test and macro has a description, and
+    every column the warehouse has is documented (dbt docs generate's catalog against the YAML)."""
+    manifest = json.loads((night.root / "target" / "manifest.json").read_text())
+    catalog = json.loads((night.root / "target" / "catalog.json").read_text())
+    missing = []
+    for uid, node in manifest["nodes"].items():
+        if node["package_name"] != "dusk" or (node["resource_type"] == "test" and node.get("test_metadata")):
+            continue
+        if not node["description"].strip():
+            missing.append(uid)
+        if node["resource_type"] == "test":
+            continue  # a singular test's columns are its failing rows
+        built = catalog["nodes"].get(uid, {}).get("columns", {})
+        documented = {c.lower() for c, v in node["columns"].items() if v["description"].strip()}
+        missing += [f"{uid}.{c}" for c in built if c.lower() not in documented]
+    for uid, source in manifest["sources"].items():
+        if not source["description"].strip():
+            missing.append(uid)
+        built = catalog["sources"].get(uid, {}).get("columns", {})
+        documented = {c.lower() for c, v in source["columns"].items() if v["description"].strip()}
+        missing += [f"{uid}.{c}" for c in built if c.lower() not in documented and not c.startswith("_dlt_")]
+    for uid, macro in manifest["macros"].items():
+        if macro["package_name"] == "dusk" and not macro["description"].strip():
+            missing.append(uid)
+    assert not missing, missing
+    assert {e["name"] for e in manifest["exposures"].values()} == {
+        "nightly_run_report",
+        "revenue_and_marketing_dashboard",
+    }
