@@ -27,9 +27,13 @@ def raw(settings: Settings, query: str) -> list[tuple]:
         return con.sql(query).fetchall()
 
 
-def kill_ingest_after(settings: Settings, source: str, delay: float, env: dict[str, str] | None = None) -> None:
+def kill_ingest_after(
+    settings: Settings, source: str, delay: float | str, env: dict[str, str] | None = None
+) -> None:
     """Start ``ingest_source`` of ``source`` in a process of its own and SIGKILL it (and its
-    children) after ``delay`` seconds; fails if it finished before the kill."""
+    children) after ``delay`` seconds, or, with ``delay="load"``, the moment dlt has a normalized
+    load package (the load step is under way: a fixed instant would miss it on a faster machine).
+    Fails if the ingest finished before the kill."""
     script = (
         "from pathlib import Path; from dusk.ingest import configure_dlt, ingest_source; "
         "from dusk.settings import Settings; from ingestion.config import load_sources; configure_dlt(); "
@@ -37,8 +41,17 @@ def kill_ingest_after(settings: Settings, source: str, delay: float, env: dict[s
         f"{settings.demo}, {settings.demo_seed}); "
         f"r = ingest_source(load_sources()[{source!r}], s); print(r.ok, r.error)"
     )
+    normalized = settings.pipelines_dir / source / "load" / "normalized"
+    before = set(normalized.glob("*")) if normalized.exists() else set()
     proc = subprocess.Popen([sys.executable, "-c", script], env=env or dict(os.environ), start_new_session=True)
-    time.sleep(delay)
-    assert proc.poll() is None, f"the ingest finished within {delay}s; the test needs an earlier instant"
+    if delay == "load":
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if normalized.exists() and set(normalized.glob("*")) - before:
+                break
+            time.sleep(0.005)
+    else:
+        time.sleep(float(delay))
+    assert proc.poll() is None, f"the ingest finished before the kill ({delay}); the test needs an earlier instant"
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
