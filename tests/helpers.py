@@ -27,9 +27,7 @@ def raw(settings: Settings, query: str) -> list[tuple]:
         return con.sql(query).fetchall()
 
 
-def kill_ingest_after(
-    settings: Settings, source: str, delay: float | str, env: dict[str, str] | None = None
-) -> None:
+def kill_ingest_after(settings: Settings, source: str, delay: float | str, env: dict[str, str] | None = None) -> None:
     """Start ``ingest_source`` of ``source`` in a process of its own and SIGKILL it (and its
     children) after ``delay`` seconds, or, with ``delay="load"``, the moment dlt has a normalized
     load package (the load step is under way: a fixed instant would miss it on a faster machine).
