@@ -5,9 +5,7 @@
 #}
 {% macro raw_row_status(updated_at='updated_at') -%}
     coalesce(_is_deleted, false) as is_deleted,
-    cast(
-        case when _is_deleted then _deleted_at else {{ updated_at }} end as timestamp
-    ) as updated_at,
-    cast(_deleted_at as timestamp) as deleted_at,
+    {{ to_utc('case when _is_deleted then _deleted_at else ' ~ updated_at ~ ' end') }} as updated_at,
+    {{ to_utc('_deleted_at') }} as deleted_at,
     _dlt_load_id as dlt_load_id
 {%- endmacro %}

@@ -271,3 +271,21 @@ def test_everything_is_documented(night: Workspace) -> None:
         "nightly_run_report",
         "revenue_and_marketing_dashboard",
     }
+
+
+def test_staging_timestamps_are_utc_whatever_the_session_time_zone(night: Workspace) -> None:
+    """Staging views turn dlt's timestamptz into UTC timestamps, also for a reader whose session
+    is in another time zone (a bare cast would shift them)."""
+    with duckdb.connect(str(night.warehouse), read_only=True) as wh:
+        wh.execute("set TimeZone = 'UTC'")
+        utc = wh.sql("select order_id, ordered_at, updated_at from staging.stg_shop__orders order by 1").fetchall()
+        raw_rows = wh.sql(
+            "select order_id, strftime(ordered_at, '%Y-%m-%d %H:%M:%S') from raw_shop.orders order by 1"
+        ).fetchall()
+        wh.execute("set TimeZone = 'America/New_York'")
+        elsewhere = wh.sql(
+            "select order_id, ordered_at, updated_at from staging.stg_shop__orders order by 1"
+        ).fetchall()
+    assert utc == elsewhere and len(utc) > 1000
+    raw_by_id = dict(raw_rows)
+    assert all(ordered.strftime("%Y-%m-%d %H:%M:%S") == raw_by_id[oid] for oid, ordered, _ in utc)

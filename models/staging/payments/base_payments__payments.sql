@@ -22,8 +22,8 @@ renamed as (
         upper(trim(currency)) as currency_code,
         cast(amount as decimal(12, 2)) as amount,
         lower(trim(status)) = 'refunded' as is_refunded,
-        cast(created_at as timestamp) as created_at,
-        cast(updated_at as timestamp) as updated_at,
+        {{ to_utc('created_at') }} as created_at,
+        {{ to_utc('updated_at') }} as updated_at,
         _dlt_load_id as dlt_load_id
     from source
 

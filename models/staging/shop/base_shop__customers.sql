@@ -27,7 +27,7 @@ renamed as (
         upper(trim(country_code)) as country_code,
         trim(city) as city,
         lower(trim(tier)) as tier,
-        cast(created_at as timestamp) as created_at,
+        {{ to_utc('created_at') }} as created_at,
         {{ raw_row_status() }}
     from source
 

@@ -30,7 +30,7 @@ renamed as (
         lower(trim(status)) as status,
         upper(trim(currency_code)) as currency_code,
         nullif(lower(trim(channel)), '') as channel,
-        cast(ordered_at as timestamp) as ordered_at,
+        {{ to_utc('ordered_at') }} as ordered_at,
         {{ raw_row_status() }}
     from source
 

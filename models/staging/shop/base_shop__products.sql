@@ -21,7 +21,7 @@ renamed as (
         lower(trim(category)) as category,
         upper(trim(currency_code)) as currency_code,
         cast(unit_price as decimal(18, 2)) as unit_price,
-        cast(created_at as timestamp) as created_at,
+        {{ to_utc('created_at') }} as created_at,
         {{ raw_row_status() }}
     from source
 

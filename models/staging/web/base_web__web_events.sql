@@ -14,7 +14,7 @@ renamed as (
         cast(product_id as integer) as product_id,
         lower(trim(event_type)) as event_type,
         cast(_stream_seq as bigint) as stream_seq,
-        cast(occurred_at as timestamp) as occurred_at,
+        {{ to_utc('occurred_at') }} as occurred_at,
         _dlt_load_id as dlt_load_id
     from source
 
