@@ -14,6 +14,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly ELT:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_PARTIAL = 3
+"""Some sources failed; everything that does not depend on them was built and passed."""
+EXIT_LOCKED = 4
+"""Another run holds the lock (2 is the usage-error code of the command line)."""
 
 
 def _logging(verbose: bool) -> None:
@@ -35,15 +39,29 @@ def run(
 ) -> None:
     """Ingest every source, build and test the warehouse, generate the docs, print a summary.
 
-    Exit code 0 when everything passed, 1 when any source, model or test failed.
+    Exit codes: 0 success; 1 failed; 3 partial (some sources failed, everything else built and
+    passed); 4 locked (another run is in progress).
     """
     _logging(verbose)
+    from dusk.lock import Locked, run_lock
     from dusk.pipeline import run as run_pipeline
     from dusk.summary import print_summary
 
-    result = run_pipeline(Settings.from_env(), select_models=select, full_refresh=full_refresh)
+    settings = Settings.from_env()
+    try:
+        with run_lock(settings.data_dir) as lock:
+            if lock.took_over:
+                typer.echo(
+                    f"took over the lock of a run that died (PID {lock.took_over.get('pid')}, "
+                    f"started {lock.took_over.get('started_at')}); this run finishes what it left"
+                )
+            result = run_pipeline(settings, select_models=select, full_refresh=full_refresh)
+    except Locked as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_LOCKED) from None
     print_summary(result)
-    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+    codes = {"success": EXIT_OK, "partial": EXIT_PARTIAL}
+    raise typer.Exit(codes.get(result.status, EXIT_FAILED))
 
 
 @app.command()

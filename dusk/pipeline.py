@@ -41,9 +41,25 @@ class RunResult:
     seconds: float = 0.0
 
     @property
+    def failed_sources(self) -> list[str]:
+        """Sources that failed tonight (a skipped optional source is not a failure)."""
+        return [s.source for s in self.sources if not s.ok and not s.skipped]
+
+    @property
+    def status(self) -> str:
+        """``success``: everything loaded, built and passed. ``partial``: some sources failed, and
+        everything that does not depend on them was built and passed. ``failed``: otherwise."""
+        if self.error is not None or self.dbt is None or not self.dbt.ok:
+            return "failed"
+        loaded = [s for s in self.sources if s.ok and not s.skipped]
+        if self.failed_sources:
+            return "partial" if loaded else "failed"
+        return "success"
+
+    @property
     def ok(self) -> bool:
         """True only when every source loaded and every dbt node and test passed."""
-        return self.error is None and all(s.ok for s in self.sources) and self.dbt is not None and self.dbt.ok
+        return self.status == "success"
 
 
 def run(settings: Settings, select_models: list[str] | None = None, full_refresh: bool = False) -> RunResult:
@@ -69,7 +85,9 @@ def run(settings: Settings, select_models: list[str] | None = None, full_refresh
         for spec in specs.values():
             result.sources.append(ingest_source(spec, settings))
     window = loaded_event_window(settings, specs, result.sources)
-    result.dbt = run_dbt(settings, select=select_models, full_refresh=full_refresh, event_window=window)
+    # what depends on a source that failed tonight is left as it was (and reported), the rest is built
+    skip = [f"source:{name}+" for name in result.failed_sources]
+    result.dbt = run_dbt(settings, select=select_models, full_refresh=full_refresh, event_window=window, exclude=skip)
     result.seconds = time.monotonic() - started
     write_run_record(result)
     return result
@@ -105,7 +123,7 @@ def write_run_record(result: RunResult) -> Path:
     """Write the run as JSON to <data dir>/runs/<start time>.json and last_run.json (atomically)."""
     runs = result.settings.data_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    record = {"ok": result.ok, **asdict(result)}
+    record = {"ok": result.ok, "status": result.status, **asdict(result)}
     text = json.dumps(record, indent=2, default=str)
     path = runs / f"{result.started_at:%Y%m%dT%H%M%S%fZ}.json"
     path.write_text(text)

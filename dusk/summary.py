@@ -74,5 +74,11 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
     console.print(f"Warehouse: {result.settings.warehouse}")
     if dbt is not None and dbt.docs_path:
         console.print(f"Docs: {dbt.docs_path}")
-    verdict = "[green]SUCCESS[/green]" if result.ok else "[red]FAILED[/red]"
+    if result.failed_sources and dbt is not None:
+        names = ", ".join(result.failed_sources)
+        console.print(f"[yellow]dbt left everything downstream of the failed source(s) as it was: {names}[/yellow]")
+    verdict = {
+        "success": "[green]SUCCESS[/green]",
+        "partial": "[yellow]PARTIAL[/yellow] (some sources failed; the rest is built and tested)",
+    }.get(result.status, "[red]FAILED[/red]")
     console.print(f"Run {verdict} in {result.seconds:.1f}s")

@@ -107,11 +107,13 @@ def run_dbt(
     select: list[str] | None = None,
     full_refresh: bool = False,
     event_window: tuple[date, date] | None = None,
+    exclude: list[str] | None = None,
 ) -> DbtResult:
     """Run build, source freshness and docs generate; dbt's own failures are captured, not raised.
 
     ``event_window`` (first day, day after the last) is handed to microbatch models as
-    ``--event-time-start/--event-time-end``: they rebuild those days instead of their lookback."""
+    ``--event-time-start/--event-time-end``: they rebuild those days instead of their lookback.
+    ``exclude`` leaves nodes out of the build (the descendants of sources that failed tonight)."""
     started = time.monotonic()
     result = DbtResult(ok=False, seconds=0.0)
     parsed = dbtRunner().invoke(dbt_args(settings, "parse"))
@@ -124,6 +126,8 @@ def run_dbt(
     build_args = ["build"]
     if select:
         build_args += ["--select", *select]
+    if exclude:
+        build_args += ["--exclude", *exclude]
     if full_refresh:
         build_args.append("--full-refresh")
     if event_window is not None:
