@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ class SourceResult:
     load_ids: list[str] = field(default_factory=list)
     skipped: str | None = None
     """Why the source was not read this run (a demo stream without its server), if it was not."""
+    transient: bool = False
+    """The failure looks passing (connection refused or reset, timeout): worth another attempt."""
+    attempts: int = 1
 
 
 def credentials_for(spec: SourceSpec, settings: Settings) -> str:
@@ -114,6 +118,7 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
     except Exception as exc:  # one source's failure is reported, not raised
         log.exception("source=%s ingest failed", spec.name)
         result.error = _describe(spec, exc)
+        result.transient = is_transient(exc)
     result.seconds = time.monotonic() - started
     return result
 
@@ -253,6 +258,38 @@ def _table_stats(
 
 KINDS = {"database": _ingest_database, "files": _ingest_files, "api": _ingest_api, "stream": _ingest_stream}
 """How each kind of source is ingested into its pipeline."""
+
+
+TRANSIENT_WORDS = (
+    "connection refused",
+    "timed out",
+    "timeout",
+    "could not connect",
+    "connection reset",
+    "server closed the connection",
+    "terminating connection",
+    "temporarily unavailable",
+    "circuit breaker open",
+    "no servers available",
+)
+PERMANENT_WORDS = ("authentication", "password", "permission denied", "does not exist", "access denied")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is worth retrying: the network or the server was briefly unavailable. A
+    wrong password, a missing table or bad data is never transient (retrying cannot help)."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        nxt = seen.__cause__ or seen.__context__ or getattr(seen, "exception", None)
+        seen = nxt if isinstance(nxt, BaseException) else None
+    text = " ".join(str(e).lower() for e in chain)
+    if any(word in text for word in PERMANENT_WORDS):
+        return False
+    if any(isinstance(e, ConnectionError | TimeoutError) for e in chain):
+        return True
+    return any(word in text for word in TRANSIENT_WORDS) or re.search(r"\b50[234]\b", text) is not None
 
 
 def _describe(spec: SourceSpec, exc: BaseException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -83,7 +84,7 @@ def run(settings: Settings, select_models: list[str] | None = None, full_refresh
         return result
     with serve_payments_api(settings, specs) if settings.demo else nullcontext():
         for spec in specs.values():
-            result.sources.append(ingest_source(spec, settings))
+            result.sources.append(ingest_with_retries(spec, settings))
     window = loaded_event_window(settings, specs, result.sources)
     # what depends on a source that failed tonight is left as it was (and reported), the rest is built
     skip = [f"source:{name}+" for name in result.failed_sources]
@@ -91,6 +92,29 @@ def run(settings: Settings, select_models: list[str] | None = None, full_refresh
     result.seconds = time.monotonic() - started
     write_run_record(result)
     return result
+
+
+def ingest_with_retries(spec: SourceSpec, settings: Settings) -> SourceResult:
+    """Ingest a source; a transient failure (the server briefly unreachable) is retried with
+    exponential backoff and jitter, DUSK_SOURCE_ATTEMPTS times in all, then reported as failed.
+    Each attempt starts with what the previous one left (pending load packages are finished)."""
+    attempt = 1
+    while True:
+        result = ingest_source(spec, settings)
+        result.attempts = attempt
+        if result.ok or not result.transient or attempt >= settings.source_attempts:
+            return result
+        pause = min(60.0, settings.source_backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+        log.warning(
+            "source=%s attempt=%d of %d failed (transient), retrying in %.1fs: %s",
+            spec.name,
+            attempt,
+            settings.source_attempts,
+            pause,
+            result.error,
+        )
+        time.sleep(pause)
+        attempt += 1
 
 
 def loaded_event_window(

@@ -27,6 +27,10 @@ class Settings:
     target_path: Path
     demo: bool
     demo_seed: int
+    source_attempts: int = 3
+    """Attempts per source when it fails transiently (DUSK_SOURCE_ATTEMPTS)."""
+    source_backoff: float = 5.0
+    """Seconds before the first retry, doubled each time, with jitter (DUSK_SOURCE_BACKOFF)."""
 
     @property
     def pipelines_dir(self) -> Path:
@@ -58,6 +62,8 @@ class Settings:
             target_path=_env_path("DBT_TARGET_PATH", Path("target")),
             demo=os.environ.get("DUSK_DEMO", "1").lower() not in {"0", "false", "no"},
             demo_seed=int(os.environ.get("DUSK_DEMO_SEED", "42")),
+            source_attempts=max(1, int(os.environ.get("DUSK_SOURCE_ATTEMPTS", "3"))),
+            source_backoff=float(os.environ.get("DUSK_SOURCE_BACKOFF", "5")),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,8 +14,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dusk.ingest import configure_dlt, is_transient
 from dusk.lock import Locked, run_lock
-from tests.conftest import Workspace
+from dusk.pipeline import ingest_with_retries
+from dusk.settings import Settings
+from ingestion.config import SourceSpec, TableSpec
+from tests.conftest import Workspace, _service_missing
 
 HOLD = (
     "import sys, time; from pathlib import Path; from dusk.lock import run_lock\n"
@@ -90,3 +95,58 @@ def test_a_failing_source_leaves_the_others_built_and_ends_partial(workspace: Wo
     assert ws.last_run()["status"] == "success"
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
         assert wh.sql("select count(*) from marts.orders").fetchone()[0] > orders_before[0]
+
+
+def _crm(tmp_path: Path) -> tuple[SourceSpec, Settings]:
+    configure_dlt()
+    spec = SourceSpec(
+        name="crm",
+        kind="database",
+        description="",
+        demo=False,
+        tables=(TableSpec("customers", "customer_id", "updated_at", "merge", "none"),),
+    )
+    settings = Settings(
+        tmp_path,
+        tmp_path / "wh.duckdb",
+        tmp_path / "t",
+        demo=False,
+        demo_seed=1,
+        source_attempts=3,
+        source_backoff=0.01,
+    )
+    return spec, settings
+
+
+def test_a_transient_failure_is_retried_then_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connection refused: retried with backoff, DUSK_SOURCE_ATTEMPTS times, then failed."""
+    spec, settings = _crm(tmp_path)
+    monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", "postgresql://postgres@127.0.0.1:1/nowhere")
+    pauses: list[float] = []
+    monkeypatch.setattr("dusk.pipeline.time.sleep", pauses.append)
+    result = ingest_with_retries(spec, settings)
+    assert not result.ok and result.transient and result.attempts == 3
+    assert "refused" in (result.error or "")
+    assert len(pauses) == 2 and pauses[0] < pauses[1] * 2  # exponential, with jitter
+
+
+def test_a_permanent_failure_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong user cannot get better by trying again: one attempt, reported at once."""
+    spec, settings = _crm(tmp_path)
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    except OSError as exc:
+        _service_missing(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", "postgresql://dusk_nobody@127.0.0.1:5432/postgres")
+    result = ingest_with_retries(spec, settings)
+    assert not result.ok and not result.transient and result.attempts == 1
+    assert "dusk_nobody" in (result.error or "")
+
+
+def test_transient_and_permanent_errors_are_told_apart() -> None:
+    assert is_transient(ConnectionRefusedError(111, "Connection refused"))
+    assert is_transient(RuntimeError("GET http://api/v1/x -> 503"))
+    assert is_transient(RuntimeError("circuit breaker open after 6 failed attempts in a row"))
+    assert not is_transient(RuntimeError('password authentication failed for user "x"'))
+    assert not is_transient(RuntimeError("source 'shop', table 'orders': 3 duplicate value(s) of primary key"))
+    assert not is_transient(RuntimeError("order 5031 has no lines"))
