@@ -21,6 +21,7 @@ import duckdb
 from dusk.dbt_sources import check_dbt_sources
 from dusk.demo import ensure_demo, serve_payments_api
 from dusk.ingest import SourceResult, configure_dlt, ingest_source
+from dusk.ledger import ensure_ledger, write_ledger
 from dusk.pii import install_salt
 from dusk.settings import Settings, quiet_telemetry
 from dusk.transform import DbtResult, run_dbt
@@ -76,11 +77,14 @@ def run(settings: Settings, select_models: list[str] | None = None, full_refresh
         specs = load_sources()
         check_dbt_sources(specs)
         install_salt(settings)
+        with duckdb.connect(str(settings.warehouse)) as con:
+            ensure_ledger(con)
         if settings.demo:
             result.demo_created = ensure_demo(settings, specs)
     except Exception as exc:
         result.error = str(exc)
         result.seconds = time.monotonic() - started
+        record(result)
         return result
     with serve_payments_api(settings, specs) if settings.demo else nullcontext():
         for spec in specs.values():
@@ -90,8 +94,21 @@ def run(settings: Settings, select_models: list[str] | None = None, full_refresh
     skip = [f"source:{name}+" for name in result.failed_sources]
     result.dbt = run_dbt(settings, select=select_models, full_refresh=full_refresh, event_window=window, exclude=skip)
     result.seconds = time.monotonic() - started
-    write_run_record(result)
+    record(result)
     return result
+
+
+def record(result: RunResult) -> None:
+    """Write the run record and the ledger. A ledger that cannot be written fails the run (the
+    monitoring reads it) but never loses the record."""
+    write_run_record(result)
+    try:
+        write_ledger(result)
+    except Exception as exc:
+        log.exception("ledger not written")
+        if result.error is None:
+            result.error = f"the run ledger ({result.settings.warehouse}, schema dusk_ledger) was not written: {exc}"
+            write_run_record(result)
 
 
 def ingest_with_retries(spec: SourceSpec, settings: Settings) -> SourceResult:

@@ -44,7 +44,7 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
             models.add_column(col, justify="left" if col == "layer" else "right")
         layers: dict[str, Counter[str]] = {}
         for node in dbt.nodes:
-            if node.resource_type in ("test", "unit_test"):
+            if node.resource_type in ("test", "unit_test", "exposure"):
                 continue
             layers.setdefault(node.layer, Counter())[node.status] += 1
         for layer in sorted(layers, key=lambda x: (LAYER_ORDER.index(x) if x in LAYER_ORDER else 99, x)):

@@ -35,6 +35,8 @@ class NodeResult:
     message: str | None = None
     failures_table: str | None = None
     """Where a failing test's rows are kept (store_failures; long test names are shortened there)."""
+    rows_affected: int | None = None
+    """Rows the adapter reports for a model, seed or snapshot (None where it reports none)."""
 
 
 @dataclass
@@ -82,9 +84,15 @@ def _collect(results: Any) -> list[NodeResult]:
                 failures=r.failures,
                 message=r.message if str(r.status) in ("fail", "error", "warn", "runtime error") else None,
                 failures_table=getattr(node, "relation_name", None) if str(r.status) in ("fail", "warn") else None,
+                rows_affected=_rows(getattr(r, "adapter_response", None)),
             )
         )
     return out
+
+
+def _rows(response: Any) -> int | None:
+    value = response.get("rows_affected") if isinstance(response, dict) else None
+    return int(value) if isinstance(value, int) and value >= 0 else None
 
 
 def dbt_args(settings: Settings, *args: str) -> list[str]:

@@ -150,3 +150,51 @@ def test_transient_and_permanent_errors_are_told_apart() -> None:
     assert not is_transient(RuntimeError('password authentication failed for user "x"'))
     assert not is_transient(RuntimeError("source 'shop', table 'orders': 3 duplicate value(s) of primary key"))
     assert not is_transient(RuntimeError("order 5031 has no lines"))
+
+
+def test_the_ledger_keeps_every_run(workspace: Workspace) -> None:
+    """Two runs, the second with a quarantined row: the ledger holds both runs with their steps,
+    rows per table, dbt nodes, quarantine counts and freshness, and dbt knows it as a source."""
+    ws = workspace
+    ws.cli("run")
+    with sqlite3.connect(ws.shop_db) as shop:
+        shop.execute("update order_items set quantity = -3, updated_at = '2026-01-01 00:00:00' where order_item_id = 7")
+    ws.cli("run")
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        runs = wh.sql("select run_id, status from dusk_ledger.runs order by started_at").fetchall()
+        assert [r[1] for r in runs] == ["success", "success"]
+        first, second = (r[0] for r in runs)
+        assert {p.stem for p in (ws.data_dir / "runs").glob("2*.json")} == {first, second}
+        steps = wh.sql(f"select step, target, status from dusk_ledger.steps where run_id = '{second}'").fetchall()
+        assert ("ingest", "shop", "ok") in steps and ("dbt", "build, freshness, docs", "ok") in steps
+        loaded = wh.sql(
+            "select run_id, loaded from dusk_ledger.source_tables where table_name = 'orders' order by run_id"
+        ).fetchall()
+        assert loaded[0][1] > 1000 and loaded[1] == (second, 0)
+        items = wh.sql(
+            f"select loaded from dusk_ledger.source_tables where run_id = '{second}' and table_name = 'order_items'"
+        ).fetchone()
+        assert items == (1,)
+        quarantine = dict(
+            wh.sql(
+                f"select reason, row_count from dusk_ledger.quarantine where run_id = '{second}' "
+                "and table_name = 'order_items'"
+            ).fetchall()
+        )
+        first_q = wh.sql(
+            f"select coalesce(sum(row_count), 0) from dusk_ledger.quarantine where run_id = '{first}' "
+            "and reason = 'non_positive_quantity'"
+        ).fetchone()[0]
+        assert quarantine["non_positive_quantity"] == first_q + 1
+        nodes = wh.sql(
+            f"select resource_type, status, count(*) from dusk_ledger.dbt_nodes where run_id = '{second}' group by 1, 2"
+        ).fetchall()
+        assert any(n[:2] == ("model", "success") for n in nodes)
+        assert any(n[:2] == ("test", "pass") and n[2] > 100 for n in nodes)
+        assert wh.sql(f"select count(*) from dusk_ledger.freshness where run_id = '{second}'").fetchone()[0] >= 7
+        orders_rows = wh.sql(
+            f"select rows_affected from dusk_ledger.dbt_nodes where run_id = '{first}' and name = 'orders'"
+        ).fetchone()
+        assert orders_rows is not None
+    manifest = (ws.root / "target" / "manifest.json").read_text()
+    assert '"source.dusk.ledger.runs"' in manifest

@@ -1,0 +1,133 @@
+"""The run ledger: every run's steps, rows, dbt nodes, quarantine and freshness, kept in the
+warehouse (schema ``dusk_ledger``) across runs, for monitoring and the report. dbt declares it as
+the source ``ledger`` (models/ledger/_ledger__sources.yml), so it is documented and queryable."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+if TYPE_CHECKING:
+    from dusk.pipeline import RunResult
+
+SCHEMA = "dusk_ledger"
+DDL = f"""
+create schema if not exists {SCHEMA};
+create table if not exists {SCHEMA}.runs (
+    run_id varchar primary key, status varchar not null, started_at timestamp not null,
+    seconds double not null, failed_sources varchar, error varchar
+);
+create table if not exists {SCHEMA}.steps (
+    run_id varchar not null, step varchar not null, target varchar, status varchar not null,
+    attempts integer, seconds double not null
+);
+create table if not exists {SCHEMA}.source_tables (
+    run_id varchar not null, source varchar not null, table_name varchar not null,
+    extracted bigint not null, deleted bigint not null, quarantined bigint not null, loaded bigint not null
+);
+create table if not exists {SCHEMA}.dbt_nodes (
+    run_id varchar not null, unique_id varchar not null, name varchar not null, resource_type varchar not null,
+    layer varchar, status varchar not null, seconds double not null, rows_affected bigint, failures bigint,
+    failures_table varchar, message varchar
+);
+create table if not exists {SCHEMA}.quarantine (
+    run_id varchar not null, source varchar not null, table_name varchar not null, reason varchar not null,
+    row_count bigint not null
+);
+create table if not exists {SCHEMA}.freshness (
+    run_id varchar not null, source varchar not null, table_name varchar not null, status varchar not null
+);
+"""
+
+
+def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the ledger's schema and tables if missing (before dbt, which tests them as a source)."""
+    con.execute(DDL)
+
+
+def run_id(result: RunResult) -> str:
+    """The run's id: its start time (UTC), as in data/runs/<run id>.json."""
+    return f"{result.started_at:%Y%m%dT%H%M%S%fZ}"
+
+
+def _quarantine_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, int]]:
+    views = con.execute(
+        "select table_name from information_schema.tables "
+        "where table_schema = 'staging' and table_name like 'quarantine\\_%' escape '\\'"
+    ).fetchall()
+    rows: list[tuple[str, str, str, int]] = []
+    for (view,) in views:
+        source = view.removeprefix("quarantine_")
+        rows += [
+            (source, str(t), str(r), int(n))
+            for t, r, n in con.execute(
+                f'select table_name, quarantine_reason, count(*) from staging."{view}" group by 1, 2 order by 1, 2'
+            ).fetchall()
+        ]
+    return rows
+
+
+def write_ledger(result: RunResult) -> None:
+    """Append this run to the ledger (in one transaction: a run is in the ledger whole or not)."""
+    rid = run_id(result)
+    with duckdb.connect(str(result.settings.warehouse)) as con:
+        ensure_ledger(con)
+        con.execute("begin")
+        for table in ("runs", "steps", "source_tables", "dbt_nodes", "quarantine", "freshness"):
+            con.execute(f"delete from {SCHEMA}.{table} where run_id = ?", [rid])
+        con.execute(
+            f"insert into {SCHEMA}.runs values (?, ?, ?, ?, ?, ?)",
+            [
+                rid,
+                result.status,
+                result.started_at.replace(tzinfo=None),
+                result.seconds,
+                ", ".join(result.failed_sources) or None,
+                result.error,
+            ],
+        )
+        steps: list[list[Any]] = []
+        tables: list[list[Any]] = []
+        for s in result.sources:
+            status = "skipped" if s.skipped else "ok" if s.ok else "failed"
+            steps.append([rid, "ingest", s.source, status, s.attempts, s.seconds])
+            tables += [[rid, s.source, t.table, t.extracted, t.deleted, t.quarantined, t.loaded] for t in s.tables]
+        dbt = result.dbt
+        if dbt is not None:
+            steps.append([rid, "dbt", "build, freshness, docs", "ok" if dbt.ok else "failed", 1, dbt.seconds])
+            nodes = [
+                [
+                    rid,
+                    n.unique_id,
+                    n.name,
+                    n.resource_type,
+                    n.layer,
+                    n.status,
+                    n.seconds,
+                    n.rows_affected,
+                    n.failures,
+                    n.failures_table,
+                    n.message,
+                ]
+                for n in dbt.nodes
+            ]
+            if nodes:
+                con.executemany(f"insert into {SCHEMA}.dbt_nodes values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", nodes)
+            fresh = [[rid, *_source_table(f.unique_id), f.status] for f in dbt.freshness]
+            if fresh:
+                con.executemany(f"insert into {SCHEMA}.freshness values (?, ?, ?, ?)", fresh)
+            counts = [[rid, *row] for row in _quarantine_counts(con)]
+            if counts:
+                con.executemany(f"insert into {SCHEMA}.quarantine values (?, ?, ?, ?, ?)", counts)
+        if steps:
+            con.executemany(f"insert into {SCHEMA}.steps values (?, ?, ?, ?, ?, ?)", steps)
+        if tables:
+            con.executemany(f"insert into {SCHEMA}.source_tables values (?, ?, ?, ?, ?, ?, ?)", tables)
+        con.execute("commit")
+
+
+def _source_table(unique_id: str) -> tuple[str, str]:
+    """source.dusk.<source>.<table> -> (source, table)."""
+    parts = unique_id.split(".")
+    return (parts[-2], parts[-1]) if len(parts) >= 4 else ("", unique_id)
