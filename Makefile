@@ -12,7 +12,7 @@ export DBT_PROFILES_DIR := $(CURDIR)/profiles
 export RUNTIME__DLTHUB_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup setup-dev run simulate cdc-setup cdc-drop test lint format docs bench clean
+.PHONY: help setup setup-dev run status simulate cdc-setup cdc-drop test lint format docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ setup-dev: $(VENV)/.installed-dev ## Create .venv with the development tools too
 
 run: setup ## Run the pipeline: ingest -> dbt build -> docs -> summary (creates the demo shop on first use)
 	$(BIN)/python -m dusk run
+
+status: setup ## The last runs, sources, freshness, failing tests and quarantine (from the run ledger)
+	$(BIN)/python -m dusk status
 
 simulate: setup ## Advance the demo shop by DAYS days of activity (make simulate DAYS=3)
 	$(BIN)/python -m dusk simulate --days $(DAYS)

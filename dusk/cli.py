@@ -86,6 +86,20 @@ def simulate(
         )
 
 
+@app.command()
+def status(
+    runs: Annotated[int, typer.Option(min=1, help="How many recent runs to list.")] = 5,
+) -> None:
+    """The last runs, each source's last load, freshness, failing tests and quarantine (from the
+    run ledger in the warehouse; read-only, safe while a run is in progress only if the run is
+    not writing the warehouse at that moment)."""
+    _logging(False)
+    from dusk.status import print_status
+
+    if not print_status(Settings.from_env(), runs=runs):
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command("pii-salt")
 def pii_salt() -> None:
     """Put the PII salt (DUSK_PII_SALT, else the generated data/secrets/pii_salt) into the warehouse,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -198,3 +199,13 @@ def test_the_ledger_keeps_every_run(workspace: Workspace) -> None:
         assert orders_rows is not None
     manifest = (ws.root / "target" / "manifest.json").read_text()
     assert '"source.dusk.ledger.runs"' in manifest
+    status = ws.cli("status")
+    assert status.stdout.count("success") == 2 and first in status.stdout and second in status.stdout
+    assert "Failing tests and nodes: none" in status.stdout
+    assert re.search(r"Quarantine: \d+ rows waiting", status.stdout)
+    assert f"shop.order_items: {quarantine['non_positive_quantity']} non_positive_quantity" in status.stdout
+
+
+def test_status_before_any_run_says_so(workspace: Workspace) -> None:
+    out = workspace.cli("status", check=False)
+    assert out.returncode == 1 and "no run yet" in out.stdout
