@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -94,20 +96,71 @@ def make_pipeline(spec: SourceSpec, settings: Settings) -> dlt.Pipeline:
     )
 
 
+def adopt_package_schemas(pipeline: dlt.Pipeline) -> list[str]:
+    """Make the schemas of extracted packages left by a killed run the pipeline's stored ones.
+
+    dlt normalizes a package with the *stored* schema. A run killed after extracting but before
+    saving its schema leaves the stored schema one run behind: e.g. a table whose first load was
+    written as ``replace`` and is now declared ``merge`` would be replaced by the package's few
+    changed rows. The package's own schema is what its rows were extracted for."""
+    from dlt.common.schema import Schema
+
+    extracted = Path(pipeline.working_dir) / "normalize" / "extracted"
+    adopted = []
+    for package in sorted(extracted.iterdir()) if extracted.exists() else []:
+        schema_file = package / "schema.json"
+        if not schema_file.exists():
+            continue
+        schema = Schema.from_dict(json.loads(schema_file.read_text()))
+        stored = pipeline.schemas.get(schema.name) if schema.name in pipeline.schemas else None
+        newer = stored is None or (
+            schema.version >= stored.version and schema.stored_version_hash != stored.stored_version_hash
+        )
+        if newer:
+            pipeline.schemas.save_schema(schema)
+            adopted.append(package.name)
+    return adopted
+
+
+def drop_normalized_leftovers(pipeline: dlt.Pipeline) -> list[str]:
+    """Remove extracted packages that dlt had already normalized when the run was killed.
+
+    dlt's normalize commits the normalized package, then deletes the extracted one; a SIGKILL
+    during that delete leaves a half-deleted extracted package (e.g. no ``new_jobs``) whose rows are
+    safe in the normalized or loaded package, and which would make every later normalize fail."""
+    root = Path(pipeline.working_dir)
+    extracted = root / "normalize" / "extracted"
+    dropped = []
+    for package in sorted(extracted.iterdir()) if extracted.exists() else []:
+        committed = [root / "load" / stage / package.name for stage in ("normalized", "loaded")]
+        if package.is_dir() and any(p.exists() for p in committed):
+            log.warning(
+                "pipeline=%s removing extracted package %s, normalized before a kill",
+                pipeline.pipeline_name,
+                package.name,
+            )
+            shutil.rmtree(package)
+            dropped.append(package.name)
+    return dropped
+
+
 def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = None) -> SourceResult:
     """Extract, normalise and load one source; never raises, the result says what went wrong."""
     started = time.monotonic()
     result = SourceResult(source=spec.name, ok=False, seconds=0.0)
     try:
         pipeline = make_pipeline(spec, settings)
+        drop_normalized_leftovers(pipeline)
         if pipeline.has_pending_data:
             # A killed run left packages behind: finish them first. dlt's run() would load them and
             # return without extracting, so fresh data is extracted below, in the same night.
             log.warning("source=%s finishing load packages left by an interrupted run", spec.name)
+            adopt_package_schemas(pipeline)
             pipeline.normalize()
-            info = pipeline.load()
+            info = pipeline.load()  # None when normalize left nothing to load
             result.finished_pending = True
-            result.load_ids.extend(info.loads_ids)
+            if info is not None:
+                result.load_ids.extend(info.loads_ids)
         # a killed run may have left its staged files here; dlt already holds what it imported
         remove_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
         staging = new_staging_dir(settings.pipelines_dir / "_staging" / spec.name)

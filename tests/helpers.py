@@ -27,11 +27,15 @@ def raw(settings: Settings, query: str) -> list[tuple]:
         return con.sql(query).fetchall()
 
 
+PHASES = {"extract": ("normalize", "extracted"), "load": ("load", "normalized")}
+"""Instants to kill an ingest at, by the dlt folder that gains a package when the phase starts."""
+
+
 def kill_ingest_after(settings: Settings, source: str, delay: float | str, env: dict[str, str] | None = None) -> None:
     """Start ``ingest_source`` of ``source`` in a process of its own and SIGKILL it (and its
-    children) after ``delay`` seconds, or, with ``delay="load"``, the moment dlt has a normalized
-    load package (the load step is under way: a fixed instant would miss it on a faster machine).
-    Fails if the ingest finished before the kill."""
+    children) after ``delay`` seconds, or the moment a phase starts (``"extract"``: dlt has an
+    extracted package; ``"load"``: a normalized one). Phases, not late fixed instants: those would
+    be missed on a faster machine. Fails if the ingest finished before the kill."""
     script = (
         "from pathlib import Path; from dusk.ingest import configure_dlt, ingest_source; "
         "from dusk.settings import Settings; from ingestion.config import load_sources; configure_dlt(); "
@@ -39,17 +43,18 @@ def kill_ingest_after(settings: Settings, source: str, delay: float | str, env: 
         f"{settings.demo}, {settings.demo_seed}); "
         f"r = ingest_source(load_sources()[{source!r}], s); print(r.ok, r.error)"
     )
-    normalized = settings.pipelines_dir / source / "load" / "normalized"
-    before = set(normalized.glob("*")) if normalized.exists() else set()
+    folder = settings.pipelines_dir.joinpath(source, *PHASES[delay]) if isinstance(delay, str) else None
+    before = set(folder.glob("*")) if folder is not None and folder.exists() else set()
     proc = subprocess.Popen([sys.executable, "-c", script], env=env or dict(os.environ), start_new_session=True)
-    if delay == "load":
+    if folder is not None:
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if normalized.exists() and set(normalized.glob("*")) - before:
+            if folder.exists() and set(folder.glob("*")) - before:
                 break
-            time.sleep(0.005)
+            time.sleep(0.002)
     else:
         time.sleep(float(delay))
     assert proc.poll() is None, f"the ingest finished before the kill ({delay}); the test needs an earlier instant"
     os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    code = proc.wait()
+    assert code == -signal.SIGKILL, f"the ingest ended by itself (exit {code}) just before the kill ({delay})"

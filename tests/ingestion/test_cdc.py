@@ -262,7 +262,7 @@ def test_a_failed_extract_reads_the_same_changes_again(crm, monkeypatch: pytest.
     assert_raw_equals_source(settings, engine)
 
 
-@pytest.mark.parametrize("delay", [1.5, 2.3, "load"])
+@pytest.mark.parametrize("delay", [1.0, "extract", "load"])
 def test_a_sigkilled_cdc_ingest_loses_and_repeats_nothing(crm, delay: float | str) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)

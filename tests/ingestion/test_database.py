@@ -148,7 +148,7 @@ def test_a_table_split_into_many_parquet_files_loads_every_row(
     assert len(list((settings.pipelines_dir).rglob("order_items.*.parquet"))) > 1
 
 
-@pytest.mark.parametrize("delay", [1.0, 2.0, "load"])
+@pytest.mark.parametrize("delay", [1.0, "extract", "load"])
 def test_a_sigkilled_ingest_is_finished_by_the_next_run(settings: Settings, delay: float | str) -> None:
     """SIGKILL a real ingest process at some instant (reflection, extraction, load), run again:
     raw equals the source, no key twice, and a third run finds nothing new."""
@@ -187,3 +187,18 @@ def test_a_lag_window_picks_up_rows_committed_late_without_key_diff(settings: Se
     assert {t.table: t.extracted for t in result.tables}["products"] >= 1
     assert raw(settings, "select count(*), count(distinct product_id) from raw_shop.products") == [(201, 201)]
     assert raw(settings, "select sku from raw_shop.products where product_id = 9100") == [("SKU-09100",)]
+
+
+def test_a_package_killed_while_dlt_deleted_it_does_not_block_the_next_run(settings: Settings) -> None:
+    """dlt normalizes a package, then deletes its extracted copy; a SIGKILL during that delete
+    leaves a half-deleted extracted package (no new_jobs) that made every later run fail."""
+    spec = load_sources()["shop"]
+    assert ingest_source(spec, settings).ok
+    root = settings.pipelines_dir / "shop"
+    (loaded,) = [p.name for p in (root / "load" / "loaded").iterdir()]
+    leftover = root / "normalize" / "extracted" / loaded
+    leftover.mkdir(parents=True)
+    (leftover / "package_state.json").write_text("{}")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert not leftover.exists()
