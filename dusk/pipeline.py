@@ -115,11 +115,12 @@ def ingest_with_retries(spec: SourceSpec, settings: Settings) -> SourceResult:
     """Ingest a source; a transient failure (the server briefly unreachable) is retried with
     exponential backoff and jitter, DUSK_SOURCE_ATTEMPTS times in all, then reported as failed.
     Each attempt starts with what the previous one left (pending load packages are finished)."""
-    attempt = 1
+    attempt, started = 1, time.monotonic()
     while True:
         result = ingest_source(spec, settings)
         result.attempts = attempt
         if result.ok or not result.transient or attempt >= settings.source_attempts:
+            result.seconds = time.monotonic() - started  # every attempt and pause
             return result
         pause = min(60.0, settings.source_backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
         log.warning(
