@@ -159,7 +159,7 @@ def test_microbatch_rebuilds_only_the_given_days(night: Workspace) -> None:
 
 
 def test_project_builds_on_postgres(night: Workspace) -> None:
-    """Copy raw (and the salt) to a new PostgreSQL database, build everything there with
+    """Copy raw (and the salt and the ledger) to a new PostgreSQL database, build everything there with
     dbt-postgres, and get the same marts as on DuckDB."""
     admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
     try:
@@ -178,16 +178,33 @@ def test_project_builds_on_postgres(night: Workspace) -> None:
             con.execute(f"attach 'host=127.0.0.1 port=5432 user=postgres dbname={db}' as pg (type postgres)")
             tables = con.execute(
                 "select table_schema, table_name from information_schema.tables where table_catalog = 'wh' "
-                "and (table_schema like 'raw\\_%' escape '\\' or table_schema = 'dusk_private') "
+                "and (table_schema like 'raw\\_%' escape '\\' or table_schema in ('dusk_private', 'dusk_ledger')) "
                 "and table_schema not like '%\\_staging' escape '\\' "
                 "and table_name not like '\\_dlt%' escape '\\'"
             ).fetchall()
-            assert {s for s, _ in tables} >= {"raw_shop", "raw_payments", "raw_marketing", "raw_web", "dusk_private"}
+            assert {s for s, _ in tables} >= {
+                "raw_shop",
+                "raw_payments",
+                "raw_marketing",
+                "raw_web",
+                "dusk_private",
+                "dusk_ledger",
+            }
             for schema in sorted({s for s, _ in tables}):
                 con.execute(f'create schema pg."{schema}"')
             for schema, table in tables:
                 con.execute(f'create table pg."{schema}"."{table}" as select * from wh."{schema}"."{table}"')
-        out = dbt(night, "build", "--target", "postgres", DUSK_PG_DATABASE=db)
+        # the microbatch model covers the night's event days, as the runner passes them (not one batch
+        # per day since var web_events_begin)
+        first, last = query(
+            night, "select min(cast(occurred_at as date)), max(cast(occurred_at as date)) from raw_web.web_events"
+        )[0]
+        window = (
+            []
+            if first is None
+            else ["--event-time-start", str(first), "--event-time-end", str(last + timedelta(days=1))]
+        )
+        out = dbt(night, "build", "--target", "postgres", *window, DUSK_PG_DATABASE=db)
         assert out.returncode == 0, out.stdout[-6000:]
         assert re.search(r"ERROR=0", out.stdout)
         pg = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}")
