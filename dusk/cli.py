@@ -21,11 +21,11 @@ EXIT_LOCKED = 4
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    """The terminal gets warnings (everything with --verbose); the run's log file gets INFO."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 @app.command()
@@ -45,6 +45,7 @@ def run(
     _logging(verbose)
     from dusk.lock import Locked, run_lock
     from dusk.pipeline import run as run_pipeline
+    from dusk.progress import RunProgress
     from dusk.summary import print_summary
 
     settings = Settings.from_env()
@@ -55,7 +56,8 @@ def run(
                     f"took over the lock of a run that died (PID {lock.took_over.get('pid')}, "
                     f"started {lock.took_over.get('started_at')}); this run finishes what it left"
                 )
-            result = run_pipeline(settings, select_models=select, full_refresh=full_refresh)
+            with RunProgress() as progress:
+                result = run_pipeline(settings, select_models=select, full_refresh=full_refresh, progress=progress)
     except Locked as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_LOCKED) from None
@@ -98,6 +100,28 @@ def status(
 
     if not print_status(Settings.from_env(), runs=runs):
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def report(
+    open_it: Annotated[bool, typer.Option("--open", help="Open the report in the default browser.")] = False,
+) -> None:
+    """Write the static HTML report (runs over time, rows per table, durations, tests, quarantine,
+    freshness, monitoring) from the run ledger to <data dir>/report/index.html; every run also
+    writes it."""
+    _logging(False)
+    from dusk.report import ReportError, write_report
+
+    try:
+        path = write_report(Settings.from_env())
+    except ReportError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"Report: {path}")
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
 
 
 @app.command("pii-salt")

@@ -38,6 +38,10 @@ create table if not exists {SCHEMA}.quarantine (
 create table if not exists {SCHEMA}.freshness (
     run_id varchar not null, source varchar not null, table_name varchar not null, status varchar not null
 );
+create table if not exists {SCHEMA}.findings (
+    run_id varchar not null, check_name varchar not null, severity varchar not null, target varchar not null,
+    message varchar not null, value double, limit_value double
+);
 """
 
 
@@ -74,7 +78,7 @@ def write_ledger(result: RunResult) -> None:
     with duckdb.connect(str(result.settings.warehouse)) as con:
         ensure_ledger(con)
         con.execute("begin")
-        for table in ("runs", "steps", "source_tables", "dbt_nodes", "quarantine", "freshness"):
+        for table in ("runs", "steps", "source_tables", "dbt_nodes", "quarantine", "freshness", "findings"):
             con.execute(f"delete from {SCHEMA}.{table} where run_id = ?", [rid])
         con.execute(
             f"insert into {SCHEMA}.runs values (?, ?, ?, ?, ?, ?)",
@@ -120,6 +124,17 @@ def write_ledger(result: RunResult) -> None:
             counts = [[rid, *row] for row in _quarantine_counts(con)]
             if counts:
                 con.executemany(f"insert into {SCHEMA}.quarantine values (?, ?, ?, ?, ?)", counts)
+        if result.published is not None:
+            steps.append([rid, "publish", str(result.published.path), "ok", 1, result.published.seconds])
+        elif result.publish_error is not None:
+            steps.append([rid, "publish", None, "not published", None, 0.0])
+        elif result.publishable:
+            steps.append([rid, "publish", None, "pending", None, 0.0])
+        if result.alert is not None:
+            steps.append([rid, "alert", None, "sent" if result.alert.sent else result.alert.reason, None, 0.0])
+        findings = [[rid, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in result.findings]
+        if findings:
+            con.executemany(f"insert into {SCHEMA}.findings values (?, ?, ?, ?, ?, ?, ?)", findings)
         if steps:
             con.executemany(f"insert into {SCHEMA}.steps values (?, ?, ?, ?, ?, ?)", steps)
         if tables:

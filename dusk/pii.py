@@ -27,7 +27,7 @@ class SaltError(RuntimeError):
 
 def salt_file(settings: Settings) -> Path:
     """Where the runner keeps a generated salt when DUSK_PII_SALT is not set (git-ignored)."""
-    return settings.data_dir / "secrets" / "pii_salt"
+    return settings.secrets_dir / "pii_salt"
 
 
 def read_salt(settings: Settings) -> str:

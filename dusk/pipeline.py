@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -18,11 +19,17 @@ from pathlib import Path
 
 import duckdb
 
+from dusk import alerts, monitor
+from dusk.alerts import AlertOutcome
 from dusk.dbt_sources import check_dbt_sources
 from dusk.demo import ensure_demo, serve_payments_api
 from dusk.ingest import SourceResult, configure_dlt, ingest_source
-from dusk.ledger import ensure_ledger, write_ledger
+from dusk.ledger import ensure_ledger, run_id, write_ledger
+from dusk.monitor import Finding
 from dusk.pii import install_salt
+from dusk.progress import RunProgress, run_log
+from dusk.publish import PublishError, PublishResult, check_schemas, publish
+from dusk.report import write_report
 from dusk.settings import Settings, quiet_telemetry
 from dusk.transform import DbtResult, run_dbt
 from ingestion.config import SourceSpec, load_sources
@@ -32,7 +39,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
-    """Everything the summary shows about one run."""
+    """Everything the summary, the ledger, the report and the alert show about one run."""
 
     started_at: datetime
     settings: Settings
@@ -41,6 +48,16 @@ class RunResult:
     demo_created: bool = False
     error: str | None = None
     seconds: float = 0.0
+    mode: str = "run"
+    """``run`` or ``backfill <start>..<end>``."""
+    findings: list[Finding] = field(default_factory=list)
+    published: PublishResult | None = None
+    publish_error: str | None = None
+    """Why tonight was not published (None when it was, or when nothing ran far enough)."""
+    alert: AlertOutcome | None = None
+    log_path: Path | None = None
+    report_path: Path | None = None
+    report_error: str | None = None
 
     @property
     def failed_sources(self) -> list[str]:
@@ -49,9 +66,11 @@ class RunResult:
 
     @property
     def status(self) -> str:
-        """``success``: everything loaded, built and passed. ``partial``: some sources failed, and
-        everything that does not depend on them was built and passed. ``failed``: otherwise."""
-        if self.error is not None or self.dbt is None or not self.dbt.ok:
+        """``success``: everything loaded, built, passed and was published. ``partial``: some
+        sources failed, and everything that does not depend on them was built, passed and was
+        published. ``failed``: otherwise (a failed test or an error-level monitoring finding
+        included: nothing of tonight is published then)."""
+        if self.audit_failed or self.publish_error is not None:
             return "failed"
         loaded = [s for s in self.sources if s.ok and not s.skipped]
         if self.failed_sources:
@@ -59,43 +78,126 @@ class RunResult:
         return "success"
 
     @property
+    def audit_failed(self) -> bool:
+        """The night's own work failed: an error, a dbt failure or an error-level finding."""
+        if self.error is not None or self.dbt is None or not self.dbt.ok:
+            return True
+        return any(f.severity == "error" for f in self.findings)
+
+    @property
+    def publishable(self) -> bool:
+        """Tonight's data may be published: what was built passed every test and check, and at
+        least one source loaded (a partial night publishes; what it did not rebuild stays as it
+        was)."""
+        return self.status in ("success", "partial") and self.published is None
+
+    @property
     def ok(self) -> bool:
-        """True only when every source loaded and every dbt node and test passed."""
+        """True only when every source loaded and every dbt node, test and check passed."""
         return self.status == "success"
 
 
-def run(settings: Settings, select_models: list[str] | None = None, full_refresh: bool = False) -> RunResult:
+def run(
+    settings: Settings,
+    select_models: list[str] | None = None,
+    full_refresh: bool = False,
+    progress: RunProgress | None = None,
+) -> RunResult:
     """Run the whole night and return what happened; raises nothing for data or tool failures."""
+    result = RunResult(started_at=datetime.now(UTC), settings=settings)
+    with run_log(settings.logs_dir / f"{run_id(result)}.jsonl", run_id(result)) as handler:
+        result.log_path = handler.path
+        _night(result, select_models, full_refresh, progress or RunProgress(enabled=False))
+    return result
+
+
+def _night(result: RunResult, select_models: list[str] | None, full_refresh: bool, progress: RunProgress) -> None:
+    settings = result.settings
     quiet_telemetry()
     configure_dlt()
     # dbt's profile reads the warehouse path from here, so dlt and dbt write to the same file.
     os.environ["DUSK_WAREHOUSE"] = str(settings.warehouse)
     started = time.monotonic()
-    result = RunResult(started_at=datetime.now(UTC), settings=settings)
+    log.info("run %s started (%s)", run_id(result), result.mode, extra={"event": "run_started"})
     settings.warehouse.parent.mkdir(parents=True, exist_ok=True)
     try:
         specs = load_sources()
         check_dbt_sources(specs)
+        check_schemas(settings.publish_schemas)
         install_salt(settings)
         with duckdb.connect(str(settings.warehouse)) as con:
             ensure_ledger(con)
         if settings.demo:
             result.demo_created = ensure_demo(settings, specs)
     except Exception as exc:
+        log.exception("run could not start")
         result.error = str(exc)
-        result.seconds = time.monotonic() - started
-        record(result)
-        return result
+        _close(result, started)
+        return
     with serve_payments_api(settings, specs) if settings.demo else nullcontext():
-        for spec in specs.values():
-            result.sources.append(ingest_with_retries(spec, settings))
+        result.sources = ingest_all(list(specs.values()), settings, progress)
     window = loaded_event_window(settings, specs, result.sources)
     # what depends on a source that failed tonight is left as it was (and reported), the rest is built
     skip = [f"source:{name}+" for name in result.failed_sources]
-    result.dbt = run_dbt(settings, select=select_models, full_refresh=full_refresh, event_window=window, exclude=skip)
+    progress.start("dbt", "dbt build, freshness, docs")
+    result.dbt = run_dbt(
+        settings,
+        select=select_models,
+        full_refresh=full_refresh,
+        event_window=window,
+        exclude=skip,
+        callbacks=[progress.dbt_callback("dbt")],
+    )
+    progress.finish("dbt", "ok" if result.dbt.ok else "FAILED")
+    tests = result.dbt.tests()
+    log.info(
+        "dbt %s in %.1fs: %d nodes, %d tests failed",
+        "ok" if result.dbt.ok else "failed",
+        result.dbt.seconds,
+        len(result.dbt.nodes),
+        tests["fail"] + tests["error"],
+        extra={"event": "dbt_ended", "status": "ok" if result.dbt.ok else "failed", "seconds": result.dbt.seconds},
+    )
+    if result.dbt.nodes:
+        try:
+            result.findings = monitor.check(result, specs)
+        except Exception as exc:
+            log.exception("monitoring failed")
+            result.error = f"monitoring could not read the warehouse: {exc}"
+    _close(result, started)
+
+
+def _close(result: RunResult, started: float) -> None:
+    """Record the run, publish it if it passed, alert, write the report."""
+    settings = result.settings
+    result.seconds = time.monotonic() - started
+    record(result)  # the ledger (copied to readers too) says the publish is pending
+    if result.publishable:
+        try:
+            result.published = publish(
+                settings.warehouse, settings.served_path, settings.publish_schemas, run_id(result)
+            )
+        except PublishError as exc:
+            log.error("%s", exc)
+            result.publish_error = str(exc)
+    elif result.dbt is not None:
+        result.publish_error = "tonight did not pass (see above): readers keep the last published night"
+    result.alert = alerts.send(result)
     result.seconds = time.monotonic() - started
     record(result)
-    return result
+    try:
+        result.report_path = write_report(settings, in_run=True)
+    except Exception as exc:  # the report is a view of the ledger: its failure never fails the night
+        log.exception("report not written")
+        result.report_error = str(exc)
+    write_run_record(result)
+    log.info(
+        "run %s ended %s in %.1fs",
+        run_id(result),
+        result.status,
+        result.seconds,
+        extra={"event": "run_ended", "status": result.status, "seconds": round(result.seconds, 2)},
+    )
 
 
 def record(result: RunResult) -> None:
@@ -109,6 +211,37 @@ def record(result: RunResult) -> None:
         if result.error is None:
             result.error = f"the run ledger ({result.settings.warehouse}, schema dusk_ledger) was not written: {exc}"
             write_run_record(result)
+
+
+def ingest_all(specs: list[SourceSpec], settings: Settings, progress: RunProgress) -> list[SourceResult]:
+    """Ingest the sources, ``settings.parallel_sources`` at a time (dlt runs each pipeline in its
+    own thread; they load into different schemas of the one DuckDB file). Results keep the
+    order of sources.yml."""
+
+    def one(spec: SourceSpec) -> SourceResult:
+        progress.start(f"source:{spec.name}", f"ingest {spec.name}")
+        result = ingest_with_retries(spec, settings)
+        note = "skipped" if result.skipped else "ok" if result.ok else "FAILED"
+        progress.finish(f"source:{spec.name}", note)
+        log.info(
+            "source=%s %s in %.1fs",
+            spec.name,
+            note,
+            result.seconds,
+            extra={
+                "event": "source_ended",
+                "source": spec.name,
+                "status": note,
+                "seconds": round(result.seconds, 2),
+                "rows": sum(t.loaded for t in result.tables),
+            },
+        )
+        return result
+
+    if settings.parallel_sources <= 1 or len(specs) <= 1:
+        return [one(spec) for spec in specs]
+    with ThreadPoolExecutor(max_workers=settings.parallel_sources, thread_name_prefix="source") as pool:
+        return list(pool.map(one, specs))
 
 
 def ingest_with_retries(spec: SourceSpec, settings: Settings) -> SourceResult:

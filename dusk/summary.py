@@ -71,9 +71,24 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
             console.print(f"[red]{dbt.error}[/red]")
     if result.error:
         console.print(f"[red]{result.error}[/red]")
+    for finding in result.findings:
+        colour = "red" if finding.severity == "error" else "yellow"
+        console.print(f"[{colour}]{finding.check} {finding.severity}: {finding.target}: {finding.message}[/{colour}]")
     console.print(f"Warehouse: {result.settings.warehouse}")
+    if result.published is not None:
+        console.print(f"Published: {result.published.path} ({len(result.published.tables)} tables)")
+    elif result.publish_error:
+        console.print(f"[red]Not published: {result.publish_error}[/red]")
     if dbt is not None and dbt.docs_path:
         console.print(f"Docs: {dbt.docs_path}")
+    if result.report_path is not None:
+        console.print(f"Report: {result.report_path}")
+    elif result.report_error:
+        console.print(f"[yellow]Report not written: {result.report_error}[/yellow]")
+    if result.log_path is not None:
+        console.print(f"Log: {result.log_path}")
+    if result.alert is not None and result.alert.sent:
+        console.print(f"Alert sent: {result.alert.reason}")
     if result.failed_sources and dbt is not None:
         names = ", ".join(result.failed_sources)
         console.print(f"[yellow]dbt left everything downstream of the failed source(s) as it was: {names}[/yellow]")

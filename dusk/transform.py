@@ -116,12 +116,14 @@ def run_dbt(
     full_refresh: bool = False,
     event_window: tuple[date, date] | None = None,
     exclude: list[str] | None = None,
+    callbacks: list[Any] | None = None,
 ) -> DbtResult:
     """Run build, source freshness and docs generate; dbt's own failures are captured, not raised.
 
     ``event_window`` (first day, day after the last) is handed to microbatch models as
     ``--event-time-start/--event-time-end``: they rebuild those days instead of their lookback.
-    ``exclude`` leaves nodes out of the build (the descendants of sources that failed tonight)."""
+    ``exclude`` leaves nodes out of the build (the descendants of sources that failed tonight).
+    ``callbacks`` receive dbt's events (the progress bar counts finished nodes)."""
     started = time.monotonic()
     result = DbtResult(ok=False, seconds=0.0)
     parsed = dbtRunner().invoke(dbt_args(settings, "parse"))
@@ -130,7 +132,7 @@ def run_dbt(
         result.seconds = time.monotonic() - started
         return result
     manifest = parsed.result if isinstance(parsed.result, Manifest) else None
-    runner = dbtRunner(manifest=manifest)
+    runner = dbtRunner(manifest=manifest, callbacks=callbacks or [])
     build_args = ["build"]
     if select:
         build_args += ["--select", *select]

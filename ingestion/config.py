@@ -98,6 +98,10 @@ class SourceSpec:
     publication: str = ""
     options: tuple[tuple[str, Any], ...] = ()
     """Kind-specific settings (api, files, stream), validated; read with :meth:`option`."""
+    sla_hours: float | None = None
+    """Freshness SLA: hours within which the source must load successfully (None: the default)."""
+    sla_severity: str | None = None
+    """``warn`` or ``error`` when the SLA is breached (None: the default)."""
 
     def option(self, name: str) -> Any:
         """A kind-specific setting (its default when sources.yml does not set it)."""
@@ -255,7 +259,7 @@ def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
         if not raw.get("tables"):
             raise ConfigError(f"{where}: no tables listed")
         kind = _choice(raw.get("kind"), KINDS, f"{where}.kind")
-        known = {"kind", "description", "demo", "tables", "cdc" if kind == "database" else kind}
+        known = {"kind", "description", "demo", "tables", "sla", "cdc" if kind == "database" else kind}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
@@ -272,5 +276,24 @@ def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
             options=_options(kind, raw.get(kind), f"{where}.{kind}"),
             slot=_identifier(cdc["slot"], f"{where}.cdc.slot") if "slot" in cdc else "",
             publication=_identifier(cdc["publication"], f"{where}.cdc.publication") if "publication" in cdc else "",
+            **_sla(raw.get("sla"), f"{where}.sla"),
         )
     return sources
+
+
+def _sla(raw: Any, where: str) -> dict[str, Any]:
+    """``sla: {hours: 26, severity: warn|error}`` (both optional)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a mapping with hours and severity is required")
+    unknown = set(raw) - {"hours", "severity"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: hours, severity)")
+    hours = raw.get("hours")
+    if hours is not None and (not isinstance(hours, int | float) or isinstance(hours, bool) or hours <= 0):
+        raise ConfigError(f"{where}.hours: a number of hours > 0, got {hours!r}")
+    severity = raw.get("severity")
+    if severity is not None:
+        _choice(severity, ("warn", "error"), f"{where}.severity")
+    return {"sla_hours": float(hours) if hours is not None else None, "sla_severity": severity}

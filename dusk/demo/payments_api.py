@@ -164,7 +164,13 @@ class PaymentsServer:
         self.chaos = chaos or Chaos()
         self.port = free_port()
         config = uvicorn.Config(
-            make_app(db_path, self.token, self.chaos), host="127.0.0.1", port=self.port, log_level="warning"
+            make_app(db_path, self.token, self.chaos),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            # uvicorn's own logging setup (dictConfig) would close every handler of the process,
+            # the run's log file included; its loggers propagate to the runner's handlers instead
+            log_config=None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="payments-api", daemon=True)

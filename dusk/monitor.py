@@ -1,0 +1,176 @@
+"""Monitoring: tonight's numbers against the run ledger's history and the configured limits.
+
+Three checks, each raising a finding of the severity its configuration gives (``warn`` is
+reported and alerted; ``error`` also fails the run, so nothing is published):
+
+- **volume**: rows loaded per source table, as a z-score against the same table's previous
+  loads (its first, full load left out); ``DUSK_ANOMALY_Z``, ``DUSK_ANOMALY_MIN_HISTORY``,
+  ``DUSK_ANOMALY_WINDOW``, ``DUSK_ANOMALY_SEVERITY``;
+- **freshness SLA**: hours since each source last loaded successfully (``sla:`` in sources.yml,
+  default ``DUSK_SLA_HOURS`` with ``DUSK_SLA_SEVERITY``);
+- **quarantine rate**: the share of a table's live rows held in quarantine
+  (``DUSK_QUARANTINE_MAX_SHARE``, default 5 %, ``DUSK_QUARANTINE_SEVERITY``).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import duckdb
+
+from dusk.ledger import SCHEMA
+from ingestion.config import SourceSpec
+
+if TYPE_CHECKING:
+    from dusk.pipeline import RunResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something monitoring noticed about tonight."""
+
+    check: str
+    """``volume``, ``freshness_sla`` or ``quarantine_rate``."""
+    severity: str
+    """``warn`` or ``error``."""
+    target: str
+    """``source`` or ``source.table``."""
+    message: str
+    value: float | None = None
+    limit: float | None = None
+
+
+def check(result: RunResult, specs: dict[str, SourceSpec]) -> list[Finding]:
+    """Every finding about this run (the ledger holds the previous runs, not this one yet)."""
+    # not read-only: the run's process has the warehouse open (dbt) and DuckDB refuses a second
+    # connection with another configuration
+    with duckdb.connect(str(result.settings.warehouse)) as con:
+        findings = volume(con, result) + freshness_sla(con, result, specs)
+        if result.dbt is not None:
+            findings += quarantine_rate(con, result)
+    for f in findings:
+        (log.error if f.severity == "error" else log.warning)("monitor %s %s: %s", f.check, f.target, f.message)
+    return findings
+
+
+def volume(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[Finding]:
+    """Tables whose rows loaded tonight are more than ``anomaly_z`` standard deviations from
+    their history (the standard deviation is taken as at least 1 row: a table that always
+    loads the same count is flagged when it loads anything else)."""
+    m = result.settings.monitor
+    findings = []
+    for source in result.sources:
+        if not source.ok or source.skipped:
+            continue
+        for table in source.tables:
+            history = [
+                int(n)
+                for (n,) in con.execute(
+                    f"""
+                    select t.loaded from {SCHEMA}.source_tables t
+                    join {SCHEMA}.steps s on s.run_id = t.run_id and s.step = 'ingest' and s.target = t.source
+                    where t.source = ? and t.table_name = ? and s.status = 'ok'
+                      and t.run_id > (select min(f.run_id) from {SCHEMA}.source_tables f
+                                      where f.source = t.source and f.table_name = t.table_name)
+                    order by t.run_id desc limit ?
+                    """,
+                    [source.source, table.table, m.anomaly_window],
+                ).fetchall()
+            ]
+            if len(history) < m.anomaly_min_history:
+                continue
+            mean = statistics.fmean(history)
+            spread = max(statistics.pstdev(history), 1.0)
+            z = (table.loaded - mean) / spread
+            if abs(z) > m.anomaly_z:
+                findings.append(
+                    Finding(
+                        "volume",
+                        m.anomaly_severity,
+                        f"{source.source}.{table.table}",
+                        f"loaded {table.loaded:,} rows; the last {len(history)} loads averaged {mean:,.1f} "
+                        f"(sd {spread:,.1f}): z-score {z:+.1f} beyond ±{m.anomaly_z:g}",
+                        round(z, 2),
+                        m.anomaly_z,
+                    )
+                )
+    return findings
+
+
+def freshness_sla(con: duckdb.DuckDBPyConnection, result: RunResult, specs: dict[str, SourceSpec]) -> list[Finding]:
+    """Sources whose last successful load is older than their SLA. A source never loaded is in
+    breach once the installation's first run is older than the SLA."""
+    now = result.started_at.replace(tzinfo=None)
+    loaded_now = {s.source for s in result.sources if s.ok and not s.skipped}
+    first_run = con.execute(f"select min(started_at) from {SCHEMA}.runs").fetchone()
+    since: datetime = first_run[0] if first_run and first_run[0] is not None else now
+    findings = []
+    for name, spec in specs.items():
+        if name in loaded_now or name not in {s.source for s in result.sources}:
+            continue
+        hours, severity = spec.sla_hours or result.settings.monitor.sla_hours, spec.sla_severity
+        severity = severity or result.settings.monitor.sla_severity
+        last = con.execute(
+            f"""
+            select max(r.started_at) from {SCHEMA}.steps s join {SCHEMA}.runs r using (run_id)
+            where s.step = 'ingest' and s.target = ? and s.status = 'ok'
+            """,
+            [name],
+        ).fetchone()
+        last_ok = last[0] if last else None
+        age = (now - (last_ok or since)).total_seconds() / 3600
+        if age <= hours:
+            continue
+        when = f"last loaded {last_ok:%Y-%m-%d %H:%M} UTC" if last_ok else "never loaded"
+        findings.append(
+            Finding(
+                "freshness_sla",
+                severity,
+                name,
+                f"{when}, {age:.1f} h ago; the SLA is {hours:g} h",
+                round(age, 2),
+                hours,
+            )
+        )
+    return findings
+
+
+def quarantine_rate(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[Finding]:
+    """Tables with more than the allowed share of their live rows in quarantine."""
+    m = result.settings.monitor
+    views = {
+        name
+        for (name,) in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'staging'"
+        ).fetchall()
+    }
+    findings = []
+    for view in sorted(v for v in views if v.startswith("quarantine_")):
+        source = view.removeprefix("quarantine_")
+        counts = con.execute(f'select table_name, count(*) from staging."{view}" group by 1 order by 1').fetchall()
+        for table, held in counts:
+            staged_view = f"stg_{source}__{table}"
+            if staged_view not in views:
+                continue
+            staged_row = con.execute(f'select count(*) from staging."{staged_view}"').fetchone()
+            staged = int(staged_row[0]) if staged_row else 0
+            share = held / (held + staged)
+            if share > m.quarantine_max_share:
+                findings.append(
+                    Finding(
+                        "quarantine_rate",
+                        m.quarantine_severity,
+                        f"{source}.{table}",
+                        f"{held:,} of {held + staged:,} rows ({share:.1%}) are in quarantine "
+                        f"(staging.{view}); the limit is {m.quarantine_max_share:.0%}",
+                        round(share, 4),
+                        m.quarantine_max_share,
+                    )
+                )
+    return findings

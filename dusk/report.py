@@ -1,0 +1,280 @@
+"""The static HTML report: runs over time, rows per table, durations, tests, quarantine,
+freshness and monitoring findings, from the run ledger. One self-contained file (plots are
+inline SVG, nothing is fetched), rewritten by every run and by ``dusk report``."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import jinja2
+from matplotlib.figure import Figure
+
+from dusk.ledger import SCHEMA
+from dusk.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUNS_SHOWN = 60
+STATUS_COLOURS = {"success": "#2e7d32", "partial": "#f9a825", "failed": "#c62828"}
+
+
+class ReportError(RuntimeError):
+    """No ledger to report on."""
+
+
+@dataclass
+class LedgerSource:
+    """Where the report read the ledger from."""
+
+    path: Path
+    note: str
+
+
+@contextmanager
+def open_ledger(settings: Settings, read_only: bool = True) -> Iterator[tuple[duckdb.DuckDBPyConnection, LedgerSource]]:
+    """A connection to the ledger: the warehouse, or the served file when a run holds the
+    warehouse (DuckDB lets no other process read a file while one writes it). The run itself
+    passes ``read_only=False``: DuckDB refuses a second in-process connection to a file with a
+    different configuration than dbt's, which stays open."""
+    candidates = [(settings.warehouse, "warehouse"), (settings.served_path, "served file (last published night)")]
+    errors = []
+    for path, what in candidates:
+        if not path.exists():
+            continue
+        try:
+            con = duckdb.connect(str(path), read_only=read_only or path != settings.warehouse)
+        except duckdb.IOException as exc:
+            errors.append(f"{path}: {exc}")
+            continue
+        try:
+            yield con, LedgerSource(path, what)
+        finally:
+            con.close()
+        return
+    raise ReportError("no run ledger to read: " + ("; ".join(errors) or "no run yet (make run)"))
+
+
+def _svg(fig: Any) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")  # no screen, no pyplot: plain SVG
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prolog: the SVG is inline in HTML
+
+
+def _labels(run_ids: list[str]) -> list[str]:
+    return [f"{r[4:6]}-{r[6:8]} {r[9:11]}:{r[11:13]}" for r in run_ids]
+
+
+def _runs_plot(runs: list[tuple[str, str, float]]) -> str:
+    fig = Figure(figsize=(9, 2.8))
+    ax = fig.subplots()
+    x = range(len(runs))
+    ax.bar(x, [r[2] for r in runs], color=[STATUS_COLOURS.get(r[1], "#757575") for r in runs])
+    ax.set_xticks(list(x), _labels([r[0] for r in runs]), rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("seconds")
+    ax.set_title("Runs over time (colour: success / partial / failed)")
+    return _svg(fig)
+
+
+def _lines_plot(series: dict[str, dict[str, float]], run_ids: list[str], title: str, ylabel: str) -> str:
+    fig = Figure(figsize=(9, 3.2))
+    ax = fig.subplots()
+    for name in sorted(series):
+        ax.plot(range(len(run_ids)), [series[name].get(r, 0) for r in run_ids], marker=".", label=name)
+    ax.set_xticks(range(len(run_ids)), _labels(run_ids), rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    if any(v > 0 for s in series.values() for v in s.values()):
+        ax.set_yscale("symlog")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    if series:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _svg(fig)
+
+
+def _tests_plot(counts: dict[str, dict[str, int]], run_ids: list[str]) -> str:
+    fig = Figure(figsize=(9, 2.8))
+    ax = fig.subplots()
+    bottom = [0] * len(run_ids)
+    for status, colour in (("pass", "#2e7d32"), ("warn", "#f9a825"), ("fail", "#c62828"), ("error", "#6a1b9a")):
+        values = [counts.get(r, {}).get(status, 0) for r in run_ids]
+        ax.bar(range(len(run_ids)), values, bottom=bottom, color=colour, label=status)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xticks(range(len(run_ids)), _labels(run_ids), rotation=60, ha="right", fontsize=7)
+    ax.set_title("dbt tests per run")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _svg(fig)
+
+
+def _durations_plot(steps: list[tuple[str, float]]) -> str:
+    fig = Figure(figsize=(9, max(1.6, 0.35 * len(steps) + 0.8)))
+    ax = fig.subplots()
+    ax.barh([s[0] for s in steps], [s[1] for s in steps], color="#1565c0")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("Durations in the last run (steps and the slowest dbt nodes)")
+    return _svg(fig)
+
+
+def gather(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Everything the report shows, read from the ledger."""
+    runs = con.execute(
+        f"select run_id, status, seconds, failed_sources, error from {SCHEMA}.runs order by run_id desc limit ?",
+        [RUNS_SHOWN],
+    ).fetchall()[::-1]
+    if not runs:
+        raise ReportError("the run ledger holds no run yet (make run)")
+    run_ids = [r[0] for r in runs]
+    last = run_ids[-1]
+    first = run_ids[0]
+    rows: dict[str, dict[str, float]] = defaultdict(dict)
+    for rid, source, table, loaded in con.execute(
+        f"select run_id, source, table_name, loaded from {SCHEMA}.source_tables where run_id >= ?", [first]
+    ).fetchall():
+        rows[f"{source}.{table}"][rid] = loaded
+    quarantine: dict[str, dict[str, float]] = defaultdict(dict)
+    for rid, source, table, count in con.execute(
+        f"select run_id, source, table_name, sum(row_count) from {SCHEMA}.quarantine where run_id >= ? group by all",
+        [first],
+    ).fetchall():
+        quarantine[f"{source}.{table}"][rid] = count
+    tests: dict[str, dict[str, int]] = defaultdict(dict)
+    for rid, status, count in con.execute(
+        f"select run_id, status, count(*) from {SCHEMA}.dbt_nodes "
+        "where run_id >= ? and resource_type in ('test', 'unit_test') group by all",
+        [first],
+    ).fetchall():
+        tests[rid][status] = count
+    steps = con.execute(
+        f"select step || ' ' || coalesce(target, ''), seconds from {SCHEMA}.steps "
+        "where run_id = ? order by seconds desc",
+        [last],
+    ).fetchall()
+    slowest = con.execute(
+        f"select 'dbt ' || name, seconds from {SCHEMA}.dbt_nodes where run_id = ? and resource_type != 'test' "
+        "order by seconds desc limit 8",
+        [last],
+    ).fetchall()
+    last_steps = con.execute(
+        f"select step, target, status, attempts, seconds from {SCHEMA}.steps where run_id = ? order by step, target",
+        [last],
+    ).fetchall()
+    failing = con.execute(
+        f"select name, resource_type, status, failures, failures_table, message from {SCHEMA}.dbt_nodes "
+        "where run_id = ? and status in ('fail', 'error', 'warn') order by name",
+        [last],
+    ).fetchall()
+    freshness = con.execute(
+        f"select source, table_name, status from {SCHEMA}.freshness where run_id = ? order by 1, 2", [last]
+    ).fetchall()
+    findings = con.execute(
+        f"select check_name, severity, target, message from {SCHEMA}.findings where run_id = ? order by 1, 3", [last]
+    ).fetchall()
+    quarantine_now = con.execute(
+        f"select source, table_name, reason, row_count from {SCHEMA}.quarantine where run_id = ? order by 1, 2, 3",
+        [last],
+    ).fetchall()
+    return {
+        "runs": runs,
+        "last": runs[-1],
+        "plots": {
+            "runs": _runs_plot([(r[0], r[1], r[2]) for r in runs]),
+            "rows": _lines_plot(rows, run_ids, "Rows loaded per source table", "rows (symlog)"),
+            "durations": _durations_plot([(s, float(t)) for s, t in steps + slowest]),
+            "tests": _tests_plot(tests, run_ids),
+            "quarantine": _lines_plot(quarantine, run_ids, "Rows in quarantine per table", "rows (symlog)"),
+        },
+        "steps": last_steps,
+        "failing": failing,
+        "freshness": freshness,
+        "findings": findings,
+        "quarantine_now": quarantine_now,
+    }
+
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dusk run report</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #212121; }
+h1 { margin-bottom: 0; } .meta { color: #616161; margin-top: .3em; }
+table { border-collapse: collapse; margin: .5em 0 1.5em; font-size: 14px; }
+th, td { border-bottom: 1px solid #e0e0e0; padding: 4px 10px; text-align: left; }
+.status { font-weight: bold; } .success { color: #2e7d32; } .partial { color: #f57f17; } .failed { color: #c62828; }
+.ok { color: #2e7d32; } .error, .fail, .failed { color: #c62828; } .warn { color: #f57f17; }
+figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
+</style></head>
+<body>
+<h1>dusk run report</h1>
+<p class="meta">Written {{ written }} from {{ source.note }} ({{ source.path }}).</p>
+<section id="last-run">
+<h2>Last run <code>{{ last[0] }}</code>:
+<span class="status {{ last[1] }}" id="last-status">{{ last[1] | upper }}</span> in {{ '%.1f' % last[2] }} s</h2>
+{% if last[3] %}<p class="failed">Failed sources: {{ last[3] }}</p>{% endif %}
+{% if last[4] %}<p class="failed">Error: {{ last[4] }}</p>{% endif %}
+<table id="steps"><tr><th>step</th><th>target</th><th>status</th><th>attempts</th><th>seconds</th></tr>
+{% for s in steps %}<tr><td>{{ s[0] }}</td><td>{{ s[1] or '' }}</td><td class="{{ s[2] }}">{{ s[2] }}</td>
+<td>{{ s[3] or '' }}</td><td>{{ '%.1f' % s[4] }}</td></tr>{% endfor %}
+</table>
+</section>
+<section id="findings"><h2>Monitoring</h2>
+{% if findings %}<table><tr><th>check</th><th>severity</th><th>target</th><th>finding</th></tr>
+{% for f in findings %}<tr><td>{{ f[0] }}</td><td class="{{ f[1] }}">{{ f[1] }}</td><td>{{ f[2] }}</td>
+<td>{{ f[3] }}</td></tr>{% endfor %}</table>
+{% else %}<p>No volume anomaly, SLA breach or quarantine rate over the limit.</p>{% endif %}
+</section>
+<section id="tests"><h2>Tests</h2>
+{% if failing %}<table><tr><th>node</th><th>type</th><th>status</th><th>failing rows</th><th>rows kept in</th>
+<th>message</th></tr>
+{% for n in failing %}<tr><td>{{ n[0] }}</td><td>{{ n[1] }}</td><td class="{{ n[2] }}">{{ n[2] }}</td>
+<td>{{ n[3] if n[3] is not none else '' }}</td><td>{{ n[4] or '' }}</td><td>{{ (n[5] or '')[:200] }}</td></tr>
+{% endfor %}</table>{% else %}<p>Every test of the last run passed.</p>{% endif %}
+<figure>{{ plots.tests }}</figure>
+</section>
+<section id="runs"><h2>Runs over time</h2><figure>{{ plots.runs }}</figure></section>
+<section id="rows"><h2>Rows per table</h2><figure>{{ plots.rows }}</figure></section>
+<section id="durations"><h2>Durations</h2><figure>{{ plots.durations }}</figure></section>
+<section id="quarantine"><h2>Quarantine</h2>
+{% if quarantine_now %}<table><tr><th>source</th><th>table</th><th>reason</th><th>rows</th></tr>
+{% for q in quarantine_now %}<tr><td>{{ q[0] }}</td><td>{{ q[1] }}</td><td>{{ q[2] }}</td><td>{{ q[3] }}</td></tr>
+{% endfor %}</table>{% else %}<p>No row in quarantine.</p>{% endif %}
+<figure>{{ plots.quarantine }}</figure>
+</section>
+<section id="freshness"><h2>Freshness (last run)</h2>
+<table><tr><th>source</th><th>table</th><th>status</th></tr>
+{% for f in freshness %}<tr><td>{{ f[0] }}</td><td>{{ f[1] }}</td><td class="{{ f[2] }}">{{ f[2] }}</td></tr>
+{% endfor %}</table>
+</section>
+<section id="history"><h2>Recent runs</h2>
+<table><tr><th>run</th><th>status</th><th>seconds</th><th>failed sources</th><th>error</th></tr>
+{% for r in runs | reverse %}<tr><td>{{ r[0] }}</td><td class="{{ r[1] }}">{{ r[1] }}</td>
+<td>{{ '%.1f' % r[2] }}</td><td>{{ r[3] or '' }}</td><td>{{ (r[4] or '')[:160] }}</td></tr>{% endfor %}
+</table></section>
+</body></html>
+"""
+
+
+def write_report(settings: Settings, in_run: bool = False) -> Path:
+    """Write the report to ``settings.report_path`` (atomically) and return the path."""
+    with open_ledger(settings, read_only=not in_run) as (con, source):
+        data = gather(con)
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    plots = {k: jinja2.utils.markupsafe.Markup(v) for k, v in data.pop("plots").items()}
+    html = env.from_string(TEMPLATE).render(
+        **data, plots=plots, source=source, written=f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    )
+    path = settings.report_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    log.info("report written to %s", path)
+    return path
