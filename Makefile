@@ -12,7 +12,7 @@ export DBT_PROFILES_DIR := $(CURDIR)/profiles
 export RUNTIME__DLTHUB_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup setup-dev run status simulate cdc-setup cdc-drop test lint format docs bench clean
+.PHONY: help setup setup-dev setup-browser run backfill status report simulate cdc-setup cdc-drop test lint format docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -35,11 +35,21 @@ setup: $(VENV)/.installed ## Create .venv from the pinned requirements
 
 setup-dev: $(VENV)/.installed-dev ## Create .venv with the development tools too
 
-run: setup ## Run the pipeline: ingest -> dbt build -> docs -> summary (creates the demo shop on first use)
+setup-browser: ## Install Debian's chromium (the report's browser test; needs root or sudo)
+	command -v chromium >/dev/null || { $$(command -v sudo) apt-get update -qq && $$(command -v sudo) apt-get install -y -qq chromium; }
+
+run: setup ## Run the night: ingest -> dbt build -> monitor -> publish -> report -> alert (creates the demo shop on first use)
 	$(BIN)/python -m dusk run
+
+backfill: setup ## Re-extract and rebuild START..END (days, UTC) without moving the cursors (make backfill START=2026-01-01 END=2026-01-07 [SOURCE=shop])
+	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD [SOURCE=name]"; exit 2; }
+	$(BIN)/python -m dusk backfill --start $(START) --end $(END) $(if $(SOURCE),--source $(SOURCE))
 
 status: setup ## The last runs, sources, freshness, failing tests and quarantine (from the run ledger)
 	$(BIN)/python -m dusk status
+
+report: setup ## Write the HTML report from the run ledger (data/report/index.html) and print its path
+	$(BIN)/python -m dusk report
 
 simulate: setup ## Advance the demo shop by DAYS days of activity (make simulate DAYS=3)
 	$(BIN)/python -m dusk simulate --days $(DAYS)

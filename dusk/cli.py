@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 import typer
 
@@ -25,7 +26,14 @@ def _logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+SourceOption = Annotated[
+    list[str] | None,
+    typer.Option("--source", "-S", help="Ingest only this source (repeatable); dbt then builds what it feeds."),
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.", envvar="DUSK_VERBOSE")]
 
 
 @app.command()
@@ -34,14 +42,42 @@ def run(
         list[str] | None,
         typer.Option("--select", "-s", help="dbt selection to build (default: everything).", envvar="DUSK_SELECT"),
     ] = None,
+    source: SourceOption = None,
     full_refresh: Annotated[bool, typer.Option(help="Rebuild incremental models and seeds from scratch.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.", envvar="DUSK_VERBOSE")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Ingest every source, build and test the warehouse, generate the docs, print a summary.
+    """Ingest every source, build and test the warehouse, publish it to readers if it passed,
+    generate the docs and the report, alert, print a summary.
 
-    Exit codes: 0 success; 1 failed; 3 partial (some sources failed, everything else built and
-    passed); 4 locked (another run is in progress).
+    Exit codes: 0 success; 1 failed; 2 usage; 3 partial (some sources failed, everything else
+    built, passed and was published); 4 locked (another run is in progress).
     """
+    from dusk.pipeline import Plan
+
+    _locked_run(Plan(sources=tuple(source or ()), select=tuple(select or ()), full_refresh=full_refresh), verbose)
+
+
+@app.command()
+def backfill(
+    start: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="First day to re-extract (UTC).")],
+    end: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day to re-extract, included (UTC).")],
+    source: SourceOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Re-extract the rows whose cursor lies in [START, END] from database and API sources
+    (default: all of them), merge them on their keys, and rebuild and test what they feed
+    (microbatch models: those days). The incremental cursors do not move, so the next nightly
+    goes on where it was; running the same backfill twice changes nothing. Same exit codes as
+    run."""
+    from dusk.pipeline import Plan
+
+    if end < start:
+        typer.echo(f"--end {end:%Y-%m-%d} is before --start {start:%Y-%m-%d}", err=True)
+        raise typer.Exit(2)
+    _locked_run(Plan(sources=tuple(source or ()), backfill=(start.date(), end.date())), verbose)
+
+
+def _locked_run(plan: Any, verbose: bool) -> None:
     _logging(verbose)
     from dusk.lock import Locked, run_lock
     from dusk.pipeline import run as run_pipeline
@@ -57,7 +93,7 @@ def run(
                     f"started {lock.took_over.get('started_at')}); this run finishes what it left"
                 )
             with RunProgress() as progress:
-                result = run_pipeline(settings, select_models=select, full_refresh=full_refresh, progress=progress)
+                result = run_pipeline(settings, progress=progress, plan=plan)
     except Locked as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_LOCKED) from None

@@ -10,6 +10,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,25 @@ def drop_normalized_leftovers(pipeline: dlt.Pipeline) -> list[str]:
     return dropped
 
 
-def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = None) -> SourceResult:
-    """Extract, normalise and load one source; never raises, the result says what went wrong."""
+class BackfillUnsupported(RuntimeError):
+    """The source's kind cannot re-read a past window."""
+
+
+BACKFILL_KINDS = ("database", "api")
+"""Kinds that can re-read a window of their cursor: files are loaded once by name, and a
+stream's messages are gone once acknowledged."""
+
+
+def ingest_source(
+    spec: SourceSpec,
+    settings: Settings,
+    only: set[str] | None = None,
+    window: tuple[datetime, datetime] | None = None,
+) -> SourceResult:
+    """Extract, normalise and load one source; never raises, the result says what went wrong.
+
+    ``window`` (start, end): a backfill, re-reading the rows whose cursor lies in
+    ``[start, end)`` and merging them on their key, without moving the incremental cursor."""
     started = time.monotonic()
     result = SourceResult(source=spec.name, ok=False, seconds=0.0)
     try:
@@ -163,9 +181,14 @@ def ingest_source(spec: SourceSpec, settings: Settings, only: set[str] | None = 
                 result.load_ids.extend(info.loads_ids)
         # a killed run may have left its staged files here; dlt already holds what it imported
         remove_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
+        if window is not None and spec.kind not in BACKFILL_KINDS:
+            raise BackfillUnsupported(
+                f"source {spec.name!r} (kind {spec.kind}) cannot be backfilled: only {', '.join(BACKFILL_KINDS)} "
+                "sources re-read a window of their cursor"
+            )
         staging = new_staging_dir(settings.pipelines_dir / "_staging" / spec.name)
         try:
-            KINDS[spec.kind](_SourceRun(pipeline, spec, settings, result, staging, only))
+            KINDS[spec.kind](_SourceRun(pipeline, spec, settings, result, staging, only, window))
         finally:
             remove_staging_dir(staging)
     except Exception as exc:  # one source's failure is reported, not raised
@@ -186,6 +209,7 @@ class _SourceRun:
     result: SourceResult
     staging: Path
     only: set[str] | None
+    window: tuple[datetime, datetime] | None = None
 
     def loaded(self, info: Any) -> None:
         self.result.load_ids.extend(info.loads_ids)
@@ -206,7 +230,7 @@ class _SourceRun:
 
 def _ingest_database(run: _SourceRun) -> None:
     url = sa.make_url(credentials_for(run.spec, run.settings))
-    plans = plan_source(run.pipeline, url, run.spec, run.only)
+    plans = plan_source(run.pipeline, url, run.spec, run.only, window=run.window)
     run.loaded(run.pipeline.run(database_source(run.spec, url, plans, run.staging)))
     run.finish(deleted={p.spec.name: p.deleted_count for p in plans})
 
@@ -239,7 +263,7 @@ def _ingest_api(run: _SourceRun) -> None:
             f"{spec.kind}.base_url in sources.yml"
         )
     session = api.session_for(spec)
-    run.loaded(run.pipeline.run(api.api_source(spec, base_url, token, session)))
+    run.loaded(run.pipeline.run(api.api_source(spec, base_url, token, session, run.window)))
     run.finish()
     log.info("source=%s api requests=%d", spec.name, session.attempts)
 

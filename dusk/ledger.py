@@ -18,6 +18,7 @@ create table if not exists {SCHEMA}.runs (
     run_id varchar primary key, status varchar not null, started_at timestamp not null,
     seconds double not null, failed_sources varchar, error varchar
 );
+alter table {SCHEMA}.runs add column if not exists mode varchar;
 create table if not exists {SCHEMA}.steps (
     run_id varchar not null, step varchar not null, target varchar, status varchar not null,
     attempts integer, seconds double not null
@@ -81,7 +82,8 @@ def write_ledger(result: RunResult) -> None:
         for table in ("runs", "steps", "source_tables", "dbt_nodes", "quarantine", "freshness", "findings"):
             con.execute(f"delete from {SCHEMA}.{table} where run_id = ?", [rid])
         con.execute(
-            f"insert into {SCHEMA}.runs values (?, ?, ?, ?, ?, ?)",
+            f"insert into {SCHEMA}.runs (run_id, status, started_at, seconds, failed_sources, error, mode) "
+            "values (?, ?, ?, ?, ?, ?, ?)",
             [
                 rid,
                 result.status,
@@ -89,6 +91,7 @@ def write_ledger(result: RunResult) -> None:
                 result.seconds,
                 ", ".join(result.failed_sources) or None,
                 result.error,
+                result.mode,
             ],
         )
         steps: list[list[Any]] = []

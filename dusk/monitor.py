@@ -64,7 +64,9 @@ def volume(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[Finding]:
     their history (the standard deviation is taken as at least 1 row: a table that always
     loads the same count is flagged when it loads anything else)."""
     m = result.settings.monitor
-    findings = []
+    findings: list[Finding] = []
+    if result.mode != "run":
+        return findings  # a backfill's volume is the window's, not a night's
     for source in result.sources:
         if not source.ok or source.skipped:
             continue
@@ -75,7 +77,8 @@ def volume(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[Finding]:
                     f"""
                     select t.loaded from {SCHEMA}.source_tables t
                     join {SCHEMA}.steps s on s.run_id = t.run_id and s.step = 'ingest' and s.target = t.source
-                    where t.source = ? and t.table_name = ? and s.status = 'ok'
+                    join {SCHEMA}.runs r on r.run_id = t.run_id
+                    where t.source = ? and t.table_name = ? and s.status = 'ok' and coalesce(r.mode, 'run') = 'run'
                       and t.run_id > (select min(f.run_id) from {SCHEMA}.source_tables f
                                       where f.source = t.source and f.table_name = t.table_name)
                     order by t.run_id desc limit ?

@@ -23,7 +23,7 @@ from dusk import alerts, monitor
 from dusk.alerts import AlertOutcome
 from dusk.dbt_sources import check_dbt_sources
 from dusk.demo import ensure_demo, serve_payments_api
-from dusk.ingest import SourceResult, configure_dlt, ingest_source
+from dusk.ingest import BACKFILL_KINDS, SourceResult, configure_dlt, ingest_source
 from dusk.ledger import ensure_ledger, run_id, write_ledger
 from dusk.monitor import Finding
 from dusk.pii import install_salt
@@ -97,21 +97,66 @@ class RunResult:
         return self.status == "success"
 
 
-def run(
-    settings: Settings,
-    select_models: list[str] | None = None,
-    full_refresh: bool = False,
-    progress: RunProgress | None = None,
-) -> RunResult:
-    """Run the whole night and return what happened; raises nothing for data or tool failures."""
-    result = RunResult(started_at=datetime.now(UTC), settings=settings)
+@dataclass(frozen=True)
+class Plan:
+    """What one run does: which sources it ingests, what dbt builds, and, for a backfill, the
+    window it re-reads."""
+
+    sources: tuple[str, ...] = ()
+    """Sources to ingest (empty: all of sources.yml)."""
+    select: tuple[str, ...] = ()
+    """dbt selection (empty: everything, or what depends on ``sources`` when they are given)."""
+    full_refresh: bool = False
+    backfill: tuple[date, date] | None = None
+    """First and last day (inclusive) a backfill re-extracts and rebuilds."""
+
+    @property
+    def mode(self) -> str:
+        """``run``, or ``backfill <first day>..<last day>``."""
+        return "run" if self.backfill is None else f"backfill {self.backfill[0]}..{self.backfill[1]}"
+
+    @property
+    def window(self) -> tuple[datetime, datetime] | None:
+        """The backfill's cursor window, [first day 00:00 UTC, the day after the last)."""
+        if self.backfill is None:
+            return None
+        first, last = self.backfill
+        return (
+            datetime.combine(first, datetime.min.time(), UTC),
+            datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC),
+        )
+
+
+def run(settings: Settings, progress: RunProgress | None = None, plan: Plan | None = None) -> RunResult:
+    """Run the whole night (or ``plan``) and return what happened; raises nothing for data or
+    tool failures."""
+    plan = plan or Plan()
+    result = RunResult(started_at=datetime.now(UTC), settings=settings, mode=plan.mode)
     with run_log(settings.logs_dir / f"{run_id(result)}.jsonl", run_id(result)) as handler:
         result.log_path = handler.path
-        _night(result, select_models, full_refresh, progress or RunProgress(enabled=False))
+        _night(result, plan, progress or RunProgress(enabled=False))
     return result
 
 
-def _night(result: RunResult, select_models: list[str] | None, full_refresh: bool, progress: RunProgress) -> None:
+def _chosen(plan: Plan, specs: dict[str, SourceSpec]) -> list[SourceSpec]:
+    """The sources the plan ingests; a backfill of every source leaves out those that cannot
+    re-read a window, and refuses them when they are named."""
+    unknown = sorted(set(plan.sources) - set(specs))
+    if unknown:
+        raise ValueError(f"no source {', '.join(unknown)} in sources.yml (known: {', '.join(sorted(specs))})")
+    chosen = [specs[name] for name in plan.sources] if plan.sources else list(specs.values())
+    if plan.backfill is not None:
+        refused = [s.name for s in chosen if s.kind not in BACKFILL_KINDS]
+        if plan.sources and refused:
+            raise ValueError(
+                f"cannot backfill {', '.join(refused)}: only {' and '.join(BACKFILL_KINDS)} sources re-read a "
+                "window of their cursor (files are loaded once by name, stream messages once acknowledged)"
+            )
+        chosen = [s for s in chosen if s.kind in BACKFILL_KINDS]
+    return chosen
+
+
+def _night(result: RunResult, plan: Plan, progress: RunProgress) -> None:
     settings = result.settings
     quiet_telemetry()
     configure_dlt()
@@ -124,6 +169,7 @@ def _night(result: RunResult, select_models: list[str] | None, full_refresh: boo
         specs = load_sources()
         check_dbt_sources(specs)
         check_schemas(settings.publish_schemas)
+        chosen = _chosen(plan, specs)
         install_salt(settings)
         with duckdb.connect(str(settings.warehouse)) as con:
             ensure_ledger(con)
@@ -135,15 +181,23 @@ def _night(result: RunResult, select_models: list[str] | None, full_refresh: boo
         _close(result, started)
         return
     with serve_payments_api(settings, specs) if settings.demo else nullcontext():
-        result.sources = ingest_all(list(specs.values()), settings, progress)
-    window = loaded_event_window(settings, specs, result.sources)
+        result.sources = ingest_all(chosen, settings, progress, plan.window)
+    if plan.backfill is not None:
+        first, last = plan.backfill
+        window: tuple[date, date] | None = (first, last + timedelta(days=1))
+    else:
+        window = loaded_event_window(settings, specs, result.sources)
+    select = list(plan.select)
+    if not select and (plan.sources or plan.backfill is not None):
+        # what the ingested sources feed (a partial selection: the rest is left as it is)
+        select = [f"source:{s.name}+" for s in chosen]
     # what depends on a source that failed tonight is left as it was (and reported), the rest is built
     skip = [f"source:{name}+" for name in result.failed_sources]
     progress.start("dbt", "dbt build, freshness, docs")
     result.dbt = run_dbt(
         settings,
-        select=select_models,
-        full_refresh=full_refresh,
+        select=select,
+        full_refresh=plan.full_refresh,
         event_window=window,
         exclude=skip,
         callbacks=[progress.dbt_callback("dbt")],
@@ -213,14 +267,19 @@ def record(result: RunResult) -> None:
             write_run_record(result)
 
 
-def ingest_all(specs: list[SourceSpec], settings: Settings, progress: RunProgress) -> list[SourceResult]:
+def ingest_all(
+    specs: list[SourceSpec],
+    settings: Settings,
+    progress: RunProgress,
+    window: tuple[datetime, datetime] | None = None,
+) -> list[SourceResult]:
     """Ingest the sources, ``settings.parallel_sources`` at a time (dlt runs each pipeline in its
     own thread; they load into different schemas of the one DuckDB file). Results keep the
     order of sources.yml."""
 
     def one(spec: SourceSpec) -> SourceResult:
         progress.start(f"source:{spec.name}", f"ingest {spec.name}")
-        result = ingest_with_retries(spec, settings)
+        result = ingest_with_retries(spec, settings, window)
         note = "skipped" if result.skipped else "ok" if result.ok else "FAILED"
         progress.finish(f"source:{spec.name}", note)
         log.info(
@@ -244,13 +303,15 @@ def ingest_all(specs: list[SourceSpec], settings: Settings, progress: RunProgres
         return list(pool.map(one, specs))
 
 
-def ingest_with_retries(spec: SourceSpec, settings: Settings) -> SourceResult:
+def ingest_with_retries(
+    spec: SourceSpec, settings: Settings, window: tuple[datetime, datetime] | None = None
+) -> SourceResult:
     """Ingest a source; a transient failure (the server briefly unreachable) is retried with
     exponential backoff and jitter, DUSK_SOURCE_ATTEMPTS times in all, then reported as failed.
     Each attempt starts with what the previous one left (pending load packages are finished)."""
     attempt, started = 1, time.monotonic()
     while True:
-        result = ingest_source(spec, settings)
+        result = ingest_source(spec, settings, window=window)
         result.attempts = attempt
         if result.ok or not result.transient or attempt >= settings.source_attempts:
             result.seconds = time.monotonic() - started  # every attempt and pause

@@ -100,7 +100,9 @@ def dbt_args(settings: Settings, *args: str) -> list[str]:
     return [
         *args,
         "--log-level",
-        "warn",  # the runner prints the summary; dbt's full log goes to logs/dbt.log
+        "warn",  # the runner prints the summary; dbt's own log goes to logs/dbt.log
+        "--log-level-file",
+        "info",
         "--project-dir",
         str(PROJECT_DIR),
         "--profiles-dir",

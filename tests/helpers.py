@@ -58,3 +58,51 @@ def kill_ingest_after(settings: Settings, source: str, delay: float | str, env: 
     os.killpg(proc.pid, signal.SIGKILL)
     code = proc.wait()
     assert code == -signal.SIGKILL, f"the ingest ended by itself (exit {code}) just before the kill ({delay})"
+
+
+class WebhookReceiver:
+    """A local HTTP server that records the JSON posted to it (a stand-in for Slack's incoming
+    webhook); ``fail_first`` requests are answered 503 first."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts: list[dict] = []
+        self.paths: list[str] = []
+        self.failures_left = fail_first
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                receiver.paths.append(self.path)
+                if receiver.failures_left > 0:
+                    receiver.failures_left -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                receiver.posts.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The webhook URL; its path plays the part of the secret a Slack URL carries."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/canary-webhook-secret"
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -18,6 +18,7 @@ bearer token comes from the environment or dlt's secrets and is never logged.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import dlt
@@ -148,13 +149,32 @@ def dlt_column(declared: str) -> dict[str, Any]:
     return {"data_type": _DLT_TYPES[declared]}
 
 
-def api_source(spec: SourceSpec, base_url: str, token: str | None, session: requests.Session) -> DltSource:
+def api_source(
+    spec: SourceSpec,
+    base_url: str,
+    token: str | None,
+    session: requests.Session,
+    window: tuple[datetime, datetime] | None = None,
+) -> DltSource:
     """dlt's rest_api source for one declared API: a resource per table, incremental on the
-    table's cursor when it has one."""
+    table's cursor when it has one. A backfill ``window`` (start, end) reads the records with
+    ``start <= cursor < end`` as a bounded incremental: dlt neither reads nor moves the stored
+    cursor then, and tables without a cursor are left out."""
     resources: list[Any] = []
     for table in spec.tables:
         params: dict[str, Any] = {"limit": int(spec.option("page_size"))}
-        if table.cursor:
+        endpoint: dict[str, Any] = {"path": table.path, "params": params, "data_selector": table.data_selector}
+        if window is not None:
+            if not table.cursor:
+                continue
+            # bounded: the endpoint-level form is the one that takes an end value
+            endpoint["incremental"] = {
+                "start_param": table.cursor_param,
+                "cursor_path": table.cursor,
+                "initial_value": _iso(window[0]),
+                "end_value": _iso(window[1]),
+            }
+        elif table.cursor:
             incremental: dict[str, Any] = {
                 "type": "incremental",
                 "cursor_path": table.cursor,
@@ -169,7 +189,7 @@ def api_source(spec: SourceSpec, base_url: str, token: str | None, session: requ
                 "primary_key": table.key_columns,
                 "write_disposition": table.write_disposition,
                 "columns": {name: dlt_column(declared) for name, declared in table.columns},
-                "endpoint": {"path": table.path, "params": params, "data_selector": table.data_selector},
+                "endpoint": endpoint,
             }
         )
     client: dict[str, Any] = {
@@ -182,6 +202,12 @@ def api_source(spec: SourceSpec, base_url: str, token: str | None, session: requ
     source = rest_api_source({"client": client, "resources": resources}, name=spec.name)  # type: ignore[typeddict-item]
     source.max_table_nesting = 0
     return source
+
+
+def _iso(moment: datetime) -> str:
+    """A backfill bound as ISO 8601 UTC with microseconds (``...T00:00:00.000000Z``): dlt compares
+    the cursor values the API sends, and this form sorts with that of RFC 3339 APIs."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def endpoint_settings(spec: SourceSpec) -> tuple[str | None, str | None]:

@@ -90,6 +90,9 @@ class TablePlan:
     """For ``deletes: cdc``: raw's rows, given columns and a SQL predicate (None before the first load)."""
     cdc_deleted: int = 0
     """Rows the change stream deleted in this run (known once extracted)."""
+    end: Any = None
+    """A backfill's upper bound (exclusive): the run reads ``start <= cursor < end`` and leaves the
+    incremental cursor where it was."""
 
     @property
     def deleted_count(self) -> int:
@@ -245,10 +248,21 @@ def _incremental(table: TableSpec) -> Any:
 
 
 def plan_source(
-    pipeline: dlt.Pipeline, url: sa.URL, spec: SourceSpec, only: set[str] | None = None, now: datetime | None = None
+    pipeline: dlt.Pipeline,
+    url: sa.URL,
+    spec: SourceSpec,
+    only: set[str] | None = None,
+    now: datetime | None = None,
+    window: tuple[datetime, datetime] | None = None,
 ) -> list[TablePlan]:
-    """Reflect, check and key-diff every declared table; raise naming the source and table."""
+    """Reflect, check and key-diff every declared table; raise naming the source and table.
+
+    With a backfill ``window`` (start, end), the tables with a cursor are planned to re-read
+    ``start <= cursor < end`` without moving their cursor, and without delete detection (the
+    nightly's job); tables without one (``deletes: cdc`` included) are left out."""
     now = now or datetime.now(UTC)
+    if window is not None:
+        return _plan_backfill(pipeline, url, spec, only, window)
     upto = _cdc_bound(url, spec, only)
     engine = sa.create_engine(url)
     plans = []
@@ -283,6 +297,36 @@ def plan_source(
                 if table.deletes == "key_diff" and not first:
                     plan.deleted, plan.late_keys = key_pass(con, kind, pipeline, spec, table, columns, plan.start, now)
                 plans.append(plan)
+    finally:
+        engine.dispose()
+    return plans
+
+
+def _plan_backfill(
+    pipeline: dlt.Pipeline, url: sa.URL, spec: SourceSpec, only: set[str] | None, window: tuple[datetime, datetime]
+) -> list[TablePlan]:
+    engine = sa.create_engine(url)
+    plans = []
+    try:
+        kind = engine_kind(url)
+        with attach(url) as con:
+            for table in spec.tables:
+                if (only is not None and table.name not in only) or not table.cursor:
+                    continue
+                try:
+                    columns = reflect_columns(engine, table.name, table.exclude_columns)
+                except sa.exc.NoSuchTableError:
+                    raise SourceSchemaError(
+                        f"{_where(spec.name, table.name)}: the table is not in the source database "
+                        "(renamed or dropped?). Fix the source or sources.yml; raw is left as it is."
+                    ) from None
+                check_schema(con, kind, pipeline, spec, table, columns)
+                if not _stored_columns(pipeline, table.name):
+                    raise SourceSchemaError(
+                        f"{_where(spec.name, table.name)}: never loaded, so there is nothing to backfill; "
+                        "run the nightly first (it loads the whole table)"
+                    )
+                plans.append(TablePlan(table, columns, first_load=False, start=window[0], end=window[1]))
     finally:
         engine.dispose()
     return plans
@@ -358,6 +402,8 @@ def _extract_files(
         # Compare the source column itself, so the filter runs in the source database on its index.
         column, value = f'"{cursor.name}"', cursor.filter_literal(start)
         predicate = f"{column} >= {value}"
+        if plan.end is not None:
+            predicate += f" AND {column} < {cursor.filter_literal(plan.end)}"
         if plan.boundary_keys and start == plan.start:
             seen = ", ".join(sql_literal(k) for k in plan.boundary_keys)
             predicate += f' AND NOT ({column} = {value} AND "{table.primary_key}" IN ({seen}))'
@@ -463,12 +509,13 @@ class _ChangeFeed:
 
 def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Path, feed: _ChangeFeed | None) -> Any:
     table = plan.spec
-    cursor_range = _incremental(table)
+    # a backfill declares no incremental: dlt then neither reads nor moves the stored cursor
+    cursor_range = _incremental(table) if plan.end is None else None
 
     def read(incremental: Any = cursor_range) -> Iterator[Any]:
         if feed is not None:
             feed.batch()  # moves the stored position past what this snapshot holds
-        start = incremental.get_current_range()[0] if incremental is not None else None
+        start = incremental.get_current_range()[0] if incremental is not None else plan.start
         load_id = dlt.current.load_package_state()["load_id"]
         files, schema, top = _extract_files(url, spec, plan, start, staging / table.name, load_id)
         if not files and plan.first_load:
