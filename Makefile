@@ -12,7 +12,7 @@ export DBT_PROFILES_DIR := $(CURDIR)/profiles
 export RUNTIME__DLTHUB_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup setup-dev setup-browser run backfill status report simulate cdc-setup cdc-drop test lint format docs bench clean
+.PHONY: help setup setup-dev setup-browser run backfill watch status report simulate cdc-setup cdc-drop test lint format docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ backfill: setup ## Re-extract and rebuild START..END (days, UTC) without moving 
 
 status: setup ## The last runs, sources, freshness, failing tests and quarantine (from the run ledger)
 	$(BIN)/python -m dusk status
+
+watch: setup ## Run the night whenever a new file lands in a landing folder (polls every 30 s; Ctrl-C stops)
+	$(BIN)/python -m dusk watch
 
 report: setup ## Write the HTML report from the run ledger (data/report/index.html) and print its path
 	$(BIN)/python -m dusk report

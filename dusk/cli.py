@@ -128,9 +128,9 @@ def simulate(
 def status(
     runs: Annotated[int, typer.Option(min=1, help="How many recent runs to list.")] = 5,
 ) -> None:
-    """The last runs, each source's last load, freshness, failing tests and quarantine (from the
-    run ledger in the warehouse; read-only, safe while a run is in progress only if the run is
-    not writing the warehouse at that moment)."""
+    """The last runs, each source's last load, freshness, failing tests, quarantine and monitoring
+    findings, from the run ledger (read-only; while a run holds the warehouse, from the served
+    file, which holds the ledger up to the last published night)."""
     _logging(False)
     from dusk.status import print_status
 
@@ -146,11 +146,12 @@ def report(
     freshness, monitoring) from the run ledger to <data dir>/report/index.html; every run also
     writes it."""
     _logging(False)
-    from dusk.report import ReportError, write_report
+    from dusk.ledger import LedgerError
+    from dusk.report import write_report
 
     try:
         path = write_report(Settings.from_env())
-    except ReportError as exc:
+    except LedgerError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_FAILED) from None
     typer.echo(f"Report: {path}")
@@ -158,6 +159,25 @@ def report(
         import webbrowser
 
         webbrowser.open(path.as_uri())
+
+
+@app.command("watch")
+def watch_landing(
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls of the landing folders.")] = 30.0,
+    max_runs: Annotated[int | None, typer.Option(min=1, help="Stop after this many runs (default: never).")] = None,
+) -> None:
+    """Run the night whenever a new or changed file has landed (and stayed unchanged for one
+    poll) in the landing folder of a files source. Each run is `dusk run`, with its lock, its
+    exit code and its alerts; Ctrl-C stops watching."""
+    _logging(False)
+    from dusk.watch import watch
+    from ingestion.config import load_sources
+
+    try:
+        code = watch(load_sources(), Settings.from_env(), interval, max_runs=max_runs, echo=typer.echo)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_OK) from None
+    raise typer.Exit(code)
 
 
 @app.command("pii-salt")

@@ -4,9 +4,15 @@ the source ``ledger`` (models/ledger/_ledger__sources.yml), so it is documented 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+
+from dusk.settings import Settings
 
 if TYPE_CHECKING:
     from dusk.pipeline import RunResult
@@ -44,6 +50,42 @@ create table if not exists {SCHEMA}.findings (
     message varchar not null, value double, limit_value double
 );
 """
+
+
+class LedgerError(RuntimeError):
+    """No ledger to read (no run yet, or no file can be opened)."""
+
+
+@dataclass
+class LedgerSource:
+    """Where the report read the ledger from."""
+
+    path: Path
+    note: str
+
+
+@contextmanager
+def open_ledger(settings: Settings, read_only: bool = True) -> Iterator[tuple[duckdb.DuckDBPyConnection, LedgerSource]]:
+    """A connection to the ledger: the warehouse, or the served file when a run holds the
+    warehouse (DuckDB lets no other process read a file while one writes it). The run itself
+    passes ``read_only=False``: DuckDB refuses a second in-process connection to a file with a
+    different configuration than dbt's, which stays open."""
+    candidates = [(settings.warehouse, "warehouse"), (settings.served_path, "served file (last published night)")]
+    errors = []
+    for path, what in candidates:
+        if not path.exists():
+            continue
+        try:
+            con = duckdb.connect(str(path), read_only=read_only or path != settings.warehouse)
+        except duckdb.IOException as exc:
+            errors.append(f"{path}: {exc}")
+            continue
+        try:
+            yield con, LedgerSource(path, what)
+        finally:
+            con.close()
+        return
+    raise LedgerError("no run ledger to read: " + ("; ".join(errors) or "no run yet (make run)"))
 
 
 def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import io
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,49 +15,13 @@ import duckdb
 import jinja2
 from matplotlib.figure import Figure
 
-from dusk.ledger import SCHEMA
+from dusk.ledger import SCHEMA, LedgerError, open_ledger
 from dusk.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RUNS_SHOWN = 60
 STATUS_COLOURS = {"success": "#2e7d32", "partial": "#f9a825", "failed": "#c62828"}
-
-
-class ReportError(RuntimeError):
-    """No ledger to report on."""
-
-
-@dataclass
-class LedgerSource:
-    """Where the report read the ledger from."""
-
-    path: Path
-    note: str
-
-
-@contextmanager
-def open_ledger(settings: Settings, read_only: bool = True) -> Iterator[tuple[duckdb.DuckDBPyConnection, LedgerSource]]:
-    """A connection to the ledger: the warehouse, or the served file when a run holds the
-    warehouse (DuckDB lets no other process read a file while one writes it). The run itself
-    passes ``read_only=False``: DuckDB refuses a second in-process connection to a file with a
-    different configuration than dbt's, which stays open."""
-    candidates = [(settings.warehouse, "warehouse"), (settings.served_path, "served file (last published night)")]
-    errors = []
-    for path, what in candidates:
-        if not path.exists():
-            continue
-        try:
-            con = duckdb.connect(str(path), read_only=read_only or path != settings.warehouse)
-        except duckdb.IOException as exc:
-            errors.append(f"{path}: {exc}")
-            continue
-        try:
-            yield con, LedgerSource(path, what)
-        finally:
-            con.close()
-        return
-    raise ReportError("no run ledger to read: " + ("; ".join(errors) or "no run yet (make run)"))
 
 
 def _svg(fig: Any) -> str:
@@ -132,7 +93,7 @@ def gather(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         [RUNS_SHOWN],
     ).fetchall()[::-1]
     if not runs:
-        raise ReportError("the run ledger holds no run yet (make run)")
+        raise LedgerError("the run ledger holds no run yet (make run)")
     run_ids = [r[0] for r in runs]
     last = run_ids[-1]
     first = run_ids[0]

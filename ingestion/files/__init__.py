@@ -103,7 +103,7 @@ def landing_dir(spec: SourceSpec, default: Path, project_dir: Path) -> Path:
     return path if path.is_absolute() else project_dir / path
 
 
-def _in_flight(path: Path) -> bool:
+def in_flight(path: Path) -> bool:
     """A file still being written by the usual conventions (hidden, or a temporary suffix)."""
     return path.name.startswith(".") or path.suffix.lower() in IN_FLIGHT_SUFFIXES
 
@@ -135,7 +135,7 @@ def plan_files(pipeline: dlt.Pipeline, spec: SourceSpec, landing: Path) -> Files
     claimed: dict[Path, str] = {}
     for table in spec.tables:
         for path in sorted(landing.glob(table.pattern)):
-            if not path.is_file() or ARCHIVE in path.relative_to(landing).parts[:1] or _in_flight(path):
+            if not path.is_file() or ARCHIVE in path.relative_to(landing).parts[:1] or in_flight(path):
                 continue
             if path in claimed:
                 raise FileError(
