@@ -86,6 +86,7 @@ def test_a_failing_source_leaves_the_others_built_and_ends_partial(workspace: Wo
     names = {n["name"]: n["status"] for n in record["dbt"]["nodes"]}
     assert names["stg_payments__payments"] == names["stg_marketing__marketing_spend"] == "success"
     assert not {"stg_shop__orders", "orders", "customers_snapshot", "daily_revenue"} & set(names)
+    assert record["published"] is not None  # the others reach readers; shop's models keep last night's data
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
         assert wh.sql("select count(*), max(last_load) from marts.orders").fetchone() == orders_before
 
@@ -209,3 +210,35 @@ def test_the_ledger_keeps_every_run(workspace: Workspace) -> None:
 def test_status_before_any_run_says_so(workspace: Workspace) -> None:
     out = workspace.cli("status", check=False)
     assert out.returncode == 1 and "no run yet" in out.stdout
+
+
+def test_sources_are_ingested_in_parallel_up_to_the_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from dataclasses import replace
+
+    from dusk import pipeline
+    from dusk.ingest import SourceResult
+    from dusk.progress import RunProgress
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def fake_ingest(spec: SourceSpec, settings: Settings, window: object = None) -> SourceResult:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return SourceResult(spec.name, ok=spec.name != "b", seconds=0.2, error="boom" if spec.name == "b" else None)
+
+    monkeypatch.setattr(pipeline, "ingest_source", fake_ingest)
+    specs = [SourceSpec(n, "database", "", False, ()) for n in ("a", "b", "c", "d", "e")]
+    settings = Settings(tmp_path, tmp_path / "w.duckdb", tmp_path / "t", False, 1, source_attempts=1)
+    started = time.monotonic()
+    results = pipeline.ingest_all(specs, replace(settings, parallel_sources=2), RunProgress(enabled=False))
+    assert [r.source for r in results] == ["a", "b", "c", "d", "e"]  # in the order of sources.yml
+    assert [r.ok for r in results] == [True, False, True, True, True]  # one failure stops no other
+    assert peak[0] == 2 and time.monotonic() - started < 0.2 * 5
+    peak[0] = 0
+    pipeline.ingest_all(specs, replace(settings, parallel_sources=1), RunProgress(enabled=False))
+    assert peak[0] == 1
