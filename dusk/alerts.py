@@ -123,6 +123,8 @@ def send(result: RunResult) -> AlertOutcome:
             response = requests.post(url, json=payload, timeout=TIMEOUT)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Transient(type(exc).__name__) from None  # the exception text holds the URL
+        except requests.RequestException as exc:  # a malformed URL, too many redirects, ...
+            raise RuntimeError(type(exc).__name__) from None
         if response.status_code == 429 or response.status_code >= 500:
             raise _Transient(f"HTTP {response.status_code}")
         if response.status_code >= 400:

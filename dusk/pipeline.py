@@ -236,7 +236,11 @@ def _close(result: RunResult, started: float) -> None:
             result.publish_error = str(exc)
     elif result.dbt is not None:
         result.publish_error = "tonight did not pass (see above): readers keep the last published night"
-    result.alert = alerts.send(result)
+    try:
+        result.alert = alerts.send(result)
+    except Exception as exc:  # an alert never changes the night's outcome
+        log.exception("alert not sent")
+        result.alert = AlertOutcome(False, f"alerting failed: {type(exc).__name__}")
     result.seconds = time.monotonic() - started
     record(result)
     try:

@@ -177,3 +177,32 @@ def test_volume_needs_history_and_flags_a_silent_table(tmp_path: Path) -> None:
     con.execute("update dusk_ledger.runs set mode = 'backfill 2029-01-01..2029-01-02'")
     assert tonight(0) == []
     con.close()
+
+
+def test_an_alert_that_cannot_be_sent_never_fails_the_night(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dusk.alerts import send
+    from dusk.ingest import SourceResult
+    from dusk.pipeline import RunResult
+    from dusk.settings import Settings
+    from dusk.transform import DbtResult
+
+    settings = Settings(tmp_path, tmp_path / "w.duckdb", tmp_path / "t", False, 1)
+    result = RunResult(started_at=datetime(2030, 1, 1), settings=settings)
+    result.sources = [SourceResult("crm", False, 1.0, error="source 'crm': connection refused")]
+    quiet = RunResult(started_at=datetime(2030, 1, 1), settings=settings, dbt=DbtResult(ok=True, seconds=1.0))
+    quiet.sources = [SourceResult("crm", True, 1.0)]
+    monkeypatch.delenv("DUSK_ALERT_WEBHOOK", raising=False)
+    assert send(result).reason == "no webhook configured (DUSK_ALERT_WEBHOOK)"
+    (settings.secrets_dir).mkdir(parents=True)
+    with WebhookReceiver(fail_first=10) as hook:
+        (settings.secrets_dir / "alert_webhook").write_text(hook.url + "\n")  # the secret file works too
+        outcome = send(result)
+        assert not outcome.sent and outcome.reason == "the webhook failed: HTTP 503" and len(hook.paths) == 3
+        hook.failures_left = 0
+        assert send(quiet).reason == "nothing to alert" and len(hook.paths) == 3
+        assert send(result).sent and "source `crm` failed" in hook.posts[-1]["text"]
+    monkeypatch.setenv("DUSK_ALERT_WEBHOOK", "http://[::1:canary-webhook-secret")
+    assert send(result).reason == "the webhook failed: InvalidURL"
+    assert "canary-webhook-secret" not in caplog.text
