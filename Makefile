@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 DAYS ?= 1
+TEST_WORKERS ?= 2
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 export RUNTIME__DLTHUB_TELEMETRY := false
@@ -65,8 +66,8 @@ cdc-drop: setup ## Drop SOURCE's replication slot and publication (the server st
 	@test -n "$(SOURCE)" || { echo "usage: make cdc-drop SOURCE=<name in sources.yml>"; exit 2; }
 	$(BIN)/python -m dusk cdc drop $(SOURCE)
 
-test: setup-dev ## Run the test suite (pytest)
-	$(BIN)/python -m pytest
+test: setup-dev ## Run the test suite (pytest, TEST_WORKERS=2 processes; a test file stays in one process)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup-dev ## ruff (lint + format check), mypy, sqlfluff on the dbt models
 	$(BIN)/ruff check .

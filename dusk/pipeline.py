@@ -86,9 +86,8 @@ class RunResult:
 
     @property
     def publishable(self) -> bool:
-        """Tonight's data may be published: what was built passed every test and check, and at
-        least one source loaded (a partial night publishes; what it did not rebuild stays as it
-        was)."""
+        """Tonight's data may be published: what was built passed every test and check (a partial
+        night publishes; what it did not rebuild stays as it was)."""
         return self.status in ("success", "partial") and self.published is None
 
     @property

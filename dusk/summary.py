@@ -15,6 +15,8 @@ LAYER_ORDER = ("seed", "staging", "snapshot", "intermediate", "marts")
 def print_summary(result: RunResult, console: Console | None = None) -> None:
     """Print the run's summary tables and verdict."""
     console = console or Console()
+    if result.mode != "run":
+        console.print(f"[bold]{result.mode}[/bold]: re-extracted the window, cursors left where they were")
     if result.demo_created:
         console.print(f"Created the demo shop in {result.settings.demo_dir}")
     if result.sources:
