@@ -302,7 +302,13 @@ def ingest_all(
 
     if settings.parallel_sources <= 1 or len(specs) <= 1:
         return [one(spec) for spec in specs]
-    with ThreadPoolExecutor(max_workers=settings.parallel_sources, thread_name_prefix="source") as pool:
+    # One DuckDB instance for every thread: DuckDB shares an open file's instance with later
+    # connections of the same configuration (dlt's has none at connect time), but two threads
+    # opening it at the same moment each create one, and the second fails ("already attached").
+    with (
+        duckdb.connect(str(settings.warehouse)),
+        ThreadPoolExecutor(max_workers=settings.parallel_sources, thread_name_prefix="source") as pool,
+    ):
         return list(pool.map(one, specs))
 
 

@@ -189,7 +189,9 @@ class StreamReader:
         while len(messages) < limit:
             try:
                 got = await sub.fetch(min(size, limit - len(messages)), timeout=timeout)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # nothing more within the timeout (on a loaded machine nats-py lets asyncio's own
+                # TimeoutError through): what was not fetched stays in the stream for the next run
                 break
             messages.extend(got)
         return messages
