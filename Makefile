@@ -13,7 +13,7 @@ export DBT_PROFILES_DIR := $(CURDIR)/profiles
 export RUNTIME__DLTHUB_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help setup setup-dev setup-browser run backfill watch status report simulate cdc-setup cdc-drop test lint format docs bench clean
+.PHONY: help setup setup-dev setup-browser run backfill watch status report simulate simulate-check chaos badinput canary proof cdc-setup cdc-drop test lint format docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ cdc-drop: setup ## Drop SOURCE's replication slot and publication (the server st
 
 test: setup-dev ## Run the test suite (pytest, TEST_WORKERS=2 processes; a test file stays in one process)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+simulate-check: setup-dev ## N simulated nights, every invariant checked after each (make simulate-check NIGHTS=30 SEED=7)
+	$(BIN)/python -m pytest -p no:xdist -m simulate tests/proof --nights $(or $(NIGHTS),30) $(if $(SEED),--seed $(SEED))
 
 lint: setup-dev ## ruff (lint + format check), mypy, sqlfluff on the dbt models
 	$(BIN)/ruff check .

@@ -249,3 +249,49 @@ def logical_pg_url(logical_pg_admin: str) -> Iterator[str]:
             )
             con.execute(sa.text(f"drop database if exists {db} with (force)"))
         admin.dispose()
+
+
+# ---------------------------------------------------------------- the proof suites (tests/proof)
+TALLIES = PROJECT_DIR / ".pytest_cache" / "dusk-tallies"
+"""Each proof suite writes its one-line tally here; the session's summary prints them (also when
+pytest-xdist ran the suite in another process)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dusk proof suites")
+    group.addoption("--nights", type=int, default=int(os.environ.get("NIGHTS") or 2), help="simulate-check nights")
+    group.addoption("--kills", type=int, default=int(os.environ.get("KILLS") or 3), help="chaos: SIGKILLs")
+    group.addoption(
+        "--seed",
+        type=int,
+        default=int(os.environ["SEED"]) if os.environ.get("SEED") else None,
+        help="the simulator's and the chaos suite's seed (default: random, printed)",
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        shutil.rmtree(TALLIES, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = sorted(p.read_text().strip() for p in TALLIES.glob("*.txt")) if TALLIES.exists() else []
+    if lines:
+        terminalreporter.section("what we prove")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def write_tally(suite: str, line: str) -> None:
+    """Record a suite's tally line for the session summary."""
+    TALLIES.mkdir(parents=True, exist_ok=True)
+    (TALLIES / f"{suite}.txt").write_text(line + "\n")
+
+
+@pytest.fixture(scope="session")
+def seed(request: pytest.FixtureRequest) -> int:
+    """The proof suites' seed: --seed / SEED, else a random one (printed so a failure can be replayed)."""
+    import random
+
+    value = request.config.getoption("--seed")
+    return int(value) if value is not None else random.randrange(1, 1_000_000)

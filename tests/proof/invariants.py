@@ -1,0 +1,157 @@
+"""The invariants the proof suites check (../shared/DESIGN.md, "Invariants we prove with tests"),
+as functions over a workspace's warehouse, source and ground truth."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime
+from itertools import pairwise
+from pathlib import Path
+
+import duckdb
+
+from tests.conftest import PROJECT_DIR, Workspace
+
+MARTS = ("orders", "customers", "daily_revenue", "products", "marketing_roas", "cohort_retention", "daily_web_activity")
+SNAPSHOTS = ("customers_snapshot", "products_snapshot")
+SHOP_KEYS = {"customers": "customer_id", "products": "product_id", "orders": "order_id", "order_items": "order_item_id"}
+RAW_TABLES = (
+    *(f"raw_shop.{t}" for t in SHOP_KEYS),
+    "raw_payments.payments",
+    "raw_marketing.marketing_spend",
+    "raw_marketing.fx_rates",
+    "raw_web.web_events",
+)
+
+
+def differences(a: Path, b: Path, relations: list[str], exclude: dict[str, str] | None = None) -> dict[str, int]:
+    """Rows in one warehouse's relation and not in the other's (both ways, duplicates counted),
+    per relation that differs. ``exclude`` maps a relation to columns left out of the compare."""
+    exclude = exclude or {}
+    found = {}
+    with duckdb.connect(str(a), read_only=True) as con:
+        con.execute(f"attach '{b}' as other (read_only)")
+        for relation in relations:
+            columns = f"* exclude ({exclude[relation]})" if relation in exclude else "*"
+            for left, right in ((relation, f"other.{relation}"), (f"other.{relation}", relation)):
+                (n,) = con.execute(
+                    f"select count(*) from (select {columns} from {left} except all select {columns} from {right})"
+                ).fetchone()
+                if n:
+                    found[f"{left} - {right}"] = int(n)
+    return found
+
+
+def copy_warehouse(ws: Workspace, to: Path) -> Path:
+    """A copy of the warehouse file (taken while no run holds it)."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ws.warehouse, to)
+    return to
+
+
+def rebuild_from_scratch(ws: Workspace, copy: Path) -> None:
+    """`dbt build --full-refresh` on a copy of the warehouse: every model rebuilt from raw (the
+    snapshots keep their history: it cannot be rebuilt from today's sources)."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "dbt"), "build", "--full-refresh", "--log-level", "warn"],
+        cwd=PROJECT_DIR,
+        env={
+            **ws.env(),
+            "DUSK_WAREHOUSE": str(copy),
+            "DBT_PROFILES_DIR": str(PROJECT_DIR / "profiles"),
+            "DBT_TARGET_PATH": str(copy.parent / "target"),
+            "DBT_LOG_PATH": str(copy.parent / "logs"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, f"the from-scratch rebuild failed:\n{out.stdout[-3000:]}\n{out.stderr[-2000:]}"
+
+
+def assert_reconciled(ws: Workspace, record: dict) -> int:
+    """Rows in source = rows in raw (live + deleted) for the shop's tables and the API; every
+    landed file and every published event reached raw; raw = staged + quarantined (the
+    `rowcount_reconciles` tests of the night passed). Returns the number of tables checked."""
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        for table, key in SHOP_KEYS.items():
+            with sqlite3.connect(ws.shop_db) as shop:
+                source = {r[0] for r in shop.execute(f"select {key} from {table}")}
+            live = {r[0] for r in wh.execute(f"select {key} from raw_shop.{table} where not _is_deleted").fetchall()}
+            assert live == source, f"raw_shop.{table}: {len(live ^ source)} keys differ from the source"
+            (dups,) = wh.execute(f"select count(*) - count(distinct {key}) from raw_shop.{table}").fetchone()
+            assert dups == 0, f"raw_shop.{table}: {dups} duplicate keys"
+    from tests.test_end_to_end import assert_feeds_loaded
+
+    assert_feeds_loaded(ws)
+    reconciles = [n for n in record["dbt"]["nodes"] if n["name"].startswith("reconcile_raw_")]
+    assert len(reconciles) == 8 and all(n["status"] == "pass" for n in reconciles), reconciles
+    return len(SHOP_KEYS) + 4
+
+
+def assert_snapshot_is_truth(ws: Workspace, run_days: list[int]) -> tuple[int, int]:
+    """customers_snapshot holds, per customer, its distinct versions as each run saw them (the
+    ground truth's last version of each run's day), one current row per key, no overlap or gap;
+    a customer created and deleted between two runs never appears; quarantined ones neither.
+    Returns (customers, versions) checked."""
+    with sqlite3.connect(ws.truth_db) as truth:
+        versions = truth.execute(
+            "select customer_id, day, tier, email, country_code, city, is_deleted, updated_at "
+            "from customer_versions order by customer_id, day, rowid"
+        ).fetchall()
+        invalid = {pk for (pk,) in truth.execute("select pk from invalid_rows where table_name = 'customers'")}
+    state: dict[int, dict[int, tuple]] = {}
+    for cid, day, *values in versions:
+        state.setdefault(cid, {})[day] = tuple(values)
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        rows = wh.execute(
+            "select customer_id, tier, email, country_code, city, is_deleted, dbt_valid_from, dbt_valid_to "
+            "from snapshots.customers_snapshot order by customer_id, dbt_valid_from"
+        ).fetchall()
+    snap: dict[int, list[tuple]] = {}
+    for cid, *values in rows:
+        snap.setdefault(cid, []).append(tuple(values))
+    salt = (ws.data_dir / "secrets" / "pii_salt").read_text().strip()
+
+    def norm(v: tuple) -> tuple:
+        tier, email, country, city, is_deleted, updated_at = v
+        when = None if is_deleted else datetime.fromisoformat(updated_at)
+        hashed = hashlib.sha256((salt + email.strip().lower()).encode()).hexdigest()
+        return (tier, hashed, country.strip().upper(), city, bool(is_deleted), when)
+
+    def shape(v: tuple) -> tuple:
+        tier, email, country, city, is_deleted, valid_from, _ = v
+        return (tier, email, country, city, is_deleted, None if is_deleted else valid_from)
+
+    checked = total = 0
+    for cid, days in state.items():
+        if cid in invalid:
+            assert cid not in snap, f"quarantined customer {cid} reached the snapshot"
+            continue
+        seen = []
+        for run in run_days:
+            known = [d for d in days if d <= run]
+            if known:
+                seen.append(norm(days[max(known)]))
+        expected: list[tuple] = []
+        for v in seen:
+            if not expected and v[4]:
+                break  # created and deleted before any run saw it
+            if not expected or expected[-1] != v:
+                expected.append(v)
+            if v[4]:
+                break
+        got = snap.get(cid, [])
+        assert [shape(v) for v in got] == expected, f"customer {cid}: snapshot {got} vs truth {expected}"
+        if got:
+            assert got[-1][6] is None, f"customer {cid}: the last version must be current"
+            for older, newer in pairwise(got):
+                assert older[6] == newer[5], f"customer {cid}: versions overlap or leave a gap"
+            checked += 1
+            total += len(got)
+    assert set(snap) <= set(state), "the snapshot holds customers the shop never had"
+    return checked, total
