@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from nats.js.errors import NotFoundError
 
 from ingestion.config import SourceSpec, TableSpec
 from ingestion.files import empty_rows, json_record, key_hints, typed_rows, with_load_id
+
+log = logging.getLogger(__name__)
 
 QUARANTINE = "_quarantine"
 CONNECT_TIMEOUT = 2.0
@@ -141,6 +144,31 @@ class StreamReader:
             self._nc = None
         self._loop.close()
 
+    async def _release_dead_fetches(self, js: Any, stream: str, durable: str, config: Any) -> None:
+        """Messages a killed run fetched but never acknowledged would come back only after
+        ``ack_wait``, so a rerun right after the kill would miss them. The run lock says no other
+        run is consuming: recreate the durable consumer from its ack floor, which delivers them
+        again now (a message acknowledged past the floor comes again too; the merge on the key
+        absorbs it)."""
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            return
+        if not info.num_ack_pending:
+            return
+        start = int(info.ack_floor.stream_seq) + 1
+        log.warning(
+            "source=%s consumer %s: %d message(s) fetched by a run that died; delivering them again from "
+            "stream sequence %d",
+            self.spec.name,
+            durable,
+            info.num_ack_pending,
+            start,
+        )
+        await js.delete_consumer(stream, durable)
+        config.deliver_policy = js_api.DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = start
+
     async def _connect(self) -> None:
         where = f"source {self.spec.name!r}"
         try:
@@ -166,6 +194,7 @@ class StreamReader:
                 deliver_policy=js_api.DeliverPolicy.ALL,
             )
             durable = f"{self.spec.option('durable') or 'dusk_' + self.spec.name}_{table.name}"
+            await self._release_dead_fetches(js, stream, durable, config)
             self._subs[table.name] = await js.pull_subscribe(
                 table.subject, durable=durable, stream=stream, config=config
             )

@@ -1,0 +1,227 @@
+"""chaos: SIGKILL the runner's process group at random instants across extraction,
+normalisation, loading, dbt models, snapshots, tests and publishing; after each kill a rerun,
+whose result must equal an uninterrupted run of the same nights (a second workspace with the
+same seed): every table compared both ways, keys unique, every load id complete, one current
+snapshot row per key. Also: two runs started at once, a reader holding the served data
+throughout, and a DuckDB file left with a WAL. `make chaos KILLS=30 SEED=...`."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from dusk.publish import published_run
+from tests.conftest import PROJECT_DIR, Workspace, delete_demo_stream, write_tally
+from tests.proof.invariants import MARTS, RAW_TABLES, SHOP_KEYS, SNAPSHOTS
+
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
+PHASES = ("extract", "normalise", "load", "dbt models", "snapshots", "tests", "publish")
+RUN_TIME = {
+    "marts.orders": "last_load",  # a dlt load id: differs between two workspaces by nature
+}
+SNAPSHOT_TIME = "dbt_scd_id, dbt_updated_at, dbt_valid_from, dbt_valid_to"
+"""A deleted customer's version starts when key-diff found it gone (the run's clock)."""
+RAW_RUN_COLUMNS = ("_dlt_load_id", "_dlt_id", "_deleted_at")
+"""dlt's bookkeeping, and when key-diff found a row gone (the run's clock)."""
+
+
+def _reached(ws: Workspace, phase: str, dbt_log_start: int) -> bool:
+    dlt = ws.data_dir / "dlt" / "shop"
+    if phase in ("extract", "normalise"):
+        folder = dlt / "normalize" / "extracted"
+        return folder.exists() and any(folder.iterdir())
+    if phase == "load":
+        folder = dlt / "load" / "normalized"
+        return folder.exists() and any(folder.iterdir())
+    if phase == "publish":
+        return (ws.data_dir / "served.duckdb.next").exists()
+    log = ws.root / "logs" / "dbt.log"
+    if not log.exists():
+        return False
+    with log.open(errors="replace") as f:
+        f.seek(dbt_log_start)
+        text = f.read()
+    marker = {"dbt models": "START sql ", "snapshots": "START snapshot", "tests": "START test"}[phase]
+    return marker in text
+
+
+def kill_during(ws: Workspace, phase: str, rng: random.Random, env: dict[str, str]) -> bool:
+    """Start `dusk run` and SIGKILL its process group once ``phase`` is reached (plus a random
+    few milliseconds). False when the run ended before the kill."""
+    log = ws.root / "logs" / "dbt.log"
+    start = log.stat().st_size if log.exists() else 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dusk", "run"],
+        cwd=PROJECT_DIR,
+        env={**ws.env(), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not _reached(ws, phase, start):
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0.05, 0.3) if phase == "normalise" else rng.uniform(0, 0.05))
+    if proc.poll() is not None:
+        return False
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def compare(chaos: Workspace, reference: Workspace) -> tuple[int, int]:
+    """Rows the chaos warehouse lacks (lost) and holds extra (duplicated) against the reference,
+    over raw (less dlt's bookkeeping), marts and snapshots (less their run clocks)."""
+    lost = extra = 0
+    with duckdb.connect(str(chaos.warehouse), read_only=True) as con:
+        con.execute(f"attach '{reference.warehouse}' as ref (read_only)")
+        relations = []
+        for table in RAW_TABLES:
+            schema, name = table.split(".")
+            present = {
+                c
+                for (c,) in con.execute(
+                    "select column_name from information_schema.columns "
+                    "where table_catalog = current_database() and table_schema = ? and table_name = ?",
+                    [schema, name],
+                ).fetchall()
+            }
+            relations.append((table, ", ".join(c for c in RAW_RUN_COLUMNS if c in present) or None))
+        relations += [(f"marts.{m}", RUN_TIME.get(f"marts.{m}")) for m in MARTS]
+        relations += [(f"snapshots.{s}", SNAPSHOT_TIME) for s in SNAPSHOTS]
+        for relation, skip in relations:
+            columns = f"* exclude ({skip})" if skip else "*"
+            ours, theirs = f"select {columns} from {relation}", f"select {columns} from ref.{relation}"
+            (missing,) = con.execute(f"select count(*) from ({theirs} except all {ours})").fetchone()
+            (more,) = con.execute(f"select count(*) from ({ours} except all {theirs})").fetchone()
+            lost, extra = lost + missing, extra + more
+    return lost, extra
+
+
+def assert_consistent(ws: Workspace) -> None:
+    """Keys unique in raw, every load id complete, one current snapshot row per key."""
+    with duckdb.connect(str(ws.warehouse), read_only=True) as con:
+        for table, key in SHOP_KEYS.items():
+            (dups,) = con.execute(f"select count(*) - count(distinct {key}) from raw_shop.{table}").fetchone()
+            assert dups == 0, f"raw_shop.{table}: {dups} duplicate keys"
+        for table in RAW_TABLES:
+            schema = table.split(".")[0]
+            (incomplete,) = con.execute(
+                f"select count(distinct _dlt_load_id) from {table} where _dlt_load_id not in "
+                f"(select load_id from {schema}._dlt_loads where status = 0)"
+            ).fetchone()
+            assert incomplete == 0, f"{table}: rows of {incomplete} load(s) that never completed"
+        for snapshot, key in (("customers_snapshot", "customer_id"), ("products_snapshot", "product_id")):
+            (two,) = con.execute(
+                f"select count(*) from (select {key} from snapshots.{snapshot} where dbt_valid_to is null "
+                f"group by 1 having count(*) > 1)"
+            ).fetchone()
+            assert two == 0, f"snapshots.{snapshot}: {two} keys with more than one current row"
+
+
+READER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(con.execute("select run_id from dusk_published.about").fetchone()[0], flush=True)
+time.sleep(3600)
+"""
+
+
+def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
+    tmp_path: Path, seed: int, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture
+) -> None:
+    kills = int(request.config.getoption("--kills"))
+    rng = random.Random(seed)
+    env = {"DUSK_DEMO_SEED": str(seed % 1000 + 1)}
+    chaos, reference = Workspace(tmp_path / "chaos"), Workspace(tmp_path / "reference")
+    for ws in (chaos, reference):
+        ws.root.mkdir()
+
+    def say(line: str) -> None:
+        with capsys.disabled():
+            print(line, flush=True)
+
+    say(f"\nchaos: {kills} kills, seed {seed} (replay: make chaos KILLS={kills} SEED={seed})")
+    reader = None
+    try:
+        # two runs started at once: one runs, the other exits at once with code 4
+        both = [
+            subprocess.Popen(
+                [sys.executable, "-m", "dusk", "run"],
+                cwd=PROJECT_DIR,
+                env={**chaos.env(), **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        codes = sorted(p.wait(timeout=600) for p in both)
+        assert codes == [0, 4], f"two runs at once ended {codes}"
+        reference.cli("run", env_extra=env)
+
+        # a reader holds the served file through every kill and rerun below
+        reader = subprocess.Popen(
+            [sys.executable, "-c", READER, str(chaos.data_dir / "served.duckdb")], stdout=subprocess.PIPE, text=True
+        )
+        assert reader.stdout is not None and reader.stdout.readline().strip()
+
+        landed = recovered = lost = duplicated = wal_seen = 0
+        for k in range(1, kills + 1):
+            phase = PHASES[(k - 1) % len(PHASES)] if k <= len(PHASES) else rng.choice(PHASES)
+            for ws in (chaos, reference):
+                ws.cli("simulate", "--days", "1", env_extra=env)
+            reference.cli("run", env_extra=env)
+            served_before = published_run(chaos.data_dir / "served.duckdb")
+            hit = kill_during(chaos, phase, rng, env)
+            landed += hit
+            wal = chaos.warehouse.with_name(chaos.warehouse.name + ".wal")
+            wal_seen += wal.exists()
+            if hit:  # a killed night is never served
+                assert published_run(chaos.data_dir / "served.duckdb") == served_before
+            again = chaos.cli("run", check=False, env_extra=env)
+            assert again.returncode == 0, f"kill {k} ({phase}, seed {seed}): the rerun failed\n{again.stdout[-3000:]}"
+            assert_consistent(chaos)
+            missing, extra = compare(chaos, reference)
+            lost, duplicated = lost + missing, duplicated + extra
+            assert (missing, extra) == (0, 0), f"kill {k} ({phase}, seed {seed}): {missing} rows lost, {extra} extra"
+            recovered += 1
+            say(
+                f"kill {k}: {phase:<10} {'killed' if hit else 'missed (the run ended first)'}"
+                f"{', WAL left' if wal.exists() else ''}; rerun equals the uninterrupted run"
+            )
+        assert landed >= max(1, kills // 2), f"only {landed} of {kills} kills landed"
+
+        # a DuckDB file left with a WAL: a writer killed before its checkpoint
+        probe = (
+            "import duckdb, os, signal, sys; con = duckdb.connect(sys.argv[1]); "
+            "con.execute('create or replace table main.chaos_wal_probe as select 42 as answer'); "
+            "os.kill(os.getpid(), signal.SIGKILL)"
+        )
+        subprocess.run([sys.executable, "-c", probe, str(chaos.warehouse)], check=False)
+        assert chaos.warehouse.with_name(chaos.warehouse.name + ".wal").exists()
+        chaos.cli("run", env_extra=env)
+        with duckdb.connect(str(chaos.warehouse), read_only=True) as con:
+            assert con.execute("select answer from main.chaos_wal_probe").fetchone() == (42,)
+        assert reader.poll() is None  # the reader held on throughout, and blocked nothing
+    finally:
+        if reader is not None:
+            reader.kill()
+            reader.wait()
+        for ws in (chaos, reference):
+            delete_demo_stream(ws.sources_file)
+    line = (
+        f"chaos: {kills} kills ({landed} landed, {wal_seen} left a WAL), {recovered} recovered, "
+        f"{lost} lost, {duplicated} duplicated (seed {seed})"
+    )
+    say(line)
+    write_tally("chaos", line)
