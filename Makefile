@@ -72,6 +72,15 @@ test: setup-dev ## Run the test suite (pytest, TEST_WORKERS=2 processes; a test 
 simulate-check: setup-dev ## N simulated nights, every invariant checked after each (make simulate-check NIGHTS=30 SEED=7)
 	$(BIN)/python -m pytest -p no:xdist -m simulate tests/proof --nights $(or $(NIGHTS),30) $(if $(SEED),--seed $(SEED))
 
+chaos: setup-dev ## KILLS SIGKILLs at random instants of a night, each followed by a rerun compared with an uninterrupted run (make chaos KILLS=30 SEED=7)
+	$(BIN)/python -m pytest -p no:xdist -m chaos tests/proof --kills $(or $(KILLS),30) $(if $(SEED),--seed $(SEED))
+
+badinput: setup-dev ## The catalogue of bad inputs, each with its expected outcome asserted
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m badinput
+
+canary: setup-dev ## A canary secret for every source; after a failing and a passing night it must be nowhere
+	$(BIN)/python -m pytest -p no:xdist -m canary tests/proof
+
 lint: setup-dev ## ruff (lint + format check), mypy, sqlfluff on the dbt models
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
