@@ -276,6 +276,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     lines = sorted(p.read_text().strip() for p in TALLIES.glob("*.txt")) if TALLIES.exists() else []
+    outcomes = {
+        outcome: [r for r in terminalreporter.stats.get(outcome, []) if "badinput" in getattr(r, "keywords", {})]
+        for outcome in ("passed", "failed", "skipped", "error")
+    }
+    calls = {
+        outcome: len([r for r in reports if outcome == "error" or getattr(r, "when", "call") == "call"])
+        for outcome, reports in outcomes.items()
+    }
+    if sum(calls.values()):
+        lines.append(
+            f"badinput: {sum(calls.values())} bad inputs, {calls['passed']} handled as expected, "
+            f"{calls['failed'] + calls['error']} not, {calls['skipped']} skipped"
+        )
     if lines:
         terminalreporter.section("what we prove")
         for line in lines:

@@ -31,7 +31,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 SCHEMA = """
@@ -56,7 +56,8 @@ class Chaos:
     """Faults the server plays, one per request: a script first, then random ones."""
 
     script: deque[str] = field(default_factory=deque)
-    """Next requests' faults: ``429``, ``500``, ``503``, ``slow`` or ``ok``."""
+    """Next requests' faults: ``429``, ``500``, ``503``, ``slow``, ``badjson`` (a 200 whose body
+    is cut off) or ``ok``."""
     random_rate: float = 0.0
     """Share of the other requests that get a random fault (429 or 503)."""
     retry_after: int = 1
@@ -94,7 +95,7 @@ def _decode(cursor: str) -> tuple[str, int]:
 def make_app(db_path: Path, token: str, chaos: Chaos) -> Starlette:
     """The ASGI app serving ``db_path``'s payments to requests carrying ``token``."""
 
-    async def payments(request: Request) -> JSONResponse:
+    async def payments(request: Request) -> Response:
         fault = chaos.next_fault()
         if fault == "slow":
             await asyncio.sleep(chaos.slow_seconds)
@@ -104,6 +105,8 @@ def make_app(db_path: Path, token: str, chaos: Chaos) -> Starlette:
             )
         elif fault in ("500", "503"):
             return JSONResponse({"error": "try again later"}, status_code=int(fault))
+        elif fault == "badjson":
+            return Response('{"data": [{"payment_id": 1, "amount": ', media_type="application/json")
         if request.headers.get("authorization") != f"Bearer {token}":
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         params = request.query_params

@@ -96,6 +96,7 @@ def test_pii_columns_are_salted_hashes_and_the_salt_stays_secret(night: Workspac
     assert "PII salt differs" in other.stdout + other.stderr
 
 
+@pytest.mark.badinput
 def test_quarantine_reconciles_and_replays_fixed_rows(night: Workspace) -> None:
     with sqlite3.connect(night.shop_db) as shop:
         shop.execute(
@@ -236,6 +237,7 @@ def test_project_builds_on_postgres(night: Workspace) -> None:
         admin.dispose()
 
 
+@pytest.mark.badinput
 def test_snapshot_guard_refuses_a_source_that_came_in_empty(night: Workspace) -> None:
     """Every customer flagged deleted at once (an emptied table past ingestion, a broken rule): the
     snapshot stops with both counts instead of recording a mass deletion, until overridden."""

@@ -105,6 +105,7 @@ def test_pages_load_incrementally_and_no_page_twice(
         assert refunded == con.execute("select count(*) from payments where status = 'refunded'").fetchall()
 
 
+@pytest.mark.badinput
 def test_429_5xx_and_timeouts_are_retried_honouring_retry_after(api: PaymentsServer, settings: Settings) -> None:
     api.chaos.retry_after = 1
     api.chaos.script = deque(["429", "ok", "503", "500", "ok", "slow", "ok"])
@@ -117,6 +118,7 @@ def test_429_5xx_and_timeouts_are_retried_honouring_retry_after(api: PaymentsSer
     assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(30, 30)]
 
 
+@pytest.mark.badinput
 def test_exhausted_retries_fail_the_source_naming_endpoint_and_status(
     api: PaymentsServer, store: PaymentsStore, settings: Settings
 ) -> None:
@@ -150,6 +152,7 @@ def test_the_circuit_breaker_opens_after_consecutive_failures(
     assert raw(settings, "select count(*) from information_schema.tables where table_name = 'payments'") == [(0,)]
 
 
+@pytest.mark.badinput
 def test_wrong_token_fails_at_once_and_the_token_is_never_logged(
     api: PaymentsServer, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -169,3 +172,22 @@ def test_wrong_token_fails_at_once_and_the_token_is_never_logged(
 
 def test_payment_times_are_utc_text(store: PaymentsStore) -> None:
     assert stamp(datetime(2026, 1, 2, 3, 4, 5)) == "2026-01-02T03:04:05.000000Z"
+
+
+@pytest.mark.badinput
+def test_a_response_that_is_not_json_fails_the_source_and_keeps_the_cursor(
+    api: PaymentsServer, store: PaymentsStore, settings: Settings
+) -> None:
+    assert ingest_source(spec(), settings).ok
+    before = cursor(settings)
+    written = store.record(random.Random(4), [{"order_id": 41, "amount": "2.00"}], datetime(2026, 1, 4))
+    api.chaos.script = deque(["badjson"])
+    result = ingest_source(spec(), settings)
+    assert not result.ok
+    error = result.error or ""
+    assert "source 'payments'" in error and "JSON" in error, error
+    assert cursor(settings) == before  # nothing of the bad page was committed
+    assert raw(settings, "select count(*) from raw_payments.payments") == [(30,)]
+    again = ingest_source(spec(), settings)  # the next run reads the page again
+    assert again.ok and extracted(again) == written
+    assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(31, 31)]

@@ -23,6 +23,7 @@ def test_shipped_sources_file_declares_the_shop() -> None:
     assert all(t.cursor == "updated_at" and t.deletes == "key_diff" for t in shop.tables)
 
 
+@pytest.mark.badinput
 @pytest.mark.parametrize(
     ("table_yaml", "message"),
     [
@@ -75,6 +76,7 @@ def test_cdc_slot_and_publication_default_to_the_source_name(tmp_path: Path) -> 
         load_sources(path)
 
 
+@pytest.mark.badinput
 @pytest.mark.parametrize(
     ("source_yaml", "message"),
     [

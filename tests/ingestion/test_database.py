@@ -48,6 +48,7 @@ def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:
     assert (again.extracted, again.deleted) == (0, 0)
 
 
+@pytest.mark.badinput
 def test_an_emptied_source_table_is_refused_and_state_does_not_move(settings: Settings) -> None:
     spec = load_sources()["shop"]
     assert ingest_source(spec, settings).ok
@@ -67,6 +68,7 @@ def test_an_emptied_source_table_is_refused_and_state_does_not_move(settings: Se
     assert make_pipeline(spec, settings).state["sources"] == state_before
 
 
+@pytest.mark.badinput
 def test_unreachable_source_is_a_clear_failure(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCES__SHOP__CREDENTIALS", f"sqlite:///{settings.data_dir / 'missing' / 'nowhere.db'}")
     result = ingest_source(load_sources()["shop"], settings)

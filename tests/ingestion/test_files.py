@@ -125,6 +125,7 @@ def test_a_replaced_file_loads_again_and_replaces_its_rows(landing: Path, settin
     ) == [(2,)]
 
 
+@pytest.mark.badinput
 def test_malformed_rows_go_to_quarantine_with_file_line_and_reason(landing: Path, settings: Settings) -> None:
     (landing / "spend_2026-01-03.csv").write_text(
         "spend_date,channel,amount,clicks\n"
@@ -170,6 +171,7 @@ def test_malformed_rows_go_to_quarantine_with_file_line_and_reason(landing: Path
     ]
 
 
+@pytest.mark.badinput
 def test_too_many_bad_rows_or_an_unreadable_file_load_nothing_and_name_the_file(
     landing: Path, settings: Settings
 ) -> None:

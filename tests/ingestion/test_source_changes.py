@@ -43,6 +43,7 @@ def is_postgres(engine: sa.Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+@pytest.mark.badinput
 def test_late_rows_and_ties_at_the_watermark_are_neither_lost_nor_duplicated(shop) -> None:
     settings, spec, engine = shop
     (top,) = raw(settings, "select max(updated_at) from raw_shop.products")[0]
@@ -69,6 +70,7 @@ def test_late_rows_and_ties_at_the_watermark_are_neither_lost_nor_duplicated(sho
     assert again.ok and stats(again, "products") == (0, 0)
 
 
+@pytest.mark.badinput
 def test_a_new_column_appears_in_raw(shop) -> None:
     settings, spec, engine = shop
     sql(
@@ -81,6 +83,7 @@ def test_a_new_column_appears_in_raw(shop) -> None:
     assert raw(settings, "select loyalty_points from raw_shop.customers where customer_id = 1") == [(7,)]
 
 
+@pytest.mark.badinput
 @pytest.mark.parametrize("change", ["retype", "drop", "rename"])
 def test_schema_changes_fail_the_table_and_keep_the_cursor(shop, change: str) -> None:
     settings, spec, engine = shop
@@ -105,6 +108,7 @@ def test_schema_changes_fail_the_table_and_keep_the_cursor(shop, change: str) ->
     assert raw(settings, "select count(*) from raw_shop.products where updated_at >= '2027-01-01'") == [(0,)]
 
 
+@pytest.mark.badinput
 def test_null_and_duplicate_keys_fail_the_table(shop) -> None:
     settings, spec, engine = shop
     # a table whose key is declared in sources.yml but not enforced by the database
@@ -143,6 +147,7 @@ def load_sources_table(name: str) -> TableSpec:
     return _table("database", name, {"primary_key": "visit_id", "cursor": "updated_at", "deletes": "key_diff"}, "test")
 
 
+@pytest.mark.badinput
 def test_wrong_credentials_name_the_source_and_hide_the_password(
     shop, monkeypatch: pytest.MonkeyPatch, shop_url: str
 ) -> None:

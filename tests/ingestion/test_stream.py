@@ -125,6 +125,7 @@ def counts(result: SourceResult) -> tuple[int, int]:
     return t.extracted, t.quarantined
 
 
+@pytest.mark.badinput
 def test_a_batch_loads_then_is_acknowledged_and_poison_goes_to_quarantine(
     web: dict[str, str], settings: Settings
 ) -> None:
