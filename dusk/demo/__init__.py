@@ -36,10 +36,14 @@ def ensure_demo(settings: Settings, specs: dict[str, SourceSpec]) -> bool:
     feeds = Feeds(settings, specs)
     try:
         created = False
-        if not shop.exists():
-            log.info("creating the demo shop at %s", settings.demo_dir)
-            shop.create()
-            created = True
+        try:
+            if not shop.exists():
+                log.info("creating the demo shop at %s", shop.safe_url)
+                shop.create()
+                created = True
+        except Exception as exc:
+            name = next((s.name for s in specs.values() if s.demo and s.kind == "database"), "shop")
+            raise RuntimeError(f"source {name!r}: the demo shop at {shop.safe_url} cannot be created: {exc}") from exc
         if not feeds.exists():
             feeds.create(shop)
             created = True
