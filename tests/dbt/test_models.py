@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from ingestion.database.reader import load_extension
 from tests.conftest import PROJECT_DIR, Workspace, _service_missing, delete_demo_stream
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("dbt_models")]
 
 
 @pytest.fixture(scope="module")

@@ -203,7 +203,7 @@ def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
             recovered += 1
             say(
                 f"kill {k}: {phase:<10} {'killed' if hit else 'missed (the run ended first)'}"
-                f"{', WAL left' if wal.exists() else ''}; rerun equals the uninterrupted run"
+                f"{', WAL left' if wal else ''}; rerun equals the uninterrupted run"
             )
         assert landed >= max(1, kills // 2), f"only {landed} of {kills} kills landed"
 
