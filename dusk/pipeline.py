@@ -24,6 +24,7 @@ from dusk.alerts import AlertOutcome
 from dusk.dbt_sources import check_dbt_sources
 from dusk.demo import ensure_demo, serve_payments_api
 from dusk.ingest import BACKFILL_KINDS, SourceResult, configure_dlt, ingest_source
+from dusk.ledger import SCHEMA as LEDGER
 from dusk.ledger import ensure_ledger, run_id, write_ledger
 from dusk.monitor import Finding
 from dusk.pii import install_salt
@@ -341,21 +342,28 @@ def ingest_with_retries(
 def loaded_event_window(
     settings: Settings, specs: dict[str, SourceSpec], sources: list[SourceResult]
 ) -> tuple[date, date] | None:
-    """The days (first, last + 1) of the rows this run loaded into tables that declare an
-    `event_time`: dbt's microbatch models rebuild exactly those days, late events included.
-    None when no such row was loaded (dbt then uses each model's own lookback)."""
+    """The days (first, last + 1) of the rows loaded, into tables that declare an `event_time`,
+    since the last run whose dbt step succeeded started: dbt's microbatch models rebuild exactly
+    those days, late events included. Not only tonight's loads: a run killed after loading and
+    before dbt built those days leaves them to this one. None when there is no such row (dbt
+    then uses each model's own lookback)."""
     spans = []
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+        built = con.execute(
+            f"select max(r.started_at) from {LEDGER}.runs r join {LEDGER}.steps s using (run_id) "
+            "where s.step = 'dbt' and s.status = 'ok'"
+        ).fetchone()
+        since = built[0] if built and built[0] is not None else datetime(1970, 1, 1)
         for source in sources:
             spec = specs[source.source]
             for table in spec.tables:
-                if not table.event_time or not source.load_ids:
+                if not table.event_time:
                     continue
-                placeholders = ", ".join("?" for _ in source.load_ids)
                 span = con.execute(
                     f'select min(cast("{table.event_time}" as date)), max(cast("{table.event_time}" as date)) '
-                    f'from "{spec.dataset}"."{table.name}" where _dlt_load_id in ({placeholders})',
-                    source.load_ids,
+                    f'from "{spec.dataset}"."{table.name}" where _dlt_load_id in '
+                    f'(select load_id from "{spec.dataset}"._dlt_loads where status = 0 and inserted_at >= ?)',
+                    [since.replace(tzinfo=UTC)],
                 ).fetchone()
                 if span and span[0] is not None:
                     spans.append(span)

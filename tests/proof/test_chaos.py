@@ -82,10 +82,12 @@ def kill_during(ws: Workspace, phase: str, rng: random.Random, env: dict[str, st
     return True
 
 
-def compare(chaos: Workspace, reference: Workspace) -> tuple[int, int]:
+def compare(chaos: Workspace, reference: Workspace) -> tuple[int, int, dict[str, tuple[int, int]]]:
     """Rows the chaos warehouse lacks (lost) and holds extra (duplicated) against the reference,
-    over raw (less dlt's bookkeeping), marts and snapshots (less their run clocks)."""
+    over raw (less dlt's bookkeeping), marts and snapshots (less their run clocks), and per
+    relation that differs."""
     lost = extra = 0
+    where: dict[str, tuple[int, int]] = {}
     with duckdb.connect(str(chaos.warehouse), read_only=True) as con:
         con.execute(f"attach '{reference.warehouse}' as ref (read_only)")
         relations = []
@@ -108,7 +110,9 @@ def compare(chaos: Workspace, reference: Workspace) -> tuple[int, int]:
             (missing,) = con.execute(f"select count(*) from ({theirs} except all {ours})").fetchone()
             (more,) = con.execute(f"select count(*) from ({ours} except all {theirs})").fetchone()
             lost, extra = lost + missing, extra + more
-    return lost, extra
+            if missing or more:
+                where[relation] = (missing, more)
+    return lost, extra, where
 
 
 def assert_consistent(ws: Workspace) -> None:
@@ -197,9 +201,11 @@ def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
             again = chaos.cli("run", check=False, env_extra=env)
             assert again.returncode == 0, f"kill {k} ({phase}, seed {seed}): the rerun failed\n{again.stdout[-3000:]}"
             assert_consistent(chaos)
-            missing, extra = compare(chaos, reference)
+            missing, extra, where = compare(chaos, reference)
             lost, duplicated = lost + missing, duplicated + extra
-            assert (missing, extra) == (0, 0), f"kill {k} ({phase}, seed {seed}): {missing} rows lost, {extra} extra"
+            assert (missing, extra) == (0, 0), (
+                f"kill {k} ({phase}, seed {seed}): {missing} lost, {extra} extra; (lost, extra) by relation: {where}"
+            )
             recovered += 1
             say(
                 f"kill {k}: {phase:<10} {'killed' if hit else 'missed (the run ended first)'}"
