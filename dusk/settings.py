@@ -130,7 +130,7 @@ class Settings:
             served=_env_path("DUSK_SERVED", data_dir / "served.duckdb") if os.environ.get("DUSK_SERVED") else None,
             publish_schemas=tuple(
                 s.strip()
-                for s in os.environ.get("DUSK_PUBLISH_SCHEMAS", "marts,snapshots,staging,seeds,dusk_ledger").split(",")
+                for s in os.environ.get("DUSK_PUBLISH_SCHEMAS", ",".join(cls.publish_schemas)).split(",")
                 if s.strip()
             ),
             parallel_sources=max(1, int(os.environ.get("DUSK_PARALLEL_SOURCES", "2"))),
