@@ -28,7 +28,7 @@ from tests.proof.invariants import (
 pytestmark = [pytest.mark.simulate, pytest.mark.e2e]
 
 RELATIONS = [f"marts.{m}" for m in MARTS] + [f"snapshots.{s}" for s in SNAPSHOTS]
-NEW_COLUMN_NIGHT = 2
+NEW_COLUMN_NIGHT = 1
 
 
 def late_row(ws: Workspace) -> int:
