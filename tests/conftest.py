@@ -260,7 +260,7 @@ pytest-xdist ran the suite in another process)."""
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dusk proof suites")
     group.addoption("--nights", type=int, default=int(os.environ.get("NIGHTS") or 1), help="simulate-check nights")
-    group.addoption("--kills", type=int, default=int(os.environ.get("KILLS") or 2), help="chaos: SIGKILLs")
+    group.addoption("--kills", type=int, default=int(os.environ.get("KILLS") or 1), help="chaos: SIGKILLs")
     group.addoption(
         "--seed",
         type=int,

@@ -247,6 +247,26 @@ def _incremental(table: TableSpec) -> Any:
     return dlt.sources.incremental(table.cursor, range_start="closed", lag=table.lag_seconds or None)
 
 
+def _checked_columns(
+    engine: sa.Engine,
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    pipeline: dlt.Pipeline,
+    spec: SourceSpec,
+    table: TableSpec,
+) -> list[SourceColumn]:
+    """Reflect a declared table and check it against raw: the nightly and a backfill share this."""
+    try:
+        columns = reflect_columns(engine, table.name, table.exclude_columns)
+    except sa.exc.NoSuchTableError:
+        raise SourceSchemaError(
+            f"{_where(spec.name, table.name)}: the table is not in the source database "
+            "(renamed or dropped?). Fix the source or sources.yml; raw is left as it is."
+        ) from None
+    check_schema(con, kind, pipeline, spec, table, columns)
+    return columns
+
+
 def plan_source(
     pipeline: dlt.Pipeline,
     url: sa.URL,
@@ -272,14 +292,7 @@ def plan_source(
             for table in spec.tables:
                 if only is not None and table.name not in only:
                     continue
-                try:
-                    columns = reflect_columns(engine, table.name, table.exclude_columns)
-                except sa.exc.NoSuchTableError:
-                    raise SourceSchemaError(
-                        f"{_where(spec.name, table.name)}: the table is not in the source database "
-                        "(renamed or dropped?). Fix the source or sources.yml; raw is left as it is."
-                    ) from None
-                check_schema(con, kind, pipeline, spec, table, columns)
+                columns = _checked_columns(engine, con, kind, pipeline, spec, table)
                 first = not _stored_columns(pipeline, table.name)
                 plan = TablePlan(table, columns, first_load=first)
                 if table.deletes == "cdc":
@@ -313,14 +326,7 @@ def _plan_backfill(
             for table in spec.tables:
                 if (only is not None and table.name not in only) or not table.cursor:
                     continue
-                try:
-                    columns = reflect_columns(engine, table.name, table.exclude_columns)
-                except sa.exc.NoSuchTableError:
-                    raise SourceSchemaError(
-                        f"{_where(spec.name, table.name)}: the table is not in the source database "
-                        "(renamed or dropped?). Fix the source or sources.yml; raw is left as it is."
-                    ) from None
-                check_schema(con, kind, pipeline, spec, table, columns)
+                columns = _checked_columns(engine, con, kind, pipeline, spec, table)
                 if not _stored_columns(pipeline, table.name):
                     raise SourceSchemaError(
                         f"{_where(spec.name, table.name)}: never loaded, so there is nothing to backfill; "
