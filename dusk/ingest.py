@@ -145,6 +145,28 @@ def drop_normalized_leftovers(pipeline: dlt.Pipeline) -> list[str]:
     return dropped
 
 
+_ATOMIC_TEMP = re.compile(r"[0-9a-f]{16}")
+"""dlt writes every file of its working folder (state, schemas, packages' state) to a temporary
+file named by 8 random bytes in hex in the storage's root, then renames it."""
+
+
+def drop_unfinished_writes(working_dir: Path) -> list[str]:
+    """Remove the temporary files of dlt writes that a kill interrupted before their rename.
+
+    Their target is intact (the rename never happened), so nothing is lost; but one left in
+    ``schemas/`` is read as a schema named after it, and dlt's sync step, clearing the schema
+    folder, fails on it (``FileNotFoundError: .../<hex>.schema.json``) at every later run."""
+    removed = []
+    roots = [working_dir, *(p for p in working_dir.iterdir() if p.is_dir())] if working_dir.is_dir() else []
+    for root in roots:
+        for path in root.iterdir():
+            if path.is_file() and _ATOMIC_TEMP.fullmatch(path.name):
+                log.warning("pipeline folder %s: removing %s, a write interrupted by a kill", working_dir, path.name)
+                path.unlink()
+                removed.append(str(path.relative_to(working_dir)))
+    return removed
+
+
 class BackfillUnsupported(RuntimeError):
     """The source's kind cannot re-read a past window."""
 
@@ -167,6 +189,7 @@ def ingest_source(
     started = time.monotonic()
     result = SourceResult(source=spec.name, ok=False, seconds=0.0)
     try:
+        drop_unfinished_writes(settings.pipelines_dir / spec.name)
         pipeline = make_pipeline(spec, settings)
         drop_normalized_leftovers(pipeline)
         if pipeline.has_pending_data:

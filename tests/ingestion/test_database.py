@@ -204,3 +204,26 @@ def test_a_package_killed_while_dlt_deleted_it_does_not_block_the_next_run(setti
     result = ingest_source(spec, settings)
     assert result.ok, result.error
     assert not leftover.exists()
+
+
+def test_a_write_killed_before_its_rename_does_not_block_the_next_run(settings: Settings) -> None:
+    """dlt writes each file to a temporary one named by 16 hex digits, then renames it. A SIGKILL
+    between the two (seen in CI, during a CDC extract) left one in ``schemas/``, and dlt's sync
+    step failed on it at every later run (FileNotFoundError: .../<hex>.schema.json)."""
+    spec = load_sources()["shop"]
+    assert ingest_source(spec, settings).ok
+    root = settings.pipelines_dir / "shop"
+    stray = [root / "schemas" / "e98870127cede4c7", root / "3f2a9c0b1d4e5f67", root / "load" / "0123456789abcdef"]
+    for path in stray:
+        path.write_text('{"half": ')
+    keep = root / "schemas" / "notes.txt"  # not dlt's temporary name: left alone
+    keep.write_text("mine")
+    with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
+        con.execute(
+            "update products set unit_price = 3.33, updated_at = '2026-05-01 00:00:00.000000' where product_id = 7"
+        )
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert {t.table: t.extracted for t in result.tables}["products"] == 1
+    assert not any(p.exists() for p in stray)
+    assert keep.exists()
