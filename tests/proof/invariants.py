@@ -96,7 +96,8 @@ def assert_reconciled(ws: Workspace, record: dict) -> int:
 def assert_snapshot_is_truth(ws: Workspace, run_days: list[int]) -> tuple[int, int]:
     """customers_snapshot holds, per customer, its distinct versions as each run saw them (the
     ground truth's last version of each run's day), one current row per key, no overlap or gap;
-    a customer created and deleted between two runs never appears; quarantined ones neither.
+    a customer created and deleted between two runs never appears; quarantined ones neither; a
+    key reused after a deletion starts a new version.
     Returns (customers, versions) checked."""
     with sqlite3.connect(ws.truth_db) as truth:
         versions = truth.execute(
@@ -139,13 +140,14 @@ def assert_snapshot_is_truth(ws: Workspace, run_days: list[int]) -> tuple[int, i
                 seen.append(norm(days[max(known)]))
         expected: list[tuple] = []
         for v in seen:
-            if not expected and v[4]:
-                break  # created and deleted before any run saw it
             if v[4]:
                 # a deletion carries the last values a run saw (a change made the same day as the
-                # delete was never loaded)
-                expected.append((*expected[-1][:4], True, None))
-                break
+                # delete was never loaded); one no run saw alive leaves no row
+                if expected and not expected[-1][4]:
+                    expected.append((*expected[-1][:4], True, None))
+                continue
+            # alive: a change, or the key reused by a new row after a deletion (SQLite gives a
+            # deleted highest rowid to the next insert)
             if expected[-1:] != [v]:
                 expected.append(v)
         got = snap.get(cid, [])
