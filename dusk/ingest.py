@@ -253,7 +253,7 @@ class _SourceRun:
 
 def _ingest_database(run: _SourceRun) -> None:
     url = sa.make_url(credentials_for(run.spec, run.settings))
-    plans = plan_source(run.pipeline, url, run.spec, run.only, window=run.window)
+    plans = plan_source(run.pipeline, url, run.spec, run.only, now=run.settings.detected_at, window=run.window)
     run.loaded(run.pipeline.run(database_source(run.spec, url, plans, run.staging)))
     run.finish(deleted={p.spec.name: p.deleted_count for p in plans})
 

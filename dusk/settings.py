@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -74,6 +75,9 @@ class Settings:
     parallel_sources: int = 2
     """Sources extracted at the same time (DUSK_PARALLEL_SOURCES); loads into DuckDB take turns."""
     monitor: MonitorSettings = MonitorSettings()
+    detected_at: datetime | None = None
+    """The time a run stamps on the rows key-diff finds gone or back (DUSK_DETECTED_AT); None is
+    the real clock. For simulations and replays whose source timestamps are not today's."""
 
     @property
     def served_path(self) -> Path:
@@ -135,7 +139,20 @@ class Settings:
             ),
             parallel_sources=max(1, int(os.environ.get("DUSK_PARALLEL_SOURCES", "2"))),
             monitor=MonitorSettings.from_env(),
+            detected_at=_env_time("DUSK_DETECTED_AT"),
         )
+
+
+def _env_time(name: str) -> datetime | None:
+    """An ISO 8601 time from the environment (UTC when it has no offset); None when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an ISO 8601 time such as 2026-01-31T00:00:00Z, got {value!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def quiet_telemetry() -> None:

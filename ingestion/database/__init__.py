@@ -10,6 +10,9 @@ One code path for the three engines:
      values, ``_is_deleted = true`` and ``_deleted_at`` = detection time),
    - keys whose source cursor differs from raw's but lies below the watermark (rows committed
      late with an older ``updated_at``: re-read by key, whatever their age),
+   - keys back in the source that raw holds as deleted (a restore, or a key reused by a new row:
+     re-read, with ``_restored_at`` = detection time, so the snapshot versions the return even
+     when the row's ``updated_at`` is older than its deletion),
    - NULL or duplicate keys (the source fails: a merge would silently keep one of them).
 2. **Extract** (:func:`database_source`): DuckDB's scanner reads ``cursor >= start`` (plus the late
    keys) into parquet files that dlt imports as they are, declared with
@@ -41,6 +44,7 @@ from ingestion.database.raw import (
     DELETED_AT,
     DELETED_FLAG,
     LOAD_ID,
+    RESTORED_AT,
     SOURCE_COMMITTED_AT,
     SOURCE_LSN,
     is_bookkeeping,
@@ -77,6 +81,16 @@ class TablePlan:
     first_load: bool
     deleted: pa.Table | None = None
     late_keys: list[Any] = field(default_factory=list)
+    restored: pa.Table | None = None
+    """Keys (column ``k``) raw holds as deleted that are back in the source: their rows get
+    ``_restored_at`` = ``detected_at``."""
+    restored_kept: pa.Table | None = None
+    """Raw's live rows that came back after a deletion (columns ``k``, ``c`` = cursor, ``at`` =
+    ``_restored_at``): a re-read of such a row with its cursor unchanged keeps its ``_restored_at``."""
+    detected_at: datetime | None = None
+    """The time this run stamps on what key-diff finds (``_deleted_at``, ``_restored_at``)."""
+    add_restored_at: bool = False
+    """Raw's table was loaded before ``_restored_at`` existed: this run adds the column."""
     start: Any = None
     """The cursor value this run reads from (dlt's last value, minus the lag)."""
     boundary_keys: list[Any] = field(default_factory=list)
@@ -109,6 +123,13 @@ def _stored_columns(pipeline: dlt.Pipeline, table: str) -> dict[str, Any]:
         return {}
     stored = pipeline.default_schema.tables.get(table, {}).get("columns", {})
     return {n: c for n, c in stored.items() if not is_bookkeeping(n)}
+
+
+def _has_column(pipeline: dlt.Pipeline, table: str, column: str) -> bool:
+    """True when dlt's schema has ``column`` in ``table``."""
+    if not pipeline.default_schema_name:
+        return False
+    return column in pipeline.default_schema.tables.get(table, {}).get("columns", {})
 
 
 def check_schema(
@@ -172,9 +193,10 @@ def key_pass(
     columns: list[SourceColumn],
     start: Any,
     now: datetime,
-) -> tuple[pa.Table | None, list[Any]]:
+) -> tuple[pa.Table | None, list[Any], pa.Table | None]:
     """Compare the source's keys (and cursors) with raw's; return raw's rows for vanished keys,
-    flagged deleted, and the keys of rows committed late below the watermark."""
+    flagged deleted, the keys of rows committed late below the watermark (or back after a
+    deletion), and the keys back after a deletion (column ``k``, None when there are none)."""
     where = _where(spec.name, table.name)
     pk = f'"{table.primary_key}"'
     cursor = next((c for c in columns if c.name == table.cursor), None)
@@ -193,7 +215,7 @@ def key_pass(
         sample = [r[0] for r in con.execute(dup_sql).fetchall()]
     _refuse_bad_keys(where, table, nulls, dups, f", e.g. {sample}" if dups else "")
     if raw is None or raw.num_rows == 0:
-        return None, []
+        return None, [], None
     con.register("raw_keys", raw)
     live = con.execute("SELECT count(*) FROM raw_keys WHERE NOT d").fetchone()[0]  # type: ignore[index]
     gone = [
@@ -211,6 +233,7 @@ def key_pass(
                 f"WHERE s.c < {sql_literal(start)} AND (r.k IS NULL OR r.d OR r.c IS DISTINCT FROM s.c) ORDER BY s.k"
             ).fetchall()
         ]
+    restored = con.execute("SELECT k FROM raw_keys WHERE d AND k IN (SELECT k FROM source_keys)").to_arrow_table()
     con.unregister("raw_keys")
     con.unregister("source_keys")
     if len(gone) > table.max_delete_share * live:
@@ -219,8 +242,9 @@ def key_pass(
             f"more than max_delete_share={table.max_delete_share}. Is the source table emptied or the connection "
             "pointing elsewhere? Nothing was marked deleted; raise max_delete_share in sources.yml if it is real."
         )
+    back = restored if restored.num_rows else None
     if not gone:
-        return None, late
+        return None, late, back
     parts = []
     for i in range(0, len(gone), _KEY_CHUNK):
         keys = ", ".join(sql_literal(k) for k in gone[i : i + _KEY_CHUNK])
@@ -230,7 +254,7 @@ def key_pass(
     rows = pa.concat_tables(parts, promote_options="default")
     rows = rows.append_column(DELETED_FLAG, pa.array([True] * rows.num_rows, pa.bool_()))
     rows = rows.append_column(DELETED_AT, pa.array([now] * rows.num_rows, _DELETED_AT_TYPE))
-    return rows, late
+    return rows, late, back
 
 
 def _refuse_bad_keys(where: str, table: TableSpec, nulls: int, dups: int, example: str = "") -> None:
@@ -294,7 +318,8 @@ def plan_source(
                     continue
                 columns = _checked_columns(engine, con, kind, pipeline, spec, table)
                 first = not _stored_columns(pipeline, table.name)
-                plan = TablePlan(table, columns, first_load=first)
+                plan = TablePlan(table, columns, first_load=first, detected_at=now)
+                plan.add_restored_at = not first and not _has_column(pipeline, table.name, RESTORED_AT)
                 if table.deletes == "cdc":
                     relation = source_relation(kind, table.name)
                     names = ", ".join(f'"{c.name}"' for c in columns)
@@ -308,7 +333,11 @@ def plan_source(
                     if plan.start is not None and not table.lag_seconds:
                         plan.boundary_keys = _boundary_keys(pipeline, table, plan.start)
                 if table.deletes == "key_diff" and not first:
-                    plan.deleted, plan.late_keys = key_pass(con, kind, pipeline, spec, table, columns, plan.start, now)
+                    plan.deleted, plan.late_keys, plan.restored = key_pass(
+                        con, kind, pipeline, spec, table, columns, plan.start, now
+                    )
+                    if not plan.add_restored_at:
+                        plan.restored_kept = _restored_rows(pipeline, table)
                 plans.append(plan)
     finally:
         engine.dispose()
@@ -332,7 +361,10 @@ def _plan_backfill(
                         f"{_where(spec.name, table.name)}: never loaded, so there is nothing to backfill; "
                         "run the nightly first (it loads the whole table)"
                     )
-                plans.append(TablePlan(table, columns, first_load=False, start=window[0], end=window[1]))
+                plan = TablePlan(table, columns, first_load=False, start=window[0], end=window[1])
+                if table.deletes == "key_diff" and _has_column(pipeline, table.name, RESTORED_AT):
+                    plan.restored_kept = _restored_rows(pipeline, table)
+                plans.append(plan)
     finally:
         engine.dispose()
     return plans
@@ -369,6 +401,34 @@ def _refuse_null_cursors(engine: sa.Engine, spec: SourceSpec, table: TableSpec) 
         missing = con.execute(sa.select(sa.func.count()).select_from(t).where(t.c[table.cursor].is_(None))).scalar()
     if missing:
         raise SourceDataError(_null_cursor(_where(spec.name, table.name), int(missing), table))
+
+
+def _restored_rows(pipeline: dlt.Pipeline, table: TableSpec) -> pa.Table | None:
+    """Raw's live rows that carry ``_restored_at`` (key ``k``, cursor ``c``, ``at``); None if none."""
+    cursor = f'"{table.cursor}"' if table.cursor else "NULL"
+    rows = _raw_arrow(
+        pipeline,
+        f'select "{table.primary_key}" as k, {cursor} as c, "{RESTORED_AT}" as at '
+        f'from {_qualified(pipeline, table.name)} where "{RESTORED_AT}" is not null and "{DELETED_FLAG}" is not true',
+    )
+    return rows if rows is not None and rows.num_rows else None
+
+
+def _restored_at(plan: TablePlan, con: duckdb.DuckDBPyConnection) -> str:
+    """The SELECT expression of ``_restored_at``: the detection time for a key back after a
+    deletion, raw's value for a row it keeps unchanged, else NULL."""
+    table = plan.spec
+    pk = f'"{table.primary_key}"'
+    found = []
+    if plan.restored is not None and plan.detected_at is not None:
+        con.register("_restored_now", plan.restored)
+        found.append(f"CASE WHEN {pk} IN (SELECT k FROM _restored_now) THEN {sql_literal(plan.detected_at)} END")
+    if plan.restored_kept is not None:
+        con.register("_restored_kept", plan.restored_kept)
+        cursor = next((c.expression for c in plan.columns if c.name == table.cursor), "NULL")
+        found.append(f"(SELECT r.at FROM _restored_kept r WHERE r.k = {pk} AND r.c IS NOT DISTINCT FROM {cursor})")
+    found.append("CAST(NULL AS TIMESTAMPTZ)")
+    return f"COALESCE({', '.join(found)})" if len(found) > 1 else found[0]
 
 
 def _boundary_keys(pipeline: dlt.Pipeline, table: TableSpec, start: Any) -> list[Any]:
@@ -433,7 +493,8 @@ def _extract_files(
         )
         query = (
             f"SELECT {select_list(plan.columns)}, {sql_literal(load_id)} AS {LOAD_ID}, "
-            f"false AS {DELETED_FLAG}, CAST(NULL AS TIMESTAMPTZ) AS {DELETED_AT}{extra} FROM {relation} {predicate}"
+            f"false AS {DELETED_FLAG}, CAST(NULL AS TIMESTAMPTZ) AS {DELETED_AT}, "
+            f"{_restored_at(plan, con)} AS {RESTORED_AT}{extra} FROM {relation} {predicate}"
         )
         schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
         con.execute(
@@ -495,6 +556,8 @@ class _ChangeFeed:
         def changes() -> Iterator[Any]:
             found = self.batch().tables[table.name]
             if not found.count and not found.truncates:
+                if plan.add_restored_at:  # raw's table predates the column: add it (staging reads it)
+                    yield pa.table({RESTORED_AT: pa.array([], _DELETED_AT_TYPE)})
                 return
             assert plan.raw_rows is not None
             load_id = dlt.current.load_package_state()["load_id"]
@@ -524,8 +587,10 @@ def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Pat
         start = incremental.get_current_range()[0] if incremental is not None else plan.start
         load_id = dlt.current.load_package_state()["load_id"]
         files, schema, top = _extract_files(url, spec, plan, start, staging / table.name, load_id)
-        if not files and plan.first_load:
-            yield schema.empty_table()  # the table exists in raw even when the source table is empty
+        if not files and (plan.first_load or plan.add_restored_at):
+            # the table exists in raw even when the source table is empty; a table loaded before
+            # _restored_at existed gets the column (staging reads it)
+            yield schema.empty_table()
         for path, rows in files:
             # the (empty) arrow table carries the schema; without an item dlt would drop the file
             yield dlt.mark.with_file_import(str(path), "parquet", rows, hints=schema.empty_table())

@@ -35,7 +35,15 @@ import sqlalchemy as sa
 
 from ingestion.config import SourceSpec, TableSpec
 from ingestion.database import pgoutput, reader
-from ingestion.database.raw import DELETED_AT, DELETED_FLAG, LOAD_ID, SOURCE_COMMITTED_AT, SOURCE_LSN, is_bookkeeping
+from ingestion.database.raw import (
+    DELETED_AT,
+    DELETED_FLAG,
+    LOAD_ID,
+    RESTORED_AT,
+    SOURCE_COMMITTED_AT,
+    SOURCE_LSN,
+    is_bookkeeping,
+)
 from ingestion.database.reader import MEMORY_LIMIT, SourceColumn, select_list, sql_literal
 
 PART_ROWS = 50_000
@@ -442,6 +450,7 @@ def resolve(
         query = (
             f"SELECT {', '.join(value(c) for c in names)}, {sql_literal(load_id)} AS {LOAD_ID}, "
             f"l._op = 'D' AS {DELETED_FLAG}, CASE WHEN l._op = 'D' THEN l._ts END AS {DELETED_AT}, "
+            f"{_restored_at(con, raw_rows, table.primary_key)} AS {RESTORED_AT}, "
             f"l._lsn AS {SOURCE_LSN}, l._ts AS {SOURCE_COMMITTED_AT} FROM _last l {join}"
         )
         schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
@@ -462,6 +471,16 @@ def resolve(
         return Resolved([(Path(f), int(n)) for f, n, _ in counts if n], schema, sum(int(d) for *_, d in counts))
     finally:
         con.close()
+
+
+def _restored_at(con: duckdb.DuckDBPyConnection, raw_rows: RawRows, key: str) -> str:
+    """The SELECT expression of ``_restored_at`` over ``_last l``: the commit time of a key that
+    raw holds as deleted and the batch brings back (a restore, or the key reused), else NULL."""
+    deleted = raw_rows(f'"{key}" AS k', f'"{DELETED_FLAG}" IS TRUE')
+    if deleted is None or not deleted.num_rows:
+        return "CAST(NULL AS TIMESTAMPTZ)"
+    con.register("_raw_deleted", deleted)
+    return f"CASE WHEN l._op <> 'D' AND l.\"{key}\" IN (SELECT k FROM _raw_deleted) THEN l._ts END"
 
 
 def _truncate_deletes(

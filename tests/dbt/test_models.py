@@ -11,7 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -310,3 +310,43 @@ def test_staging_timestamps_are_utc_whatever_the_session_time_zone(night: Worksp
     assert utc == elsewhere and len(utc) > 1000
     raw_by_id = dict(raw_rows)
     assert all(ordered.strftime("%Y-%m-%d %H:%M:%S") == raw_by_id[oid] for oid, ordered, _ in utc)
+
+
+def test_a_customer_restored_with_its_old_updated_at_reopens_in_the_snapshot(night: Workspace) -> None:
+    """Delete a customer, run; restore its row unchanged (its updated_at older than the deletion's
+    detection), run: the snapshot closes the deletion and opens a live version from the time the
+    row was found back, instead of keeping the customer deleted for good. Leaves the customer live."""
+
+    def run_shop(detected_at: datetime) -> None:
+        night.cli(
+            "run",
+            *("--source", "shop", "--select", "+customers_snapshot"),
+            env_extra={"DUSK_DETECTED_AT": detected_at.isoformat()},
+        )
+
+    def versions(cid: int) -> list[tuple]:
+        return query(
+            night,
+            "select tier, is_deleted, dbt_valid_from, dbt_valid_to from snapshots.customers_snapshot "
+            f"where customer_id = {cid} order by dbt_valid_from",
+        )
+
+    with sqlite3.connect(night.shop_db) as shop:
+        shop.row_factory = sqlite3.Row
+        row = dict(shop.execute("select * from customers order by updated_at limit 1").fetchone())
+        shop.execute("delete from customers where customer_id = ?", [row["customer_id"]])
+    cid, tier = row["customer_id"], row["tier"]
+    (before,) = versions(cid)
+    updated_at = before[2]
+    gone, back = datetime(2026, 2, 2), datetime(2026, 2, 3)
+    run_shop(gone)
+    assert versions(cid) == [(tier, False, updated_at, gone), (tier, True, gone, None)]
+
+    with sqlite3.connect(night.shop_db) as shop:
+        shop.execute(f"insert into customers ({', '.join(row)}) values ({', '.join('?' * len(row))})", [*row.values()])
+    run_shop(back)
+    assert updated_at < gone
+    reopened = [(tier, False, updated_at, gone), (tier, True, gone, back), (tier, False, back, None)]
+    assert versions(cid) == reopened
+    run_shop(back + timedelta(days=1))  # nothing changed since: no new version
+    assert versions(cid) == reopened

@@ -156,6 +156,32 @@ def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) 
     assert stats(quiet) == {"accounts": (0, 0), "notes": (0, 0), "kinds": (0, 0)}
 
 
+def test_a_key_back_after_a_deletion_is_stamped_with_its_commit_time(crm) -> None:
+    """Raw holds account 3 as deleted; a later batch inserts it again: _restored_at = the insert's
+    commit time, so staging versions the return. A key deleted and inserted again within one batch
+    never looked deleted to raw: no stamp."""
+    settings, spec, engine = crm
+    cdc.setup(engine.url, spec)
+    assert ingest_source(spec, settings).ok
+    sql(engine, "delete from accounts where account_id in (3, 4)")
+    assert ingest_source(spec, settings).ok
+    sql(
+        engine,
+        "insert into accounts (account_id, name) values (3, 'back')",
+        "delete from accounts where account_id = 5",
+        "insert into accounts (account_id, name) values (5, 'again')",
+    )
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert stats(result)["accounts"] == (2, 0)
+    rows = raw(
+        settings,
+        "select account_id, _is_deleted, _restored_at = _source_committed_at from raw_crm.accounts "
+        "where account_id between 3 and 6 order by 1",
+    )
+    assert rows == [(3, False, True), (4, True, None), (5, False, None), (6, False, None)]
+
+
 def test_every_column_type_lands_the_same_from_the_log_as_from_the_snapshot(crm) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)

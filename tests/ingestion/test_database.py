@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest import mock
 
+import duckdb
 import pytest
 import sqlalchemy as sa
 
@@ -46,6 +49,81 @@ def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:
     # Nothing changed since: the next run marks nothing again.
     again = {t.table: t for t in ingest_source(spec, settings).tables}["products"]
     assert (again.extracted, again.deleted) == (0, 0)
+
+
+def test_a_key_back_after_a_deletion_is_stamped_restored_until_it_changes(settings: Settings) -> None:
+    """A deleted customer restored with its old updated_at (older than its deletion's detection):
+    key-diff re-reads it, stamps _restored_at with this run's detection time, and raw keeps that
+    stamp while the row is unchanged, even when a backfill re-reads it; its next change clears it."""
+    spec = load_sources()["shop"]
+    assert ingest_source(spec, settings).ok
+    shop = settings.demo_dir / "shop.sqlite"
+    with sqlite3.connect(shop) as con:
+        con.row_factory = sqlite3.Row
+        row = dict(con.execute("select * from customers where customer_id = 7").fetchone())
+        con.execute("delete from customers where customer_id = 7")
+    gone, back, later = (datetime(2026, 6, d, tzinfo=UTC) for d in (1, 2, 3))
+    status = "select _is_deleted, _deleted_at, _restored_at, updated_at from raw_shop.customers where customer_id = 7"
+    assert ingest_source(spec, replace(settings, detected_at=gone)).ok
+    assert raw(settings, status) == [(True, gone, None, mock.ANY)]
+    with sqlite3.connect(shop) as con:
+        con.execute(
+            f"insert into customers ({', '.join(row)}) values ({', '.join('?' * len(row))})", list(row.values())
+        )
+    result = ingest_source(spec, replace(settings, detected_at=back))
+    assert result.ok, result.error
+    assert {t.table: t.extracted for t in result.tables}["customers"] == 1
+    (_, _, _, updated_at), *_ = raw(settings, status)
+    assert updated_at < gone  # the restored row kept its old updated_at
+    assert raw(settings, status) == [(False, None, back, updated_at)]
+
+    again = ingest_source(spec, replace(settings, detected_at=later))
+    assert {t.table: t.extracted for t in again.tables}["customers"] == 0
+    window = (updated_at - timedelta(seconds=1), updated_at + timedelta(seconds=1))
+    backfill = ingest_source(spec, replace(settings, detected_at=later), {"customers"}, window=window)
+    assert backfill.ok, backfill.error
+    assert {t.table: t.extracted for t in backfill.tables}["customers"] >= 1
+    assert raw(settings, status) == [(False, None, back, updated_at)]
+
+    with sqlite3.connect(shop) as con:
+        con.execute("update customers set tier = 'gold', updated_at = '2026-06-04 00:00:00' where customer_id = 7")
+    assert ingest_source(spec, replace(settings, detected_at=later)).ok
+    assert raw(settings, status) == [(False, None, None, datetime(2026, 6, 4, tzinfo=UTC))]
+
+
+def test_raw_tables_loaded_before_restored_at_existed_get_the_column(settings: Settings) -> None:
+    """An upgrade: raw tables (and dlt's schema) without _restored_at get it on the next run, even
+    the tables with nothing to extract, since staging reads it."""
+    spec = load_sources()["shop"]
+    assert ingest_source(spec, settings).ok
+    pipeline = make_pipeline(spec, settings)
+    schema = pipeline.default_schema
+    tables = [t.name for t in spec.tables]
+    for table in tables:
+        schema.tables[table]["columns"].pop("_restored_at")
+    pipeline.schemas.save_schema(schema)
+    with duckdb.connect(str(settings.warehouse)) as wh:
+        for table in tables:
+            wh.execute(f"alter table raw_shop.{table} drop column _restored_at")
+    with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
+        con.execute("update products set unit_price = 1.5, updated_at = '2026-06-01' where product_id = 3")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert {t.table: t.extracted for t in result.tables} == {
+        "customers": 0,
+        "products": 1,
+        "orders": 0,
+        "order_items": 0,
+    }
+    having = raw(
+        settings,
+        "select table_name from information_schema.columns "
+        "where table_schema = 'raw_shop' and column_name = '_restored_at' order by 1",
+    )
+    assert [t for (t,) in having] == sorted(tables)
+    stored = make_pipeline(spec, settings).default_schema.tables
+    assert all("_restored_at" in stored[t]["columns"] for t in tables)
+    assert ingest_source(spec, settings).ok
 
 
 @pytest.mark.badinput
