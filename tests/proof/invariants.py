@@ -93,11 +93,16 @@ def assert_reconciled(ws: Workspace, record: dict) -> int:
     return len(SHOP_KEYS) + 4
 
 
-def assert_snapshot_is_truth(ws: Workspace, run_days: list[int]) -> tuple[int, int]:
+def assert_snapshot_is_truth(
+    ws: Workspace, run_days: list[int], detected_at: dict[int, datetime] | None = None
+) -> tuple[int, int]:
     """customers_snapshot holds, per customer, its distinct versions as each run saw them (the
     ground truth's last version of each run's day), one current row per key, no overlap or gap;
     a customer created and deleted between two runs never appears; quarantined ones neither; a
-    key reused after a deletion starts a new version.
+    key back after a deletion (SQLite gives a deleted highest rowid to the next insert) starts a
+    new version. A live version is valid from its updated_at; a deletion from the time its run
+    found it gone, and a return from the later of its updated_at and the time its run found it
+    back: checked when ``detected_at`` gives each run's detection time (UTC, naive), else not.
     Returns (customers, versions) checked."""
     with sqlite3.connect(ws.truth_db) as truth:
         versions = truth.execute(
@@ -126,32 +131,35 @@ def assert_snapshot_is_truth(ws: Workspace, run_days: list[int]) -> tuple[int, i
 
     def shape(v: tuple) -> tuple:
         tier, email, country, city, is_deleted, valid_from, _ = v
-        return (tier, email, country, city, is_deleted, None if is_deleted else valid_from)
+        return (tier, email, country, city, is_deleted, valid_from)
 
     checked = total = 0
     for cid, days in state.items():
         if cid in invalid:
             assert cid not in snap, f"quarantined customer {cid} reached the snapshot"
             continue
-        seen = []
+        expected: list[tuple] = []
+        last = None
         for run in run_days:
             known = [d for d in days if d <= run]
-            if known:
-                seen.append(norm(days[max(known)]))
-        expected: list[tuple] = []
-        for v in seen:
+            if not known or norm(days[max(known)]) == last:
+                continue
+            v = last = norm(days[max(known)])
+            found = detected_at[run] if detected_at else None
             if v[4]:
                 # a deletion carries the last values a run saw (a change made the same day as the
                 # delete was never loaded); one no run saw alive leaves no row
                 if expected and not expected[-1][4]:
-                    expected.append((*expected[-1][:4], True, None))
-                continue
-            # alive: a change, or the key reused by a new row after a deletion (SQLite gives a
-            # deleted highest rowid to the next insert)
-            if expected[-1:] != [v]:
+                    expected.append((*expected[-1][:4], True, found))
+            elif expected and expected[-1][4]:
+                expected.append((*v[:5], None if found is None else max(v[5], found)))  # back
+            else:
                 expected.append(v)
         got = snap.get(cid, [])
-        assert [shape(v) for v in got] == expected, f"customer {cid}: snapshot {got} vs truth {expected}"
+        shapes = [shape(v) for v in got]
+        if len(shapes) == len(expected):  # a time not known in advance is not compared
+            shapes = [(*g[:5], None if e[5] is None else g[5]) for g, e in zip(shapes, expected, strict=True)]
+        assert shapes == expected, f"customer {cid}: snapshot {got} vs truth {expected}"
         if got:
             assert got[-1][6] is None, f"customer {cid}: the last version must be current"
             for older, newer in pairwise(got):

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dusk.demo.shop import START
 from tests.conftest import Workspace, write_tally
 from tests.proof.invariants import (
     MARTS,
@@ -49,6 +50,13 @@ def test_simulated_nights_keep_every_invariant(
     nights = int(request.config.getoption("--nights"))
     ws = workspace
     env = {"DUSK_DEMO_SEED": str(seed)}
+    # each run finds deletions at the end of its simulated day, as a nightly run would (the real
+    # clock would put them months after every simulated change)
+    detected_at = {night: START + timedelta(days=night) for night in range(nights + 1)}
+
+    def clock(night: int) -> dict[str, str]:
+        return {**env, "DUSK_DETECTED_AT": detected_at[night].isoformat()}
+
     tally = {"reconciled": 0, "rebuild": 0, "truth": 0, "rerun": 0}
 
     def say(line: str) -> None:
@@ -57,7 +65,7 @@ def test_simulated_nights_keep_every_invariant(
 
     say(f"\nsimulate-check: {nights} nights, seed {seed} (replay: make simulate-check NIGHTS={nights} SEED={seed})")
     run_days = [0]
-    ws.cli("run", env_extra=env)
+    ws.cli("run", env_extra=clock(0))
     for night in range(1, nights + 1):
         where = f"night {night} (seed {seed})"
         sim = ws.cli("simulate", "--days", "1", env_extra=env).stdout.strip()
@@ -66,7 +74,7 @@ def test_simulated_nights_keep_every_invariant(
             with sqlite3.connect(ws.shop_db) as shop:  # a source column appears
                 shop.execute("alter table customers add column loyalty_points integer default 0")
         run_days.append(night)
-        out = ws.cli("run", check=False, env_extra=env)
+        out = ws.cli("run", check=False, env_extra=clock(night))
         assert out.returncode == 0, f"{where}: the run failed\n{out.stdout[-4000:]}"
         record = ws.last_run()
 
@@ -93,11 +101,11 @@ def test_simulated_nights_keep_every_invariant(
         assert not diff, f"{where}: the marts differ from a from-scratch rebuild: {diff}"
         tally["rebuild"] += 1
 
-        customers, versions = assert_snapshot_is_truth(ws, run_days)
+        customers, versions = assert_snapshot_is_truth(ws, run_days, detected_at)
         tally["truth"] += 1
 
         before = copy_warehouse(ws, tmp_path / f"night{night}" / "before_rerun.duckdb")
-        again = ws.cli("run", check=False, env_extra=env)
+        again = ws.cli("run", check=False, env_extra=clock(night))
         assert again.returncode == 0, f"{where}: the rerun failed\n{again.stdout[-4000:]}"
         moved = [
             (s["source"], t["table"], t["extracted"])
