@@ -2,8 +2,9 @@
 
 The shop has customers, products, orders and order items, each with ``updated_at``. Every simulated
 day applies inserts, updates (customer tier/address/e-mail, product prices, order statuses), hard
-deletes, rows sharing one timestamp (ties at the watermark) and a few invalid rows. The same seed
-always gives the same shop.
+deletes, some days a deleted customer restored as it was (its ``updated_at`` older than its
+deletion), rows sharing one timestamp (ties at the watermark) and a few invalid rows. The same
+seed always gives the same shop.
 
 Ground truth for the tests is written to a separate SQLite file (``truth.sqlite``): every change
 per day and table, every version of every customer, and every invalid row with the rule it breaks.
@@ -11,6 +12,7 @@ per day and table, every version of every customer, and every invalid row with t
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 from collections.abc import Iterable
@@ -116,6 +118,9 @@ create table if not exists customer_versions (
     first_name text, last_name text, email text, country_code text, city text, tier text,
     is_deleted integer not null
 );
+create table if not exists deleted_customers (
+    customer_id integer not null, day integer not null, row text not null
+);
 create table if not exists invalid_rows (
     day integer not null, table_name text not null, pk integer not null, rule text not null
 );
@@ -129,6 +134,8 @@ class DayLog:
     day: int
     changes: list[tuple[str, int, str]] = field(default_factory=list)
     customer_versions: list[dict[str, Any]] = field(default_factory=list)
+    deleted_customers: list[dict[str, Any]] = field(default_factory=list)
+    """Whole rows of the customers deleted this day (a later day may restore one)."""
     invalid: list[tuple[str, int, str]] = field(default_factory=list)
 
     def count(self, table: str, op: str) -> int:
@@ -239,10 +246,17 @@ class Shop:
             day_start = START + timedelta(days=day - 1)
             log = DayLog(day=day)
             with self.engine.begin() as con:
-                _Day(con, random.Random(f"{self.seed}:{day}"), day_start, log).play()
+                _Day(con, random.Random(f"{self.seed}:{day}"), day_start, log, self._deleted_customers()).play()
             self._write_truth(log, day_start)
             logs.append(log)
         return logs
+
+    def _deleted_customers(self) -> dict[int, dict[str, Any]]:
+        """The last deleted row of every customer ever deleted (whole rows, from the truth file)."""
+        with sqlite3.connect(self.truth_path) as con:
+            con.executescript(TRUTH_SCHEMA)
+            rows = con.execute("select customer_id, row from deleted_customers order by day").fetchall()
+        return {cid: _from_json(row) for cid, row in rows}
 
     def _write_truth(self, log: DayLog, sim_date: datetime) -> None:
         with sqlite3.connect(self.truth_path) as con:
@@ -255,6 +269,10 @@ class Shop:
                 "insert into customer_versions values (:customer_id, :day, :updated_at, :first_name, "
                 ":last_name, :email, :country_code, :city, :tier, :is_deleted)",
                 [{**v, "day": log.day} for v in log.customer_versions],
+            )
+            con.executemany(
+                "insert into deleted_customers values (?, ?, ?)",
+                [(r["customer_id"], log.day, _to_json(r)) for r in log.deleted_customers],
             )
             con.executemany("insert into invalid_rows values (?, ?, ?, ?)", [(log.day, *i) for i in log.invalid])
             con.execute("insert into sim_days values (?, ?, ?)", (log.day, sim_date.date().isoformat(), self.seed))
@@ -272,8 +290,16 @@ class Shop:
 class _Day:
     """One simulated day of shop activity inside one source transaction."""
 
-    def __init__(self, con: sa.Connection, rng: random.Random, day_start: datetime, log: DayLog) -> None:
+    def __init__(
+        self,
+        con: sa.Connection,
+        rng: random.Random,
+        day_start: datetime,
+        log: DayLog,
+        deleted: dict[int, dict[str, Any]] | None = None,
+    ) -> None:
         self.con, self.rng, self.start, self.log = con, rng, day_start, log
+        self.deleted_before = deleted or {}
 
     def at(self) -> datetime:
         """A random second of this day (whole seconds, so equal timestamps happen)."""
@@ -303,6 +329,7 @@ class _Day:
         self.new_customers()
         self.update_customers()
         self.delete_customers()
+        self.restore_customer()
         self.change_prices()
         self.new_orders()
         self.advance_orders()
@@ -350,9 +377,24 @@ class _Day:
         gone = self.rng.sample(never_ordered, min(len(never_ordered), self.rng.randint(1, 2)))
         rows = self.con.execute(sa.select(customers).where(customers.c.customer_id.in_(gone))).mappings()
         self.deleted_rows = {r["customer_id"]: dict(r) for r in rows}
+        self.log.deleted_customers.extend(self.deleted_rows.values())
         self.con.execute(customers.delete().where(customers.c.customer_id.in_(gone)))
         self.record("customers", gone, "delete")
         self.record_customers(gone, deleted=True)
+
+    def restore_customer(self) -> None:
+        """Some days a customer deleted on an earlier day is restored from a backup, as it was:
+        its updated_at is older than the deletion (unless a new customer took its id meanwhile)."""
+        if self.rng.random() >= 0.4:
+            return
+        taken = set(self.ids(sa.select(customers.c.customer_id)))
+        candidates = sorted(cid for cid in self.deleted_before if cid not in taken)
+        if not candidates:
+            return
+        cid = self.rng.choice(candidates)
+        self.con.execute(customers.insert(), [self.deleted_before[cid]])
+        self.record("customers", [cid], "insert")
+        self.record_customers([cid])
 
     def change_prices(self) -> None:
         # One price batch a day: all its rows share one updated_at, a tie at the watermark.
@@ -532,6 +574,15 @@ def _new_items(
         }
         for i, p in enumerate(picked)
     ]
+
+
+def _to_json(row: dict[str, Any]) -> str:
+    return json.dumps({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()})
+
+
+def _from_json(text: str) -> dict[str, Any]:
+    row = json.loads(text)
+    return {k: datetime.fromisoformat(v) if k in ("created_at", "updated_at") else v for k, v in row.items()}
 
 
 def _version(row: dict[str, Any], deleted: bool) -> dict[str, Any]:

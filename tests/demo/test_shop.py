@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,30 @@ def test_never_overwrites_a_database_it_did_not_create(tmp_path: Path) -> None:
         shop.simulate(1)
     with sqlite3.connect(folder / "shop.sqlite") as con:
         assert con.execute("select note from customers").fetchall() == [("precious",)]
+
+
+def test_some_days_restore_a_customer_deleted_earlier_as_it_was(tmp_path: Path) -> None:
+    """A restore from a backup: the customer is back with every value it had when deleted, so its
+    updated_at is older than the day that deleted it; the truth records the return."""
+    shop = make(tmp_path, "shop")
+    shop.create(customers_n=200, products_n=40, orders_n=300)
+    shop.simulate(10)
+    with sqlite3.connect(shop.truth_path) as truth:
+        versions = truth.execute(
+            "select customer_id, day, is_deleted, updated_at, tier, email from customer_versions "
+            "order by customer_id, day, rowid"
+        ).fetchall()
+    restored = [
+        (now[0], now[1]) for before, now in pairwise(versions) if before[0] == now[0] and before[2] and not now[2]
+    ]
+    assert restored, "ten days restored no customer"
+    history = {}
+    for cid, day, *values in versions:
+        history.setdefault(cid, []).append((day, *values))
+    with shop.engine.connect() as con:
+        for cid, day in restored:
+            (deleted_day, _, *deleted), (_, _, *back) = [v for v in history[cid] if v[0] <= day][-2:]
+            assert back == deleted and deleted_day < day  # as it was when deleted, on a later day
+            assert back[0] < f"2026-01-{day:02d}"  # its updated_at lies before the restoring day
+            if history[cid][-1][1] == 0:
+                assert con.execute(sa.text(f"select count(*) from customers where customer_id = {cid}")).scalar_one()
