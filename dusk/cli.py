@@ -115,6 +115,7 @@ def simulate(
     for day, feeds in advance(settings, load_sources(), days):
         parts = [
             f"{t}: +{day.count(t, 'insert')} ~{day.count(t, 'update')} -{day.count(t, 'delete')}"
+            + (f" ({n} restored)" if (n := day.count(t, "restore")) else "")
             for t in ("customers", "products", "orders", "order_items")
         ]
         stream = f"{feeds.events} events" if feeds.stream_skipped is None else f"events skipped: {feeds.stream_skipped}"

@@ -58,8 +58,13 @@ def expected_changes(ws: Workspace, after_day: int, raw_before: dict[str, set[in
                 "select pk, op from changes where table_name = ? and day > ?", (table, after_day)
             ).fetchall()
             alive = source_keys(ws.shop_db, table)
-            changed = {pk for pk, op in rows if op in ("insert", "update") and pk in alive}
-            deleted = {pk for pk, op in rows if op == "delete" and pk in raw_before[table]}
+            # a restore brings back the row raw still holds, unless raw never had it
+            changed = {
+                pk
+                for pk, op in rows
+                if pk in alive and (op in ("insert", "update") or (op == "restore" and pk not in raw_before[table]))
+            }
+            deleted = {pk for pk, op in rows if op == "delete" and pk in raw_before[table] and pk not in alive}
             out[table] = (len(changed), len(deleted))
     return out
 

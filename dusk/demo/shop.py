@@ -139,7 +139,7 @@ class DayLog:
     invalid: list[tuple[str, int, str]] = field(default_factory=list)
 
     def count(self, table: str, op: str) -> int:
-        """How many rows of ``table`` this day changed with ``op`` (insert, update, delete)."""
+        """How many rows of ``table`` this day changed with ``op`` (insert, update, delete, restore)."""
         return len({pk for t, pk, o in self.changes if t == table and o == op})
 
 
@@ -393,7 +393,7 @@ class _Day:
             return
         cid = self.rng.choice(candidates)
         self.con.execute(customers.insert(), [self.deleted_before[cid]])
-        self.record("customers", [cid], "insert")
+        self.record("customers", [cid], "restore")
         self.record_customers([cid])
 
     def change_prices(self) -> None:

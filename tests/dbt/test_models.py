@@ -11,13 +11,17 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
 import sqlalchemy as sa
 
+from dusk.ingest import configure_dlt, ingest_source
+from dusk.settings import Settings
+from ingestion.config import load_sources
 from ingestion.database.reader import load_extension
 from tests.conftest import PROJECT_DIR, Workspace, _service_missing, delete_demo_stream
 
@@ -317,12 +321,16 @@ def test_a_customer_restored_with_its_old_updated_at_reopens_in_the_snapshot(nig
     detection), run: the snapshot closes the deletion and opens a live version from the time the
     row was found back, instead of keeping the customer deleted for good. Leaves the customer live."""
 
+    settings = Settings(night.data_dir, night.warehouse, night.root / "target", demo=True, demo_seed=7)
+    configure_dlt()
+
     def run_shop(detected_at: datetime) -> None:
-        night.cli(
-            "run",
-            *("--source", "shop", "--select", "+customers_snapshot"),
-            env_extra={"DUSK_DETECTED_AT": detected_at.isoformat()},
-        )
+        """The shop's ingest at a fixed detection time, then staging and the snapshot."""
+        shop = load_sources(night.sources_file)["shop"]
+        result = ingest_source(shop, replace(settings, detected_at=detected_at.replace(tzinfo=UTC)))
+        assert result.ok, result.error
+        out = dbt(night, "build", "--select", "stg_shop__customers", "customers_snapshot")
+        assert out.returncode == 0, out.stdout[-3000:]
 
     def versions(cid: int) -> list[tuple]:
         return query(

@@ -43,7 +43,8 @@ def test_simulated_days_change_delete_and_record_truth(tmp_path: Path) -> None:
     after = shop.row_counts()
     assert shop.last_day() == 1
     for table in TABLES:
-        assert after[table] == before[table] + day.count(table, "insert") - day.count(table, "delete"), table
+        added = day.count(table, "insert") + day.count(table, "restore")
+        assert after[table] == before[table] + added - day.count(table, "delete"), table
     assert day.count("customers", "update") > 0 and day.count("customers", "delete") >= 1
     assert day.count("products", "update") == 5
     with sqlite3.connect(shop.truth_path) as truth:
