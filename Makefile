@@ -66,8 +66,8 @@ cdc-drop: setup ## Drop SOURCE's replication slot and publication (the server st
 	@test -n "$(SOURCE)" || { echo "usage: make cdc-drop SOURCE=<name in sources.yml>"; exit 2; }
 	$(BIN)/python -m dusk cdc drop $(SOURCE)
 
-test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=2 processes; the proof suites at a small size)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=2 processes, each file in one; the proof suites at a small size)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 simulate-check: setup-dev ## N simulated nights, every invariant checked after each (make simulate-check NIGHTS=30 SEED=7)
 	$(BIN)/python -m pytest -p no:xdist -m simulate tests/proof --nights $(or $(NIGHTS),30) $(if $(SEED),--seed $(SEED))
@@ -76,7 +76,7 @@ chaos: setup-dev ## KILLS SIGKILLs at random instants of a night, each followed 
 	$(BIN)/python -m pytest -p no:xdist -m chaos tests/proof --kills $(or $(KILLS),30) $(if $(SEED),--seed $(SEED))
 
 badinput: setup-dev ## The catalogue of bad inputs, each with its expected outcome asserted
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m badinput
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m badinput
 
 canary: setup-dev ## A canary secret for every source; after a failing and a passing night it must be nowhere
 	$(BIN)/python -m pytest -p no:xdist -m canary tests/proof

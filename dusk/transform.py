@@ -155,7 +155,8 @@ def run_dbt(
     if freshness.exception is not None and result.error is None:
         result.error = f"dbt source freshness did not complete: {freshness.exception}"
 
-    docs = runner.invoke(dbt_args(settings, "docs", "generate", "--static"))
+    # the build compiled the shared manifest's nodes already: the docs show that SQL
+    docs = runner.invoke(dbt_args(settings, "docs", "generate", "--static", "--no-compile"))
     if docs.success:
         result.docs_path = settings.docs_path
     elif result.error is None:

@@ -99,9 +99,6 @@ EXPECTED = {  # test name -> failing rows (0: passes)
     "fail_unique_combination": 4,  # customers 1 to 4 have two rows each
 }
 
-# one process runs this file: its module fixture builds a whole night
-pytestmark = pytest.mark.xdist_group("dbt_generic_tests")
-
 
 def _schema() -> dict[str, Any]:
     seeds = []

@@ -25,7 +25,7 @@ from ingestion.config import load_sources
 from ingestion.database.reader import load_extension
 from tests.conftest import PROJECT_DIR, Workspace, _service_missing, delete_demo_stream
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("dbt_models")]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

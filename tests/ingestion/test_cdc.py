@@ -53,9 +53,6 @@ SCHEMA = (
     "'2026-03-01 04:05:06.789')",
 )
 
-# one process runs this file: its replication slot name is shared
-pytestmark = pytest.mark.xdist_group("cdc")
-
 
 @pytest.fixture
 def crm(logical_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, SourceSpec, sa.Engine]:

@@ -99,10 +99,11 @@ def assert_snapshot_is_truth(
     """customers_snapshot holds, per customer, its distinct versions as each run saw them (the
     ground truth's last version of each run's day), one current row per key, no overlap or gap;
     a customer created and deleted between two runs never appears; quarantined ones neither; a
-    key back after a deletion (SQLite gives a deleted highest rowid to the next insert) starts a
-    new version. A live version is valid from its updated_at; a deletion from the time its run
-    found it gone, and a return from the later of its updated_at and the time its run found it
-    back: checked when ``detected_at`` gives each run's detection time (UTC, naive), else not.
+    key back after a deletion (restored from a backup, or reused: SQLite gives a deleted highest
+    rowid to the next insert) starts a new version. A live version is valid from its updated_at;
+    a deletion from the time its run found it gone, and a return from the later of its updated_at
+    and the time its run found it back: checked when ``detected_at`` gives each run's detection
+    time (UTC, naive), else not.
     Returns (customers, versions) checked."""
     with sqlite3.connect(ws.truth_db) as truth:
         versions = truth.execute(
