@@ -11,9 +11,12 @@ from typing import Any
 
 import dlt
 import duckdb
+import pytest
 
 from tests.conftest import Workspace
 from tests.test_end_to_end import assert_raw_matches_source
+
+pytestmark = pytest.mark.e2e
 
 MARTS = ("orders", "customers", "daily_revenue", "products", "marketing_roas", "cohort_retention", "daily_web_activity")
 BOOKKEEPING = {"orders": "* exclude (last_load)"}

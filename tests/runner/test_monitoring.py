@@ -22,6 +22,8 @@ from dusk.publish import published_run
 from tests.conftest import Workspace
 from tests.helpers import WebhookReceiver
 
+pytestmark = pytest.mark.e2e
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 

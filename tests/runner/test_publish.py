@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from dusk.publish import published_run
 from tests.conftest import PROJECT_DIR, Workspace, delete_demo_stream
 from tests.test_end_to_end import assert_marts_equal_from_scratch
+
+pytestmark = pytest.mark.e2e
 
 READER = """
 import sys, time, duckdb

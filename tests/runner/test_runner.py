@@ -22,6 +22,8 @@ from dusk.settings import Settings
 from ingestion.config import SourceSpec, TableSpec
 from tests.conftest import Workspace, _service_missing
 
+pytestmark = pytest.mark.e2e
+
 HOLD = (
     "import sys, time; from pathlib import Path; from dusk.lock import run_lock\n"
     "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n"

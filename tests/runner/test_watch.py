@@ -5,10 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from dusk.settings import Settings
 from dusk.watch import landing_files, watch
 from ingestion.config import load_sources
 from tests.conftest import Workspace
+
+pytestmark = pytest.mark.e2e
 
 
 def test_a_settled_new_file_runs_the_night_once(tmp_path: Path) -> None:
