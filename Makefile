@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 DAYS ?= 1
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 export RUNTIME__DLTHUB_TELEMETRY := false
@@ -66,7 +66,7 @@ cdc-drop: setup ## Drop SOURCE's replication slot and publication (the server st
 	@test -n "$(SOURCE)" || { echo "usage: make cdc-drop SOURCE=<name in sources.yml>"; exit 2; }
 	$(BIN)/python -m dusk cdc drop $(SOURCE)
 
-test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=2 processes, each file in one; the proof suites at a small size)
+test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=3 processes, each file in one; the proof suites at a small size)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 simulate-check: setup-dev ## N simulated nights, every invariant checked after each (make simulate-check NIGHTS=30 SEED=7)
