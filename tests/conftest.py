@@ -271,7 +271,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The files that run whole nights first: `make test` hands each file to one process, and a
-    long file started last would leave the other process idle at the end."""
+    long file started last would leave the other processes idle at the end."""
     items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 

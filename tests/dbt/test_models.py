@@ -320,7 +320,6 @@ def test_a_customer_restored_with_its_old_updated_at_reopens_in_the_snapshot(nig
     """Delete a customer, run; restore its row unchanged (its updated_at older than the deletion's
     detection), run: the snapshot closes the deletion and opens a live version from the time the
     row was found back, instead of keeping the customer deleted for good. Leaves the customer live."""
-
     settings = Settings(night.data_dir, night.warehouse, night.root / "target", demo=True, demo_seed=7)
     configure_dlt()
 
