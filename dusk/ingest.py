@@ -61,6 +61,10 @@ class SourceResult:
     transient: bool = False
     """The failure looks passing (connection refused or reset, timeout): worth another attempt."""
     attempts: int = 1
+    schema_changes: list[str] = field(default_factory=list)
+    """Source schema changes found this run: widenings applied to raw, new source types recorded."""
+    notes: list[str] = field(default_factory=list)
+    """Columns that land as another type than the obvious one, and why (e.g. a numeric as text)."""
 
 
 def credentials_for(spec: SourceSpec, settings: Settings) -> str:
@@ -254,6 +258,11 @@ class _SourceRun:
 def _ingest_database(run: _SourceRun) -> None:
     url = sa.make_url(credentials_for(run.spec, run.settings))
     plans = plan_source(run.pipeline, url, run.spec, run.only, now=run.settings.detected_at, window=run.window)
+    # recorded before loading: a widening is applied to raw at planning, whatever the load does
+    run.result.schema_changes = [c for p in plans for c in p.changes]
+    run.result.notes = [n for p in plans for n in p.notes]
+    for change in run.result.schema_changes:
+        log.warning("source=%s schema change: %s", run.spec.name, change)
     run.loaded(run.pipeline.run(database_source(run.spec, url, plans, run.staging)))
     run.finish(deleted={p.spec.name: p.deleted_count for p in plans})
 

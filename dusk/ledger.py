@@ -45,6 +45,9 @@ create table if not exists {SCHEMA}.quarantine (
 create table if not exists {SCHEMA}.freshness (
     run_id varchar not null, source varchar not null, table_name varchar not null, status varchar not null
 );
+create table if not exists {SCHEMA}.schema_changes (
+    run_id varchar not null, source varchar not null, change varchar not null
+);
 create table if not exists {SCHEMA}.findings (
     run_id varchar not null, check_name varchar not null, severity varchar not null, target varchar not null,
     message varchar not null, value double, limit_value double
@@ -121,7 +124,8 @@ def write_ledger(result: RunResult) -> None:
     with duckdb.connect(str(result.settings.warehouse)) as con:
         ensure_ledger(con)
         con.execute("begin")
-        for table in ("runs", "steps", "source_tables", "dbt_nodes", "quarantine", "freshness", "findings"):
+        tables_of_run = ("runs", "steps", "source_tables", "dbt_nodes", "quarantine", "freshness", "findings")
+        for table in (*tables_of_run, "schema_changes"):
             con.execute(f"delete from {SCHEMA}.{table} where run_id = ?", [rid])
         con.execute(
             f"insert into {SCHEMA}.runs (run_id, status, started_at, seconds, failed_sources, error, mode) "
@@ -138,10 +142,12 @@ def write_ledger(result: RunResult) -> None:
         )
         steps: list[list[Any]] = []
         tables: list[list[Any]] = []
+        changes: list[list[Any]] = []
         for s in result.sources:
             status = "skipped" if s.skipped else "ok" if s.ok else "failed"
             steps.append([rid, "ingest", s.source, status, s.attempts, s.seconds])
             tables += [[rid, s.source, t.table, t.extracted, t.deleted, t.quarantined, t.loaded] for t in s.tables]
+            changes += [[rid, s.source, c] for c in s.schema_changes]
         dbt = result.dbt
         if dbt is not None:
             steps.append([rid, "dbt", "build, freshness, docs", "ok" if dbt.ok else "failed", 1, dbt.seconds])
@@ -184,6 +190,8 @@ def write_ledger(result: RunResult) -> None:
             con.executemany(f"insert into {SCHEMA}.steps values (?, ?, ?, ?, ?, ?)", steps)
         if tables:
             con.executemany(f"insert into {SCHEMA}.source_tables values (?, ?, ?, ?, ?, ?, ?)", tables)
+        if changes:
+            con.executemany(f"insert into {SCHEMA}.schema_changes values (?, ?, ?)", changes)
         con.execute("commit")
 
 

@@ -35,6 +35,10 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
                 table.add_row(src.source, t.table, *counts, status)
         console.print(table)
         for src in result.sources:
+            for change in src.schema_changes:
+                console.print(f"[yellow]schema change, source {src.source!r}: {change}[/yellow]")
+            for note in src.notes:
+                console.print(f"source {src.source!r}: {note}")
             if src.skipped:
                 console.print(f"[yellow]skipped {src.skipped}[/yellow]")
             if src.error:

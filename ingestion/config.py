@@ -74,10 +74,14 @@ class TableSpec:
     subject: str = ""
     """Stream: the NATS subject whose messages are this table's rows."""
     columns: tuple[tuple[str, str], ...] = ()
-    """Files and stream: the declared columns and their types, in order."""
+    """Files and stream: the declared columns and their types, in order. Database: raw types set
+    for some source columns (``text`` or ``decimal(p,s)``), overriding the type table."""
     event_time: str = ""
     """The column dbt's microbatch models read this table by: the runner rebuilds the days of the
     rows each run loaded (late events included)."""
+    schema: str = ""
+    """Database: the schema (PostgreSQL) or database (MySQL) the table is in; empty: ``public``,
+    or the connection's database. Always named in every query, never left to the search path."""
 
     @property
     def key_columns(self) -> list[str]:
@@ -143,7 +147,17 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> Any:
 
 
 _TABLE_KEYS = {
-    "database": {"primary_key", "cursor", "write_disposition", "deletes", "exclude_columns", "max_delete_share", "lag"},
+    "database": {
+        "primary_key",
+        "cursor",
+        "write_disposition",
+        "deletes",
+        "exclude_columns",
+        "max_delete_share",
+        "lag",
+        "schema",
+        "columns",
+    },
     "api": {"primary_key", "cursor", "write_disposition", "lag", "path", "cursor_param", "data_selector", "columns"},
     "files": {"primary_key", "write_disposition", "pattern", "columns"},
     "stream": {"primary_key", "subject", "columns"},
@@ -157,12 +171,25 @@ def _keys(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(_identifier(v, where) for v in values)
 
 
-def _columns(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+DATABASE_COLUMN_TYPE = re.compile(r"^(text|decimal\((\d+),(\d+)\))$")
+"""The raw types a database table's ``columns:`` may set for a source column (overrides)."""
+
+
+def _columns(raw: Any, where: str, kind: str = "files") -> tuple[tuple[str, str], ...]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: a mapping of column name to type is required")
     columns = []
     for name, type_ in raw.items():
         type_ = str(type_).lower().replace(" ", "")
+        if kind == "database":
+            found = DATABASE_COLUMN_TYPE.match(type_)
+            if not found or (found.group(2) and not 0 <= int(found.group(3)) <= int(found.group(2)) <= 38):
+                raise ConfigError(
+                    f"{where}.{name}: a database column's type may be set to text (the source's exact text) or "
+                    f"decimal(p,s) with s <= p <= 38, got {type_!r}"
+                )
+            columns.append((_identifier(name, where), type_))
+            continue
         if not COLUMN_TYPE.match(type_):
             raise ConfigError(
                 f"{where}.{name}: type {type_!r} is not one of text, integer, bigint, double, boolean, date, "
@@ -187,6 +214,8 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
     deletes = _choice(raw.get("deletes", "none"), ("none", "key_diff", "cdc"), f"{where}.deletes")
     if deletes != "none" and disposition != "merge":
         raise ConfigError(f"{where}: deletes: {deletes} needs write_disposition: merge")
+    if deletes == "cdc" and raw.get("schema", "public") != "public":
+        raise ConfigError(f"{where}: deletes: cdc captures tables of schema public only (use deletes: key_diff)")
     if deletes == "cdc" and raw.get("cursor"):
         raise ConfigError(f"{where}: deletes: cdc takes no cursor (the replication position is the cursor)")
     share = float(raw.get("max_delete_share", 0.5))
@@ -203,7 +232,7 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
             raise ConfigError(f"{where}: {key} is required for a {kind} source")
     if kind == "api" and raw.get("cursor") and not raw.get("cursor_param"):
         raise ConfigError(f"{where}: cursor_param (the query parameter that takes the cursor) is required")
-    columns = _columns(raw["columns"], f"{where}.columns") if "columns" in raw else ()
+    columns = _columns(raw["columns"], f"{where}.columns", kind) if "columns" in raw else ()
     # files and streams declare every column; an API's columns are type hints for some of them
     missing = [k for k in keys if kind in ("files", "stream") and k not in dict(columns)]
     if missing:
@@ -225,6 +254,7 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
         subject=str(raw.get("subject", "")),
         columns=columns,
         event_time=_identifier(raw["event_time"], f"{where}.event_time") if raw.get("event_time") else "",
+        schema=_identifier(raw["schema"], f"{where}.schema") if raw.get("schema") else "",
     )
 
 

@@ -53,12 +53,19 @@ from ingestion.database.reader import (
     SourceColumn,
     SourceSchemaError,
     attach,
+    default_schema,
     engine_kind,
+    needs_source_sql,
+    qualified,
+    quote,
+    read_from,
     reflect_columns,
     select_list,
+    source_literal,
     source_relation,
     sql_literal,
 )
+from ingestion.database.types import as_text
 
 _DELETED_AT_TYPE = pa.timestamp("us", tz="UTC")
 _KEY_CHUNK = 1000
@@ -107,6 +114,15 @@ class TablePlan:
     end: Any = None
     """A backfill's upper bound (exclusive): the run reads ``start <= cursor < end`` and leaves the
     incremental cursor where it was."""
+    schema: str | None = None
+    """The schema (PostgreSQL) or database (MySQL) the table is read from; None for SQLite."""
+    changes: list[str] = field(default_factory=list)
+    """Schema changes found this run: widenings applied to raw, source types recorded."""
+
+    @property
+    def notes(self) -> list[str]:
+        """How columns that do not land as the obvious type land (e.g. a numeric as text)."""
+        return [f"{self.spec.name}.{c.name} ({c.source_type}): {c.note}" for c in self.columns if c.note]
 
     @property
     def deleted_count(self) -> int:
@@ -133,18 +149,22 @@ def _has_column(pipeline: dlt.Pipeline, table: str, column: str) -> bool:
 
 
 def check_schema(
-    con: duckdb.DuckDBPyConnection,
-    kind: str,
     pipeline: dlt.Pipeline,
     spec: SourceSpec,
     table: TableSpec,
     columns: list[SourceColumn],
-) -> None:
-    """Raise SourceSchemaError when the source table lost a column raw has, changed a column's
-    type, or lacks the declared key or cursor. New columns are fine: they appear in raw."""
+) -> list[SchemaChange]:
+    """Compare the source table with what raw holds and return the changes to apply.
+
+    New columns are fine (they appear in raw). A safe widening (a wider integer, a decimal with
+    more digits or scale, a decimal that now lands as text) is returned, to be applied to raw
+    before extracting; a change in the source's declared type that raw's type already holds
+    (``varchar(10)`` -> ``varchar(20)``, nullability) is returned as a record. A dropped column,
+    a narrowing or any other type change, or a missing key or cursor raises SourceSchemaError
+    naming table, column, both types and the fix."""
     where = _where(spec.name, table.name)
     names = {c.name for c in columns}
-    for needed, role in ((table.primary_key, "primary_key"), (table.cursor, "cursor")):
+    for needed, role in [*((k, "primary_key") for k in table.key_columns), (table.cursor, "cursor")]:
         if needed and needed not in names:
             raise SourceSchemaError(f"{where}: the declared {role} column {needed!r} is not in the source table")
     stored = _stored_columns(pipeline, table.name)
@@ -155,16 +175,143 @@ def check_schema(
             "If that is intended, add them to exclude_columns in sources.yml; raw keeps their history."
         )
     if not stored:
-        return
-    arrow = con.execute(f"SELECT {select_list(columns)} FROM {source_relation(kind, table.name)} LIMIT 0")
-    now = py_arrow_to_table_schema_columns(arrow.arrow().schema)
-    for name, column in stored.items():
-        old, new = column.get("data_type"), now.get(name, {}).get("data_type")
-        if name in now and old and new and old != new:
+        return []
+    now = raw_schema(columns)
+    changes = []
+    for column in columns:
+        old = stored.get(column.name)
+        if old is None:
+            continue
+        before, after = _dlt_type(old), _dlt_type(now[column.name])
+        was = old.get(SOURCE_TYPE_HINT)
+        if before == after:
+            if was and was != _source_hint(column):
+                changes.append(SchemaChange(column, f"{was} -> {_source_hint(column)}", widen=False))
+            continue
+        if not widens(before, after):
             raise SourceSchemaError(
-                f"{where}: column {name!r} changed type in the source from {old} to {new}. "
-                "Raw keeps the old type; migrate raw (or rename the column at the source) before loading."
+                f"{where}: column {column.name!r} changed type in the source from {was or _spell(before)} to "
+                f"{_source_hint(column)}; raw holds {_spell(before)} and the new type needs {_spell(after)}, which "
+                "is not a safe widening (values could be cut, rounded or re-interpreted). Nothing was loaded. "
+                "Fix: change the column back at the source, or keep raw's type by declaring "
+                f"columns: {{{column.name}: text}} (or a decimal(p,s) that holds both) for the table in "
+                "sources.yml, or rebuild the table (drop it from raw and load it again)."
             )
+        changes.append(SchemaChange(column, f"{_spell(before)} -> {_spell(after)}", widen=True))
+    return changes
+
+
+SOURCE_TYPE_HINT = "x-source-type"
+"""The custom hint in dlt's schema that records each raw column's source type (and nullability),
+so a change the raw type absorbs (``varchar(10)`` -> ``varchar(20)``) is still seen and recorded."""
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """A change of one column's source type found by :func:`check_schema`."""
+
+    column: SourceColumn
+    what: str
+    widen: bool
+    """True: raw's column type is widened to ``column.raw_type``; False: only recorded."""
+
+    def describe(self, table: str) -> str:
+        verb = "widened" if self.widen else "source type changed"
+        return f"{table}.{self.column.name}: {verb} {self.what}"
+
+
+def _source_hint(column: SourceColumn) -> str:
+    return column.source_type + ("" if column.nullable else " not null")
+
+
+def raw_schema(columns: list[SourceColumn]) -> dict[str, Any]:
+    """dlt's columns for the raw types, as dlt infers them from the parquet files DuckDB writes."""
+    con = duckdb.connect()
+    try:
+        nulls = ", ".join(f'CAST(NULL AS {c.raw_type}) AS "{c.name}"' for c in columns)
+        arrow = con.execute(f"SELECT {nulls} LIMIT 0").to_arrow_table()
+    finally:
+        con.close()
+    found = py_arrow_to_table_schema_columns(arrow.schema)
+    for c in columns:
+        if c.raw_type == "JSON":
+            found[c.name]["data_type"] = "json"
+    return found
+
+
+def _dlt_type(column: dict[str, Any]) -> tuple[Any, ...]:
+    data_type = column.get("data_type")
+    precision = column.get("precision")
+    if data_type == "bigint" and precision is None:
+        precision = 64
+    if data_type == "timestamp":
+        return (data_type, None, None, column.get("timezone", True))
+    if data_type not in ("bigint", "decimal"):  # raw's other types have no width that changes
+        return (data_type, None, None, None)
+    return (data_type, precision, column.get("scale"), None)
+
+
+def _spell(t: tuple[Any, ...]) -> str:
+    data_type, precision, scale, _ = t
+    if data_type == "bigint":
+        return {8: "tinyint", 16: "smallint", 32: "integer"}.get(precision, "bigint")
+    if data_type == "decimal":
+        return f"decimal({precision},{scale or 0})"
+    return str(data_type)
+
+
+def widens(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
+    """True when every value of raw's type ``before`` is held exactly by ``after``."""
+    (old, p0, s0, _), (new, p1, s1, _) = before, after
+    if old == new == "bigint":
+        return bool(p1 >= p0)
+    if old == "bigint" and new == "decimal":  # an integer that became unsigned, or a decimal key
+        return (s1 or 0) >= 0 and p1 - (s1 or 0) >= {8: 3, 16: 5, 32: 10}.get(p0, 19)
+    if old == new == "decimal":
+        return (s1 or 0) >= (s0 or 0) and p1 - (s1 or 0) >= p0 - (s0 or 0)
+    return old == "decimal" and new == "text"  # a numeric past 38 digits lands as its exact text
+
+
+def apply_changes(pipeline: dlt.Pipeline, table: str, changes: list[SchemaChange]) -> None:
+    """Widen raw's columns (and dlt's staging copy of the table) and record every change's new
+    source type in dlt's schema, before anything of this run is extracted."""
+    if not changes:
+        return
+    widen = [c.column for c in changes if c.widen]
+    if widen:
+        with pipeline.sql_client() as client:
+            targets = [client.make_qualified_table_name(table)]
+            with client.with_staging_dataset():
+                staging = client.make_qualified_table_name(table)
+                staged = client.has_dataset() and _table_exists(client, table)
+            if staged:
+                targets.append(staging)
+            for target in targets:
+                for column in widen:
+                    client.execute_sql(
+                        f'ALTER TABLE {target} ALTER COLUMN "{column.name}" SET DATA TYPE {column.raw_type}'
+                    )
+    schema = pipeline.default_schema
+    stored: dict[str, dict[str, Any]] = schema.tables[table]["columns"]  # type: ignore[assignment]
+    now = raw_schema([c.column for c in changes])
+    for change in changes:
+        hints = stored[change.column.name]
+        if change.widen:
+            for key in ("data_type", "precision", "scale"):
+                hints.pop(key, None)
+                if now[change.column.name].get(key) is not None:
+                    hints[key] = now[change.column.name][key]
+        hints[SOURCE_TYPE_HINT] = _source_hint(change.column)
+    schema._bump_version()
+    pipeline.schemas.save_schema(schema)
+
+
+def _table_exists(client: Any, table: str) -> bool:
+    schema_name = client.fully_qualified_dataset_name(quote=False)
+    rows = client.execute_sql(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s", schema_name, table
+    )
+    return bool(rows)
 
 
 def _raw_arrow(pipeline: dlt.Pipeline, sql: str) -> pa.Table | None:
@@ -187,6 +334,7 @@ def _qualified(pipeline: dlt.Pipeline, table: str) -> str:
 def key_pass(
     con: duckdb.DuckDBPyConnection,
     kind: str,
+    schema: str | None,
     pipeline: dlt.Pipeline,
     spec: SourceSpec,
     table: TableSpec,
@@ -199,13 +347,14 @@ def key_pass(
     deletion), and the keys back after a deletion (column ``k``, None when there are none)."""
     where = _where(spec.name, table.name)
     pk = f'"{table.primary_key}"'
+    key = next(c for c in columns if c.name == table.primary_key)
     cursor = next((c for c in columns if c.name == table.cursor), None)
     cursor_sql = f"{cursor.expression}" if cursor else "NULL"
     raw_cursor = f'"{table.cursor}"' if table.cursor else "NULL"
     qualified = _qualified(pipeline, table.name)
     raw = _raw_arrow(pipeline, f'select {pk} as k, {raw_cursor} as c, "{DELETED_FLAG}" is true as d from {qualified}')
-    relation = source_relation(kind, table.name)
-    source = con.execute(f"SELECT {pk} AS k, {cursor_sql} AS c FROM {relation}").to_arrow_table()
+    relation = read_from(kind, table.name, schema, [key, *([cursor] if cursor else [])])
+    source = con.execute(f"SELECT {key.expression} AS k, {cursor_sql} AS c FROM {relation}").to_arrow_table()
     con.register("source_keys", source)
     nulls, dups = con.execute(
         "SELECT count(*) - count(k), count(k) - count(DISTINCT k) FROM source_keys"
@@ -273,22 +422,31 @@ def _incremental(table: TableSpec) -> Any:
 
 def _checked_columns(
     engine: sa.Engine,
-    con: duckdb.DuckDBPyConnection,
-    kind: str,
     pipeline: dlt.Pipeline,
     spec: SourceSpec,
     table: TableSpec,
-) -> list[SourceColumn]:
-    """Reflect a declared table and check it against raw: the nightly and a backfill share this."""
+) -> tuple[list[SourceColumn], list[str]]:
+    """Reflect a declared table, check it against raw and apply the safe changes (widenings): the
+    nightly and a backfill share this. Returns the columns and the changes, described."""
+    where = _where(spec.name, table.name)
     try:
-        columns = reflect_columns(engine, table.name, table.exclude_columns)
+        columns = reflect_columns(engine, table.name, table.exclude_columns, table.schema or None, dict(table.columns))
     except sa.exc.NoSuchTableError:
+        schema = table.schema or default_schema(engine)
         raise SourceSchemaError(
-            f"{_where(spec.name, table.name)}: the table is not in the source database "
+            f"{where}: the table is not in the source database{f' (schema {schema})' if schema else ''} "
             "(renamed or dropped?). Fix the source or sources.yml; raw is left as it is."
         ) from None
-    check_schema(con, kind, pipeline, spec, table, columns)
-    return columns
+    except SourceSchemaError as exc:
+        raise SourceSchemaError(f"{where}: {exc}") from None
+    changes = check_schema(pipeline, spec, table, columns)
+    apply_changes(pipeline, table.name, changes)
+    return columns, [c.describe(table.name) for c in changes]
+
+
+def source_schema(table: TableSpec, url: sa.URL) -> str | None:
+    """The schema the table is read from at the source (None: SQLite's only one)."""
+    return table.schema or default_schema(url)
 
 
 def plan_source(
@@ -316,25 +474,31 @@ def plan_source(
             for table in spec.tables:
                 if only is not None and table.name not in only:
                     continue
-                columns = _checked_columns(engine, con, kind, pipeline, spec, table)
+                columns, changes = _checked_columns(engine, pipeline, spec, table)
                 first = not _stored_columns(pipeline, table.name)
-                plan = TablePlan(table, columns, first_load=first, detected_at=now)
+                plan = TablePlan(table, columns, first_load=first, detected_at=now, schema=source_schema(table, url))
+                plan.changes = changes
                 plan.add_restored_at = not first and not _has_column(pipeline, table.name, RESTORED_AT)
                 if table.deletes == "cdc":
-                    relation = source_relation(kind, table.name)
+                    # the log carries each value's text as the server writes it: cast it to the
+                    # scanner's type, or keep it as text where raw holds the server's text
+                    relation = source_relation(kind, table.name, plan.schema)
                     names = ", ".join(f'"{c.name}"' for c in columns)
-                    described = con.execute(f"DESCRIBE SELECT {names} FROM {relation}").fetchall()
-                    plan.types = {str(r[0]): str(r[1]) for r in described}
+                    described = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT {names} FROM {relation}").fetchall()}
+                    plan.types = {
+                        c.name: "VARCHAR" if c.source_expr and c.raw_type == "VARCHAR" else str(described[c.name])
+                        for c in columns
+                    }
                     plan.cdc_upto = upto
                     plan.raw_rows = _raw_reader(pipeline, table.name)
                 elif not first:
-                    _refuse_null_cursors(engine, spec, table)
+                    _refuse_null_cursors(engine, spec, table, plan.schema)
                     plan.start = _resource_start(pipeline, spec, table)
                     if plan.start is not None and not table.lag_seconds:
                         plan.boundary_keys = _boundary_keys(pipeline, table, plan.start)
                 if table.deletes == "key_diff" and not first:
                     plan.deleted, plan.late_keys, plan.restored = key_pass(
-                        con, kind, pipeline, spec, table, columns, plan.start, now
+                        con, kind, plan.schema, pipeline, spec, table, columns, plan.start, now
                     )
                     if not plan.add_restored_at:
                         plan.restored_kept = _restored_rows(pipeline, table)
@@ -350,21 +514,22 @@ def _plan_backfill(
     engine = sa.create_engine(url)
     plans = []
     try:
-        kind = engine_kind(url)
-        with attach(url) as con:
-            for table in spec.tables:
-                if (only is not None and table.name not in only) or not table.cursor:
-                    continue
-                columns = _checked_columns(engine, con, kind, pipeline, spec, table)
-                if not _stored_columns(pipeline, table.name):
-                    raise SourceSchemaError(
-                        f"{_where(spec.name, table.name)}: never loaded, so there is nothing to backfill; "
-                        "run the nightly first (it loads the whole table)"
-                    )
-                plan = TablePlan(table, columns, first_load=False, start=window[0], end=window[1])
-                if table.deletes == "key_diff" and _has_column(pipeline, table.name, RESTORED_AT):
-                    plan.restored_kept = _restored_rows(pipeline, table)
-                plans.append(plan)
+        for table in spec.tables:
+            if (only is not None and table.name not in only) or not table.cursor:
+                continue
+            columns, changes = _checked_columns(engine, pipeline, spec, table)
+            if not _stored_columns(pipeline, table.name):
+                raise SourceSchemaError(
+                    f"{_where(spec.name, table.name)}: never loaded, so there is nothing to backfill; "
+                    "run the nightly first (it loads the whole table)"
+                )
+            plan = TablePlan(
+                table, columns, first_load=False, start=window[0], end=window[1], schema=source_schema(table, url)
+            )
+            plan.changes = changes
+            if table.deletes == "key_diff" and _has_column(pipeline, table.name, RESTORED_AT):
+                plan.restored_kept = _restored_rows(pipeline, table)
+            plans.append(plan)
     finally:
         engine.dispose()
     return plans
@@ -391,12 +556,12 @@ def _raw_reader(pipeline: dlt.Pipeline, table: str) -> cdc.RawRows:
     return rows
 
 
-def _refuse_null_cursors(engine: sa.Engine, spec: SourceSpec, table: TableSpec) -> None:
+def _refuse_null_cursors(engine: sa.Engine, spec: SourceSpec, table: TableSpec, schema: str | None) -> None:
     """Rows without a cursor would never be read by an incremental run: refuse them. Asked of the
     source database itself, where an index on the cursor answers it."""
     if not table.cursor:
         return
-    t = sa.table(table.name, sa.column(table.cursor))
+    t = sa.table(table.name, sa.column(table.cursor), schema=schema if engine_kind(engine.url) != "sqlite" else None)
     with engine.connect() as con:
         missing = con.execute(sa.select(sa.func.count()).select_from(t).where(t.c[table.cursor].is_(None))).scalar()
     if missing:
@@ -455,37 +620,112 @@ def _resource_start(pipeline: dlt.Pipeline, spec: SourceSpec, table: TableSpec) 
     return last
 
 
+def _range_predicate(plan: TablePlan, start: Any, kind: str | None) -> str:
+    """What a run reads: ``cursor >= start`` (below ``end`` for a backfill, without the keys raw
+    holds at exactly ``start``), or the late keys. ``kind`` None: in DuckDB's SQL, for the
+    scanner to push down; else in the source's own SQL."""
+    table = plan.spec
+
+    def q(name: str) -> str:
+        return quote(kind, name) if kind else f'"{name}"'
+
+    def lit(value: Any) -> str:
+        return source_literal(kind, value) if kind else sql_literal(value)
+
+    cursor = next((c for c in plan.columns if c.name == table.cursor), None)
+    pk = q(table.primary_key)
+    predicate = ""
+    if cursor is not None and start is not None:
+        # Compare the source column itself, so the filter runs in the source database on its index.
+        column, value = q(cursor.name), lit(cursor.filter_value(start))
+        predicate = f"{column} >= {value}"
+        if plan.end is not None:
+            predicate += f" AND {column} < {lit(cursor.filter_value(plan.end))}"
+        if plan.boundary_keys and start == plan.start:
+            seen = ", ".join(lit(k) for k in plan.boundary_keys)
+            predicate += f" AND NOT ({column} = {value} AND {pk} IN ({seen}))"
+    for i in range(0, len(plan.late_keys), _KEY_CHUNK):
+        keys = ", ".join(lit(k) for k in plan.late_keys[i : i + _KEY_CHUNK])
+        predicate = f"({predicate}) OR {pk} IN ({keys})" if predicate else f"{pk} IN ({keys})"
+    return predicate
+
+
+_SAMPLE = 5
+
+
+def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start: Any) -> None:
+    """Stop the table when rows to read hold values raw's type cannot hold exactly (NaN in a
+    decimal, an infinite or zero date, a SQLite value of another storage class), naming the
+    column, the keys, the values and the fix. Asked of the source in its own SQL, over the rows
+    this run reads (SQLite, local: the whole table)."""
+    special = [c for c in plan.columns if c.special]
+    if not special:
+        return
+    kind = engine_kind(url)
+    table = plan.spec
+    predicate = "" if kind == "sqlite" else _range_predicate(plan, start, kind)
+    any_bad = " OR ".join(f"({c.special})" for c in special)
+    where = f"({any_bad})" + (f" AND ({predicate})" if predicate else "")
+    flags = ", ".join(f"CASE WHEN {c.special} THEN 1 ELSE 0 END" for c in special)
+    texts = ", ".join(_text_of(kind, c.name) for c in special)
+    pk = quote(kind, table.primary_key)
+    sql = (
+        f"SELECT {pk}, {flags}, {texts} FROM {qualified(kind, table.name, plan.schema)} "
+        f"WHERE {where} ORDER BY {pk} LIMIT {_SAMPLE * len(special)}"
+    )
+    engine = sa.create_engine(url)
+    try:
+        # the driver's own cursor, without parameters: no driver reads '%' in the SQL as a placeholder
+        con = engine.raw_connection()
+        try:
+            cursor = con.cursor()
+            cursor.execute(sql)
+            rows = cursor.fetchall()
+        finally:
+            con.close()
+    finally:
+        engine.dispose()
+    if not rows:
+        return
+    n = len(special)
+    problems = []
+    for i, column in enumerate(special):
+        found = [(r[0], r[1 + n + i]) for r in rows if r[1 + i]][:_SAMPLE]
+        if found:
+            sample = ", ".join(f"{table.primary_key}={k!r}: {v!r}" for k, v in found)
+            problems.append(f"column {column.name!r} ({column.source_type} -> raw {column.raw_type}) at {sample}")
+    raise SourceDataError(
+        f"{_where(spec.name, table.name)}: values raw cannot hold exactly (they would be replaced by another "
+        f"value): {'; '.join(problems)}. Nothing was loaded. Fix the rows at the source, or declare "
+        f"columns: {{<column>: text}} for the table in sources.yml to land the source's exact text."
+    )
+
+
+def _text_of(kind: str, name: str) -> str:
+    """A value's text for a message (SQLite's with its storage class)."""
+    if kind == "sqlite":
+        return f"typeof({quote(kind, name)}) || ': ' || {as_text(kind, name)}"
+    return as_text(kind, name)
+
+
 def _extract_files(
     url: sa.URL, spec: SourceSpec, plan: TablePlan, start: Any, staging: Path, load_id: str
 ) -> tuple[list[tuple[Path, int]], pa.Schema, Any]:
     """COPY the rows to read into parquet files; return (file, rows) pairs, the schema and the
-    highest cursor value read. Raises SourceDataError on NULL or duplicate keys among them."""
+    highest cursor value read. Raises SourceDataError on NULL or duplicate keys among them, and
+    on values their raw type cannot hold."""
     table = plan.spec
     where = _where(spec.name, table.name)
-    cursor = next((c for c in plan.columns if c.name == table.cursor), None)
-    predicate = ""
-    if cursor is not None and start is not None:
-        # Compare the source column itself, so the filter runs in the source database on its index.
-        column, value = f'"{cursor.name}"', cursor.filter_literal(start)
-        predicate = f"{column} >= {value}"
-        if plan.end is not None:
-            predicate += f" AND {column} < {cursor.filter_literal(plan.end)}"
-        if plan.boundary_keys and start == plan.start:
-            seen = ", ".join(sql_literal(k) for k in plan.boundary_keys)
-            predicate += f' AND NOT ({column} = {value} AND "{table.primary_key}" IN ({seen}))'
-    for i in range(0, len(plan.late_keys), _KEY_CHUNK):
-        keys = ", ".join(sql_literal(k) for k in plan.late_keys[i : i + _KEY_CHUNK])
-        predicate = (
-            f'({predicate}) OR "{table.primary_key}" IN ({keys})' if predicate else f'"{table.primary_key}" IN ({keys})'
-        )
-    staging.mkdir(parents=True, exist_ok=True)
     kind = engine_kind(url)
+    refuse_inexact_values(url, spec, plan, start)
+    at_source = needs_source_sql(kind, plan.columns)
+    predicate = _range_predicate(plan, start, kind if at_source else None)
+    staging.mkdir(parents=True, exist_ok=True)
     with attach(url) as con:
-        relation = source_relation(kind, table.name)
         if predicate and kind == "postgresql":
             # a filtered read: one indexed query beats DuckDB's parallel page-range scans
             con.execute("SET pg_use_ctid_scan = false")
-        predicate = f"WHERE {predicate}" if predicate else ""
+        relation = read_from(kind, table.name, plan.schema, plan.columns, predicate)
         extra = (
             f", CAST(NULL AS BIGINT) AS {SOURCE_LSN}, CAST(NULL AS TIMESTAMPTZ) AS {SOURCE_COMMITTED_AT}"
             if table.deletes == "cdc"
@@ -494,14 +734,21 @@ def _extract_files(
         query = (
             f"SELECT {select_list(plan.columns)}, {sql_literal(load_id)} AS {LOAD_ID}, "
             f"false AS {DELETED_FLAG}, CAST(NULL AS TIMESTAMPTZ) AS {DELETED_AT}, "
-            f"{_restored_at(plan, con)} AS {RESTORED_AT}{extra} FROM {relation} {predicate}"
+            f"{_restored_at(plan, con)} AS {RESTORED_AT}{extra} FROM {relation}"
         )
-        schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
-        con.execute(
-            f"COPY ({query}) TO {sql_literal(str(staging))} "
-            f"(FORMAT parquet, FILE_SIZE_BYTES '{reader.FILE_SIZE}', ROW_GROUP_SIZE {reader.ROW_GROUP_SIZE}, "
-            "COMPRESSION lz4, OVERWRITE_OR_IGNORE)"
-        )
+        try:
+            schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+            con.execute(
+                f"COPY ({query}) TO {sql_literal(str(staging))} "
+                f"(FORMAT parquet, FILE_SIZE_BYTES '{reader.FILE_SIZE}', ROW_GROUP_SIZE {reader.ROW_GROUP_SIZE}, "
+                "COMPRESSION lz4, OVERWRITE_OR_IGNORE)"
+            )
+        except duckdb.DataError as exc:  # conversion, out of range, SQLite's type mismatch
+            raise SourceDataError(
+                f"{where}: a value could not be read exactly: {' '.join(str(exc).split())[:400]}. Nothing was "
+                "loaded. Fix the row at the source, or declare columns: {<column>: text} for the table in "
+                "sources.yml to land the source's exact text."
+            ) from None
         files = sorted(staging.glob("*.parquet"))
         if not files:
             return [], schema, None
@@ -572,7 +819,7 @@ class _ChangeFeed:
             name=table.name,
             write_disposition="merge",
             primary_key=table.primary_key,
-            columns={table.primary_key: {"nullable": True}},
+            columns=column_hints(plan),
         )
 
 
@@ -604,9 +851,22 @@ def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Pat
         name=table.name,
         write_disposition=disposition,
         primary_key=table.primary_key,
-        # DuckDB writes every parquet column as nullable; saying so lets dlt import the files unchanged
-        columns={table.primary_key: {"nullable": True}},
+        columns=column_hints(plan),
     )
+
+
+def column_hints(plan: TablePlan) -> dict[str, Any]:
+    """dlt's hints for the table's columns: each one's source type (so a later change of it is
+    seen), JSON where raw holds JSON, and the key nullable (DuckDB writes every parquet column as
+    nullable; saying so lets dlt import the files unchanged)."""
+    hints: dict[str, Any] = {}
+    for column in plan.columns:
+        hint: dict[str, Any] = {SOURCE_TYPE_HINT: _source_hint(column)}
+        if column.raw_type == "JSON":
+            hint["data_type"] = "json"
+        hints[column.name] = hint
+    hints.setdefault(plan.spec.primary_key, {})["nullable"] = True
+    return hints
 
 
 def database_source(spec: SourceSpec, url: sa.URL, plans: list[TablePlan], staging: Path) -> DltSource:

@@ -8,9 +8,11 @@ by DuckDB's own parallel writer with its memory capped. The files are handed to 
 The extension binaries come from the ``duckdb-extension-*`` wheels on PyPI and are LOADed from
 the installed package: nothing is downloaded at run time.
 
-SQLAlchemy reflects each table first. The reflected types decide the casts in the SELECT list
-(decimals to their declared precision, naive timestamps to UTC ``TIMESTAMPTZ``), so the same table
-lands with the same types from every engine.
+SQLAlchemy reflects each table first, in its named schema. The reflected types decide each
+column's raw type (:mod:`ingestion.database.types`) and the casts in the SELECT list, so the same
+table lands with the same types from every engine. Where the scanner's own mapping would lose
+values (a numeric wider than 38 digits becomes DOUBLE), the read is one query run at the source
+(``postgres_query``/``mysql_query``) that reads those columns as the server's exact text.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import importlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import sqlalchemy as sa
+
+from ingestion.database.types import SourceColumn, quote, raw_column
 
 MEMORY_LIMIT = "512MB"
 """DuckDB's cap while reading a source: a table of any size streams through this much memory."""
@@ -83,6 +86,10 @@ def attach(url: sa.URL, threads: int = 2) -> Iterator[duckdb.DuckDBPyConnection]
         con.execute("SET autoinstall_known_extensions = false")
         con.execute("SET autoload_known_extensions = false")
         load_extension(con, module)
+        if kind == "mysql":
+            # tinyint(1) holds -128..127, not only booleans; TIMESTAMP columns are read in UTC
+            con.execute("SET mysql_tinyint1_as_boolean = false")
+            con.execute("SET mysql_session_time_zone = '+00:00'")
         if kind == "sqlite":
             con.execute(f"ATTACH {_quote(url.database)} AS src (TYPE sqlite, READ_ONLY)")
         else:
@@ -102,65 +109,41 @@ def attach(url: sa.URL, threads: int = 2) -> Iterator[duckdb.DuckDBPyConnection]
         con.close()
 
 
-@dataclass(frozen=True)
-class SourceColumn:
-    """One reflected source column and the expression that reads it with its declared type."""
-
-    name: str
-    expression: str
-    nullable: bool
-    naive_timestamp: bool = False
-    """A timestamp without time zone at the source (its values are taken as UTC)."""
-
-    def filter_literal(self, value: Any) -> str:
-        """A literal to compare the *source* column with, so the filter is pushed down to the
-        source database (a cast on the column would make PostgreSQL scan the whole table)."""
-        if self.naive_timestamp and isinstance(value, datetime) and value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return sql_literal(value)
-
-
-def _python_type(type_: Any) -> type | None:
-    try:
-        return type_.python_type
-    except NotImplementedError:
-        return None
-
-
-def _expression(name: str, type_: Any) -> str:
-    col = f'"{name}"'
-    if isinstance(type_, sa.Numeric) and not isinstance(type_, sa.Float):
-        if type_.precision and type_.precision <= 38:
-            return f"CAST({col} AS DECIMAL({type_.precision}, {type_.scale or 0}))"
-        return col
-    if isinstance(type_, sa.DateTime):
-        # naive source timestamps are taken as UTC, as dlt stores them
-        return f"CAST({col} AS TIMESTAMPTZ)"
-    if isinstance(type_, sa.Date):
-        return f"CAST({col} AS DATE)"
-    if isinstance(type_, sa.Boolean):
-        return f"CAST({col} AS BOOLEAN)"
-    if _python_type(type_) is timedelta:  # PostgreSQL's INTERVAL is not an sa.Interval
-        return f"CAST({col} AS VARCHAR)"  # dlt has no interval type: raw keeps its text, '1 day 02:03:04'
-    return col
-
-
-def reflect_columns(engine: sa.Engine, table: str, exclude: tuple[str, ...] = ()) -> list[SourceColumn]:
-    """The table's columns in source order, without the excluded ones. Raises
-    ``sa.exc.NoSuchTableError`` when the table is gone."""
-    columns = sa.inspect(engine).get_columns(table)
+def reflect_columns(
+    engine: sa.Engine,
+    table: str,
+    exclude: tuple[str, ...] = (),
+    schema: str | None = None,
+    overrides: dict[str, str] | None = None,
+) -> list[SourceColumn]:
+    """The table's columns in source order, without the excluded ones, each with its raw type
+    (:mod:`ingestion.database.types`). Raises ``sa.exc.NoSuchTableError`` when the table is gone.
+    The schema is always named: the connection's search path never decides which table is read."""
+    kind = engine_kind(engine.url)
+    columns = sa.inspect(engine).get_columns(table, schema=schema or default_schema(engine))
     if not columns:
         raise sa.exc.NoSuchTableError(table)
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - {c["name"] for c in columns})
+    if unknown:
+        raise SourceSchemaError(f"table {table!r}: columns {unknown} are declared in sources.yml but not in the source")
     return [
-        SourceColumn(
-            c["name"],
-            _expression(c["name"], c["type"]),
-            bool(c.get("nullable", True)),
-            isinstance(c["type"], sa.DateTime) and not c["type"].timezone,
-        )
+        raw_column(kind, c["name"], c["type"], bool(c.get("nullable", True)), engine.dialect, overrides.get(c["name"]))
         for c in columns
         if c["name"] not in exclude
     ]
+
+
+def default_schema(engine: sa.Engine | sa.URL) -> str | None:
+    """The schema a table without one is read from: ``public`` on PostgreSQL, the connection's
+    database on MySQL/MariaDB; SQLite has one."""
+    url = engine.url if isinstance(engine, sa.Engine) else engine
+    kind = engine_kind(url)
+    if kind == "postgresql":
+        return "public"
+    if kind == "mysql":
+        return url.database
+    return None
 
 
 def select_list(columns: list[SourceColumn]) -> str:
@@ -184,8 +167,58 @@ def sql_literal(value: Any) -> str:
     raise TypeError(f"unsupported cursor or key value of type {type(value).__name__}")
 
 
-def source_relation(kind: str, table: str) -> str:
+def source_relation(kind: str, table: str, schema: str | None = None) -> str:
     """The attached table as DuckDB names it."""
     if kind == "postgresql":
-        return f'src.public."{table}"'
+        return f'src."{schema or "public"}"."{table}"'
+    if kind == "mysql" and schema:
+        return f'src."{schema}"."{table}"'
     return f'src."{table}"'
+
+
+def source_literal(kind: str, value: Any) -> str:
+    """A literal in the source's own SQL (MySQL reads a backslash in a string as an escape, and
+    knows no TIMESTAMPTZ)."""
+    if kind == "mysql":
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)  # the session's time zone is UTC
+        if isinstance(value, str):
+            return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return sql_literal(value)
+
+
+def qualified(kind: str, table: str, schema: str | None) -> str:
+    """The table's name in the source's own SQL, with its schema."""
+    return f"{quote(kind, schema)}.{quote(kind, table)}" if schema and kind != "sqlite" else quote(kind, table)
+
+
+def read_from(kind: str, table: str, schema: str | None, columns: list[SourceColumn], where: str = "") -> str:
+    """The FROM clause that reads ``columns`` of a source table, filtered by ``where``.
+
+    DuckDB's scanner reads the table (``where`` in DuckDB's SQL, pushed down by the scanner)
+    unless a column needs a source-side expression (:attr:`SourceColumn.source_expr`): then the
+    whole read is one query run at the source, with ``where`` in the source's SQL inside it."""
+    if kind == "sqlite" or not any(c.source_expr for c in columns):
+        return f"{source_relation(kind, table, schema)}{f' WHERE {where}' if where else ''}"
+    items = ", ".join(f"{_at_source(kind, c)} AS {quote(kind, c.name)}" for c in columns)
+    query = f"SELECT {items} FROM {qualified(kind, table, schema)}{f' WHERE {where}' if where else ''}"
+    function = "postgres_query" if kind == "postgresql" else "mysql_query"
+    return f"{function}('src', {_quote(query)})"
+
+
+def _at_source(kind: str, column: SourceColumn) -> str:
+    if column.source_expr:
+        return column.source_expr
+    col = quote(kind, column.name)
+    if kind == "mysql" and column.raw_type.startswith("DECIMAL"):
+        # mysql_query types a decimal(38,0) result as DECIMAL(37,0), and fails on 38 nines: its text is exact
+        return f"CAST({col} AS CHAR)"
+    if kind == "mysql" and column.raw_type in ("VARCHAR", "JSON"):
+        return f"CONVERT({col} USING utf8mb4)"  # mysql_query reads a binary collation's text as bytes
+    return col
+
+
+def needs_source_sql(kind: str, columns: list[SourceColumn]) -> bool:
+    """True when :func:`read_from` runs the read as a query at the source (its ``where`` is then
+    in the source's SQL)."""
+    return kind != "sqlite" and any(c.source_expr for c in columns)

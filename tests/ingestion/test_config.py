@@ -39,6 +39,12 @@ def test_shipped_sources_file_declares_the_shop() -> None:
         ("customers:\n        primary_key: id\n        cursor: updated_at\n        lag: -5", "lag: seconds"),
         ("customers:\n        primary_key: id\n        lag: 60", "customers.lag: needs a cursor"),
         (
+            "customers:\n        primary_key: id\n        columns: {amount: double}",
+            "customers.columns.amount: a database column's type may be set to text",
+        ),
+        ("customers:\n        primary_key: id\n        columns: {amount: decimal(40,2)}", "s <= p <= 38"),
+        ('customers:\n        primary_key: id\n        schema: "x; drop"', "customers.schema: 'x; drop'"),
+        (
             "customers:\n        primary_key: id\n        cursor: updated_at\n        deletes: cdc",
             "deletes: cdc takes no cursor",
         ),

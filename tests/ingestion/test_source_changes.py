@@ -94,7 +94,7 @@ def test_schema_changes_fail_the_table_and_keep_the_cursor(shop, change: str) ->
         else "alter table orders modify customer_id varchar(20)"
     )
     statement, expected = {
-        "retype": (retype, "column 'customer_id' changed type in the source from bigint to text"),
+        "retype": (retype, "column 'customer_id' changed type in the source from "),
         "drop": ("alter table orders drop column currency_code", "column(s) ['currency_code'] were dropped"),
         "rename": ("alter table orders rename to purchases", "the table is not in the source database"),
     }[change]
@@ -103,6 +103,8 @@ def test_schema_changes_fail_the_table_and_keep_the_cursor(shop, change: str) ->
     assert not result.ok
     assert result.error is not None and "source 'shop', table 'orders'" in result.error
     assert expected in result.error
+    if change == "retype":
+        assert "to varchar(20)" in result.error and "not a safe widening" in result.error
     assert make_pipeline(spec, settings).state["sources"] == state
     # nothing of the night was loaded, not even the other tables' changes
     assert raw(settings, "select count(*) from raw_shop.products where updated_at >= '2027-01-01'") == [(0,)]
