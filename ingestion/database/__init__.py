@@ -266,7 +266,7 @@ def widens(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
     if old == new == "bigint":
         return bool(p1 >= p0)
     if old == "bigint" and new == "decimal":  # an integer that became unsigned, or a decimal key
-        return (s1 or 0) >= 0 and p1 - (s1 or 0) >= {8: 3, 16: 5, 32: 10}.get(p0, 19)
+        return bool(p1 - (s1 or 0) >= {8: 3, 16: 5, 32: 10}.get(p0, 19))
     if old == new == "decimal":
         return (s1 or 0) >= (s0 or 0) and p1 - (s1 or 0) >= p0 - (s0 or 0)
     return old == "decimal" and new == "text"  # a numeric past 38 digits lands as its exact text
@@ -429,10 +429,10 @@ def _checked_columns(
     """Reflect a declared table, check it against raw and apply the safe changes (widenings): the
     nightly and a backfill share this. Returns the columns and the changes, described."""
     where = _where(spec.name, table.name)
+    schema = source_schema(table, engine.url)
     try:
-        columns = reflect_columns(engine, table.name, table.exclude_columns, table.schema or None, dict(table.columns))
+        columns = reflect_columns(engine, table.name, schema, table.exclude_columns, dict(table.columns))
     except sa.exc.NoSuchTableError:
-        schema = table.schema or default_schema(engine)
         raise SourceSchemaError(
             f"{where}: the table is not in the source database{f' (schema {schema})' if schema else ''} "
             "(renamed or dropped?). Fix the source or sources.yml; raw is left as it is."
@@ -446,6 +446,8 @@ def _checked_columns(
 
 def source_schema(table: TableSpec, url: sa.URL) -> str | None:
     """The schema the table is read from at the source (None: SQLite's only one)."""
+    if engine_kind(url) == "sqlite":
+        return None
     return table.schema or default_schema(url)
 
 
@@ -561,7 +563,7 @@ def _refuse_null_cursors(engine: sa.Engine, spec: SourceSpec, table: TableSpec, 
     source database itself, where an index on the cursor answers it."""
     if not table.cursor:
         return
-    t = sa.table(table.name, sa.column(table.cursor), schema=schema if engine_kind(engine.url) != "sqlite" else None)
+    t = sa.table(table.name, sa.column(table.cursor), schema=schema)
     with engine.connect() as con:
         missing = con.execute(sa.select(sa.func.count()).select_from(t).where(t.c[table.cursor].is_(None))).scalar()
     if missing:

@@ -112,21 +112,22 @@ def attach(url: sa.URL, threads: int = 2) -> Iterator[duckdb.DuckDBPyConnection]
 def reflect_columns(
     engine: sa.Engine,
     table: str,
+    schema: str | None,
     exclude: tuple[str, ...] = (),
-    schema: str | None = None,
     overrides: dict[str, str] | None = None,
 ) -> list[SourceColumn]:
     """The table's columns in source order, without the excluded ones, each with its raw type
     (:mod:`ingestion.database.types`). Raises ``sa.exc.NoSuchTableError`` when the table is gone.
-    The schema is always named: the connection's search path never decides which table is read."""
+    ``schema`` is named (:func:`default_schema` when the table declares none): the connection's
+    search path never decides which table is read."""
     kind = engine_kind(engine.url)
-    columns = sa.inspect(engine).get_columns(table, schema=schema or default_schema(engine))
+    columns = sa.inspect(engine).get_columns(table, schema=schema)
     if not columns:
         raise sa.exc.NoSuchTableError(table)
     overrides = overrides or {}
     unknown = sorted(set(overrides) - {c["name"] for c in columns})
     if unknown:
-        raise SourceSchemaError(f"table {table!r}: columns {unknown} are declared in sources.yml but not in the source")
+        raise SourceSchemaError(f"columns {unknown} are declared (columns:) in sources.yml but not in the source table")
     return [
         raw_column(kind, c["name"], c["type"], bool(c.get("nullable", True)), engine.dialect, overrides.get(c["name"]))
         for c in columns
@@ -134,10 +135,9 @@ def reflect_columns(
     ]
 
 
-def default_schema(engine: sa.Engine | sa.URL) -> str | None:
+def default_schema(url: sa.URL) -> str | None:
     """The schema a table without one is read from: ``public`` on PostgreSQL, the connection's
     database on MySQL/MariaDB; SQLite has one."""
-    url = engine.url if isinstance(engine, sa.Engine) else engine
     kind = engine_kind(url)
     if kind == "postgresql":
         return "public"
@@ -189,7 +189,7 @@ def source_literal(kind: str, value: Any) -> str:
 
 def qualified(kind: str, table: str, schema: str | None) -> str:
     """The table's name in the source's own SQL, with its schema."""
-    return f"{quote(kind, schema)}.{quote(kind, table)}" if schema and kind != "sqlite" else quote(kind, table)
+    return f"{quote(kind, schema)}.{quote(kind, table)}" if schema else quote(kind, table)
 
 
 def read_from(kind: str, table: str, schema: str | None, columns: list[SourceColumn], where: str = "") -> str:
@@ -198,7 +198,7 @@ def read_from(kind: str, table: str, schema: str | None, columns: list[SourceCol
     DuckDB's scanner reads the table (``where`` in DuckDB's SQL, pushed down by the scanner)
     unless a column needs a source-side expression (:attr:`SourceColumn.source_expr`): then the
     whole read is one query run at the source, with ``where`` in the source's SQL inside it."""
-    if kind == "sqlite" or not any(c.source_expr for c in columns):
+    if not needs_source_sql(kind, columns):
         return f"{source_relation(kind, table, schema)}{f' WHERE {where}' if where else ''}"
     items = ", ".join(f"{_at_source(kind, c)} AS {quote(kind, c.name)}" for c in columns)
     query = f"SELECT {items} FROM {qualified(kind, table, schema)}{f' WHERE {where}' if where else ''}"

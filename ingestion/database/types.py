@@ -81,7 +81,9 @@ def as_text(kind: str, name: str) -> str:
     """The column's value as the source's own text."""
     col = quote(kind, name)
     if kind == "postgresql":
-        return f"{col}::text"
+        # format() calls the type's output function, as the server writes a value; a cast to text
+        # may differ (inet '::1' -> '::1/128'). It writes NULL as '', hence the CASE.
+        return f"CASE WHEN {col} IS NOT NULL THEN format('%s', {col}) END"
     if kind == "mysql":
         return f"CAST({col} AS CHAR)"
     return f"CAST({col} AS TEXT)"
@@ -150,7 +152,7 @@ def _postgres(name: str, type_: Any, base: dict[str, Any]) -> SourceColumn:
             **base,
             raw_type="VARCHAR",
             source_expr=f"{col}::text",
-            note=f"numeric {why}: lands as its exact text; declare columns: {{{name}: decimal(p,s)}} for a decimal",
+            note=f'numeric {why}: lands as its exact text; declare columns: {{{name}: "decimal(p,s)"}} for a decimal',
         )
     if isinstance(type_, sa.Float):
         return SourceColumn(**base, raw_type="DOUBLE")  # real widens exactly to double
@@ -185,11 +187,7 @@ def _postgres(name: str, type_: Any, base: dict[str, Any]) -> SourceColumn:
     if isinstance(type_, sa.String | sa.Enum | sa.Uuid):  # text, varchar, char, enum, uuid
         return SourceColumn(**base, raw_type="VARCHAR")
     # bit, varbit, inet, cidr, macaddr, xml, ranges, geometric and user types: the server's text
-    # (format() calls the type's output function; a cast to text may differ: inet '::1' -> '::1/128';
-    # format() writes NULL as '', hence the CASE)
-    return SourceColumn(
-        **base, raw_type="VARCHAR", source_expr=f"CASE WHEN {col} IS NOT NULL THEN format('%s', {col}) END"
-    )
+    return SourceColumn(**base, raw_type="VARCHAR", source_expr=as_text("postgresql", name))
 
 
 _MYSQL_UNSIGNED = {"tinyint": "SMALLINT", "smallint": "INTEGER", "mediumint": "INTEGER", "int": "BIGINT"}
@@ -222,7 +220,7 @@ def _mysql(name: str, type_: Any, base: dict[str, Any]) -> SourceColumn:
             raw_type="VARCHAR",
             source_expr=f"CAST({col} AS CHAR)",
             note=f"decimal wider than {MAX_DECIMAL} digits: lands as its exact text; "
-            f"declare columns: {{{name}: decimal(p,s)}} for a decimal",
+            f'declare columns: {{{name}: "decimal(p,s)"}} for a decimal',
         )
     if isinstance(type_, sa.Float):
         return SourceColumn(**base, raw_type="DOUBLE")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from dusk.ingest import configure_dlt, ingest_source, make_pipeline
+from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, load_sources
 from tests.helpers import raw
@@ -233,21 +233,26 @@ def assert_raw_equals_source(settings: Settings, engine: sa.Engine, table: str, 
             assert got == source[row[0]][column], (row[0], column, source_type, value)
 
 
+def load_zoo(
+    settings: Settings, engine: sa.Engine, path: Path, script: str, schema: str = ""
+) -> tuple[SourceResult, dict[str, str]]:
+    """Create the zoo at the source, load it, check every value against the source; return the
+    result and raw's column types."""
+    run_script(engine, script)
+    result = ingest_source(write_sources(path, schema=schema), settings)
+    assert result.ok, result.error
+    assert_raw_equals_source(settings, engine, "zoo", f"{schema}.zoo" if schema else "zoo")
+    query = (
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = 'raw_zoo' and table_name = 'zoo'"
+    )
+    return result, dict(raw(settings, query))
+
+
 @pytest.mark.parametrize("shop_url", ["postgres"], indirect=True)
 def test_every_postgres_type_lands_exactly(zoo, tmp_path: Path) -> None:
     settings, engine = zoo
-    run_script(engine, PG_ZOO)
-    spec = write_sources(tmp_path / "sources.yml", schema="sales")
-    result = ingest_source(spec, settings)
-    assert result.ok, result.error
-    assert_raw_equals_source(settings, engine, "zoo", "sales.zoo")
-    types = dict(
-        raw(
-            settings,
-            "select column_name, data_type from information_schema.columns "
-            "where table_schema = 'raw_zoo' and table_name = 'zoo'",
-        )
-    )
+    result, types = load_zoo(settings, engine, tmp_path / "sources.yml", PG_ZOO, schema="sales")
     assert (types["d_10_2"], types["d_free"], types["d_50_10"], types["m"]) == (
         "DECIMAL(10,2)",
         "VARCHAR",
@@ -300,18 +305,7 @@ def test_postgres_values_raw_cannot_hold_stop_the_table_and_text_keeps_them(zoo,
 @pytest.mark.parametrize("shop_url", ["mariadb"], indirect=True)
 def test_every_mariadb_type_lands_exactly(zoo, tmp_path: Path) -> None:
     settings, engine = zoo
-    run_script(engine, MY_ZOO)
-    spec = write_sources(tmp_path / "sources.yml")
-    result = ingest_source(spec, settings)
-    assert result.ok, result.error
-    assert_raw_equals_source(settings, engine, "zoo", "zoo")
-    types = dict(
-        raw(
-            settings,
-            "select column_name, data_type from information_schema.columns "
-            "where table_schema = 'raw_zoo' and table_name = 'zoo'",
-        )
-    )
+    _, types = load_zoo(settings, engine, tmp_path / "sources.yml", MY_ZOO)
     assert (types["n_bool"], types["n_int_u"], types["n_big_u"], types["d_65_10"]) == (
         "TINYINT",
         "BIGINT",
@@ -432,3 +426,33 @@ def test_schema_changes_widen_raw_when_safe_and_stop_the_table_when_not(zoo, tmp
         (Decimal("1.2500"),),
         (Decimal("12345678.1234"),),
     ]
+
+
+@pytest.mark.badinput
+@pytest.mark.parametrize("shop_url", ["postgres"], indirect=True)
+def test_a_declared_decimal_is_checked_at_the_source(zoo, tmp_path: Path) -> None:
+    """``columns: {c: decimal(p,s)}`` on a numeric without precision: a value the decimal would
+    round or overflow stops the table; values that fit land as that decimal. A declared column the
+    source lacks is named."""
+    settings, engine = zoo
+    run_script(
+        engine,
+        "create table zoo (id int primary key, updated_at timestamp not null, amount numeric);\n"
+        "insert into zoo values (1, '2026-01-01', 1.25), (2, '2026-01-01', 1.255), (3, '2026-01-01', 123456789)",
+    )
+    spec = write_sources(tmp_path / "sources.yml", '        columns: {amount: "decimal(10,2)"}\n')
+    result = ingest_source(spec, settings)
+    assert not result.ok and result.error is not None
+    assert "column 'amount' (numeric -> raw DECIMAL(10, 2)) at id=2: '1.255', id=3: '123456789'" in result.error
+    run_script(engine, "update zoo set amount = 1.26 where id = 2;\nupdate zoo set amount = 12345678.9 where id = 3")
+    result = ingest_source(spec, settings)
+    assert result.ok, result.error
+    assert raw(settings, "select id, amount from raw_zoo.zoo order by id") == [
+        (1, Decimal("1.25")),
+        (2, Decimal("1.26")),
+        (3, Decimal("12345678.90")),
+    ]
+    spec = write_sources(tmp_path / "sources.yml", '        columns: {amount: "decimal(10,2)", price: text}\n')
+    result = ingest_source(spec, settings)
+    assert not result.ok and result.error is not None
+    assert "table 'zoo': columns ['price'] are declared (columns:) in sources.yml but not in the source" in result.error
