@@ -85,7 +85,7 @@ class TableSpec:
 
     @property
     def key_columns(self) -> list[str]:
-        """The primary key as a list (one column for databases)."""
+        """The primary key's columns, in the declared order."""
         return list(self.keys or ((self.primary_key,) if self.primary_key else ()))
 
 
@@ -168,7 +168,10 @@ for _keys_of_kind in _TABLE_KEYS.values():
 
 def _keys(raw: Any, where: str) -> tuple[str, ...]:
     values = raw if isinstance(raw, list) else [raw]
-    return tuple(_identifier(v, where) for v in values)
+    keys = tuple(_identifier(v, where) for v in values)
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{where}: a column is named twice in {list(keys)}")
+    return keys
 
 
 DATABASE_COLUMN_TYPE = re.compile(r"^(text|decimal\((\d+),(\d+)\))$")
@@ -206,8 +209,8 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
     if "primary_key" not in raw and kind != "files":
         raise ConfigError(f"{where}: primary_key is required")
     keys = _keys(raw["primary_key"], f"{where}.primary_key") if "primary_key" in raw else ()
-    if kind == "database" and len(keys) != 1:
-        raise ConfigError(f"{where}.primary_key: a database table needs a single-column primary key")
+    if kind == "database" and not keys:
+        raise ConfigError(f"{where}.primary_key: a database table needs a primary key (one column or a list)")
     disposition = _choice(
         raw.get("write_disposition", "merge"), ("append", "merge", "replace"), f"{where}.write_disposition"
     )

@@ -50,11 +50,15 @@ from ingestion.database.raw import (
     is_bookkeeping,
 )
 from ingestion.database.reader import (
+    Key,
     SourceColumn,
     SourceSchemaError,
     attach,
     default_schema,
+    dquote,
     engine_kind,
+    key_in,
+    key_text,
     needs_source_sql,
     qualified,
     quote,
@@ -87,12 +91,12 @@ class TablePlan:
     columns: list[SourceColumn]
     first_load: bool
     deleted: pa.Table | None = None
-    late_keys: list[Any] = field(default_factory=list)
+    late_keys: list[Key] = field(default_factory=list)
     restored: pa.Table | None = None
-    """Keys (column ``k``) raw holds as deleted that are back in the source: their rows get
+    """Keys (columns ``k0``..) raw holds as deleted that are back in the source: their rows get
     ``_restored_at`` = ``detected_at``."""
     restored_kept: pa.Table | None = None
-    """Raw's live rows that came back after a deletion (columns ``k``, ``c`` = cursor, ``at`` =
+    """Raw's live rows that came back after a deletion (columns ``k0``.., ``c`` = cursor, ``at`` =
     ``_restored_at``): a re-read of such a row with its cursor unchanged keeps its ``_restored_at``."""
     detected_at: datetime | None = None
     """The time this run stamps on what key-diff finds (``_deleted_at``, ``_restored_at``)."""
@@ -100,7 +104,7 @@ class TablePlan:
     """Raw's table was loaded before ``_restored_at`` existed: this run adds the column."""
     start: Any = None
     """The cursor value this run reads from (dlt's last value, minus the lag)."""
-    boundary_keys: list[Any] = field(default_factory=list)
+    boundary_keys: list[Key] = field(default_factory=list)
     """Keys raw already holds at exactly ``start``: not read again (ties are still never lost)."""
     cdc_upto: int | None = None
     """For ``deletes: cdc``: the WAL position this run reads changes up to."""
@@ -341,48 +345,51 @@ def key_pass(
     columns: list[SourceColumn],
     start: Any,
     now: datetime,
-) -> tuple[pa.Table | None, list[Any], pa.Table | None]:
+) -> tuple[pa.Table | None, list[Key], pa.Table | None]:
     """Compare the source's keys (and cursors) with raw's; return raw's rows for vanished keys,
     flagged deleted, the keys of rows committed late below the watermark (or back after a
-    deletion), and the keys back after a deletion (column ``k``, None when there are none)."""
+    deletion), and the keys back after a deletion (columns ``k0``.., None when there are none)."""
     where = _where(spec.name, table.name)
-    pk = f'"{table.primary_key}"'
-    key = next(c for c in columns if c.name == table.primary_key)
-    cursor = next((c for c in columns if c.name == table.cursor), None)
-    cursor_sql = f"{cursor.expression}" if cursor else "NULL"
-    raw_cursor = f'"{table.cursor}"' if table.cursor else "NULL"
+    names = table.key_columns
+    by_name = {c.name: c for c in columns}
+    cursor = by_name.get(table.cursor) if table.cursor else None
+    ks = ", ".join(f"k{i}" for i in range(len(names)))
+    match = " AND ".join(f"r.k{i} = s.k{i}" for i in range(len(names)))
+    raw_cursor = dquote(table.cursor) if table.cursor else "NULL"
     qualified = _qualified(pipeline, table.name)
-    raw = _raw_arrow(pipeline, f'select {pk} as k, {raw_cursor} as c, "{DELETED_FLAG}" is true as d from {qualified}')
-    relation = read_from(kind, table.name, schema, [key, *([cursor] if cursor else [])])
-    source = con.execute(f"SELECT {key.expression} AS k, {cursor_sql} AS c FROM {relation}").to_arrow_table()
+    raw_ks = ", ".join(f"{dquote(n)} as k{i}" for i, n in enumerate(names))
+    raw = _raw_arrow(pipeline, f'select {raw_ks}, {raw_cursor} as c, "{DELETED_FLAG}" is true as d from {qualified}')
+    relation = read_from(kind, table.name, schema, [*(by_name[n] for n in names), *([cursor] if cursor else [])])
+    source_ks = ", ".join(f"{by_name[n].expression} AS k{i}" for i, n in enumerate(names))
+    cursor_sql = cursor.expression if cursor else "NULL"
+    source = con.execute(f"SELECT {source_ks}, {cursor_sql} AS c FROM {relation}").to_arrow_table()
     con.register("source_keys", source)
-    nulls, dups = con.execute(
-        "SELECT count(*) - count(k), count(k) - count(DISTINCT k) FROM source_keys"
-    ).fetchone() or (0, 0)
-    if dups:
-        dup_sql = "SELECT k FROM source_keys GROUP BY k HAVING count(*) > 1 ORDER BY k LIMIT 5"
-        sample = [r[0] for r in con.execute(dup_sql).fetchall()]
-    _refuse_bad_keys(where, table, nulls, dups, f", e.g. {sample}" if dups else "")
+    _refuse_bad_keys(con, "source_keys", [f"k{i}" for i in range(len(names))], where, table)
     if raw is None or raw.num_rows == 0:
+        con.unregister("source_keys")
         return None, [], None
     con.register("raw_keys", raw)
     live = con.execute("SELECT count(*) FROM raw_keys WHERE NOT d").fetchone()[0]  # type: ignore[index]
     gone = [
-        r[0]
+        tuple(r)
         for r in con.execute(
-            "SELECT k FROM raw_keys WHERE NOT d AND k NOT IN (SELECT k FROM source_keys) ORDER BY k"
+            f"SELECT {ks} FROM raw_keys r WHERE NOT d AND NOT EXISTS (SELECT 1 FROM source_keys s WHERE {match}) "
+            f"ORDER BY {ks}"
         ).fetchall()
     ]
-    late: list[Any] = []
+    late: list[Key] = []
     if start is not None and cursor is not None:
         late = [
-            r[0]
+            tuple(r)
             for r in con.execute(
-                "SELECT s.k FROM source_keys s LEFT JOIN raw_keys r ON r.k = s.k "
-                f"WHERE s.c < {sql_literal(start)} AND (r.k IS NULL OR r.d OR r.c IS DISTINCT FROM s.c) ORDER BY s.k"
+                f"SELECT {', '.join(f's.k{i}' for i in range(len(names)))} FROM source_keys s "
+                f"LEFT JOIN raw_keys r ON {match} WHERE s.c < {sql_literal(start)} "
+                f"AND (r.k0 IS NULL OR r.d OR r.c IS DISTINCT FROM s.c) ORDER BY {ks}"
             ).fetchall()
         ]
-    restored = con.execute("SELECT k FROM raw_keys WHERE d AND k IN (SELECT k FROM source_keys)").to_arrow_table()
+    restored = con.execute(
+        f"SELECT {ks} FROM raw_keys r WHERE d AND EXISTS (SELECT 1 FROM source_keys s WHERE {match})"
+    ).to_arrow_table()
     con.unregister("raw_keys")
     con.unregister("source_keys")
     if len(gone) > table.max_delete_share * live:
@@ -396,8 +403,8 @@ def key_pass(
         return None, late, back
     parts = []
     for i in range(0, len(gone), _KEY_CHUNK):
-        keys = ", ".join(sql_literal(k) for k in gone[i : i + _KEY_CHUNK])
-        part = _raw_arrow(pipeline, f"select * from {qualified} where {pk} in ({keys})")
+        keys = key_in(names, gone[i : i + _KEY_CHUNK], dquote, sql_literal)
+        part = _raw_arrow(pipeline, f"select * from {qualified} where {keys}")
         assert part is not None
         parts.append(part.drop_columns([c for c in part.column_names if is_bookkeeping(c)]))
     rows = pa.concat_tables(parts, promote_options="default")
@@ -406,12 +413,25 @@ def key_pass(
     return rows, late, back
 
 
-def _refuse_bad_keys(where: str, table: TableSpec, nulls: int, dups: int, example: str = "") -> None:
-    """NULL or duplicate primary keys fail the table: a merge would silently keep one row."""
+def _refuse_bad_keys(
+    con: duckdb.DuckDBPyConnection, relation: str, keys: list[str], where: str, table: TableSpec
+) -> None:
+    """NULL or duplicate primary keys among ``relation``'s rows (its key columns ``keys``) fail
+    the table: a merge would silently keep one row. The message names the key and some values."""
+    names = table.key_columns
+    ks = ", ".join(keys)
+    any_null = " OR ".join(f"{k} IS NULL" for k in keys)
+    nulls = con.execute(f"SELECT count(*) FROM {relation} WHERE {any_null}").fetchone()[0]  # type: ignore[index]
+    label = names[0] if len(names) == 1 else f"({', '.join(names)})"
     if nulls:
-        raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {table.primary_key!r}")
-    if dups:
-        raise SourceDataError(f"{where}: {dups} duplicate value(s) of primary key {table.primary_key!r}{example}")
+        raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {label!r}")
+    duplicated = con.execute(
+        f"SELECT {ks}, count(*) - 1 AS extra FROM {relation} GROUP BY {ks} HAVING count(*) > 1 ORDER BY {ks}"
+    ).fetchall()
+    if duplicated:
+        extra = sum(int(r[-1]) for r in duplicated)
+        sample = "; ".join(key_text(names, tuple(r[:-1])) for r in duplicated[:5])
+        raise SourceDataError(f"{where}: {extra} duplicate value(s) of primary key {label!r}, e.g. {sample}")
 
 
 def _incremental(table: TableSpec) -> Any:
@@ -571,11 +591,12 @@ def _refuse_null_cursors(engine: sa.Engine, spec: SourceSpec, table: TableSpec, 
 
 
 def _restored_rows(pipeline: dlt.Pipeline, table: TableSpec) -> pa.Table | None:
-    """Raw's live rows that carry ``_restored_at`` (key ``k``, cursor ``c``, ``at``); None if none."""
+    """Raw's live rows that carry ``_restored_at`` (key ``k0``.., cursor ``c``, ``at``); None if none."""
     cursor = f'"{table.cursor}"' if table.cursor else "NULL"
+    ks = ", ".join(f"{dquote(n)} as k{i}" for i, n in enumerate(table.key_columns))
     rows = _raw_arrow(
         pipeline,
-        f'select "{table.primary_key}" as k, {cursor} as c, "{RESTORED_AT}" as at '
+        f'select {ks}, {cursor} as c, "{RESTORED_AT}" as at '
         f'from {_qualified(pipeline, table.name)} where "{RESTORED_AT}" is not null and "{DELETED_FLAG}" is not true',
     )
     return rows if rows is not None and rows.num_rows else None
@@ -585,28 +606,30 @@ def _restored_at(plan: TablePlan, con: duckdb.DuckDBPyConnection) -> str:
     """The SELECT expression of ``_restored_at``: the detection time for a key back after a
     deletion, raw's value for a row it keeps unchanged, else NULL."""
     table = plan.spec
-    pk = f'"{table.primary_key}"'
+    match = " AND ".join(f"r.k{i} = {dquote(n)}" for i, n in enumerate(table.key_columns))
     found = []
     if plan.restored is not None and plan.detected_at is not None:
         con.register("_restored_now", plan.restored)
-        found.append(f"CASE WHEN {pk} IN (SELECT k FROM _restored_now) THEN {sql_literal(plan.detected_at)} END")
+        found.append(
+            f"CASE WHEN EXISTS (SELECT 1 FROM _restored_now r WHERE {match}) THEN {sql_literal(plan.detected_at)} END"
+        )
     if plan.restored_kept is not None:
         con.register("_restored_kept", plan.restored_kept)
         cursor = next((c.expression for c in plan.columns if c.name == table.cursor), "NULL")
-        found.append(f"(SELECT r.at FROM _restored_kept r WHERE r.k = {pk} AND r.c IS NOT DISTINCT FROM {cursor})")
+        found.append(f"(SELECT r.at FROM _restored_kept r WHERE {match} AND r.c IS NOT DISTINCT FROM {cursor})")
     found.append("CAST(NULL AS TIMESTAMPTZ)")
     return f"COALESCE({', '.join(found)})" if len(found) > 1 else found[0]
 
 
-def _boundary_keys(pipeline: dlt.Pipeline, table: TableSpec, start: Any) -> list[Any]:
+def _boundary_keys(pipeline: dlt.Pipeline, table: TableSpec, start: Any) -> list[Key]:
     """Live keys raw holds with the cursor exactly at ``start`` (what dlt's closed range would
     de-duplicate): rows tied at the watermark that arrive later are still read."""
     rows = _raw_arrow(
         pipeline,
-        f'select "{table.primary_key}" from {_qualified(pipeline, table.name)} '
+        f"select {', '.join(dquote(n) for n in table.key_columns)} from {_qualified(pipeline, table.name)} "
         f'where "{table.cursor}" = {sql_literal(start)} and "{DELETED_FLAG}" is not true',
     )
-    return [] if rows is None else rows.column(0).to_pylist()
+    return [] if rows is None else [tuple(r.values()) for r in rows.to_pylist()]
 
 
 def _resource_start(pipeline: dlt.Pipeline, spec: SourceSpec, table: TableSpec) -> Any:
@@ -635,7 +658,7 @@ def _range_predicate(plan: TablePlan, start: Any, kind: str | None) -> str:
         return source_literal(kind, value) if kind else sql_literal(value)
 
     cursor = next((c for c in plan.columns if c.name == table.cursor), None)
-    pk = q(table.primary_key)
+    names = table.key_columns
     predicate = ""
     if cursor is not None and start is not None:
         # Compare the source column itself, so the filter runs in the source database on its index.
@@ -644,11 +667,10 @@ def _range_predicate(plan: TablePlan, start: Any, kind: str | None) -> str:
         if plan.end is not None:
             predicate += f" AND {column} < {lit(cursor.filter_value(plan.end))}"
         if plan.boundary_keys and start == plan.start:
-            seen = ", ".join(lit(k) for k in plan.boundary_keys)
-            predicate += f" AND NOT ({column} = {value} AND {pk} IN ({seen}))"
+            predicate += f" AND NOT ({column} = {value} AND {key_in(names, plan.boundary_keys, q, lit)})"
     for i in range(0, len(plan.late_keys), _KEY_CHUNK):
-        keys = ", ".join(lit(k) for k in plan.late_keys[i : i + _KEY_CHUNK])
-        predicate = f"({predicate}) OR {pk} IN ({keys})" if predicate else f"{pk} IN ({keys})"
+        keys = key_in(names, plan.late_keys[i : i + _KEY_CHUNK], q, lit)
+        predicate = f"({predicate}) OR {keys}" if predicate else keys
     return predicate
 
 
@@ -670,7 +692,8 @@ def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start:
     where = f"({any_bad})" + (f" AND ({predicate})" if predicate else "")
     flags = ", ".join(f"CASE WHEN {c.special} THEN 1 ELSE 0 END" for c in special)
     texts = ", ".join(_text_of(kind, c.name) for c in special)
-    pk = quote(kind, table.primary_key)
+    names = table.key_columns
+    pk = ", ".join(quote(kind, n) for n in names)
     sql = (
         f"SELECT {pk}, {flags}, {texts} FROM {qualified(kind, table.name, plan.schema)} "
         f"WHERE {where} ORDER BY {pk} LIMIT {_SAMPLE * len(special)}"
@@ -689,12 +712,12 @@ def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start:
         engine.dispose()
     if not rows:
         return
-    n = len(special)
+    n, nk = len(special), len(names)
     problems = []
     for i, column in enumerate(special):
-        found = [(r[0], r[1 + n + i]) for r in rows if r[1 + i]][:_SAMPLE]
+        found = [(tuple(r[:nk]), r[nk + n + i]) for r in rows if r[nk + i]][:_SAMPLE]
         if found:
-            sample = ", ".join(f"{table.primary_key}={k!r}: {v!r}" for k, v in found)
+            sample = "; ".join(f"{key_text(names, k)}: {v!r}" for k, v in found)
             problems.append(f"column {column.name!r} ({column.source_type} -> raw {column.raw_type}) at {sample}")
     raise SourceDataError(
         f"{_where(spec.name, table.name)}: values raw cannot hold exactly (they would be replaced by another "
@@ -755,16 +778,15 @@ def _extract_files(
         if not files:
             return [], schema, None
         glob = sql_literal(str(staging / "*.parquet"))
-        pk = f'"{table.primary_key}"'
         cursor_max = f'max("{table.cursor}")' if table.cursor else "NULL"
         cursor_nulls = f'count(*) - count("{table.cursor}")' if table.cursor else "0"
-        nulls, dups, top, missing = con.execute(
-            f"SELECT count(*) - count({pk}), count({pk}) - count(DISTINCT {pk}), {cursor_max}, {cursor_nulls} "
-            f"FROM read_parquet({glob})"
-        ).fetchone() or (0, 0, None, 0)
+        top, missing = con.execute(f"SELECT {cursor_max}, {cursor_nulls} FROM read_parquet({glob})").fetchone() or (
+            None,
+            0,
+        )
         if missing:
             raise SourceDataError(_null_cursor(where, missing, table))
-        _refuse_bad_keys(where, table, nulls, dups)
+        _refuse_bad_keys(con, f"read_parquet({glob})", [dquote(k) for k in table.key_columns], where, table)
         counts = con.execute(
             f"SELECT filename, count(*) FROM read_parquet({glob}, filename = true) GROUP BY filename ORDER BY filename"
         ).fetchall()
@@ -820,7 +842,7 @@ class _ChangeFeed:
             changes,
             name=table.name,
             write_disposition="merge",
-            primary_key=table.primary_key,
+            primary_key=table.key_columns,
             columns=column_hints(plan),
         )
 
@@ -852,7 +874,7 @@ def _table_resource(url: sa.URL, spec: SourceSpec, plan: TablePlan, staging: Pat
         read,
         name=table.name,
         write_disposition=disposition,
-        primary_key=table.primary_key,
+        primary_key=table.key_columns,
         columns=column_hints(plan),
     )
 
@@ -867,7 +889,8 @@ def column_hints(plan: TablePlan) -> dict[str, Any]:
         if column.raw_type == "JSON":
             hint["data_type"] = "json"
         hints[column.name] = hint
-    hints.setdefault(plan.spec.primary_key, {})["nullable"] = True
+    for key in plan.spec.key_columns:
+        hints.setdefault(key, {})["nullable"] = True
     return hints
 
 
@@ -894,7 +917,7 @@ def database_source(spec: SourceSpec, url: sa.URL, plans: list[TablePlan], stagi
                     name=f"{plan.spec.name}__deletes",
                     table_name=plan.spec.name,
                     write_disposition="merge",
-                    primary_key=plan.spec.primary_key,
+                    primary_key=plan.spec.key_columns,
                 )
 
     return source()

@@ -44,7 +44,7 @@ from ingestion.database.raw import (
     SOURCE_LSN,
     is_bookkeeping,
 )
-from ingestion.database.reader import MEMORY_LIMIT, SourceColumn, select_list, sql_literal
+from ingestion.database.reader import MEMORY_LIMIT, SourceColumn, dquote, key_in, select_list, sql_literal
 
 PART_ROWS = 50_000
 """Changes buffered in memory per table before they are written to a parquet part."""
@@ -159,9 +159,9 @@ def _check_key(conn: psycopg.Connection[Any], spec: SourceSpec, table: TableSpec
     identity, keys = row
     if identity == "f":
         return  # REPLICA IDENTITY FULL: deletes carry the whole row
-    if identity == "n" or keys != [table.primary_key]:
+    if identity == "n" or sorted(keys or []) != sorted(table.key_columns):
         raise CdcError(
-            f"{where}: deletes would not carry the declared primary key {table.primary_key!r} "
+            f"{where}: deletes would not carry the declared primary key {table.key_columns} "
             f"(replica identity key: {keys or 'none'}). Give the table that primary key, or "
             f'ALTER TABLE "{table.name}" REPLICA IDENTITY FULL'
         )
@@ -327,8 +327,8 @@ def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
                 new = [message.new[i] if i >= 0 else unknown for i in index]
                 if message.old is not None:
                     old = _old_values(message.old, index, key_index if message.old_is_key else None)
-                    key = changes.columns.index(changes.spec.primary_key)
-                    if old[key] != new[key]:  # the key itself changed: the old key is deleted
+                    key = [changes.columns.index(k) for k in changes.spec.key_columns]
+                    if [old[i] for i in key] != [new[i] for i in key]:  # the key changed: the old key is deleted
                         seq += 1
                         changes.add(seq, "D", lsn, ts, old)
                 seq += 1
@@ -400,7 +400,8 @@ def resolve(
     cast to the scanner's type and then read through the snapshot's SELECT list, so both paths
     give raw the same types."""
     table = changes.spec
-    pk = f'"{table.primary_key}"'
+    keys = table.key_columns
+    pk = ", ".join(dquote(k) for k in keys)
     names = changes.columns
     out.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(config={"threads": 2, "memory_limit": MEMORY_LIMIT})
@@ -421,8 +422,8 @@ def resolve(
         if not sources:
             return Resolved([], pa.schema([]), 0)
         filled = ", ".join(
-            f"{pk}"
-            if c == table.primary_key
+            dquote(c)
+            if c in keys
             else f'last_value(CASE WHEN NOT list_contains(_unknown, {sql_literal(c)}) THEN struct_pack(v := "{c}") END '
             f'IGNORE NULLS) OVER w AS "{c}"'
             for c in names
@@ -433,24 +434,25 @@ def resolve(
             f"  WINDOW w AS (PARTITION BY {pk} ORDER BY _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
             f") QUALIFY row_number() OVER (PARTITION BY {pk} ORDER BY _seq DESC) = 1"
         )
-        others = [c for c in names if c != table.primary_key]
+        others = [c for c in names if c not in keys]
         missing = " OR ".join(f'"{c}" IS NULL' for c in others) or "false"
-        files = _raw_for_keys(con, f"SELECT {pk} FROM _last WHERE {missing}", raw_rows, table.primary_key, out)
+        files = _raw_for_keys(con, f"SELECT {pk} FROM _last WHERE {missing}", raw_rows, keys, out)
         raw_files = f"[{', '.join(files)}]"
         described = con.execute(f"DESCRIBE SELECT * FROM read_parquet({raw_files})").fetchall() if files else []
         raw_columns = {str(r[0]) for r in described}
-        join = f"LEFT JOIN read_parquet({raw_files}) r ON r.{pk} = l.{pk}" if files else ""
+        match = " AND ".join(f"r.{dquote(k)} = l.{dquote(k)}" for k in keys)
+        join = f"LEFT JOIN read_parquet({raw_files}) r ON {match}" if files else ""
 
         def value(c: str) -> str:
-            if c == table.primary_key:
-                return f"l.{pk}"
+            if c in keys:
+                return f"l.{dquote(c)}"
             fallback = f'CAST(r."{c}" AS {types[c]})' if c in raw_columns else f"CAST(NULL AS {types[c]})"
             return f'CASE WHEN l."{c}" IS NULL THEN {fallback} ELSE l."{c}".v END AS "{c}"'
 
         query = (
             f"SELECT {', '.join(value(c) for c in names)}, {sql_literal(load_id)} AS {LOAD_ID}, "
             f"l._op = 'D' AS {DELETED_FLAG}, CASE WHEN l._op = 'D' THEN l._ts END AS {DELETED_AT}, "
-            f"{_restored_at(con, raw_rows, table.primary_key)} AS {RESTORED_AT}, "
+            f"{_restored_at(con, raw_rows, keys)} AS {RESTORED_AT}, "
             f"l._lsn AS {SOURCE_LSN}, l._ts AS {SOURCE_COMMITTED_AT} FROM _last l {join}"
         )
         schema = con.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
@@ -473,14 +475,15 @@ def resolve(
         con.close()
 
 
-def _restored_at(con: duckdb.DuckDBPyConnection, raw_rows: RawRows, key: str) -> str:
+def _restored_at(con: duckdb.DuckDBPyConnection, raw_rows: RawRows, keys: list[str]) -> str:
     """The SELECT expression of ``_restored_at`` over ``_last l``: the commit time of a key that
     raw holds as deleted and the batch brings back (a restore, or the key reused), else NULL."""
-    deleted = raw_rows(f'"{key}" AS k', f'"{DELETED_FLAG}" IS TRUE')
+    deleted = raw_rows(", ".join(dquote(k) for k in keys), f'"{DELETED_FLAG}" IS TRUE')
     if deleted is None or not deleted.num_rows:
         return "CAST(NULL AS TIMESTAMPTZ)"
     con.register("_raw_deleted", deleted)
-    return f"CASE WHEN l._op <> 'D' AND l.\"{key}\" IN (SELECT k FROM _raw_deleted) THEN l._ts END"
+    match = " AND ".join(f"d.{dquote(k)} = l.{dquote(k)}" for k in keys)
+    return f"CASE WHEN l._op <> 'D' AND EXISTS (SELECT 1 FROM _raw_deleted d WHERE {match}) THEN l._ts END"
 
 
 def _truncate_deletes(
@@ -492,8 +495,7 @@ def _truncate_deletes(
 ) -> str:
     """A SELECT of one delete per key a TRUNCATE removed: every key raw holds live and every key
     changed earlier in the batch."""
-    key = changes.spec.primary_key
-    key_type = types[key]
+    keys = changes.spec.key_columns
     con.register(
         "_truncates",
         pa.table(
@@ -504,29 +506,32 @@ def _truncate_deletes(
             }
         ),
     )
-    live = raw_rows(f'"{key}"', f'"{DELETED_FLAG}" IS NOT TRUE')
-    keys = [f"SELECT CAST(NULL AS {key_type}) AS k, -1 AS _seq WHERE false"]
+    live = raw_rows(", ".join(dquote(k) for k in keys), f'"{DELETED_FLAG}" IS NOT TRUE')
+    typed = ", ".join(f"CAST({dquote(k)} AS {types[k]}) AS {dquote(k)}" for k in keys)
+    found = [f"SELECT {', '.join(f'CAST(NULL AS {types[k]}) AS {dquote(k)}' for k in keys)}, -1 AS _seq WHERE false"]
     if live is not None:
         con.register("_raw_live", live)
-        keys.append(f'SELECT CAST("{key}" AS {key_type}), -1 FROM _raw_live')
+        found.append(f"SELECT {typed}, -1 FROM _raw_live")
     if sources:
-        keys.append(f'SELECT "{key}", _seq FROM ({sources[0]})')
-    others = [c for c in changes.columns if c != key]
+        found.append(f"SELECT {', '.join(dquote(k) for k in keys)}, _seq FROM ({sources[0]})")
+    others = [c for c in changes.columns if c not in keys]
     unknown = "[" + ", ".join(sql_literal(c) for c in others) + "]::VARCHAR[]"
-    values = ", ".join(f'k.k AS "{c}"' if c == key else f'CAST(NULL AS {types[c]}) AS "{c}"' for c in changes.columns)
+    values = ", ".join(f"k.{dquote(c)}" if c in keys else f'CAST(NULL AS {types[c]}) AS "{c}"' for c in changes.columns)
     return (
         f"SELECT t._seq, 'D' AS _op, t._lsn, t._ts, {unknown} AS _unknown, {values} "
-        f"FROM _truncates t JOIN ({' UNION ALL '.join(keys)}) k ON k._seq < t._seq"
+        f"FROM _truncates t JOIN ({' UNION ALL '.join(found)}) k ON k._seq < t._seq"
     )
 
 
-def _raw_for_keys(con: duckdb.DuckDBPyConnection, keys_sql: str, raw_rows: RawRows, key: str, out: Path) -> list[str]:
+def _raw_for_keys(
+    con: duckdb.DuckDBPyConnection, keys_sql: str, raw_rows: RawRows, keys: list[str], out: Path
+) -> list[str]:
     """Raw's rows for the keys ``keys_sql`` selects, fetched in chunks into parquet files under
     ``out`` (memory bounded by the chunk); returns the files as SQL literals."""
     files: list[str] = []
     result = con.execute(keys_sql)
     while chunk := result.fetchmany(_KEY_CHUNK):
-        part = raw_rows("*", f'"{key}" IN ({", ".join(sql_literal(r[0]) for r in chunk)})')
+        part = raw_rows("*", key_in(keys, [tuple(r) for r in chunk], dquote, sql_literal))
         if part is None:
             return []
         path = out / f"raw-{len(files):05d}.parquet"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -165,6 +165,30 @@ def sql_literal(value: Any) -> str:
     if isinstance(value, str):
         return _quote(value)
     raise TypeError(f"unsupported cursor or key value of type {type(value).__name__}")
+
+
+Key = tuple[Any, ...]
+"""One row's primary key: a value per key column, in the declared order."""
+
+
+def key_in(names: Sequence[str], keys: Sequence[Key], q: Callable[[str], str], lit: Callable[[Any], str]) -> str:
+    """A predicate true for the rows whose key is one of ``keys``: ``"k" IN (...)`` for one key
+    column, an OR of ANDs for a composite key (row-value IN lists are not portable across the
+    engines, SQLite and DuckDB's scanners included). ``q`` quotes a name, ``lit`` writes a value."""
+    if len(names) == 1:
+        return f"{q(names[0])} IN ({', '.join(lit(k[0]) for k in keys)})"
+    rows = (" AND ".join(f"{q(n)} = {lit(v)}" for n, v in zip(names, k, strict=True)) for k in keys)
+    return "(" + " OR ".join(f"({r})" for r in rows) + ")"
+
+
+def key_text(names: Sequence[str], key: Key) -> str:
+    """A key as a message shows it: ``order_id=7`` or ``order_id=7, line=2``."""
+    return ", ".join(f"{n}={v!r}" for n, v in zip(names, key, strict=True))
+
+
+def dquote(name: str) -> str:
+    """A name quoted for DuckDB (and the warehouse)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def source_relation(kind: str, table: str, schema: str | None = None) -> str:
