@@ -146,16 +146,21 @@ SERVERS = {
 @pytest.fixture(params=sorted(SERVERS))
 def shop_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A new, empty database on each real server (PostgreSQL, MariaDB), dropped afterwards."""
-    admin_url, url = SERVERS[request.param]
+    with server_database(request.param) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def server_database(server: str) -> Iterator[str]:
+    """A new, empty database on the real server ``server`` (a key of SERVERS), dropped afterwards."""
+    admin_url, url = SERVERS[server]
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect():
             pass
     except sa.exc.OperationalError as exc:
         admin.dispose()
-        _service_missing(
-            f"{request.param} is not reachable at {admin.url.render_as_string(hide_password=True)}: {exc.orig}"
-        )
+        _service_missing(f"{server} is not reachable at {admin.url.render_as_string(hide_password=True)}: {exc.orig}")
     db = f"dusk_test_{uuid.uuid4().hex[:10]}"
     with admin.connect() as con:
         con.execute(sa.text(f"create database {db}"))
@@ -163,7 +168,7 @@ def shop_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield url.format(db=db)
     finally:
         with admin.connect() as con:
-            if request.param == "postgres":
+            if server == "postgres":
                 con.execute(sa.text(f"drop database if exists {db} with (force)"))
             else:
                 con.execute(sa.text(f"drop database if exists {db}"))

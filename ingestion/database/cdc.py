@@ -209,6 +209,8 @@ class TableChanges:
     truncates: list[tuple[int, int, datetime]] = field(default_factory=list)
     """(sequence number, commit LSN, commit time) of each TRUNCATE."""
     count: int = 0
+    moved_unknown: bool = False
+    """Some update changed the key and left values out of the stream (see :func:`_fill_moves`)."""
     _rows: list[list[Any]] = field(default_factory=list)
 
     def add(self, seq: int, op: str, lsn: int, ts: datetime, values: list[Any]) -> None:
@@ -218,6 +220,7 @@ class TableChanges:
         if pgoutput.UNCHANGED in values:
             unknown = [c for c, v in zip(self.columns, values, strict=True) if v is pgoutput.UNCHANGED]
             values = [None if v is pgoutput.UNCHANGED else v for v in values]
+            self.moved_unknown = self.moved_unknown or op == "M"
         self._rows.append([seq, op, lsn, ts, unknown, *values])
         self.count += 1
         if len(self._rows) >= PART_ROWS:
@@ -328,9 +331,14 @@ def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
                 if message.old is not None:
                     old = _old_values(message.old, index, key_index if message.old_is_key else None)
                     key = [changes.columns.index(k) for k in changes.spec.key_columns]
-                    if [old[i] for i in key] != [new[i] for i in key]:  # the key changed: the old key is deleted
+                    if [old[i] for i in key] != [new[i] for i in key]:
+                        # the key changed: the old key is deleted, and the new row ('M', moved)
+                        # takes the values the stream leaves out from the old key's row
                         seq += 1
                         changes.add(seq, "D", lsn, ts, old)
+                        seq += 1
+                        changes.add(seq, "M", lsn, ts, new)
+                        continue
                 seq += 1
                 changes.add(seq, "U", lsn, ts, new)
             elif isinstance(message, pgoutput.Delete):
@@ -417,6 +425,10 @@ def resolve(
         types = {str(r[0]): str(r[1]) for r in described}
         parts = ", ".join(sql_literal(str(p)) for p in changes.parts)
         sources = [typed.replace("<changes>", f"read_parquet([{parts}])")] if parts else []
+        if sources and changes.moved_unknown:
+            con.execute(f"CREATE TEMP TABLE _changes AS {sources[0]}")
+            _fill_moves(con, keys, types, raw_rows, out / "moved")
+            sources = ["SELECT * FROM _changes"]
         if changes.truncates:
             sources.append(_truncate_deletes(con, changes, types, raw_rows, sources))
         if not sources:
@@ -473,6 +485,43 @@ def resolve(
         return Resolved([(Path(f), int(n)) for f, n, _ in counts if n], schema, sum(int(d) for *_, d in counts))
     finally:
         con.close()
+
+
+def _fill_moves(
+    con: duckdb.DuckDBPyConnection, keys: list[str], types: dict[str, str], raw_rows: RawRows, out: Path
+) -> None:
+    """Give each moved row (``M``: an update that changed the key; its old key's delete is the
+    change just before it) the values the stream left out (unchanged TOASTed values): the old
+    key's, from its last change in the batch that carried them, else from raw. In sequence order,
+    so a value follows a chain of moves."""
+    pk = ", ".join(dquote(k) for k in keys)
+    moves = con.execute(
+        "SELECT _seq, _unknown FROM _changes WHERE _op = 'M' AND len(_unknown) > 0 ORDER BY _seq"
+    ).fetchall()
+    old_keys = f"SELECT {pk} FROM _changes WHERE _seq IN ({', '.join(str(m[0] - 1) for m in moves)})"
+    out.mkdir(parents=True, exist_ok=True)
+    files = _raw_for_keys(con, old_keys, raw_rows, keys, out)
+    raw_moved = f"read_parquet([{', '.join(files)}])" if files else f"(SELECT {pk} FROM _changes WHERE false)"
+    raw_columns = {str(r[0]) for r in con.execute(f"DESCRIBE SELECT * FROM {raw_moved}").fetchall()}
+    for seq, unknown in moves:
+        old = f"(SELECT {pk} FROM _changes WHERE _seq = {seq - 1})"
+        for c in unknown:
+            col, name = dquote(c), sql_literal(c)
+            in_raw = (
+                f"(SELECT struct_pack(v := CAST(r.{col} AS {types[c]})) FROM {raw_moved} r JOIN {old} o USING ({pk}))"
+                if c in raw_columns
+                else "NULL"
+            )
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE _moved AS SELECT coalesce("
+                f"(SELECT arg_max(struct_pack(v := b.{col}), b._seq) FROM _changes b JOIN {old} o USING ({pk}) "
+                f"WHERE b._seq < {seq} AND NOT list_contains(b._unknown, {name})), {in_raw}) AS found"
+            )
+            con.execute(
+                f"UPDATE _changes SET {col} = (SELECT found.v FROM _moved), "
+                f"_unknown = list_filter(_unknown, x -> x <> {name}) "
+                f"WHERE _seq = {seq} AND (SELECT found FROM _moved) IS NOT NULL"
+            )
 
 
 def _restored_at(con: duckdb.DuckDBPyConnection, raw_rows: RawRows, keys: list[str]) -> str:

@@ -229,6 +229,76 @@ def test_unchanged_toasted_values_and_truncates(crm) -> None:
     assert raw(settings, "select body from raw_crm.notes where note_id = 5") == [("before",)]
 
 
+LINES_YML = """
+sources:
+  erp:
+    kind: database
+    tables:
+      lines:
+        primary_key: [order_id, line_no]
+        deletes: cdc
+"""
+
+
+def test_a_composite_key_through_the_log(logical_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table keyed by (order_id, line_no): updates and deletes find their row by both columns, an
+    update of a key column deletes the old key, an unchanged TOASTed value is filled in by the whole
+    key, a key back after its deletion is stamped, and a TRUNCATE deletes every key."""
+    configure_dlt()
+    (tmp_path / "sources.yml").write_text(LINES_YML)
+    monkeypatch.setenv("SOURCES__ERP__CREDENTIALS", logical_pg_url)
+    spec = load_sources(tmp_path / "sources.yml")["erp"]
+    engine = sa.create_engine(logical_pg_url)
+    settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
+
+    def rows() -> list[tuple]:
+        return raw(
+            settings,
+            "select order_id, line_no, qty, length(note), _is_deleted, _restored_at is not null "
+            "from raw_erp.lines order by 1, 2",
+        )
+
+    try:
+        sql(
+            engine,
+            "create table lines (order_id int, line_no int, qty int, note text, primary key (order_id, line_no))",
+            "alter table lines alter column note set storage external",
+            "insert into lines select o, l, o * 10 + l, repeat('n', 20000) from generate_series(1, 2) o, "
+            "generate_series(1, 3) l",
+        )
+        cdc.setup(engine.url, spec)
+        assert stats(ingest_source(spec, settings)) == {"lines": (6, 0)}
+        sql(
+            engine,
+            "update lines set qty = 99 where order_id = 1 and line_no = 2",  # the note stays TOASTed
+            "update lines set line_no = 4 where order_id = 2 and line_no = 3",  # a key column changes
+            "delete from lines where order_id = 1 and line_no = 3",
+            # a new TOASTed value, then the key moves: the value comes from the change before
+            "update lines set note = repeat('m', 30000) where order_id = 1 and line_no = 1",
+            "update lines set line_no = 5 where order_id = 1 and line_no = 1",
+        )
+        result = ingest_source(spec, settings)
+        assert stats(result) == {"lines": (3, 3)}  # the live rows; the deletes counted apart
+        assert rows() == [
+            (1, 1, 11, 30000, True, False),
+            (1, 2, 99, 20000, False, False),
+            (1, 3, 13, 20000, True, False),
+            (1, 5, 11, 30000, False, False),
+            (2, 1, 21, 20000, False, False),
+            (2, 2, 22, 20000, False, False),
+            (2, 3, 23, 20000, True, False),
+            (2, 4, 23, 20000, False, False),
+        ]
+        sql(engine, "insert into lines values (1, 3, 7, 'back')")
+        assert stats(ingest_source(spec, settings)) == {"lines": (1, 0)}
+        assert (1, 3, 7, 4, False, True) in rows()
+        sql(engine, "truncate lines")
+        assert stats(ingest_source(spec, settings)) == {"lines": (0, 6)}
+        assert [r[4] for r in rows()] == [True] * 8
+    finally:
+        engine.dispose()
+
+
 def test_a_new_source_column_arrives_and_a_dropped_one_stops_the_table(crm) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
