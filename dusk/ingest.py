@@ -295,8 +295,18 @@ def _ingest_api(run: _SourceRun) -> None:
             f"{spec.kind}.base_url in sources.yml"
         )
     session = api.session_for(spec)
-    run.loaded(run.pipeline.run(api.api_source(spec, base_url, token, session, run.window)))
+    repeats: dict[str, api.Repeats] = {}
+    run.loaded(run.pipeline.run(api.api_source(spec, base_url, token, session, run.window, repeats)))
     run.finish()
+    for stats in run.result.tables:
+        seen = repeats.get(stats.table)
+        if seen is not None and seen.repeated:
+            # raw received one row per key: the summary counts those, and names the repeats
+            stats.extracted = stats.loaded = seen.distinct
+            note = seen.note()
+            assert note is not None
+            run.result.notes.append(note)
+            log.warning("source=%s %s", spec.name, note)
     log.info("source=%s api requests=%d", spec.name, session.attempts)
 
 

@@ -9,7 +9,10 @@ top, in the HTTP session dlt sends every request through (:class:`ResilientSessi
 - retries of transient failures (429, 5xx, timeouts, dropped connections) with exponential backoff
   and full jitter (tenacity), honouring ``Retry-After`` when the server sends it;
 - a circuit breaker: after ``breaker_failures`` failed attempts in a row the source stops asking
-  and fails with the endpoint and the last status.
+  and fails with the endpoint and the last status;
+- records served more than once in one night (an updated record that moved to a later page):
+  the newest by the cursor wins, ties the last served (:class:`Repeats`); the summary counts
+  distinct keys and names the repeats.
 
 A run that fails anywhere loads nothing of that source and leaves the cursor where it was; the
 bearer token comes from the environment or dlt's secrets and is never logged.
@@ -18,6 +21,7 @@ bearer token comes from the environment or dlt's secrets and is never logged.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +32,7 @@ from dlt.extract.source import DltSource
 from dlt.sources.helpers.rest_client.client import sanitize_url
 from dlt.sources.rest_api import rest_api_source
 
-from ingestion.config import SourceSpec
+from ingestion.config import SourceSpec, TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +153,85 @@ def dlt_column(declared: str) -> dict[str, Any]:
     return {"data_type": _DLT_TYPES[declared]}
 
 
+SERVED = "_served_seq"
+"""Raw's column with each record's position in the night's responses: dlt's merge keeps, per
+key, the record with the highest one (``dedup_sort``)."""
+
+
+class Repeats:
+    """One table's records as served in one night, for records served more than once.
+
+    Every record gets its position (:data:`SERVED`). A copy older by the cursor than one already
+    served is dropped; the others go on, and dlt's merge keeps the last served per key. Since a
+    surviving copy is never older than the copies before it, that is the newest by the cursor,
+    ties broken by the last served. Holds one cursor value per distinct key of the night."""
+
+    def __init__(self, spec: SourceSpec, table: TableSpec) -> None:
+        self.where = f"source {spec.name!r}, table {table.name!r}"
+        self.table = table
+        self.served = 0
+        self.newest: dict[tuple[Any, ...], Any] = {}
+        self.repeated: Counter[tuple[Any, ...]] = Counter()
+
+    def stamp(self, item: dict[str, Any]) -> dict[str, Any]:
+        self.served += 1
+        item[SERVED] = self.served
+        return item
+
+    def keep(self, item: dict[str, Any]) -> bool:
+        key = tuple(item.get(k) for k in self.table.key_columns)
+        cursor = item.get(self.table.cursor) if self.table.cursor else None
+        if key not in self.newest:
+            self.newest[key] = cursor
+            return True
+        self.repeated[key] += 1
+        if self.table.write_disposition == "replace":
+            raise ValueError(
+                f"{self.where}: the API served {_key(self.table, key)} twice in one full reload; nothing was "
+                "loaded. Declare write_disposition: merge for the table (the newest copy then wins)."
+            )
+        newest = self.newest[key]
+        if cursor is not None and newest is not None and cursor < newest:
+            return False  # an older copy than one already kept
+        self.newest[key] = cursor
+        return True
+
+    @property
+    def distinct(self) -> int:
+        """Distinct keys served (what raw receives)."""
+        return len(self.newest)
+
+    def note(self) -> str | None:
+        """The summary's line about the repeats, if there were any."""
+        if not self.repeated:
+            return None
+        sample = ", ".join(_key(self.table, k) for k in sorted(self.repeated, key=str)[:5])
+        newest = f"the newest by {self.table.cursor}" if self.table.cursor else "the last served"
+        return (
+            f"{self.table.name}: {sum(self.repeated.values())} record(s) served again in this run "
+            f"({len(self.repeated)} key(s), e.g. {sample}); {newest} was kept, counted once"
+        )
+
+
+def _key(table: TableSpec, key: tuple[Any, ...]) -> str:
+    return ", ".join(f"{n}={v!r}" for n, v in zip(table.key_columns, key, strict=True))
+
+
 def api_source(
     spec: SourceSpec,
     base_url: str,
     token: str | None,
     session: requests.Session,
     window: tuple[datetime, datetime] | None = None,
+    repeats: dict[str, Repeats] | None = None,
 ) -> DltSource:
     """dlt's rest_api source for one declared API: a resource per table, incremental on the
     table's cursor when it has one. A backfill ``window`` (start, end) reads the records with
     ``start <= cursor < end`` as a bounded incremental: dlt neither reads nor moves the stored
-    cursor then, and tables without a cursor are left out."""
+    cursor then, and tables without a cursor are left out. ``repeats`` receives each keyed
+    table's :class:`Repeats`."""
     resources: list[Any] = []
+    repeats = {} if repeats is None else repeats
     for table in spec.tables:
         params: dict[str, Any] = {"limit": int(spec.option("page_size"))}
         endpoint: dict[str, Any] = {"path": table.path, "params": params, "data_selector": table.data_selector}
@@ -183,12 +254,16 @@ def api_source(
             if table.lag_seconds:
                 incremental["lag"] = table.lag_seconds
             params[table.cursor_param] = incremental
+        columns = {name: dlt_column(declared) for name, declared in table.columns}
+        if table.key_columns:
+            repeats[table.name] = Repeats(spec, table)
+            columns[SERVED] = {"data_type": "bigint", "dedup_sort": "desc"}
         resources.append(
             {
                 "name": table.name,
                 "primary_key": table.key_columns,
                 "write_disposition": table.write_disposition,
-                "columns": {name: dlt_column(declared) for name, declared in table.columns},
+                "columns": columns,
                 "endpoint": endpoint,
             }
         )
@@ -201,6 +276,9 @@ def api_source(
         client["auth"] = {"type": "bearer", "token": token}
     source = rest_api_source({"client": client, "resources": resources}, name=spec.name)  # type: ignore[typeddict-item]
     source.max_table_nesting = 0
+    for name, seen in repeats.items():
+        # after dlt's incremental step: only the records this run loads are stamped and compared
+        source.resources[name].add_map(seen.stamp).add_filter(seen.keep)
     return source
 
 

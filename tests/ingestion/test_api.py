@@ -5,13 +5,18 @@ nothing and leave the cursor where it was; the token never reaches a log line.""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -191,3 +196,67 @@ def test_a_response_that_is_not_json_fails_the_source_and_keeps_the_cursor(
     again = ingest_source(spec(), settings)  # the next run reads the page again
     assert again.ok and extracted(again) == written
     assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(31, 31)]
+
+
+class _Pages(BaseHTTPRequestHandler):
+    """Serves ``PAGES`` by the ``cursor`` parameter (page number), whatever ``updated_since`` says."""
+
+    pages: ClassVar[list[list[dict]]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        query = parse_qs(urlparse(self.path).query)
+        page = int(query.get("cursor", ["0"])[0])
+        more = page + 1 < len(self.pages)
+        body = json.dumps({"data": self.pages[page], "next_cursor": str(page + 1) if more else None}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _payment(pid: int, at: str, amount: str) -> dict:
+    return {"payment_id": pid, "updated_at": at, "amount": amount}
+
+
+@pytest.mark.badinput
+def test_a_record_served_twice_keeps_its_newest_copy_and_is_counted_once(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API whose pages move: payment 2 is updated while the night pages through and is served
+    again later (newer), payment 3 is served again older, payment 6 twice with the same cursor.
+    Raw holds one row per payment: the newest by updated_at, ties the last served."""
+    t = "2026-01-01T00:00:0{}Z"
+    _Pages.pages = [
+        [_payment(1, t.format(1), "1.00"), _payment(2, t.format(2), "2.00"), _payment(3, t.format(5), "3.50")],
+        [_payment(4, t.format(3), "4.00"), _payment(2, t.format(6), "2.60"), _payment(3, t.format(3), "3.00")],
+        [_payment(6, t.format(7), "6.00"), _payment(6, t.format(7), "6.70")],
+    ]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        configure_dlt()
+        write_sources(tmp_path)
+        monkeypatch.setenv("DUSK_SOURCES_FILE", str(tmp_path / "sources.yml"))
+        monkeypatch.setenv("SOURCES__PAYMENTS__BASE_URL", f"http://127.0.0.1:{server.server_port}/v1")
+        result = ingest_source(spec(), settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.ok, result.error
+    stats = {t.table: t for t in result.tables}["payments"]
+    assert (stats.extracted, stats.loaded) == (5, 5)
+    assert raw(settings, "select payment_id, amount from raw_payments.payments order by 1") == [
+        (1, "1.00"),
+        (2, "2.60"),
+        (3, "3.50"),
+        (4, "4.00"),
+        (6, "6.70"),
+    ]
+    assert result.notes == [
+        "payments: 3 record(s) served again in this run (3 key(s), e.g. payment_id=2, payment_id=3, "
+        "payment_id=6); the newest by updated_at was kept, counted once"
+    ]
