@@ -107,6 +107,15 @@ def own_demo_stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     delete_demo_stream(path)
 
 
+@pytest.fixture(autouse=True)
+def counts_reconcile(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test that ingests also proves the counts: no run may report a table's loaded rows
+    differently from what raw received (dusk.ingest.check_counts logs the difference)."""
+    yield
+    wrong = [r.getMessage() for r in caplog.get_records("call") if "counts do not reconcile" in r.getMessage()]
+    assert not wrong, wrong
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Iterator[Workspace]:
     ws = Workspace(tmp_path)

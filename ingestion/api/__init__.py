@@ -172,6 +172,7 @@ class Repeats:
         self.served = 0
         self.newest: dict[tuple[Any, ...], Any] = {}
         self.repeated: Counter[tuple[Any, ...]] = Counter()
+        self.kept_repeats = 0
 
     def stamp(self, item: dict[str, Any]) -> dict[str, Any]:
         self.served += 1
@@ -194,12 +195,8 @@ class Repeats:
         if cursor is not None and newest is not None and cursor < newest:
             return False  # an older copy than one already kept
         self.newest[key] = cursor
+        self.kept_repeats += 1  # passed on too: dlt's merge keeps one of the key's copies
         return True
-
-    @property
-    def distinct(self) -> int:
-        """Distinct keys served (what raw receives)."""
-        return len(self.newest)
 
     def note(self) -> str | None:
         """The summary's line about the repeats, if there were any."""

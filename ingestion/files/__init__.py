@@ -7,6 +7,11 @@ content has a new hash and is loaded again (its rows replace the old version's b
 all of the file's rows when the table has no key). Names and sizes are not trusted: a file copied
 again with the same content is skipped, whatever its modification time.
 
+A column the files carry but ``sources.yml`` does not declare is not dropped: it lands in raw as
+the file's text (nested JSON values as JSON), and the summary names it, so it can be declared
+with a type. A declared column a CSV header or Parquet file lacks fails the file; one absent from
+every record of a JSONL file is loaded as NULL and named in the summary.
+
 Every row is checked against the declared column types. A row that does not fit (wrong number of
 fields, a number or date that does not parse, an empty key, invalid JSON) goes to ``_quarantine``
 with the file, line and reason, and the rest of the file loads, unless more than
@@ -175,8 +180,9 @@ def _format(path: Path) -> str:
 
 
 def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str, str]]]:
-    """The file's records as (line, {column: text}) and its unparsable lines as (line, reason,
-    text). Raises FileError when the file as a whole cannot be read."""
+    """The file's records as (line, {column: text}), undeclared columns included, and its
+    unparsable lines as (line, reason, text). Raises FileError when the file as a whole cannot be
+    read."""
     names = [c for c, _ in table.columns]
     kind = _format(path)
     records: list[tuple[int, dict[str, Any]]] = []
@@ -189,14 +195,14 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
         missing = [n for n in names if n not in data.column_names]
         if missing:
             raise FileError(f"file {path.name}: column(s) {missing} missing; nothing loaded")
-        for i, row in enumerate(data.select(names).to_pylist(), start=1):
-            records.append((i, {k: None if v is None else str(v) for k, v in row.items()}))
+        for i, row in enumerate(data.to_pylist(), start=1):
+            records.append((i, {k: _text(v) for k, v in row.items()}))
         return records, bad
     text = _read_text(path)
     if kind == "jsonl":
         for i, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                record = json_record(line, names)
+                record = json_record(line)
                 if isinstance(record, str):
                     bad.append((i, record, line))
                 else:
@@ -210,7 +216,8 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
     missing = [n for n in names if n not in header]
     if missing:
         raise FileError(f"file {path.name}: header lacks column(s) {missing}; nothing loaded")
-    positions = [header.index(n) for n in names]
+    if "" in header or len(set(header)) != len(header):
+        raise FileError(f"file {path.name}: the header has an empty or repeated column name {header}; nothing loaded")
     for fields in reader:
         number = reader.line_num
         if not fields:
@@ -218,30 +225,57 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
         if len(fields) != len(header):
             bad.append((number, f"expected {len(header)} fields, found {len(fields)}", ",".join(fields)))
             continue
-        records.append(
-            (number, {n: (fields[p] if fields[p] != "" else None) for n, p in zip(names, positions, strict=True)})
-        )
+        records.append((number, {n: (v if v != "" else None) for n, v in zip(header, fields, strict=True)}))
     return records, bad
 
 
-def json_record(text: str, names: list[str]) -> dict[str, str | None] | str:
-    """The fields ``names`` of one JSON object, as text (nested values as JSON); or, when the
-    text is not a JSON object, the reason why not."""
+def json_record(text: str) -> dict[str, str | None] | str:
+    """The fields of one JSON object, as text (nested values as JSON); or, when the text is not a
+    JSON object, the reason why not."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg})"
     if not isinstance(value, dict):
         return "not a JSON object"
-    return {n: _text(value.get(n)) for n in names}
+    return {str(k): _text(v) for k, v in value.items()}
 
 
 def _text(value: Any) -> str | None:
+    """A value as raw's text: nested values (JSON objects and lists, Parquet structs, lists and
+    maps) as JSON, bytes as hex, never a Python repr."""
     if value is None:
         return None
-    if isinstance(value, dict | list):
-        return json.dumps(value)
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str, ensure_ascii=False)
     return str(value)
+
+
+def undeclared(table: TableSpec, records: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """The columns the records carry that the table does not declare, in order of appearance."""
+    declared = {n for n, _ in table.columns}
+    found: dict[str, None] = {}
+    for _, record in records:
+        for name in record:
+            if name not in declared:
+                found.setdefault(name)
+    return list(found)
+
+
+def absent(table: TableSpec, records: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """The declared columns no record carries (JSON: the key is in no object)."""
+    seen = {name for _, record in records for name in record}
+    return [n for n, _ in table.columns if n not in seen] if records else []
+
+
+def undeclared_note(table: str, columns: list[str], where: str) -> str:
+    """The summary's line about columns that reached raw without a declaration."""
+    return (
+        f"{table}: column(s) {columns} of {where} are not declared in sources.yml: they landed in raw as "
+        "text; declare them under columns: to give them a type"
+    )
 
 
 def _value(name: str, declared: str) -> str:
@@ -254,18 +288,21 @@ def typed_rows(
     table: TableSpec,
     records: list[tuple[int, dict[str, Any]]],
     quarantine_duplicates: bool = True,
+    extra: list[str] | None = None,
 ) -> tuple[pa.Table, list[tuple[int, str, str]]]:
-    """Cast the records to the declared types: (good rows with ``_line``, bad rows as (line,
-    reason, record)). A value that does not cast or an empty key makes a row bad, and so does a
-    key repeated later in the file (the last line wins) when ``quarantine_duplicates``."""
-    names = [c for c, _ in table.columns]
+    """Cast the records to the declared types, ``extra`` (undeclared) columns kept as text:
+    (good rows with ``_line``, bad rows as (line, reason, record)). A value that does not cast or
+    an empty key makes a row bad, and so does a key repeated later in the file (the last line
+    wins) when ``quarantine_duplicates``."""
+    columns = [*table.columns, *((name, "text") for name in extra or [])]
+    names = [c for c, _ in columns]
     text = pa.table(
         {"_line": pa.array([r[0] for r in records], pa.int64())}
         | {n: pa.array([r[1].get(n) for r in records], pa.string()) for n in names}
     )
     con.register("_records", text)
     checks = []
-    for name, declared in table.columns:
+    for name, declared in columns:
         col = f'trim("{name}")' if declared != "text" else f'"{name}"'
         checks.append(
             f'CASE WHEN "{name}" IS NOT NULL AND TRY_CAST({col} AS {duck_type(declared)}) IS NULL '
@@ -280,7 +317,7 @@ def typed_rows(
         )
     reason = f"coalesce({', '.join(checks)})"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT *, {reason} AS _reason FROM _records")
-    casts = ", ".join(f'TRY_CAST({_value(n, t)} AS {duck_type(t)}) AS "{n}"' for n, t in table.columns)
+    casts = ", ".join(f'TRY_CAST({_value(n, t)} AS {duck_type(t)}) AS "{n}"' for n, t in columns)
     good = con.execute(f"SELECT {casts}, _line FROM _checked WHERE _reason IS NULL ORDER BY _line").to_arrow_table()
     record = "to_json(struct_pack(" + ", ".join(f'"{n}" := "{n}"' for n in names) + "))::VARCHAR"
     bad = con.execute(
@@ -297,6 +334,10 @@ class PreparedTable:
     table: TableSpec
     parts: list[Path] = field(default_factory=list)
     quarantined: int = 0
+    notes: list[str] = field(default_factory=list)
+    """Columns of the files that are not declared (they land as text), declared ones absent."""
+    replaced: int = 0
+    """Good rows whose key a later file of this run has too (merged: the later file's row wins)."""
 
 
 def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, PreparedTable]:
@@ -314,7 +355,8 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, Prepa
             where = f"source {spec.name!r}, table {table.name!r}"
             try:
                 records, unparsable = parse(landed.path, table)
-                good, checked = typed_rows(con, table, records)
+                extra = undeclared(table, records)
+                good, checked = typed_rows(con, table, records, extra=extra)
             except FileError as exc:
                 plan.failures.append(f"{where}: {exc}")
                 continue
@@ -330,6 +372,13 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, Prepa
             good = good.append_column("_file", pa.array([landed.name] * good.num_rows, pa.string()))
             good = good.append_column("_file_order", pa.array([order] * good.num_rows, pa.int64()))
             target = prepared[table.name]
+            if extra:
+                target.notes.append(undeclared_note(table.name, extra, f"file {landed.name}"))
+            missing = absent(table, records)
+            if missing:
+                target.notes.append(
+                    f"{table.name}: declared column(s) {missing} are in no record of file {landed.name}: loaded as NULL"
+                )
             if good.num_rows:
                 path = staging / f"{order:06d}.parquet"
                 pq.write_table(good, path)
@@ -348,6 +397,15 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, Prepa
                 }
             )
             plan.loaded.append(landed)
+        for target in prepared.values():
+            table = target.table
+            if target.parts and table.key_columns and table.write_disposition == "merge":
+                keys = ", ".join(f'"{k}"' for k in table.key_columns)
+                files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in target.parts)
+                (target.replaced,) = con.execute(
+                    f"SELECT count(*) - (SELECT count(*) FROM (SELECT DISTINCT {keys} FROM read_parquet([{files}]))) "
+                    f"FROM read_parquet([{files}])"
+                ).fetchone() or (0,)
     finally:
         con.close()
     return prepared

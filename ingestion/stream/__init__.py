@@ -34,7 +34,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from ingestion.config import SourceSpec, TableSpec
-from ingestion.files import empty_rows, json_record, key_hints, typed_rows, with_load_id
+from ingestion.files import empty_rows, json_record, key_hints, typed_rows, undeclared, undeclared_note, with_load_id
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,10 @@ class Batch:
     messages: list[Msg] = field(default_factory=list)
     rows: dict[str, pa.Table] = field(default_factory=dict)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Fields of the messages that are not declared (they land in raw as text)."""
+    repeats: dict[str, int] = field(default_factory=dict)
+    """Per table, good messages whose key another good message of the batch has (merged into one)."""
 
 
 class StreamReader:
@@ -205,9 +209,12 @@ class StreamReader:
         for table in self.spec.tables:
             messages = self._loop.run(self._fetch(table))
             batch.messages.extend(messages)
-            rows, bad = decode(table, messages)
+            rows, bad, extra = decode(table, messages)
             batch.rows[table.name] = rows
+            batch.repeats[table.name] = rows.num_rows - _distinct_keys(rows, table)
             batch.quarantine.extend(bad)
+            if extra:
+                batch.notes.append(undeclared_note(table.name, extra, f"subject {table.subject}"))
         return batch
 
     async def _fetch(self, table: TableSpec) -> list[Msg]:
@@ -251,15 +258,15 @@ async def _quiet(exc: Exception) -> None:
     """nats-py's error callback: the failure is raised to the caller, who reports it once."""
 
 
-def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """Typed rows (with ``_stream_seq``) of the good messages, quarantine rows of the poison ones."""
-    names = [c for c, _ in table.columns]
+def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[str, Any]], list[str]]:
+    """Typed rows (with ``_stream_seq``) of the good messages, quarantine rows of the poison ones,
+    and the fields the messages carry that the table does not declare (kept as text)."""
     records: list[tuple[int, dict[str, Any]]] = []
     bad: list[tuple[int, str, str]] = []
     for message in messages:
         seq = int(message.metadata.sequence.stream)
         text = message.data.decode("utf-8", errors="replace")
-        record = json_record(text, names)
+        record = json_record(text)
         if isinstance(record, str):
             bad.append((seq, record, text))
         else:
@@ -268,10 +275,11 @@ def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[s
     try:
         con.execute("SET TimeZone = 'UTC'")
         # a message published twice (a producer's retry) is no error: the merge keeps the last
-        good, checked = typed_rows(con, table, records, quarantine_duplicates=False)
+        extra = undeclared(table, records)
+        good, checked = typed_rows(con, table, records, quarantine_duplicates=False, extra=extra)
     finally:
         con.close()
-    good = good.rename_columns([*names, "_stream_seq"])
+    good = good.rename_columns([*(c for c, _ in table.columns), *extra, "_stream_seq"])
     now = datetime.now(UTC)
     quarantine = [
         {
@@ -284,7 +292,13 @@ def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[s
         }
         for seq, reason, record in sorted(bad + checked)
     ]
-    return good, quarantine
+    return good, quarantine, extra
+
+
+def _distinct_keys(rows: pa.Table, table: TableSpec) -> int:
+    if not rows.num_rows:
+        return 0
+    return int(rows.group_by(table.key_columns).aggregate([]).num_rows)
 
 
 def _rows(rows: pa.Table) -> Iterator[pa.Table]:

@@ -203,7 +203,7 @@ class _Pages(BaseHTTPRequestHandler):
 
     pages: ClassVar[list[list[dict]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         query = parse_qs(urlparse(self.path).query)
         page = int(query.get("cursor", ["0"])[0])
         more = page + 1 < len(self.pages)

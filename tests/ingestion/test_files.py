@@ -82,7 +82,7 @@ def test_csv_gzip_jsonl_and_parquet_load_once_each(landing: Path, settings: Sett
     gz(landing / "spend_2026-01-02.csv.gz", "spend_date,channel,amount,clicks\n2026-01-02,search,7.25,1\n")
     (landing / "fx_2026-01-01.jsonl").write_text(
         '{"rate_date": "2026-01-01", "currency": "EUR", "rate": 1.08}\n'
-        '{"rate_date": "2026-01-01", "currency": "GBP", "rate": 1.27, "extra": "ignored"}\n'
+        '{"rate_date": "2026-01-01", "currency": "GBP", "rate": 1.27, "extra": "lands as text"}\n'
     )
     pq.write_table(
         pa.table({"rate_date": ["2026-01-02"], "currency": ["EUR"], "rate": [1.09]}), landing / "fx_2026-01-02.parquet"
@@ -233,3 +233,62 @@ def test_loaded_files_move_to_the_archive(tmp_path: Path, landing: Path, setting
     assert len(list((landing / "archive").iterdir())) == 2
     assert not [p for p in landing.iterdir() if p.is_file()]
     assert os.path.exists(landing / "archive" / "spend_2026-01-01.csv")
+
+
+@pytest.mark.badinput
+def test_undeclared_columns_reach_raw_as_text_and_are_named(landing: Path, settings: Settings) -> None:
+    """A column the files carry but sources.yml does not declare lands in raw as the file's text
+    (nested values as JSON, never a Python repr) and the summary names it; a declared column that
+    no JSONL record carries loads as NULL and is named too."""
+    (landing / "spend_2026-01-01.csv").write_text(
+        "spend_date,channel,amount,clicks,campaign\n2026-01-01,search,1.00,1,winter sale\n"
+    )
+    (landing / "fx_2026-01-01.jsonl").write_text(
+        '{"rate_date": "2026-01-01", "currency": "EUR", "source": {"bank": "ECB", "at": [16, 0]}}\n'
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "rate_date": ["2026-01-02"],
+                "currency": ["GBP"],
+                "rate": [1.27],
+                "quote": pa.array([{"bid": 1.26, "tags": ["x"]}]),
+                "raw_bytes": pa.array([b"\x00\xff"]),
+            }
+        ),
+        landing / "fx_2026-01-02.parquet",
+    )
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert raw(settings, "select channel, campaign from raw_marketing.spend") == [("search", "winter sale")]
+    assert raw(settings, "select currency, rate, source, quote, raw_bytes from raw_marketing.fx_rates order by 1") == [
+        ("EUR", None, '{"bank": "ECB", "at": [16, 0]}', None, None),
+        ("GBP", 1.27, None, '{"bid": 1.26, "tags": ["x"]}', "\\x00ff"),
+    ]
+    assert sorted(result.notes) == [
+        "fx_rates: column(s) ['quote', 'raw_bytes'] of file fx_2026-01-02.parquet are not declared in sources.yml: "
+        "they landed in raw as text; declare them under columns: to give them a type",
+        "fx_rates: column(s) ['source'] of file fx_2026-01-01.jsonl are not declared in sources.yml: they landed in "
+        "raw as text; declare them under columns: to give them a type",
+        "fx_rates: declared column(s) ['rate'] are in no record of file fx_2026-01-01.jsonl: loaded as NULL",
+        "spend: column(s) ['campaign'] of file spend_2026-01-01.csv are not declared in sources.yml: they landed in "
+        "raw as text; declare them under columns: to give them a type",
+    ]
+    # a later file without the column: raw keeps it, NULL for the new rows
+    (landing / "spend_2026-01-02.csv").write_text(SPEND.replace("2026-01-01", "2026-01-02"))
+    assert ingest_source(spec(), settings).ok
+    assert raw(settings, "select count(*), count(campaign) from raw_marketing.spend") == [(3, 1)]
+
+
+def test_a_key_in_two_files_of_one_run_is_counted_once(landing: Path, settings: Settings) -> None:
+    (landing / "spend_2026-01-01a.csv").write_text(SPEND)
+    (landing / "spend_2026-01-01b.csv").write_text(SPEND.replace("100.50", "111.00"))
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert counts(result)["spend"] == (2, 0)
+    assert {t.table: t.loaded for t in result.tables}["spend"] == 2
+    assert raw(settings, "select amount from raw_marketing.spend where channel = 'search'") == [(Decimal("111.00"),)]
+    assert result.notes == [
+        "spend: 2 row(s) were replaced by a later file's row with the same key in this run "
+        "(the last file in name order wins)"
+    ]

@@ -136,7 +136,11 @@ def test_a_batch_loads_then_is_acknowledged_and_poison_goes_to_quarantine(
     )
     result = ingest_source(spec(), settings)
     assert result.ok, result.error
-    assert counts(result) == (251, 3)  # event 5 twice (a producer retry) is one row
+    assert counts(result) == (250, 3)  # event 5 twice (a producer retry) is one row, and said so
+    assert result.notes == [
+        "web_events: 1 message(s) repeated the key of another message of this batch (a producer's retry or an "
+        "update); the last one by stream sequence was kept"
+    ]
     assert raw(settings, "select count(*), count(distinct event_id) from raw_web.web_events") == [(250, 250)]
     assert raw(settings, "select stream_seq, reason from raw_web._quarantine order by 1") == [
         (252, "not valid JSON (Expecting property name enclosed in double quotes)"),
@@ -209,3 +213,18 @@ def test_an_unreachable_server_is_skipped_for_the_demo_and_fails_otherwise(
     assert not failed.ok
     assert "NATS at nats://127.0.0.1:1 is not reachable" in (failed.error or "")
     assert "s3cret" not in (failed.error or "")
+
+
+@pytest.mark.badinput
+def test_an_undeclared_field_reaches_raw_as_text_and_is_named(web: dict[str, str], settings: Settings) -> None:
+    publish(web["subject"], [event(1), event(2, referrer="https://example.com", cart={"items": [1, 2]})])
+    result = ingest_source(spec(), settings)
+    assert result.ok, result.error
+    assert raw(settings, "select event_id, referrer, cart from raw_web.web_events order by 1") == [
+        ("e1", None, None),
+        ("e2", "https://example.com", '{"items": [1, 2]}'),
+    ]
+    assert result.notes == [
+        f"web_events: column(s) ['referrer', 'cart'] of subject {web['subject']} are not declared in sources.yml: "
+        "they landed in raw as text; declare them under columns: to give them a type"
+    ]

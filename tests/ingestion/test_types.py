@@ -443,7 +443,7 @@ def test_a_declared_decimal_is_checked_at_the_source(zoo, tmp_path: Path) -> Non
     spec = write_sources(tmp_path / "sources.yml", '        columns: {amount: "decimal(10,2)"}\n')
     result = ingest_source(spec, settings)
     assert not result.ok and result.error is not None
-    assert "column 'amount' (numeric -> raw DECIMAL(10, 2)) at id=2: '1.255', id=3: '123456789'" in result.error
+    assert "column 'amount' (numeric -> raw DECIMAL(10, 2)) at id=2: '1.255'; id=3: '123456789'" in result.error
     run_script(engine, "update zoo set amount = 1.26 where id = 2;\nupdate zoo set amount = 12345678.9 where id = 3")
     result = ingest_source(spec, settings)
     assert result.ok, result.error
