@@ -17,6 +17,7 @@ from typing import Any
 import dlt
 import sqlalchemy as sa
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
+from dlt.load.exceptions import LoadClientJobFailed
 
 from dusk.settings import PROJECT_DIR, Settings
 from ingestion.config import SourceSpec
@@ -33,6 +34,11 @@ def configure_dlt() -> None:
     # The database source writes _dlt_load_id into its parquet files itself, so dlt imports them
     # unchanged instead of rewriting every file to add it.
     os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "false")
+    # A value the warehouse refuses (a terminal job failure) aborts the package: dlt deletes it,
+    # records the load as aborted (its state row then never counts) and rewinds the local state,
+    # so the cursor stays where raw is and the next night reads the rows again. Without this the
+    # package stays pending and fails again every night: the source is stuck.
+    os.environ.setdefault("LOAD__AUTO_ABORT_ON_TERMINAL_ERROR", "true")
 
 
 @dataclass
@@ -206,7 +212,15 @@ def ingest_source(
             log.warning("source=%s finishing load packages left by an interrupted run", spec.name)
             adopt_package_schemas(pipeline)
             pipeline.normalize()
-            info = pipeline.load()  # None when normalize left nothing to load
+            try:
+                info = pipeline.load()  # None when normalize left nothing to load
+            except Exception as exc:
+                if not isinstance(_innermost(exc), LoadClientJobFailed) or pipeline.has_pending_data:
+                    raise
+                # refused and aborted: the cursor is back where raw is, this run reads the rows again
+                info = None
+                result.notes.append(f"an interrupted run's load package was aborted: {_describe(spec, exc)}")
+                log.warning("source=%s %s", spec.name, result.notes[-1])
             result.finished_pending = True
             if info is not None:
                 result.load_ids.extend(info.loads_ids)
@@ -475,15 +489,40 @@ def is_transient(exc: BaseException) -> bool:
     return any(word in text for word in TRANSIENT_WORDS) or re.search(r"\b50[234]\b", text) is not None
 
 
-def _describe(spec: SourceSpec, exc: BaseException) -> str:
-    """One line naming the source and the innermost cause (dlt wraps errors in step exceptions)."""
+def _innermost(exc: BaseException) -> BaseException:
+    """The cause dlt's step exceptions wrap (down to a refused load job, which is kept whole)."""
     inner: BaseException = exc
-    while inner.__cause__ is not None or getattr(inner, "exception", None) is not None:
+    while not isinstance(inner, LoadClientJobFailed) and (
+        inner.__cause__ is not None or getattr(inner, "exception", None) is not None
+    ):
         nxt = inner.__cause__ or getattr(inner, "exception", None)
         if not isinstance(nxt, BaseException) or nxt is inner:
             break
         inner = nxt
+    return inner
+
+
+def _describe(spec: SourceSpec, exc: BaseException) -> str:
+    """One line naming the source and the innermost cause (dlt wraps errors in step exceptions)."""
+    inner = _innermost(exc)
+    if isinstance(inner, LoadClientJobFailed):
+        return _refused_by_warehouse(spec, inner)
     text = " ".join(str(inner).split()) or type(inner).__name__
     if len(text) > 600:
         text = text[:600] + " ..."
     return f"source {spec.name!r}: {type(inner).__name__}: {text}"
+
+
+def _refused_by_warehouse(spec: SourceSpec, exc: LoadClientJobFailed) -> str:
+    """A load job the warehouse refused (a value its column type cannot hold): the table from the
+    job's id, the database's own message (it names the value), and what happened and what to do."""
+    table = str(exc.job_id).split(".", 1)[0]  # dlt's job ids: <table>.<file id>.<format>
+    lines = [line.strip() for line in str(exc.failed_message).splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if "Error" in line and ":" in line), lines[-1] if lines else "")
+    reason = reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith(("Exception", "Error")) else reason
+    return (
+        f"source {spec.name!r}, table {table!r}: the warehouse refused a value: {' '.join(reason.split())[:400]}. "
+        "dlt aborted this run's load package and the source's cursor did not move: its rows are read again "
+        "next run. Fix the value at the source, or declare the column's type in "
+        "sources.yml so that raw holds it (e.g. columns: {<column>: text})."
+    )

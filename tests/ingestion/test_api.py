@@ -5,6 +5,7 @@ nothing and leave the cursor where it was; the token never reaches a log line.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -13,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -218,6 +220,24 @@ class _Pages(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def pages_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = "") -> Iterator[None]:
+    """``_Pages`` served over HTTP on 127.0.0.1, and sources.yml's payments source pointing at it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        configure_dlt()
+        write_sources(tmp_path)
+        with (tmp_path / "sources.yml").open("a") as f:
+            f.write(extra)
+        monkeypatch.setenv("DUSK_SOURCES_FILE", str(tmp_path / "sources.yml"))
+        monkeypatch.setenv("SOURCES__PAYMENTS__BASE_URL", f"http://127.0.0.1:{server.server_port}/v1")
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _payment(pid: int, at: str, amount: str) -> dict:
     return {"payment_id": pid, "updated_at": at, "amount": amount}
 
@@ -235,17 +255,8 @@ def test_a_record_served_twice_keeps_its_newest_copy_and_is_counted_once(
         [_payment(4, t.format(3), "4.00"), _payment(2, t.format(6), "2.60"), _payment(3, t.format(3), "3.00")],
         [_payment(6, t.format(7), "6.00"), _payment(6, t.format(7), "6.70")],
     ]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        configure_dlt()
-        write_sources(tmp_path)
-        monkeypatch.setenv("DUSK_SOURCES_FILE", str(tmp_path / "sources.yml"))
-        monkeypatch.setenv("SOURCES__PAYMENTS__BASE_URL", f"http://127.0.0.1:{server.server_port}/v1")
+    with pages_served(tmp_path, monkeypatch):
         result = ingest_source(spec(), settings)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result.ok, result.error
     stats = {t.table: t for t in result.tables}["payments"]
     assert (stats.extracted, stats.loaded) == (5, 5)
@@ -259,4 +270,37 @@ def test_a_record_served_twice_keeps_its_newest_copy_and_is_counted_once(
     assert result.notes == [
         "payments: 3 record(s) served again in this run (3 key(s), e.g. payment_id=2, payment_id=3, "
         "payment_id=6); the newest by updated_at was kept, counted once"
+    ]
+
+
+@pytest.mark.badinput
+def test_a_value_the_warehouse_refuses_aborts_the_load_and_nothing_is_stuck(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An amount too large for its declared decimal: the warehouse refuses the load. dlt aborts
+    the package and rewinds the cursor, the message names table and value, and once the source is
+    fixed the next run loads every row (nothing pending, nothing skipped)."""
+    t = "2026-01-0{}T00:00:00Z"
+    declared = "        columns:\n          amount: decimal(12,2)\n"
+    with pages_served(tmp_path, monkeypatch, declared):
+        _Pages.pages = [[_payment(1, t.format(1), "1.00")]]
+        assert ingest_source(spec(), settings).ok
+        _Pages.pages = [[_payment(2, t.format(2), "123456789012345.00"), _payment(3, t.format(3), "3.00")]]
+        failed = ingest_source(spec(), settings)
+        assert not failed.ok
+        assert failed.error is not None
+        assert failed.error.startswith("source 'payments', table 'payments': the warehouse refused a value: ")
+        assert '"123456789012345.00"' in failed.error and "DECIMAL(12,2)" in failed.error
+        assert "read again next run" in failed.error
+        assert not make_pipeline(spec(), settings).has_pending_data
+        assert cursor(settings) == t.format(1)
+        _Pages.pages = [[_payment(2, t.format(2), "12345.00"), _payment(3, t.format(3), "3.00")]]
+        fixed = ingest_source(spec(), settings)
+    assert fixed.ok, fixed.error
+    assert extracted(fixed) == 2
+    assert cursor(settings) == t.format(3)
+    assert raw(settings, "select payment_id, amount from raw_payments.payments order by 1") == [
+        (1, Decimal("1.00")),
+        (2, Decimal("12345.00")),
+        (3, Decimal("3.00")),
     ]
