@@ -109,6 +109,7 @@ def simulate(
     """Advance the demo shop by DAYS days (creating it first if needed)."""
     _logging(False)
     from dusk.demo import simulate as advance
+    from dusk.demo.shop import TABLES
     from ingestion.config import load_sources
 
     settings = Settings.from_env()
@@ -116,7 +117,7 @@ def simulate(
         parts = [
             f"{t}: +{day.count(t, 'insert')} ~{day.count(t, 'update')} -{day.count(t, 'delete')}"
             + (f" ({n} restored)" if (n := day.count(t, "restore")) else "")
-            for t in ("customers", "products", "orders", "order_items")
+            for t in TABLES
         ]
         stream = f"{feeds.events} events" if feeds.stream_skipped is None else f"events skipped: {feeds.stream_skipped}"
         typer.echo(

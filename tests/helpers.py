@@ -7,11 +7,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 
 import duckdb
 import sqlalchemy as sa
 
+from dusk.demo.shop import PRIMARY_KEYS
 from dusk.settings import Settings
+
+SHOP_KEYS = {table: ", ".join(columns) for table, columns in PRIMARY_KEYS.items()}
+"""Each demo shop table's key columns as a SELECT list (composite keys: several columns)."""
+
+
+def key_set(rows: Iterable[Sequence[object]]) -> set[object]:
+    """Keys of selected rows as the demo's truth file records them (a composite one as ``12|AMS``)."""
+    return {r[0] if len(r) == 1 else "|".join(str(v) for v in r) for r in rows}
 
 
 def sql(engine: sa.Engine, *statements: str) -> None:

@@ -18,11 +18,12 @@ import duckdb
 import pytest
 
 from tests.conftest import Workspace, delete_demo_stream
+from tests.helpers import SHOP_KEYS, key_set
 from tests.proof.invariants import assert_snapshot_is_truth
 
 pytestmark = pytest.mark.e2e
 
-TABLES = {"customers": "customer_id", "products": "product_id", "orders": "order_id", "order_items": "order_item_id"}
+TABLES = SHOP_KEYS
 MARTS = ("orders", "customers", "daily_revenue", "products", "marketing_roas", "cohort_retention")
 # Columns that legitimately differ between a nightly warehouse and a from-scratch rebuild: the load
 # watermark, and the as-of customer attributes (the nightly snapshot saw versions a rebuild never sees).
@@ -32,9 +33,9 @@ RUN_DEPENDENT = {
 }
 
 
-def source_keys(shop_db: Path, table: str) -> set[int]:
+def source_keys(shop_db: Path, table: str) -> set[object]:
     with sqlite3.connect(shop_db) as con:
-        return {r[0] for r in con.execute(f"select {TABLES[table]} from {table}")}
+        return key_set(con.execute(f"select {TABLES[table]} from {table}"))
 
 
 def tables_by_name(record: dict) -> dict[str, dict]:
@@ -45,11 +46,11 @@ def tables_by_name(record: dict) -> dict[str, dict]:
 def assert_raw_matches_source(ws: Workspace) -> None:
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
         for table, pk in TABLES.items():
-            live = {r[0] for r in wh.sql(f"select {pk} from raw_shop.{table} where not _is_deleted").fetchall()}
+            live = key_set(wh.sql(f"select {pk} from raw_shop.{table} where not _is_deleted").fetchall())
             assert live == source_keys(ws.shop_db, table), f"raw_shop.{table} live keys differ from the source"
 
 
-def expected_changes(ws: Workspace, after_day: int, raw_before: dict[str, set[int]]) -> dict[str, tuple[int, int]]:
+def expected_changes(ws: Workspace, after_day: int, raw_before: dict[str, set[object]]) -> dict[str, tuple[int, int]]:
     """Per table: (rows changed since after_day that still exist, rows deleted that raw had)."""
     out = {}
     with sqlite3.connect(ws.truth_db) as truth:

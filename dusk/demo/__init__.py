@@ -41,6 +41,9 @@ def ensure_demo(settings: Settings, specs: dict[str, SourceSpec]) -> bool:
                 log.info("creating the demo shop at %s", shop.safe_url)
                 shop.create()
                 created = True
+            else:
+                for table in shop.add_missing_tables():
+                    log.info("demo shop at %s: added table %s (new in this version)", shop.safe_url, table)
         except Exception as exc:
             name = next((s.name for s in specs.values() if s.demo and s.kind == "database"), "shop")
             raise RuntimeError(f"source {name!r}: the demo shop at {shop.safe_url} cannot be created: {exc}") from exc

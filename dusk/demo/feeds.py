@@ -179,6 +179,6 @@ def _order_totals(shop: Shop, order_ids: list[int]) -> list[dict[str, Any]]:
     return totals
 
 
-def order_ids_inserted(changes: list[tuple[str, int, str]]) -> list[int]:
+def order_ids_inserted(changes: list[tuple[str, int | str, str]]) -> list[int]:
     """The orders a shop day inserted."""
-    return sorted({pk for table, pk, op in changes if table == "orders" and op == "insert"})
+    return sorted({int(pk) for table, pk, op in changes if table == "orders" and op == "insert"})

@@ -1,10 +1,12 @@
 """The demo shop: a seeded, deterministic OLTP database and a simulator that advances it by days.
 
-The shop has customers, products, orders and order items, each with ``updated_at``. Every simulated
-day applies inserts, updates (customer tier/address/e-mail, product prices, order statuses), hard
-deletes, some days a deleted customer restored as it was (its ``updated_at`` older than its
+The shop has customers, products, orders, order items and stock levels (keyed by product and
+warehouse: a composite primary key), each with ``updated_at``. Every simulated day applies inserts,
+updates (customer tier/address/e-mail, product prices, order statuses, stock counts), hard deletes,
+some days a deleted customer or stock line restored as it was (its ``updated_at`` older than its
 deletion), rows sharing one timestamp (ties at the watermark) and a few invalid rows. The same
-seed always gives the same shop.
+seed always gives the same shop. A composite key is recorded in the truth file as its columns'
+values joined by ``|`` (``12|AMS``).
 
 Ground truth for the tests is written to a separate SQLite file (``truth.sqlite``): every change
 per day and table, every version of every customer, and every invalid row with the rule it breaks.
@@ -47,6 +49,7 @@ COUNTRIES = {
 FIRST_NAMES = ("Ada", "Ben", "Chloe", "Dev", "Eva", "Finn", "Grace", "Hugo", "Iris", "Jonas", "Kai", "Lena")
 LAST_NAMES = ("Smith", "Meyer", "Dubois", "Jones", "de Vries", "Garcia", "Novak", "Rossi", "Berg", "Kim")
 CATEGORIES = ("kitchen", "garden", "books", "toys", "outdoor", "office")
+WAREHOUSES = ("AMS", "LDN", "NYC")
 
 metadata = sa.MetaData()
 
@@ -97,6 +100,14 @@ order_items = sa.Table(
     sa.Column("unit_price", sa.Numeric(10, 2), nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
 )
+stock_levels = sa.Table(
+    "stock_levels",
+    metadata,
+    sa.Column("product_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("warehouse_code", sa.String(3), primary_key=True),
+    sa.Column("quantity_on_hand", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False, index=True),
+)
 demo_marker = sa.Table(
     "dusk_demo_marker",
     metadata,
@@ -104,8 +115,16 @@ demo_marker = sa.Table(
     sa.Column("note", sa.String(120), nullable=False),
 )
 """Only the demo writes this table: the simulator touches no database without it."""
-TABLES = {t.name: t for t in (customers, products, orders, order_items)}
-PRIMARY_KEYS = {name: next(iter(t.primary_key.columns)).name for name, t in TABLES.items()}
+TABLES = {t.name: t for t in (customers, products, orders, order_items, stock_levels)}
+PRIMARY_KEYS = {name: tuple(c.name for c in t.primary_key.columns) for name, t in TABLES.items()}
+"""Each table's primary key columns, in order."""
+
+
+def key_of(table: str, row: Any) -> int | str:
+    """A row's key as the truth file records it: the value, or the values joined by ``|``."""
+    values = [row[c] for c in PRIMARY_KEYS[table]]
+    return values[0] if len(values) == 1 else "|".join(str(v) for v in values)
+
 
 TRUTH_SCHEMA = """
 create table if not exists sim_days (day integer primary key, sim_date text not null, seed integer not null);
@@ -121,6 +140,9 @@ create table if not exists customer_versions (
 create table if not exists deleted_customers (
     customer_id integer not null, day integer not null, row text not null
 );
+create table if not exists deleted_stock (
+    stock_key text not null, day integer not null, row text not null
+);
 create table if not exists invalid_rows (
     day integer not null, table_name text not null, pk integer not null, rule text not null
 );
@@ -132,11 +154,13 @@ class DayLog:
     """What one simulated day did, for the truth file and the command's output."""
 
     day: int
-    changes: list[tuple[str, int, str]] = field(default_factory=list)
+    changes: list[tuple[str, int | str, str]] = field(default_factory=list)
     customer_versions: list[dict[str, Any]] = field(default_factory=list)
     deleted_customers: list[dict[str, Any]] = field(default_factory=list)
     """Whole rows of the customers deleted this day (a later day may restore one)."""
-    invalid: list[tuple[str, int, str]] = field(default_factory=list)
+    invalid: list[tuple[str, int | str, str]] = field(default_factory=list)
+    deleted_stock: list[dict[str, Any]] = field(default_factory=list)
+    """Whole rows of the stock lines deleted this day (a later day may restore one)."""
 
     def count(self, table: str, op: str) -> int:
         """How many rows of ``table`` this day changed with ``op`` (insert, update, delete, restore)."""
@@ -219,16 +243,17 @@ class Shop:
                 order["status"] = status
                 order_rows.append(order)
                 item_rows.extend(_new_items(rng, len(item_rows) + 1, order, prod_rows))
+            stock_rows = [row for p in prod_rows for row in _new_stock(rng, p)]
             con.execute(demo_marker.insert(), [{"seed": self.seed, "note": "created by dusk's demo shop"}])
             for table, rows in (
                 (customers, cust_rows),
                 (products, prod_rows),
                 (orders, order_rows),
                 (order_items, item_rows),
+                (stock_levels, stock_rows),
             ):
                 con.execute(table.insert(), rows)
-                pk = PRIMARY_KEYS[table.name]
-                log.changes.extend((table.name, r[pk], "insert") for r in rows)
+                log.changes.extend((table.name, key_of(table.name, r), "insert") for r in rows)
             log.customer_versions.extend(_version(c, deleted=False) for c in cust_rows)
         self._write_truth(log, START - timedelta(days=1))
         return log
@@ -246,7 +271,14 @@ class Shop:
             day_start = START + timedelta(days=day - 1)
             log = DayLog(day=day)
             with self.engine.begin() as con:
-                _Day(con, random.Random(f"{self.seed}:{day}"), day_start, log, self._deleted_customers()).play()
+                _Day(
+                    con,
+                    random.Random(f"{self.seed}:{day}"),
+                    day_start,
+                    log,
+                    self._deleted_customers(),
+                    self._deleted_stock(),
+                ).play()
             self._write_truth(log, day_start)
             logs.append(log)
         return logs
@@ -257,6 +289,36 @@ class Shop:
             con.executescript(TRUTH_SCHEMA)
             rows = con.execute("select customer_id, row from deleted_customers order by day").fetchall()
         return {cid: _from_json(row) for cid, row in rows}
+
+    def _deleted_stock(self) -> dict[str, dict[str, Any]]:
+        """The last deleted row of every stock line ever deleted (by its key, ``12|AMS``)."""
+        with sqlite3.connect(self.truth_path) as con:
+            con.executescript(TRUTH_SCHEMA)
+            rows = con.execute("select stock_key, row from deleted_stock order by day").fetchall()
+        return {key: _from_json(row) for key, row in rows}
+
+    def add_missing_tables(self) -> list[str]:
+        """Create the tables a demo shop made by an earlier version lacks (stock_levels), filled
+        as day 0 would have filled them, recorded in the truth file as that day's inserts."""
+        missing = [t for t in TABLES.values() if not sa.inspect(self.engine).has_table(t.name)]
+        if not missing:
+            return []
+        metadata.create_all(self.engine, tables=missing)
+        rng = random.Random(f"{self.seed}:0:stock")
+        with self.engine.begin() as con:
+            rows = [
+                row
+                for p in con.execute(sa.select(products).order_by("product_id")).mappings()
+                for row in _new_stock(rng, p)
+            ]
+            con.execute(stock_levels.insert(), rows)
+        with sqlite3.connect(self.truth_path) as con:
+            con.executescript(TRUTH_SCHEMA)
+            con.executemany(
+                "insert or ignore into changes values (0, ?, ?, 'insert')",
+                [("stock_levels", key_of("stock_levels", r)) for r in rows],
+            )
+        return [t.name for t in missing]
 
     def _write_truth(self, log: DayLog, sim_date: datetime) -> None:
         with sqlite3.connect(self.truth_path) as con:
@@ -273,6 +335,10 @@ class Shop:
             con.executemany(
                 "insert into deleted_customers values (?, ?, ?)",
                 [(r["customer_id"], log.day, _to_json(r)) for r in log.deleted_customers],
+            )
+            con.executemany(
+                "insert into deleted_stock values (?, ?, ?)",
+                [(key_of("stock_levels", r), log.day, _to_json(r)) for r in log.deleted_stock],
             )
             con.executemany("insert into invalid_rows values (?, ?, ?, ?)", [(log.day, *i) for i in log.invalid])
             con.execute("insert into sim_days values (?, ?, ?)", (log.day, sim_date.date().isoformat(), self.seed))
@@ -297,9 +363,11 @@ class _Day:
         day_start: datetime,
         log: DayLog,
         deleted: dict[int, dict[str, Any]] | None = None,
+        deleted_stock: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.con, self.rng, self.start, self.log = con, rng, day_start, log
         self.deleted_before = deleted or {}
+        self.deleted_stock_before = deleted_stock or {}
 
     def at(self) -> datetime:
         """A random second of this day (whole seconds, so equal timestamps happen)."""
@@ -309,10 +377,10 @@ class _Day:
         return [int(r[0]) for r in self.con.execute(query)]
 
     def next_id(self, table: sa.Table) -> int:
-        pk = table.c[PRIMARY_KEYS[table.name]]
+        pk = table.c[PRIMARY_KEYS[table.name][0]]
         return int(self.con.execute(sa.select(sa.func.coalesce(sa.func.max(pk), 0))).scalar_one()) + 1
 
-    def record(self, table: str, pks: Iterable[int], op: str) -> None:
+    def record(self, table: str, pks: Iterable[int | str], op: str) -> None:
         self.log.changes.extend((table, pk, op) for pk in pks)
 
     def record_customers(self, ids: Iterable[int], deleted: bool = False) -> None:
@@ -335,6 +403,7 @@ class _Day:
         self.advance_orders()
         self.delete_orders()
         self.remove_items()
+        self.move_stock()
 
     def new_customers(self) -> None:
         first = self.next_id(customers)
@@ -412,6 +481,9 @@ class _Day:
             row = _new_product(self.rng, self.next_id(products), batch_at)
             self.con.execute(products.insert(), [row])
             self.record("products", [row["product_id"]], "insert")
+            stock = _new_stock(self.rng, row)
+            self.con.execute(stock_levels.insert(), stock)
+            self.record("stock_levels", (key_of("stock_levels", r) for r in stock), "insert")
 
     def new_orders(self) -> None:
         buyers = [c for c in self.valid_customer_ids() if c % 5 != 0]
@@ -492,6 +564,82 @@ class _Day:
         self.con.execute(orders.update().where(orders.c.order_id == oid).values(updated_at=self.at()))
         self.record("order_items", [item], "delete")
         self.record("orders", [oid], "update")
+
+    def move_stock(self) -> None:
+        """Stock counts change (one warehouse's counts in a batch sharing one updated_at); some days
+        a warehouse starts stocking a product, stops stocking one (the line is deleted), or a line
+        deleted earlier is restored from a backup as it was (its updated_at older than its
+        deletion); now and then a miscount goes negative (invalid)."""
+        lines = [
+            (int(r.product_id), str(r.warehouse_code))
+            for r in self.con.execute(
+                sa.select(stock_levels.c.product_id, stock_levels.c.warehouse_code).order_by(
+                    "product_id", "warehouse_code"
+                )
+            )
+        ]
+        batch_at = self.start + timedelta(hours=20)
+        changed = self.rng.sample(lines, min(len(lines), 12))
+        for pid, wh in changed:
+            counted = self.rng.randint(0, 400)
+            if self.rng.random() < 0.05:
+                counted = -self.rng.randint(1, 5)
+                self.log.invalid.append(("stock_levels", f"{pid}|{wh}", "negative_stock"))
+            at = batch_at if wh == "AMS" else self.at()
+            self.con.execute(
+                stock_levels.update()
+                .where(stock_levels.c.product_id == pid, stock_levels.c.warehouse_code == wh)
+                .values(quantity_on_hand=counted, updated_at=at)
+            )
+        self.record("stock_levels", (f"{p}|{w}" for p, w in changed), "update")
+        held = set(lines)
+        if self.rng.random() < 0.5:
+            pids = self.ids(sa.select(products.c.product_id).order_by("product_id"))
+            free = [(p, w) for p in pids for w in WAREHOUSES if (p, w) not in held]
+            if free:
+                pid, wh = self.rng.choice(free)
+                row = {
+                    "product_id": pid,
+                    "warehouse_code": wh,
+                    "quantity_on_hand": self.rng.randint(1, 50),
+                    "updated_at": self.at(),
+                }
+                self.con.execute(stock_levels.insert(), [row])
+                self.record("stock_levels", [f"{pid}|{wh}"], "insert")
+                held.add((pid, wh))
+        if self.rng.random() < 0.6:
+            untouched = sorted(held - set(changed))
+            pid, wh = self.rng.choice(untouched)
+            gone = stock_levels.c.product_id == pid, stock_levels.c.warehouse_code == wh
+            line = self.con.execute(sa.select(stock_levels).where(*gone)).mappings().one()
+            self.log.deleted_stock.append(dict(line))
+            self.con.execute(stock_levels.delete().where(*gone))
+            self.record("stock_levels", [f"{pid}|{wh}"], "delete")
+            held.discard((pid, wh))
+        if self.rng.random() < 0.4:
+            back = sorted(k for k in self.deleted_stock_before if tuple(_split_key(k)) not in held)
+            if back:
+                key = self.rng.choice(back)
+                self.con.execute(stock_levels.insert(), [self.deleted_stock_before[key]])
+                self.record("stock_levels", [key], "restore")
+
+
+def _split_key(key: str) -> tuple[int, str]:
+    pid, wh = key.split("|")
+    return int(pid), wh
+
+
+def _new_stock(rng: random.Random, product: Any) -> list[dict[str, Any]]:
+    """A new product's stock lines: one to three warehouses, counted when it was listed."""
+    return [
+        {
+            "product_id": product["product_id"],
+            "warehouse_code": wh,
+            "quantity_on_hand": rng.randint(0, 500),
+            "updated_at": product["created_at"],
+        }
+        for wh in sorted(rng.sample(WAREHOUSES, rng.randint(1, 3)))
+    ]
 
 
 def _new_customer(rng: random.Random, cid: int, at: datetime) -> dict[str, Any]:

@@ -918,6 +918,8 @@ def database_source(spec: SourceSpec, url: sa.URL, plans: list[TablePlan], stagi
                     table_name=plan.spec.name,
                     write_disposition="merge",
                     primary_key=plan.spec.key_columns,
+                    # raw's rows as arrow carry JSON as text: without the hints they retype raw
+                    columns=column_hints(plan),
                 )
 
     return source()

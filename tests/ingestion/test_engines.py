@@ -15,20 +15,21 @@ from dusk.demo import demo_shop, ensure_demo
 from dusk.ingest import configure_dlt, ingest_source
 from dusk.settings import Settings
 from ingestion.config import load_sources
+from tests.helpers import SHOP_KEYS, key_set
 
-KEYS = {"customers": "customer_id", "products": "product_id", "orders": "order_id", "order_items": "order_item_id"}
+KEYS = SHOP_KEYS
 
 
-def live_keys(settings: Settings, table: str) -> set[int]:
+def live_keys(settings: Settings, table: str) -> set[object]:
     with duckdb.connect(str(settings.warehouse), read_only=True) as con:
-        return {r[0] for r in con.sql(f"select {KEYS[table]} from raw_shop.{table} where not _is_deleted").fetchall()}
+        return key_set(con.sql(f"select {KEYS[table]} from raw_shop.{table} where not _is_deleted").fetchall())
 
 
-def source_keys(url: str, table: str) -> set[int]:
+def source_keys(url: str, table: str) -> set[object]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as con:
-            return {r[0] for r in con.execute(sa.text(f"select {KEYS[table]} from {table}"))}
+            return key_set(con.execute(sa.text(f"select {KEYS[table]} from {table}")))
     finally:
         engine.dispose()
 

@@ -15,10 +15,13 @@ from pathlib import Path
 import duckdb
 
 from tests.conftest import PROJECT_DIR, Workspace
+from tests.helpers import SHOP_KEYS, key_set
 
 MARTS = ("orders", "customers", "daily_revenue", "products", "marketing_roas", "cohort_retention", "daily_web_activity")
-SNAPSHOTS = ("customers_snapshot", "products_snapshot")
-SHOP_KEYS = {"customers": "customer_id", "products": "product_id", "orders": "order_id", "order_items": "order_item_id"}
+SNAPSHOTS = ("customers_snapshot", "products_snapshot", "stock_levels_snapshot")
+SNAPSHOT_KEYS = {"customers_snapshot": "customer_id", "products_snapshot": "product_id"} | {
+    "stock_levels_snapshot": SHOP_KEYS["stock_levels"]
+}
 RAW_TABLES = (
     *(f"raw_shop.{t}" for t in SHOP_KEYS),
     "raw_payments.payments",
@@ -80,17 +83,88 @@ def assert_reconciled(ws: Workspace, record: dict) -> int:
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
         for table, key in SHOP_KEYS.items():
             with sqlite3.connect(ws.shop_db) as shop:
-                source = {r[0] for r in shop.execute(f"select {key} from {table}")}
-            live = {r[0] for r in wh.execute(f"select {key} from raw_shop.{table} where not _is_deleted").fetchall()}
+                source = key_set(shop.execute(f"select {key} from {table}"))
+            live = key_set(wh.execute(f"select {key} from raw_shop.{table} where not _is_deleted").fetchall())
             assert live == source, f"raw_shop.{table}: {len(live ^ source)} keys differ from the source"
-            (dups,) = wh.execute(f"select count(*) - count(distinct {key}) from raw_shop.{table}").fetchone()
+            (dups,) = wh.execute(f"select count(*) - count(distinct ({key})) from raw_shop.{table}").fetchone()
             assert dups == 0, f"raw_shop.{table}: {dups} duplicate keys"
     from tests.test_end_to_end import assert_feeds_loaded
 
     assert_feeds_loaded(ws)
     reconciles = [n for n in record["dbt"]["nodes"] if n["name"].startswith("reconcile_raw_")]
-    assert len(reconciles) == 8 and all(n["status"] == "pass" for n in reconciles), reconciles
-    return len(SHOP_KEYS) + 4
+    assert len(reconciles) == len(RAW_TABLES) and all(n["status"] == "pass" for n in reconciles), reconciles
+    assert_counts_reconcile(ws, record)
+    return len(RAW_TABLES)
+
+
+def assert_counts_reconcile(ws: Workspace, record: dict) -> None:
+    """Counts never lie: for every table of every source the night ingested, the summary's
+    loaded rows are the rows raw received from the night's own load packages, extracted +
+    deleted = loaded, and quarantined = the rows the source's _quarantine received (files and
+    streams; the shop's and the API's invalid rows are quarantined by dbt's staging)."""
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        for source in record["sources"]:
+            if not source["ok"] or source["skipped"]:
+                continue
+            own = [i for i in source["load_ids"] if i not in source["pending_load_ids"]]
+            assert not [n for n in source["notes"] if "do not reconcile" in n], source["notes"]
+            ids = ", ".join(f"'{i}'" for i in own) or "null"
+            schema = f"raw_{source['source']}"
+            tables = {
+                r[0]
+                for r in wh.execute(
+                    "select table_name from information_schema.tables where table_schema = ?", [schema]
+                ).fetchall()
+            }
+            for t in source["tables"]:
+                where = f"{schema}.{t['table']}"
+                (received,) = wh.execute(f"select count(*) from {where} where _dlt_load_id in ({ids})").fetchone()
+                assert received == t["loaded"], (
+                    f"{where}: the summary says {t['loaded']} loaded, raw received {received}"
+                )
+                assert t["extracted"] + t["deleted"] == t["loaded"], f"{where}: {t}"
+                if "_quarantine" in tables:
+                    (held,) = wh.execute(
+                        f"select count(*) from {schema}._quarantine where source_table = ? and _dlt_load_id in ({ids})",
+                        [t["table"]],
+                    ).fetchone()
+                    assert held == t["quarantined"], f"{where}: {t['quarantined']} quarantined, _quarantine got {held}"
+                else:
+                    assert t["quarantined"] == 0, f"{where}: {t}"
+
+
+def assert_stock_snapshot_is_source(ws: Workspace) -> int:
+    """stock_levels_snapshot, keyed by (product_id, warehouse_code): its current version of every
+    valid source line carries the source's count; a current live version without a source line
+    exists only for a line deleted while its count was invalid (staging never saw the delete).
+    Returns the lines checked."""
+    with sqlite3.connect(ws.shop_db) as shop:
+        source = {
+            (p, w): q
+            for p, w, q in shop.execute("select product_id, warehouse_code, quantity_on_hand from stock_levels")
+        }
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        current = {
+            (p, w): (q, d)
+            for p, w, q, d in wh.execute(
+                "select product_id, warehouse_code, quantity_on_hand, is_deleted "
+                "from snapshots.stock_levels_snapshot where dbt_valid_to is null"
+            ).fetchall()
+        }
+        invalid_when_deleted = {
+            (p, w)
+            for p, w in wh.execute(
+                "select product_id, warehouse_code from raw_shop.stock_levels "
+                "where _is_deleted and quantity_on_hand < 0"
+            ).fetchall()
+        }
+    for key, quantity in source.items():
+        if quantity >= 0:
+            assert current.get(key) == (quantity, False), f"stock {key}: snapshot {current.get(key)}, source {quantity}"
+    for key, (_, deleted) in current.items():
+        if not deleted and key not in source:
+            assert key in invalid_when_deleted, f"stock {key}: live in the snapshot, gone from the source"
+    return len(source)
 
 
 def assert_snapshot_is_truth(

@@ -22,7 +22,8 @@ import pytest
 from dusk.demo.shop import START
 from dusk.publish import published_run
 from tests.conftest import PROJECT_DIR, Workspace, delete_demo_stream, write_tally
-from tests.proof.invariants import MARTS, RAW_TABLES, SHOP_KEYS, SNAPSHOTS
+from tests.helpers import SHOP_KEYS
+from tests.proof.invariants import MARTS, RAW_TABLES, SNAPSHOT_KEYS, SNAPSHOTS
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
@@ -117,7 +118,7 @@ def assert_consistent(ws: Workspace) -> None:
     """Keys unique in raw, every load id complete, one current snapshot row per key."""
     with duckdb.connect(str(ws.warehouse), read_only=True) as con:
         for table, key in SHOP_KEYS.items():
-            (dups,) = con.execute(f"select count(*) - count(distinct {key}) from raw_shop.{table}").fetchone()
+            (dups,) = con.execute(f"select count(*) - count(distinct ({key})) from raw_shop.{table}").fetchone()
             assert dups == 0, f"raw_shop.{table}: {dups} duplicate keys"
         for table in RAW_TABLES:
             schema = table.split(".")[0]
@@ -126,10 +127,10 @@ def assert_consistent(ws: Workspace) -> None:
                 f"(select load_id from {schema}._dlt_loads where status = 0)"
             ).fetchone()
             assert incomplete == 0, f"{table}: rows of {incomplete} load(s) that never completed"
-        for snapshot, key in (("customers_snapshot", "customer_id"), ("products_snapshot", "product_id")):
+        for snapshot, key in SNAPSHOT_KEYS.items():
             (two,) = con.execute(
                 f"select count(*) from (select {key} from snapshots.{snapshot} where dbt_valid_to is null "
-                f"group by 1 having count(*) > 1)"
+                f"group by all having count(*) > 1)"
             ).fetchone()
             assert two == 0, f"snapshots.{snapshot}: {two} keys with more than one current row"
 

@@ -1,8 +1,9 @@
 """simulate-check: the simulator drives N nights across every source kind (database inserts,
 updates, hard deletes, ties at the watermark, rows committed late, new files, API pages, stream
-events, invalid records, one new source column) and after every night the invariants hold:
-reconciliation, marts = a from-scratch rebuild, snapshot history = ground truth, and re-running
-the night changes nothing. `make simulate-check NIGHTS=30 SEED=...`."""
+events, invalid records, one new source column, a table with a composite key) and after every
+night the invariants hold: reconciliation (the summary's counts included), marts = a from-scratch
+rebuild, snapshot history = ground truth, and re-running the night changes nothing.
+`make simulate-check NIGHTS=30 SEED=...`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.proof.invariants import (
     SNAPSHOTS,
     assert_reconciled,
     assert_snapshot_is_truth,
+    assert_stock_snapshot_is_source,
     copy_warehouse,
     differences,
     rebuild_from_scratch,
@@ -102,6 +104,7 @@ def test_simulated_nights_keep_every_invariant(
         tally["rebuild"] += 1
 
         customers, versions = assert_snapshot_is_truth(ws, run_days, detected_at)
+        lines = assert_stock_snapshot_is_source(ws)
         tally["truth"] += 1
 
         before = copy_warehouse(ws, tmp_path / f"night{night}" / "before_rerun.duckdb")
@@ -121,7 +124,8 @@ def test_simulated_nights_keep_every_invariant(
             path.unlink()
         say(
             f"night {night}: {sim.split(': ', 1)[-1]}; {tables} tables reconciled; "
-            f"{len(MARTS)} marts = rebuild; snapshot = truth ({customers} customers, {versions} versions); "
+            f"{len(MARTS)} marts = rebuild; snapshots = truth ({customers} customers, {versions} versions, "
+            f"{lines} stock lines); counts reconciled; "
             "rerun changed nothing"
         )
     line = (

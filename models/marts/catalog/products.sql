@@ -1,6 +1,6 @@
 {#
     One row per live product: its current price, how often the price changed (from the price
-    history snapshot) and what it sold over revenue orders.
+    history snapshot), what it sold over revenue orders and its stock across warehouses.
 #}
 with
 
@@ -31,6 +31,13 @@ orders as (
 
 ),
 
+stock_levels as (
+
+    select * from {{ ref('stg_shop__stock_levels') }}
+    where not is_deleted
+
+),
+
 price_versions as (
 
     select
@@ -57,6 +64,17 @@ sales as (
 
 ),
 
+stock as (
+
+    select
+        product_id,
+        sum(quantity_on_hand) as units_in_stock,
+        count(*) as warehouse_count
+    from stock_levels
+    group by product_id
+
+),
+
 final as (
 
     select
@@ -71,6 +89,8 @@ final as (
         cast(coalesce(price_versions.price_version_count, 0) as integer) as price_version_count,
         cast(coalesce(sales.order_count, 0) as integer) as order_count,
         cast(coalesce(sales.unit_count, 0) as integer) as unit_count,
+        cast(coalesce(stock.units_in_stock, 0) as integer) as units_in_stock,
+        cast(coalesce(stock.warehouse_count, 0) as integer) as warehouse_count,
         cast(products.created_at as timestamp) as created_at,
         cast(products.updated_at as timestamp) as updated_at
     from products
@@ -78,6 +98,8 @@ final as (
         on products.product_id = price_versions.product_id
     left join sales
         on products.product_id = sales.product_id
+    left join stock
+        on products.product_id = stock.product_id
 
 )
 

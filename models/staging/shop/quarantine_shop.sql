@@ -56,6 +56,20 @@ order_items as (
 
 ),
 
+stock_levels as (
+
+    select
+        'stock_levels' as table_name,
+        -- a composite key: its columns' values joined by '|'
+        cast(cast(product_id as varchar(20)) || '|' || warehouse_code as varchar(64)) as record_key,
+        quarantine_reason,
+        dlt_load_id,
+        updated_at
+    from {{ ref('base_shop__stock_levels') }}
+    where quarantine_reason is not null
+
+),
+
 final as (
 
     select * from customers
@@ -65,6 +79,8 @@ final as (
     select * from orders
     union all
     select * from order_items
+    union all
+    select * from stock_levels
 
 )
 
