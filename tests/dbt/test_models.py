@@ -120,7 +120,7 @@ def test_quarantine_reconciles_and_replays_fixed_rows(night: Workspace) -> None:
     } <= quarantined
     assert query(night, "select count(*) from marts.orders where order_id = 900001") == [(0,)]
     reconciled = [n for n in night.last_run()["dbt"]["nodes"] if n["name"].startswith("reconcile_raw_")]
-    assert len(reconciled) == 8 and all(n["status"] == "pass" for n in reconciled)
+    assert len(reconciled) == 9 and all(n["status"] == "pass" for n in reconciled)
 
     # fixed at the source: the rows leave quarantine and flow on at the next run
     with sqlite3.connect(night.shop_db) as shop:

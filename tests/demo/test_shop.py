@@ -108,3 +108,28 @@ def test_some_days_restore_a_customer_deleted_earlier_as_it_was(tmp_path: Path) 
             assert back[0] < f"2026-01-{day:02d}"  # its updated_at lies before the restoring day
             if history[cid][-1][1] == 0:
                 assert con.execute(sa.text(f"select count(*) from customers where customer_id = {cid}")).scalar_one()
+
+
+def test_an_older_shop_gets_the_tables_added_since(tmp_path: Path) -> None:
+    """A demo shop made before stock_levels existed gets the table, filled as day 0 and recorded
+    in the truth file, and simulates on; a table missing for another reason is left missing."""
+    shop = make(tmp_path, "old")
+    shop.create(customers_n=50, products_n=10, orders_n=30)
+    with shop.engine.begin() as con:
+        con.execute(sa.text("drop table stock_levels"))
+    with sqlite3.connect(shop.truth_path) as truth:  # an older version recorded no stock
+        truth.execute("delete from changes where table_name = 'stock_levels'")
+    assert shop.add_missing_tables() == ["stock_levels"]
+    assert shop.add_missing_tables() == []
+    with shop.engine.connect() as con:
+        (lines,) = con.execute(sa.text("select count(*) from stock_levels")).fetchone()
+    with sqlite3.connect(shop.truth_path) as truth:
+        (recorded,) = truth.execute(
+            "select count(*) from changes where table_name = 'stock_levels' and day = 0"
+        ).fetchone()
+    assert lines == recorded >= 10
+    shop.simulate(1)
+    with shop.engine.begin() as con:
+        con.execute(sa.text("alter table orders rename to purchases"))
+    assert shop.add_missing_tables() == []
+    shop.dispose()

@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_shipped_sources_file_declares_the_shop() -> None:
     shop = load_sources()["shop"]
     assert shop.dataset == "raw_shop"
-    assert {t.name for t in shop.tables} == {"customers", "products", "orders", "order_items"}
+    assert {t.name for t in shop.tables} == {"customers", "products", "orders", "order_items", "stock_levels"}
     assert shop.table("orders").primary_key == "order_id"
     assert all(t.cursor == "updated_at" and t.deletes == "key_diff" for t in shop.tables)
 

@@ -114,6 +114,7 @@ def test_raw_tables_loaded_before_restored_at_existed_get_the_column(settings: S
         "products": 1,
         "orders": 0,
         "order_items": 0,
+        "stock_levels": 0,
     }
     having = raw(
         settings,
