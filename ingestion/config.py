@@ -15,7 +15,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 WriteDisposition = Literal["append", "merge", "replace"]
 KINDS = ("database", "api", "files", "stream")
-COLUMN_TYPE = re.compile(r"^(text|integer|bigint|double|boolean|date|timestamp|decimal\(\d+,\s*\d+\))$")
+COLUMN_TYPE = re.compile(r"^(text|integer|bigint|double|boolean|date|timestamp|json|decimal\(\d+,\s*\d+\))$")
 """The types a file or stream table may declare for its columns."""
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -196,7 +196,7 @@ def _columns(raw: Any, where: str, kind: str = "files") -> tuple[tuple[str, str]
         if not COLUMN_TYPE.match(type_):
             raise ConfigError(
                 f"{where}.{name}: type {type_!r} is not one of text, integer, bigint, double, boolean, date, "
-                "timestamp, decimal(p,s)"
+                "timestamp, json, decimal(p,s)"
             )
         columns.append((_identifier(name, where), type_))
     return tuple(columns)

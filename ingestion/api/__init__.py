@@ -142,6 +142,7 @@ _DLT_TYPES = {
     "boolean": "bool",
     "date": "date",
     "timestamp": "timestamp",
+    "json": "json",
 }
 
 

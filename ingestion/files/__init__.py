@@ -59,6 +59,7 @@ _DUCK_TYPES = {
     "boolean": "BOOLEAN",
     "date": "DATE",
     "timestamp": "TIMESTAMPTZ",
+    "json": "JSON",
 }
 
 
@@ -202,7 +203,7 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
     if kind == "jsonl":
         for i, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                record = json_record(line)
+                record = json_record(line, json_columns(table))
                 if isinstance(record, str):
                     bad.append((i, record, line))
                 else:
@@ -229,16 +230,24 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
     return records, bad
 
 
-def json_record(text: str) -> dict[str, str | None] | str:
-    """The fields of one JSON object, as text (nested values as JSON); or, when the text is not a
-    JSON object, the reason why not."""
+def json_record(text: str, as_json: frozenset[str] = frozenset()) -> dict[str, str | None] | str:
+    """The fields of one JSON object, as text (nested values, and every value of the columns
+    ``as_json``, as JSON); or, when the text is not a JSON object, the reason why not."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg})"
     if not isinstance(value, dict):
         return "not a JSON object"
-    return {str(k): _text(v) for k, v in value.items()}
+    return {
+        str(k): json.dumps(v, ensure_ascii=False) if k in as_json and v is not None else _text(v)
+        for k, v in value.items()
+    }
+
+
+def json_columns(table: TableSpec) -> frozenset[str]:
+    """The columns declared ``json``."""
+    return frozenset(n for n, t in table.columns if t == "json")
 
 
 def _text(value: Any) -> str | None:
@@ -429,10 +438,14 @@ def with_load_id(rows: pa.Table) -> pa.Table:
     return rows.append_column("_dlt_load_id", pa.array([load_id] * rows.num_rows, pa.string()))
 
 
-def key_hints(table: TableSpec) -> dict[str, Any]:
-    """Column hints that let Arrow's nullable key columns pass as they are (rows with an empty key
-    never get this far: they are quarantined)."""
-    return {k: {"nullable": True} for k in table.key_columns}
+def column_hints(table: TableSpec) -> dict[str, Any]:
+    """dlt's hints for the declared columns: JSON where declared ``json`` (Arrow carries it as
+    text), and the key columns nullable so Arrow's columns pass as they are (rows with an empty
+    key never get this far: they are quarantined)."""
+    hints: dict[str, Any] = {n: {"data_type": "json"} for n, t in table.columns if t == "json"}
+    for key in table.key_columns:
+        hints.setdefault(key, {})["nullable"] = True
+    return hints
 
 
 def missing_tables(pipeline: dlt.Pipeline, spec: SourceSpec) -> list[TableSpec]:
@@ -450,7 +463,7 @@ def _table_resource(prepared: PreparedTable, create: bool) -> Any:
         for part in prepared.parts:
             yield with_load_id(pq.read_table(part))
 
-    hints: dict[str, Any] = {"write_disposition": table.write_disposition, "columns": key_hints(table)}
+    hints: dict[str, Any] = {"write_disposition": table.write_disposition, "columns": column_hints(table)}
     if table.write_disposition == "merge" and table.key_columns:
         # a key in several files of one run: the last file (in name order) wins
         hints["primary_key"] = table.key_columns

@@ -34,7 +34,16 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from ingestion.config import SourceSpec, TableSpec
-from ingestion.files import empty_rows, json_record, key_hints, typed_rows, undeclared, undeclared_note, with_load_id
+from ingestion.files import (
+    column_hints,
+    empty_rows,
+    json_columns,
+    json_record,
+    typed_rows,
+    undeclared,
+    undeclared_note,
+    with_load_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -263,10 +272,11 @@ def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[s
     and the fields the messages carry that the table does not declare (kept as text)."""
     records: list[tuple[int, dict[str, Any]]] = []
     bad: list[tuple[int, str, str]] = []
+    as_json = json_columns(table)
     for message in messages:
         seq = int(message.metadata.sequence.stream)
         text = message.data.decode("utf-8", errors="replace")
-        record = json_record(text)
+        record = json_record(text, as_json)
         if isinstance(record, str):
             bad.append((seq, record, text))
         else:
@@ -322,7 +332,7 @@ def stream_source(spec: SourceSpec, batch: Batch, create: tuple[str, ...] = ()) 
                     name=table.name,
                     write_disposition="merge",
                     primary_key=table.key_columns,
-                    columns={**key_hints(table), "_stream_seq": {"dedup_sort": "desc"}},
+                    columns={**column_hints(table), "_stream_seq": {"dedup_sort": "desc"}},
                 )
         if batch.quarantine:
             yield dlt.resource(

@@ -292,3 +292,40 @@ def test_a_key_in_two_files_of_one_run_is_counted_once(landing: Path, settings: 
         "spend: 2 row(s) were replaced by a later file's row with the same key in this run "
         "(the last file in name order wins)"
     ]
+
+
+def test_a_json_column_lands_as_json(tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``json`` declares a column of nested values: JSONL objects, lists and scalars, a CSV cell
+    of JSON text and a Parquet struct all land as JSON (DuckDB's JSON type); text that is not
+    JSON goes to quarantine."""
+    configure_dlt()
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    (tmp_path / "sources.yml").write_text(
+        f"sources:\n  feed:\n    kind: files\n    files: {{path: {landing}, max_bad_share: 0.5}}\n    tables:\n"
+        "      items:\n        pattern: 'items_*'\n        primary_key: id\n"
+        "        columns: {id: integer, meta: json}\n"
+    )
+    monkeypatch.setenv("DUSK_SOURCES_FILE", str(tmp_path / "sources.yml"))
+    (landing / "items_1.jsonl").write_text(
+        '{"id": 1, "meta": {"a": [1, "x"], "b": null}}\n{"id": 2, "meta": "plain"}\n{"id": 3, "meta": [true, 2.5]}\n'
+    )
+    (landing / "items_2.csv").write_text('id,meta\n4,"{""k"": 1}"\n5,{not json\n')
+    pq.write_table(pa.table({"id": [6], "meta": pa.array([{"n": 1, "s": "é"}])}), landing / "items_3.parquet")
+    result = ingest_source(load_sources()["feed"], settings)
+    assert result.ok, result.error
+    assert {t.table: (t.extracted, t.quarantined) for t in result.tables} == {"items": (5, 1)}
+    assert raw(
+        settings,
+        "select data_type from information_schema.columns where table_schema = 'raw_feed' and column_name = 'meta'",
+    ) == [("JSON",)]
+    assert raw(settings, "select id, meta from raw_feed.items order by id") == [
+        (1, '{"a": [1, "x"], "b": null}'),
+        (2, '"plain"'),
+        (3, "[true, 2.5]"),
+        (4, '{"k": 1}'),
+        (6, '{"n": 1, "s": "é"}'),
+    ]
+    assert raw(settings, "select line, reason from raw_feed._quarantine") == [
+        (3, 'column meta: "{not json" is not a json')
+    ]
