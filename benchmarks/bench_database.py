@@ -117,7 +117,7 @@ def child(workdir: str, deletes: str) -> None:
     settings = Settings(root, root / "bench.duckdb", root / "target", demo=False, demo_seed=0)
     cursor = None if deletes == "cdc" else "updated_at"
     spec = SourceSpec(
-        "bench", "database", "TPC-H lineitem", False, (TableSpec("lineitem", "l_id", cursor, "merge", deletes),)
+        "bench", "database", "TPC-H lineitem", False, (TableSpec("lineitem", ("l_id",), cursor, "merge", deletes),)
     )  # type: ignore[arg-type]
     started = time.perf_counter()
     result = ingest_source(spec, settings)
@@ -162,7 +162,7 @@ def cdc_round(work: str, round_: int) -> tuple[float, float]:
     from ingestion.config import SourceSpec, TableSpec
     from ingestion.database import cdc
 
-    spec = SourceSpec("bench", "database", "", False, (TableSpec("lineitem", "l_id", None, "merge", "cdc"),))
+    spec = SourceSpec("bench", "database", "", False, (TableSpec("lineitem", ("l_id",), None, "merge", "cdc"),))
     url = sa.make_url(_url(DB))
     cdc.drop(url, spec)
     cdc.setup(url, spec)

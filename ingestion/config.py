@@ -53,7 +53,9 @@ class TableSpec:
     """One source table: its key, its cursor, how it is written and how deletes are found."""
 
     name: str
-    primary_key: str
+    primary_key: tuple[str, ...]
+    """Every primary key column, in the declared order (several: a composite key; none: a file
+    table without a key)."""
     cursor: str | None
     write_disposition: WriteDisposition
     deletes: DeleteStrategy
@@ -61,8 +63,6 @@ class TableSpec:
     max_delete_share: float = 0.5
     lag_seconds: float = 0.0
     """Re-read this many seconds below the watermark each run (rows committed late)."""
-    keys: tuple[str, ...] = ()
-    """Every primary key column (files may have a composite key); empty: no key."""
     path: str = ""
     """API: the endpoint path under the base URL."""
     cursor_param: str = ""
@@ -86,7 +86,11 @@ class TableSpec:
     @property
     def key_columns(self) -> list[str]:
         """The primary key's columns, in the declared order."""
-        return list(self.keys or ((self.primary_key,) if self.primary_key else ()))
+        return list(self.primary_key)
+
+    def key_text(self, key: tuple[Any, ...]) -> str:
+        """A key's values as a message shows them: ``order_id=7`` or ``order_id=7, line_no=2``."""
+        return ", ".join(f"{n}={v!r}" for n, v in zip(self.primary_key, key, strict=True))
 
 
 @dataclass(frozen=True)
@@ -242,14 +246,13 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
         raise ConfigError(f"{where}.primary_key: {missing} not among the declared columns")
     return TableSpec(
         name=_identifier(name, where),
-        primary_key=keys[0] if keys else "",
+        primary_key=keys,
         cursor=str(raw["cursor"]) if raw.get("cursor") else None,
         write_disposition=disposition,
         deletes=deletes,
         exclude_columns=tuple(_identifier(c, f"{where}.exclude_columns") for c in raw.get("exclude_columns", [])),
         max_delete_share=share,
         lag_seconds=float(lag),
-        keys=keys,
         path=str(raw.get("path", "")),
         cursor_param=str(raw.get("cursor_param", "")),
         data_selector=str(raw.get("data_selector", "data" if kind == "api" else "")),

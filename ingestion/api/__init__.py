@@ -189,7 +189,7 @@ class Repeats:
         self.repeated[key] += 1
         if self.table.write_disposition == "replace":
             raise ValueError(
-                f"{self.where}: the API served {_key(self.table, key)} twice in one full reload; nothing was "
+                f"{self.where}: the API served {self.table.key_text(key)} twice in one full reload; nothing was "
                 "loaded. Declare write_disposition: merge for the table (the newest copy then wins)."
             )
         newest = self.newest[key]
@@ -203,16 +203,12 @@ class Repeats:
         """The summary's line about the repeats, if there were any."""
         if not self.repeated:
             return None
-        sample = ", ".join(_key(self.table, k) for k in sorted(self.repeated, key=str)[:5])
+        sample = "; ".join(self.table.key_text(k) for k in sorted(self.repeated, key=str)[:5])
         newest = f"the newest by {self.table.cursor}" if self.table.cursor else "the last served"
         return (
             f"{self.table.name}: {sum(self.repeated.values())} record(s) served again in this run "
             f"({len(self.repeated)} key(s), e.g. {sample}); {newest} was kept, counted once"
         )
-
-
-def _key(table: TableSpec, key: tuple[Any, ...]) -> str:
-    return ", ".join(f"{n}={v!r}" for n, v in zip(table.key_columns, key, strict=True))
 
 
 def api_source(

@@ -58,7 +58,6 @@ from ingestion.database.reader import (
     dquote,
     engine_kind,
     key_in,
-    key_text,
     needs_source_sql,
     qualified,
     quote,
@@ -430,7 +429,7 @@ def _refuse_bad_keys(
     ).fetchall()
     if duplicated:
         extra = sum(int(r[-1]) for r in duplicated)
-        sample = "; ".join(key_text(names, tuple(r[:-1])) for r in duplicated[:5])
+        sample = "; ".join(table.key_text(tuple(r[:-1])) for r in duplicated[:5])
         raise SourceDataError(f"{where}: {extra} duplicate value(s) of primary key {label!r}, e.g. {sample}")
 
 
@@ -717,7 +716,7 @@ def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start:
     for i, column in enumerate(special):
         found = [(tuple(r[:nk]), r[nk + n + i]) for r in rows if r[nk + i]][:_SAMPLE]
         if found:
-            sample = "; ".join(f"{key_text(names, k)}: {v!r}" for k, v in found)
+            sample = "; ".join(f"{table.key_text(k)}: {v!r}" for k, v in found)
             problems.append(f"column {column.name!r} ({column.source_type} -> raw {column.raw_type}) at {sample}")
     raise SourceDataError(
         f"{_where(spec.name, table.name)}: values raw cannot hold exactly (they would be replaced by another "

@@ -181,11 +181,6 @@ def key_in(names: Sequence[str], keys: Sequence[Key], q: Callable[[str], str], l
     return "(" + " OR ".join(f"({r})" for r in rows) + ")"
 
 
-def key_text(names: Sequence[str], key: Key) -> str:
-    """A key as a message shows it: ``order_id=7`` or ``order_id=7, line=2``."""
-    return ", ".join(f"{n}={v!r}" for n, v in zip(names, key, strict=True))
-
-
 def dquote(name: str) -> str:
     """A name quoted for DuckDB (and the warehouse)."""
     return '"' + name.replace('"', '""') + '"'

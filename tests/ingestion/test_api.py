@@ -268,7 +268,7 @@ def test_a_record_served_twice_keeps_its_newest_copy_and_is_counted_once(
         (6, "6.70"),
     ]
     assert result.notes == [
-        "payments: 3 record(s) served again in this run (3 key(s), e.g. payment_id=2, payment_id=3, "
+        "payments: 3 record(s) served again in this run (3 key(s), e.g. payment_id=2; payment_id=3; "
         "payment_id=6); the newest by updated_at was kept, counted once"
     ]
 

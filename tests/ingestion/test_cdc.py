@@ -383,7 +383,7 @@ def test_a_sigkilled_cdc_ingest_loses_and_repeats_nothing(crm, delay: float | st
 def test_refusals_name_the_source_and_table(crm, tmp_path: Path) -> None:
     settings, spec, engine = crm
     sql(engine, "create table loose (id int, v text)")
-    loose = SourceSpec("crm", "database", "", False, (TableSpec("loose", "id", None, "merge", "cdc"),))
+    loose = SourceSpec("crm", "database", "", False, (TableSpec("loose", ("id",), None, "merge", "cdc"),))
     with pytest.raises(cdc.CdcError, match=r"source 'crm', table 'loose': deletes would not carry the declared"):
         cdc.setup(engine.url, loose)
     cdc.setup(engine.url, spec)
@@ -429,7 +429,7 @@ def test_setup_refuses_a_server_without_logical_wal() -> None:
         pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
     if level == "logical":
         pytest.skip("the machine's server runs with wal_level=logical: nothing to refuse")
-    spec = SourceSpec("crm", "database", "", False, (TableSpec("accounts", "account_id", None, "merge", "cdc"),))
+    spec = SourceSpec("crm", "database", "", False, (TableSpec("accounts", ("account_id",), None, "merge", "cdc"),))
     with pytest.raises(cdc.CdcError, match=rf"source 'crm': the server runs with wal_level={level}; CDC needs"):
         cdc.setup(url, spec)
 

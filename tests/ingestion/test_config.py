@@ -19,7 +19,8 @@ def test_shipped_sources_file_declares_the_shop() -> None:
     shop = load_sources()["shop"]
     assert shop.dataset == "raw_shop"
     assert {t.name for t in shop.tables} == {"customers", "products", "orders", "order_items", "stock_levels"}
-    assert shop.table("orders").primary_key == "order_id"
+    assert shop.table("orders").key_columns == ["order_id"]
+    assert shop.table("stock_levels").key_columns == ["product_id", "warehouse_code"]
     assert all(t.cursor == "updated_at" and t.deletes == "key_diff" for t in shop.tables)
 
 

@@ -164,8 +164,8 @@ def test_declared_options_shape_the_load(settings: Settings) -> None:
         description="",
         demo=True,
         tables=(
-            TableSpec("customers", "customer_id", "updated_at", "merge", "key_diff", exclude_columns=("email",)),
-            TableSpec("products", "product_id", None, "replace", "none"),
+            TableSpec("customers", ("customer_id",), "updated_at", "merge", "key_diff", exclude_columns=("email",)),
+            TableSpec("products", ("product_id",), None, "replace", "none"),
         ),
     )
     first = {t.table: t for t in ingest_source(spec, settings).tables}
@@ -256,7 +256,7 @@ def test_a_lag_window_picks_up_rows_committed_late_without_key_diff(settings: Se
         kind="database",
         description="",
         demo=True,
-        tables=(TableSpec("products", "product_id", "updated_at", "merge", "none", lag_seconds=3600),),
+        tables=(TableSpec("products", ("product_id",), "updated_at", "merge", "none", lag_seconds=3600),),
     )
     assert ingest_source(spec, settings).ok
     (top,) = raw(settings, "select max(updated_at) from raw_shop.products")[0]

@@ -108,7 +108,7 @@ def _crm(tmp_path: Path) -> tuple[SourceSpec, Settings]:
         kind="database",
         description="",
         demo=False,
-        tables=(TableSpec("customers", "customer_id", "updated_at", "merge", "none"),),
+        tables=(TableSpec("customers", ("customer_id",), "updated_at", "merge", "none"),),
     )
     settings = Settings(
         tmp_path,
