@@ -18,6 +18,7 @@ values (a numeric wider than 38 digits becomes DOUBLE), the read is one query ru
 from __future__ import annotations
 
 import importlib
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -124,6 +125,9 @@ def reflect_columns(
     columns = sa.inspect(engine).get_columns(table, schema=schema)
     if not columns:
         raise sa.exc.NoSuchTableError(table)
+    if kind == "mysql":
+        checked = _json_checked(engine, table, schema)
+        columns = [{**c, "type": sa.JSON()} if c["name"] in checked else c for c in columns]
     overrides = overrides or {}
     unknown = sorted(set(overrides) - {c["name"] for c in columns})
     if unknown:
@@ -133,6 +137,25 @@ def reflect_columns(
         for c in columns
         if c["name"] not in exclude
     ]
+
+
+_JSON_VALID = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.IGNORECASE)
+
+
+def _json_checked(engine: sa.Engine, table: str, schema: str | None) -> set[str]:
+    """MariaDB's JSON columns: a JSON column there is a LONGTEXT with a ``json_valid`` check, which
+    SQLAlchemy reflects as text. MySQL's JSON is a type of its own (and its information schema
+    has no TABLE_NAME in CHECK_CONSTRAINTS): nothing to find."""
+    query = sa.text(
+        "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+        "WHERE CONSTRAINT_SCHEMA = :schema AND TABLE_NAME = :table"
+    )
+    try:
+        with engine.connect() as con:
+            clauses = [str(r[0]) for r in con.execute(query, {"schema": schema, "table": table})]
+    except sa.exc.DBAPIError:
+        return set()
+    return {m.group(1).replace("``", "`") for c in clauses if (m := _JSON_VALID.fullmatch(c.strip()))}
 
 
 def default_schema(url: sa.URL) -> str | None:

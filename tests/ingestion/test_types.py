@@ -317,6 +317,7 @@ def test_every_mariadb_type_lands_exactly(zoo, tmp_path: Path) -> None:
         "VARCHAR",
     )
     assert raw(settings, "select n_bool from raw_zoo.zoo where id = 1") == [(2,)]  # tinyint(1) is no boolean
+    assert types["j"] == "JSON"  # MariaDB's JSON is a LONGTEXT with a json_valid check
 
 
 @pytest.mark.badinput
