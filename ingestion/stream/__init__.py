@@ -35,6 +35,7 @@ from nats.js.errors import NotFoundError
 
 from ingestion.config import SourceSpec, TableSpec
 from ingestion.files import (
+    absent,
     column_hints,
     empty_rows,
     json_columns,
@@ -218,12 +219,11 @@ class StreamReader:
         for table in self.spec.tables:
             messages = self._loop.run(self._fetch(table))
             batch.messages.extend(messages)
-            rows, bad, extra = decode(table, messages)
+            rows, bad, notes = decode(table, messages)
             batch.rows[table.name] = rows
             batch.repeats[table.name] = rows.num_rows - _distinct_keys(rows, table)
             batch.quarantine.extend(bad)
-            if extra:
-                batch.notes.append(undeclared_note(table.name, extra, f"subject {table.subject}"))
+            batch.notes.extend(notes)
         return batch
 
     async def _fetch(self, table: TableSpec) -> list[Msg]:
@@ -269,7 +269,7 @@ async def _quiet(exc: Exception) -> None:
 
 def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[str, Any]], list[str]]:
     """Typed rows (with ``_stream_seq``) of the good messages, quarantine rows of the poison ones,
-    and the fields the messages carry that the table does not declare (kept as text)."""
+    and the summary's lines about fields the messages carry undeclared (kept as text) or lack."""
     records: list[tuple[int, dict[str, Any]]] = []
     bad: list[tuple[int, str, str]] = []
     as_json = json_columns(table)
@@ -302,7 +302,14 @@ def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[s
         }
         for seq, reason, record in sorted(bad + checked)
     ]
-    return good, quarantine, extra
+    notes = [undeclared_note(table.name, extra, f"subject {table.subject}")] if extra else []
+    missing = absent(table, records)
+    if missing:
+        notes.append(
+            f"{table.name}: declared column(s) {missing} are in no message of this batch on subject "
+            f"{table.subject}: loaded as NULL"
+        )
+    return good, quarantine, notes
 
 
 def _distinct_keys(rows: pa.Table, table: TableSpec) -> int:

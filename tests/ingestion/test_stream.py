@@ -228,3 +228,10 @@ def test_an_undeclared_field_reaches_raw_as_text_and_is_named(web: dict[str, str
         f"web_events: column(s) ['referrer', 'cart'] of subject {web['subject']} are not declared in sources.yml: "
         "they landed in raw as text; declare them under columns: to give them a type"
     ]
+    publish(web["subject"], [json.dumps({"event_id": "e3", "event_type": "click"}).encode()])
+    lacking = ingest_source(spec(), settings)
+    assert lacking.ok, lacking.error
+    assert lacking.notes == [
+        f"web_events: declared column(s) ['customer_id', 'occurred_at'] are in no message of this batch on "
+        f"subject {web['subject']}: loaded as NULL"
+    ]
