@@ -506,10 +506,7 @@ def plan_source(
                     relation = source_relation(kind, table.name, plan.schema)
                     names = ", ".join(f'"{c.name}"' for c in columns)
                     described = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT {names} FROM {relation}").fetchall()}
-                    plan.types = {
-                        c.name: "VARCHAR" if c.source_expr and c.raw_type == "VARCHAR" else str(described[c.name])
-                        for c in columns
-                    }
+                    plan.types = {c.name: "VARCHAR" if c.source_expr else str(described[c.name]) for c in columns}
                     plan.cdc_upto = upto
                     plan.raw_rows = _raw_reader(pipeline, table.name)
                 elif not first:
@@ -814,7 +811,7 @@ class _ChangeFeed:
             upto = self.plans[0].cdc_upto
             assert upto is not None
             # a first load is a snapshot taken after `upto` was read: it holds those changes already
-            tables = {p.spec.name: [c.name for c in p.columns] for p in self.plans if not p.first_load}
+            tables = {p.spec.name: p.columns for p in self.plans if not p.first_load}
             self._batch = cdc.read_changes(self.url, self.spec, tables, state.get("lsn"), upto, self.staging)
             state["lsn"] = self._batch.end_lsn
         return self._batch

@@ -21,6 +21,7 @@ the bound; those changes are skipped for it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -209,6 +210,9 @@ class TableChanges:
     truncates: list[tuple[int, int, datetime]] = field(default_factory=list)
     """(sequence number, commit LSN, commit time) of each TRUNCATE."""
     count: int = 0
+    convert: dict[int, Callable[[str], str]] = field(default_factory=dict)
+    """Per column position, how the log's text becomes the text raw's read path expects (arrays as
+    to_json writes them, money as its numeric): the snapshot reads those at the source."""
     moved_unknown: bool = False
     """Some update changed the key and left values out of the stream (see :func:`_fill_moves`)."""
     _rows: list[list[Any]] = field(default_factory=list)
@@ -217,6 +221,9 @@ class TableChanges:
         """One change; ``values`` (in the order of ``columns``) are text, None (NULL) or
         ``pgoutput.UNCHANGED`` (not in the stream: taken from earlier changes or raw)."""
         unknown: list[str] = []
+        for i, convert in self.convert.items():
+            if isinstance(values[i], str):
+                values[i] = convert(values[i])
         if pgoutput.UNCHANGED in values:
             unknown = [c for c, v in zip(self.columns, values, strict=True) if v is pgoutput.UNCHANGED]
             values = [None if v is pgoutput.UNCHANGED else v for v in values]
@@ -252,20 +259,31 @@ class ChangeBatch:
 def read_changes(
     url: sa.URL,
     spec: SourceSpec,
-    tables: dict[str, list[str]],
+    tables: dict[str, list[SourceColumn]],
     stored_lsn: int | None,
     upto_lsn: int,
     staging: Path,
 ) -> ChangeBatch:
     """Advance the slot to ``stored_lsn`` (what raw holds), then peek the changes of ``tables``
-    (table -> column names) committed below ``upto_lsn`` into parquet parts under ``staging``."""
+    (table -> columns) committed below ``upto_lsn`` into parquet parts under ``staging``."""
     where = f"source {spec.name!r}"
     batch = ChangeBatch(
-        {name: TableChanges(spec.table(name), columns, staging / name) for name, columns in tables.items()},
+        {
+            name: TableChanges(spec.table(name), [c.name for c in columns], staging / name)
+            for name, columns in tables.items()
+        },
         end_lsn=max(upto_lsn, stored_lsn or 0),
     )
     with connect(url) as conn:
         conn.autocommit = True
+        money = _money_parser(conn)
+        for name, columns in tables.items():
+            try:
+                batch.tables[name].convert = {
+                    i: f for i, c in enumerate(columns) if (f := log_text_converter(c, money)) is not None
+                }
+            except CdcError as exc:
+                raise CdcError(f"{where}, table {name!r}: {exc}") from None
         slot = _slot(conn, spec)
         if slot is None:
             raise CdcError(f"{where}: replication slot {spec.cdc_slot!r} is gone; run `dusk cdc setup {spec.name}`")
@@ -295,6 +313,90 @@ def read_changes(
     for changes in batch.tables.values():
         changes.flush()
     return batch
+
+
+_NUMBERS = ("smallint", "integer", "bigint", "numeric", "real", "double precision", "decimal")
+
+
+def log_text_converter(column: SourceColumn, money: Callable[[str], str]) -> Callable[[str], str] | None:
+    """How the log's text of ``column`` becomes what the snapshot reads at the source, or None
+    when it already is: an array as ``to_json`` writes it, money as its numeric."""
+    if column.source_type == "money":
+        return money
+    if not column.source_type.endswith("[]") or column.raw_type != "JSON":
+        return None
+    element = column.source_type.removesuffix("[]").split("(")[0].strip()
+    if element.startswith(_NUMBERS):
+        return lambda text: _array_json(text, _number_json)
+    if element == "boolean":
+        return lambda text: _array_json(text, lambda v: "true" if v == "t" else "false")
+    if element.startswith(("text", "character", "varchar", "char", "uuid", "citext", "name")):
+        return lambda text: _array_json(text, lambda v: json.dumps(v, ensure_ascii=False))
+    raise CdcError(
+        f"column {column.name!r} ({column.source_type}): an array of this type cannot yet be read from the log "
+        f"as the snapshot reads it (to_json). Declare columns: {{{column.name}: text}} for the table in "
+        "sources.yml to land the server's exact array text."
+    )
+
+
+def _number_json(value: str) -> str:
+    """A numeric element as to_json writes it: NaN and infinities as strings."""
+    return f'"{value}"' if value in ("NaN", "Infinity", "-Infinity") else value
+
+
+def _array_json(text: str, element: Callable[[str], str]) -> str:
+    """PostgreSQL's array text (``{1,NULL,"a b"}``, nested braces for more dimensions, quoted
+    elements with backslash escapes) as JSON in to_json's form (no spaces)."""
+    if text.startswith("["):  # explicit bounds, [1:2]={...}: the elements are what counts
+        text = text[text.index("=") + 1 :]
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "{":
+            out.append("[")
+            i += 1
+        elif ch == "}":
+            out.append("]")
+            i += 1
+        elif ch == ",":
+            out.append(",")
+            i += 1
+        elif ch == '"':
+            i += 1
+            quoted = []
+            while text[i] != '"':
+                if text[i] == "\\":
+                    i += 1
+                quoted.append(text[i])
+                i += 1
+            i += 1
+            out.append(element("".join(quoted)))  # a quoted "NULL" is the text NULL
+        else:
+            j = i
+            while text[j] not in ",}":
+                j += 1
+            bare = text[i:j].strip()
+            out.append("null" if bare.upper() == "NULL" else element(bare))
+            i = j
+    return "".join(out)
+
+
+def _money_parser(conn: psycopg.Connection[Any]) -> Callable[[str], str]:
+    """money's text follows the server's lc_monetary (``-$12,345.67``, ``-12.345,67 €``): learn its
+    decimal mark from the text of a known value, and read a value as its plain numeric."""
+    row = conn.execute("SELECT (-12345.67)::money::text").fetchone()
+    sample = str(row[0]) if row else "-12345.67"
+    at = sample.rfind("67")
+    mark = sample[at - 1] if at > 0 and not sample[at - 1].isdigit() else None
+
+    def parse(text: str) -> str:
+        negative = "-" in text or "(" in text
+        kept = "".join(ch for ch in text if ch.isdigit() or ch == mark)
+        whole, _, fraction = kept.partition(mark) if mark else (kept, "", "")
+        return ("-" if negative else "") + (whole or "0") + (f".{fraction}" if fraction else "")
+
+    return parse
 
 
 def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:

@@ -19,6 +19,7 @@ from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipelin
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, TableSpec, load_sources
 from ingestion.database import cdc, database_source, plan_source
+from ingestion.database.types import SourceColumn
 from tests.helpers import kill_ingest_after, raw, sql
 
 SOURCES_YML = """
@@ -47,10 +48,14 @@ SCHEMA = (
     "decode('0a0b', 'hex') from generate_series(1, 50) g",
     "insert into notes select g, g, repeat('x', 5) from generate_series(1, 20) g",
     "create table kinds (id int primary key, u uuid, tags int[], span interval, doc jsonb, ratio float8, "
-    "at_time time, price numeric(30, 10), flag boolean, day date, ts timestamp(3))",
+    "at_time time, price numeric(30, 10), flag boolean, day date, ts timestamp(3), cash money, "
+    "exact numeric[], words text[], flags boolean[], floats float8[], grid int[][])",
     "insert into kinds values (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{1,2,3}', '1 day 02:03:04', "
     """'{"a": [1, "x y"]}', 0.1, '12:34:56.789', 12345678901234567890.0123456789, true, '2026-02-28', """
-    "'2026-03-01 04:05:06.789')",
+    "'2026-03-01 04:05:06.789', '-92233720368547758.08', "
+    "'{1.000000000000000000000000000000000000000001,NaN,NULL,-Infinity}', "
+    """'{"a b","c,d",NULL,"NULL","q\\"x","back\\\\slash","é😀",plain}', '{t,f,NULL}', """
+    "'{0.1,1.5e300,NaN,-Infinity}', '{{1,2},{3,NULL}}')",
 )
 
 
@@ -183,7 +188,11 @@ def test_every_column_type_lands_the_same_from_the_log_as_from_the_snapshot(crm)
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
     assert ingest_source(spec, settings).ok
-    sql(engine, "insert into kinds select 2, u, tags, span, doc, ratio, at_time, price, flag, day, ts from kinds")
+    sql(
+        engine,
+        "insert into kinds select 2, u, tags, span, doc, ratio, at_time, price, flag, day, ts, cash, exact, words, "
+        "flags, floats, grid from kinds",
+    )
     assert ingest_source(spec, settings).ok
     types = raw(settings, "select data_type from information_schema.columns where table_name = 'kinds' order by 1")
     assert len(types) > 10
@@ -193,6 +202,15 @@ def test_every_column_type_lands_the_same_from_the_log_as_from_the_snapshot(crm)
     )
     assert snapshot == logged
     assert snapshot[1:3] == ("[1,2,3]", "1 day 02:03:04")  # arrays land as JSON, intervals as text
+    # money as its numeric (the log writes '-$92,233,...'), arrays as to_json writes them: exact
+    assert snapshot[10:16] == (
+        Decimal("-92233720368547758.0800"),
+        '[1.000000000000000000000000000000000000000001,"NaN",null,"-Infinity"]',
+        '["a b","c,d",null,"NULL","q\\"x","back\\\\slash","é😀","plain"]',
+        "[true,false,null]",
+        '[0.1,1.5e+300,"NaN","-Infinity"]',
+        "[[1,2],[3,null]]",
+    )
 
 
 def test_unchanged_toasted_values_and_truncates(crm) -> None:
@@ -456,3 +474,16 @@ def test_a_read_only_replication_role_is_all_extraction_needs(crm, monkeypatch: 
         assert_raw_equals_source(settings, engine)
     finally:
         sql(engine, f"drop owned by {role}", f"drop role {role}")
+
+
+def test_log_text_becomes_what_the_snapshot_reads() -> None:
+    """The log writes arrays and money in the server's text; raw holds to_json's arrays and
+    money's numeric. Money follows lc_monetary; an array type without an exact conversion is
+    refused with the fix, never loaded approximately."""
+    money = cdc.log_text_converter(SourceColumn("m", "money", "DECIMAL(38, 4)"), lambda t: t)
+    assert money is not None and money("x") == "x"  # the server-derived parser is used as is
+    numbers = cdc.log_text_converter(SourceColumn("a", "numeric(10,2)[]", "JSON"), lambda t: t)
+    assert numbers is not None and numbers("[0:1]={1.50,NULL}") == "[1.50,null]"
+    assert cdc.log_text_converter(SourceColumn("t", "text", "VARCHAR"), lambda t: t) is None
+    with pytest.raises(cdc.CdcError, match=r"columns: \{ts: text\}"):
+        cdc.log_text_converter(SourceColumn("ts", "timestamp without time zone[]", "JSON"), lambda t: t)
