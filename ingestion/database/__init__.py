@@ -460,7 +460,44 @@ def _checked_columns(
         raise SourceSchemaError(f"{where}: {exc}") from None
     changes = check_schema(pipeline, spec, table, columns)
     apply_changes(pipeline, table.name, changes)
-    return columns, [c.describe(table.name) for c in changes]
+    return columns, [c.describe(table.name) for c in changes] + apply_key_change(pipeline, spec, table)
+
+
+def apply_key_change(pipeline: dlt.Pipeline, spec: SourceSpec, table: TableSpec) -> list[str]:
+    """A declared primary key other than the one raw was merged on: accepted when raw's rows are
+    unique on the new key (always so when it only adds columns), and dlt's schema then holds
+    exactly the new key (dlt would otherwise merge on the union of both); refused, naming the
+    keys and the fix, when some new key has several rows in raw (a merge would keep one)."""
+    stored = _stored_columns(pipeline, table.name)
+    old = [n for n, c in stored.items() if c.get("primary_key")]
+    new = table.key_columns
+    if not old or sorted(old) == sorted(new):
+        return []
+    if not set(old) <= set(new):
+        keys = ", ".join(dquote(k) for k in new)
+        found = _raw_arrow(
+            pipeline,
+            f"select count(*) from (select {keys} from {_qualified(pipeline, table.name)} "
+            f"group by {keys} having count(*) > 1)",
+        )
+        repeated = int(found.column(0)[0].as_py()) if found is not None else 0
+        if repeated:
+            raise SourceSchemaError(
+                f"{_where(spec.name, table.name)}: the declared primary key changed from ({', '.join(old)}) to "
+                f"({', '.join(new)}), and raw holds {repeated} value(s) of the new key on several rows (a merge "
+                "would keep one of them). Nothing was loaded. Fix: declare the key back, or reload the table "
+                "(drop it from raw and its state from dlt's pipeline folder) so it is loaded under the new key."
+            )
+    schema = pipeline.default_schema
+    hints: dict[str, dict[str, Any]] = schema.tables[table.name]["columns"]  # type: ignore[assignment]
+    for name in old:
+        hints[name].pop("primary_key", None)
+    for name in new:
+        if name in hints:
+            hints[name]["primary_key"] = True
+    schema._bump_version()
+    pipeline.schemas.save_schema(schema)
+    return [f"{table.name}: primary key changed ({', '.join(old)}) -> ({', '.join(new)})"]
 
 
 def source_schema(table: TableSpec, url: sa.URL) -> str | None:

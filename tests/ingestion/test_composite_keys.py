@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dusk.ingest import SourceResult, configure_dlt, ingest_source
+from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
 from ingestion.config import SourceSpec, load_sources
 from tests.conftest import SERVERS, server_database
@@ -138,3 +138,30 @@ def test_null_or_duplicate_composite_keys_name_every_key_column(club) -> None:
     result = ingest_source(spec, settings)
     assert not result.ok and result.error is not None
     assert "1 row(s) with a NULL primary key '(group_id, member_id)'" in result.error
+
+
+def declare_key(settings: Settings, key: str) -> SourceSpec:
+    (Path(settings.data_dir) / "sources.yml").write_text(SOURCES.replace("[group_id, member_id]", key))
+    return load_sources(Path(settings.data_dir) / "sources.yml")["club"]
+
+
+@pytest.mark.badinput
+@pytest.mark.parametrize("club", ["sqlite"], indirect=True)
+def test_a_changed_key_is_applied_when_raw_holds_it_and_refused_when_not(club) -> None:
+    """A key that adds a column is applied (raw's rows are unique on it), and dlt's schema then
+    merges on exactly that key; a key raw's rows repeat stops the table naming both keys."""
+    settings = club[0]
+    finer = ingest_source(declare_key(settings, "[group_id, member_id, role]"), settings)
+    assert finer.ok, finer.error
+    assert finer.schema_changes == [
+        "memberships: primary key changed (group_id, member_id) -> (group_id, member_id, role)"
+    ]
+    pipeline = make_pipeline(declare_key(settings, "[group_id, member_id, role]"), settings)
+    columns = pipeline.default_schema.tables["memberships"]["columns"]
+    assert sorted(n for n, c in columns.items() if c.get("primary_key")) == ["group_id", "member_id", "role"]
+    coarser = ingest_source(declare_key(settings, "[member_id]"), settings)
+    assert not coarser.ok and coarser.error is not None
+    assert "the declared primary key changed from (group_id, member_id, role) to (member_id)" in coarser.error
+    assert "raw holds 2 value(s) of the new key on several rows" in coarser.error
+    back = ingest_source(declare_key(settings, "[group_id, member_id]"), settings)
+    assert back.ok, back.error
