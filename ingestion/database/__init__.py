@@ -813,10 +813,8 @@ def _extract_files(
         glob = sql_literal(str(staging / "*.parquet"))
         cursor_max = f'max("{table.cursor}")' if table.cursor else "NULL"
         cursor_nulls = f'count(*) - count("{table.cursor}")' if table.cursor else "0"
-        top, missing = con.execute(f"SELECT {cursor_max}, {cursor_nulls} FROM read_parquet({glob})").fetchone() or (
-            None,
-            0,
-        )
+        row = con.execute(f"SELECT {cursor_max}, {cursor_nulls} FROM read_parquet({glob})").fetchone()
+        top, missing = row if row else (None, 0)
         if missing:
             raise SourceDataError(_null_cursor(where, missing, table))
         _refuse_bad_keys(con, f"read_parquet({glob})", [dquote(k) for k in table.key_columns], where, table)
