@@ -68,7 +68,7 @@ def connect(url: sa.URL) -> psycopg.Connection[Any]:
         password=url.password or "",
         dbname=url.database or "",
         # the text forms DuckDB's casts read: ISO dates, UTC offsets, postgres-style intervals
-        options="-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres",
+        options=reader.POSTGRES_SESSION,
     )
     return conn
 

@@ -38,6 +38,10 @@ FILE_SIZE = "64MB"
 """Parquet files are cut at about this size (several files load in parallel)."""
 ROW_GROUP_SIZE = 122_880
 """Rows per parquet row group (DuckDB's default); a file holds whole row groups."""
+POSTGRES_SESSION = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres"
+"""The settings of every PostgreSQL session that reads values as text (the scanner's queries at
+the source, CDC's): ISO dates, UTC offsets and postgres-style intervals, whatever the server's or
+the database's defaults (``ALTER DATABASE ... SET datestyle`` would otherwise change the text)."""
 
 _EXTENSIONS = {
     "postgresql": ("duckdb_extension_postgres_scanner", "postgres"),
@@ -104,7 +108,9 @@ def attach(url: sa.URL, threads: int = 2) -> Iterator[duckdb.DuckDBPyConnection]
             }
             body = ", ".join(f"{k} {_quote(v)}" for k, v in parts.items())
             con.execute(f"CREATE TEMPORARY SECRET {secret} (TYPE {ext_type}, {body})")
-            con.execute(f"ATTACH '' AS src (TYPE {ext_type}, SECRET {secret}, READ_ONLY)")
+            # libpq's options join the secret's fields: the session's text forms are pinned
+            conninfo = _quote(f"options='{POSTGRES_SESSION}'") if kind == "postgresql" else "''"
+            con.execute(f"ATTACH {conninfo} AS src (TYPE {ext_type}, SECRET {secret}, READ_ONLY)")
         yield con
     finally:
         con.close()

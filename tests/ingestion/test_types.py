@@ -117,7 +117,7 @@ def source_texts(engine: sa.Engine, table: str, columns: list[str]) -> dict[int,
     pg = engine.dialect.name == "postgresql"
     with engine.connect() as con:
         if pg:
-            con.exec_driver_sql("set timezone = 'UTC'; set extra_float_digits = 1")
+            con.exec_driver_sql("set timezone = 'UTC'; set extra_float_digits = 1; set datestyle = 'ISO'")
             types = dict(
                 con.exec_driver_sql(
                     f"select column_name, data_type from information_schema.columns "
@@ -479,3 +479,35 @@ def test_a_deleted_row_keeps_raw_types(zoo, tmp_path: Path) -> None:
     again = ingest_source(spec, settings)
     assert again.ok, again.error
     assert_raw_equals_source(settings, engine, "zoo", table)
+
+
+@pytest.mark.parametrize("shop_url", ["postgres"], indirect=True)
+def test_a_server_time_zone_other_than_utc_shifts_nothing(zoo, tmp_path: Path) -> None:
+    """Every session on the source database defaults to Asia/Kolkata (+05:30) and the server's
+    DateStyle to a non-ISO one: timestamps with and without time zone, dates, times and the
+    text-read columns still land as the values they are (compared in UTC, the test's session)."""
+    settings, engine = zoo
+    with engine.begin() as con:
+        con.exec_driver_sql(
+            f"alter database {engine.url.database} set timezone to 'Asia/Kolkata'; "
+            f"alter database {engine.url.database} set datestyle to 'SQL, DMY'"
+        )
+    engine.dispose()  # new sessions take the database's settings
+    with engine.connect() as con:
+        assert con.exec_driver_sql("show timezone").scalar() == "Asia/Kolkata"
+    _, types = load_zoo(settings, engine, tmp_path / "sources.yml", PG_ZOO, schema="sales")
+    assert types["tstz"] == "TIMESTAMP WITH TIME ZONE"
+    assert raw(settings, "select cast(tstz as varchar), cast(ts as varchar) from raw_zoo.zoo where id = 2") == [
+        ("2026-03-29 00:30:00+00", "2026-03-29 01:30:00+00")
+    ]
+    # columns read as the server's text: its DateStyle and TimeZone are pinned for dusk's sessions
+    run_script(
+        engine,
+        "alter table sales.zoo add column span daterange, add column stamps timestamptz[];\n"
+        "update sales.zoo set updated_at = '2026-04-01', span = '[2026-01-31,2026-02-28)', "
+        "stamps = '{2026-01-31 23:00:00+00}' where id = 1",
+    )
+    assert ingest_source(write_sources(tmp_path / "sources.yml", schema="sales"), settings).ok
+    assert raw(settings, "select span, cast(stamps as varchar) from raw_zoo.zoo where id = 1") == [
+        ("[2026-01-31,2026-02-28)", '["2026-01-31T23:00:00+00:00"]')
+    ]
