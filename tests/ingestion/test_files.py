@@ -329,3 +329,15 @@ def test_a_json_column_lands_as_json(tmp_path: Path, settings: Settings, monkeyp
     assert raw(settings, "select line, reason from raw_feed._quarantine") == [
         (3, 'column meta: "{not json" is not a json')
     ]
+
+
+@pytest.mark.badinput
+def test_a_header_with_an_empty_or_repeated_name_fails_the_file(landing: Path, settings: Settings) -> None:
+    """A trailing comma in a CSV header (an empty name), or a name twice: the values under it
+    would have no column of their own, so the file loads nothing and is named."""
+    (landing / "spend_2026-01-01.csv").write_text("spend_date,channel,amount,clicks,\n2026-01-01,search,1.00,1,x\n")
+    (landing / "spend_2026-01-02.csv").write_text("spend_date,channel,amount,clicks,clicks\n2026-01-02,search,1,1,2\n")
+    result = ingest_source(spec(), settings)
+    assert not result.ok and result.error is not None
+    for name in ("spend_2026-01-01.csv", "spend_2026-01-02.csv"):
+        assert f"file {name}: the header has an empty or repeated column name" in result.error
