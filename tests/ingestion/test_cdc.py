@@ -487,3 +487,6 @@ def test_log_text_becomes_what_the_snapshot_reads() -> None:
     assert cdc.log_text_converter(SourceColumn("t", "text", "VARCHAR"), lambda t: t) is None
     with pytest.raises(cdc.CdcError, match=r"columns: \{ts: text\}"):
         cdc.log_text_converter(SourceColumn("ts", "timestamp without time zone[]", "JSON"), lambda t: t)
+    # the fix the refusal names: declared text, the array lands as the log's own text, unconverted
+    as_text = SourceColumn("ts", "timestamp without time zone[]", "VARCHAR", source_expr="format('%s', ts)")
+    assert cdc.log_text_converter(as_text, lambda t: t) is None
