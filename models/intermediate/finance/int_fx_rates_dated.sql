@@ -8,7 +8,8 @@ with
 
 orders as (
 
-    select * from {{ ref('orders') }}
+    select * from {{ ref('int_orders_summed') }}
+    where not is_deleted and not is_quarantined
 
 ),
 
@@ -30,7 +31,7 @@ published as (
 
 needed_days as (
 
-    select distinct order_date as rate_date from orders
+    select distinct cast(ordered_at as date) as rate_date from orders
     union
     select distinct spend_date as rate_date from marketing_spend
 

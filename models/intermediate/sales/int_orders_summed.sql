@@ -1,13 +1,26 @@
 {#
-    Every order (deleted ones flagged, so the incremental orders mart can remove them) with its
-    live lines summed, and the latest load that touched the order or any of its lines: the
-    orders mart picks up exactly the orders whose rows arrived since its last build.
+    Every order (deleted ones and those held in quarantine flagged, so the incremental orders mart
+    can remove them) with its live valid lines summed, and the latest load that touched the order
+    or any of its lines (quarantined lines too): the orders mart picks up exactly the orders whose
+    rows arrived since its last build, including an order whose line or itself just moved to
+    quarantine.
 #}
 with
 
 orders as (
 
-    select * from {{ ref('stg_shop__orders') }}
+    select * from {{ ref('base_shop__orders') }}
+    where order_id is not null
+
+),
+
+line_loads as (
+
+    select
+        order_id,
+        max(cast(dlt_load_id as double precision)) as last_line_load
+    from {{ ref('base_shop__order_items') }}
+    group by order_id
 
 ),
 
@@ -29,8 +42,7 @@ item_totals as (
         order_id,
         sum(case when not is_deleted then 1 else 0 end) as item_count,
         sum(case when not is_deleted then quantity else 0 end) as unit_count,
-        sum(case when not is_deleted then quantity * unit_price else 0 end) as order_amount,
-        max(cast(dlt_load_id as double precision)) as last_item_load
+        sum(case when not is_deleted then quantity * unit_price else 0 end) as order_amount
     from order_items
     group by order_id
 
@@ -49,15 +61,18 @@ final as (
         cast(coalesce(item_totals.order_amount, 0) as decimal(18, 2)) as order_amount,
         coalesce(order_statuses.is_revenue, false) as is_revenue,
         orders.is_deleted,
+        orders.quarantine_reason is not null as is_quarantined,
         orders.ordered_at,
         orders.updated_at,
         greatest(
             cast(orders.dlt_load_id as double precision),
-            coalesce(item_totals.last_item_load, 0)
+            coalesce(line_loads.last_line_load, 0)
         ) as last_load
     from orders
     left join item_totals
         on orders.order_id = item_totals.order_id
+    left join line_loads
+        on orders.order_id = line_loads.order_id
     left join order_statuses
         on orders.status = order_statuses.status
 

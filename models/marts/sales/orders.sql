@@ -44,7 +44,7 @@ final as (
         cast(orders.order_amount as decimal(18, 2)) as order_amount,
         cast(orders.last_load as double precision) as last_load,
         orders.is_revenue,
-        orders.is_deleted,
+        orders.is_deleted or orders.is_quarantined as is_deleted,
         cast(orders.ordered_at as date) as order_date,
         cast(orders.ordered_at as timestamp) as ordered_at,
         cast(orders.updated_at as timestamp) as updated_at
