@@ -10,8 +10,6 @@ DAYS ?= 1
 TEST_WORKERS ?= 3
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
-export RUNTIME__DLTHUB_TELEMETRY := false
-export DO_NOT_TRACK := 1
 
 .PHONY: help setup setup-dev setup-browser run backfill watch status report simulate simulate-check chaos badinput canary proof cdc-setup cdc-drop test lint format docs bench clean
 
@@ -81,10 +79,11 @@ badinput: setup-dev ## The catalogue of bad inputs, each with its expected outco
 canary: setup-dev ## A canary secret for every source; after a failing and a passing night it must be nowhere
 	$(BIN)/python -m pytest -p no:xdist -m canary tests/proof
 
-lint: setup-dev ## ruff (lint + format check), mypy, sqlfluff on the dbt models
+lint: setup-dev ## ruff (lint + format check), mypy, the import layering (lint-imports), sqlfluff on the dbt models
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	DUSK_WAREHOUSE=:memory: $(BIN)/sqlfluff lint models data-tests
 
 format: setup-dev ## Apply ruff's and sqlfluff's fixes

@@ -59,7 +59,7 @@ def prepare() -> int:
     import duckdb
     import sqlalchemy as sa
 
-    from ingestion.database.reader import load_extension
+    from ingestion.database.scan import load_extension
 
     print(f"generating TPC-H lineitem at scale factor {SF} into {DB} ...", flush=True)
     duck = duckdb.connect()
@@ -108,9 +108,11 @@ def child(workdir: str, deletes: str) -> None:
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
-    from dusk.ingest import configure_dlt, ingest_source
     from dusk.settings import Settings
-    from ingestion.config import SourceSpec, TableSpec
+    from dusk.warehouse import Warehouse
+    from ingestion.declaration import SourceSpec, TableSpec
+    from ingestion.dlt_settings import configure_dlt
+    from ingestion.run import ingest_source
 
     configure_dlt()
     root = Path(workdir)
@@ -120,7 +122,7 @@ def child(workdir: str, deletes: str) -> None:
         "bench", "database", "TPC-H lineitem", False, (TableSpec("lineitem", ("l_id",), cursor, "merge", deletes),)
     )  # type: ignore[arg-type]
     started = time.perf_counter()
-    result = ingest_source(spec, settings)
+    result = ingest_source(spec, Warehouse(settings).target())
     seconds = time.perf_counter() - started
     if not result.ok:
         raise SystemExit(result.error)
@@ -129,7 +131,7 @@ def child(workdir: str, deletes: str) -> None:
 
 
 def run_child(workdir: str, deletes: str = "none") -> dict[str, Any]:
-    env = {**os.environ, "SOURCES__BENCH__CREDENTIALS": _url(DB), "RUNTIME__DLTHUB_TELEMETRY": "false"}
+    env = {**os.environ, "SOURCES__BENCH__CREDENTIALS": _url(DB)}
     out = subprocess.run(
         [sys.executable, __file__, "--child", workdir, deletes], env=env, capture_output=True, text=True, check=False
     )
@@ -159,8 +161,8 @@ def cdc_round(work: str, round_: int) -> tuple[float, float]:
     """A fresh slot, a snapshot load and a 1 % CDC run; returns (snapshot s, CDC run s)."""
     import sqlalchemy as sa
 
-    from ingestion.config import SourceSpec, TableSpec
     from ingestion.database import cdc
+    from ingestion.declaration import SourceSpec, TableSpec
 
     spec = SourceSpec("bench", "database", "", False, (TableSpec("lineitem", ("l_id",), None, "merge", "cdc"),))
     url = sa.make_url(_url(DB))

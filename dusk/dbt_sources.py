@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from dusk.settings import PROJECT_DIR
-from ingestion.config import ConfigError, SourceSpec
+from ingestion.declaration import ConfigError, SourceSpec
 
 STAGING_DIR = PROJECT_DIR / "models" / "staging"
 

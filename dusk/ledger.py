@@ -1,85 +1,159 @@
 """The run ledger: every run's steps, rows, dbt nodes, quarantine and freshness, kept in the
-warehouse (schema ``dusk_ledger``) across runs, for monitoring and the report. dbt declares it as
-the source ``ledger`` (models/ledger/_ledger__sources.yml), so it is documented and queryable."""
+warehouse (schema ``dusk_ledger``, created by :mod:`dusk.warehouse`) across runs. dbt declares it
+as the source ``ledger`` (models/ledger/_ledger__sources.yml), so it is documented and queryable.
+
+It is written **as the night goes**: a run row (``running``) when the night starts, each step's
+rows as the step ends, and the run closed (its status and time) at the end. A killed run leaves
+its ``running`` row, which the next run marks ``killed``. This module is also the one reader of
+the ledger: status, the report, the audit's monitoring and the build's event window all ask it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 
+from dusk.record import DbtResult, Finding, RunResult
 from dusk.settings import Settings
+from dusk.warehouse import LEDGER
+from ingestion.result import SourceResult
 
-if TYPE_CHECKING:
-    from dusk.pipeline import RunResult
-
-SCHEMA = "dusk_ledger"
-DDL = f"""
-create schema if not exists {SCHEMA};
-create table if not exists {SCHEMA}.runs (
-    run_id varchar primary key, status varchar not null, started_at timestamp not null,
-    seconds double not null, failed_sources varchar, error varchar
-);
-alter table {SCHEMA}.runs add column if not exists mode varchar;
-create table if not exists {SCHEMA}.steps (
-    run_id varchar not null, step varchar not null, target varchar, status varchar not null,
-    attempts integer, seconds double not null
-);
-create table if not exists {SCHEMA}.source_tables (
-    run_id varchar not null, source varchar not null, table_name varchar not null,
-    extracted bigint not null, deleted bigint not null, quarantined bigint not null, loaded bigint not null
-);
-create table if not exists {SCHEMA}.dbt_nodes (
-    run_id varchar not null, unique_id varchar not null, name varchar not null, resource_type varchar not null,
-    layer varchar, status varchar not null, seconds double not null, rows_affected bigint, failures bigint,
-    failures_table varchar, message varchar
-);
-create table if not exists {SCHEMA}.quarantine (
-    run_id varchar not null, source varchar not null, table_name varchar not null, reason varchar not null,
-    row_count bigint not null
-);
-create table if not exists {SCHEMA}.freshness (
-    run_id varchar not null, source varchar not null, table_name varchar not null, status varchar not null
-);
-create table if not exists {SCHEMA}.schema_changes (
-    run_id varchar not null, source varchar not null, change varchar not null
-);
-create table if not exists {SCHEMA}.findings (
-    run_id varchar not null, check_name varchar not null, severity varchar not null, target varchar not null,
-    message varchar not null, value double, limit_value double
-);
-"""
+SCHEMA = LEDGER
+Connection = duckdb.DuckDBPyConnection
 
 
 class LedgerError(RuntimeError):
     """No ledger to read (no run yet, or no file can be opened)."""
 
 
+# -- writing, as the night goes ---------------------------------------------------------------
+
+
+def open_run(con: Connection, record: RunResult) -> None:
+    """The run's row, ``running``; runs left ``running`` by a killed run become ``killed`` (the
+    run lock says no other run is alive)."""
+    con.execute(f"update {SCHEMA}.runs set status = 'killed' where status = 'running' and run_id != ?", [record.run_id])
+    con.execute(f"delete from {SCHEMA}.runs where run_id = ?", [record.run_id])
+    con.execute(
+        f"insert into {SCHEMA}.runs (run_id, status, started_at, seconds, failed_sources, error, mode) "
+        "values (?, 'running', ?, 0, null, null, ?)",
+        [record.run_id, record.started_at.replace(tzinfo=None), record.mode],
+    )
+
+
+def close_run(con: Connection, record: RunResult, catalog: str = "") -> None:
+    """The run's status, time, failed sources and error (``catalog``: another attached file)."""
+    con.execute(
+        f"update {catalog}{SCHEMA}.runs set status = ?, seconds = ?, failed_sources = ?, error = ? where run_id = ?",
+        [record.status, record.seconds, ", ".join(record.failed_sources) or None, record.error, record.run_id],
+    )
+
+
+@contextmanager
+def _transaction(con: Connection) -> Iterator[None]:
+    """One step's rows are in the ledger whole or not at all."""
+    con.execute("begin")
+    try:
+        yield
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")
+
+
+def _insert(con: Connection, table: str, rows: Sequence[Sequence[Any]], catalog: str = "") -> None:
+    if rows:
+        marks = ", ".join("?" for _ in rows[0])
+        con.executemany(f"insert into {catalog}{SCHEMA}.{table} values ({marks})", [list(r) for r in rows])
+
+
+def step(
+    con: Connection,
+    record: RunResult,
+    name: str,
+    target: str | None,
+    status: str,
+    seconds: float,
+    attempts: int | None = None,
+    catalog: str = "",
+) -> None:
+    """One step's row."""
+    _insert(con, "steps", [[record.run_id, name, target, status, attempts, seconds]], catalog)
+
+
+def ingested(con: Connection, record: RunResult, sources: list[SourceResult]) -> None:
+    """The ingest step: a row per source, its tables' counts and schema changes (one transaction)."""
+    rid = record.run_id
+    with _transaction(con):
+        _insert(con, "steps", [[rid, "ingest", s.source, s.status, s.attempts, s.seconds] for s in sources])
+        _insert(
+            con,
+            "source_tables",
+            [
+                [rid, s.source, t.table, t.extracted, t.deleted, t.quarantined, t.loaded]
+                for s in sources
+                for t in s.tables
+            ],
+        )
+        _insert(con, "schema_changes", [[rid, s.source, c] for s in sources for c in s.schema_changes])
+
+
+def built(con: Connection, record: RunResult, dbt: DbtResult) -> None:
+    """The build step: its row, every dbt node, freshness, and the quarantine as dbt left it."""
+    rid = record.run_id
+    with _transaction(con):
+        step(con, record, "dbt", "build, freshness, docs", "ok" if dbt.ok else "failed", dbt.seconds, 1)
+        fields: tuple[str, ...] = ("unique_id", "name", "resource_type", "layer", "status", "seconds")
+        fields += ("rows_affected", "failures", "failures_table", "message")
+        nodes = [[rid, *(getattr(n, f) for f in fields)] for n in dbt.nodes]
+        _insert(con, "dbt_nodes", nodes)
+        _insert(con, "freshness", [[rid, *_source_table(f.unique_id), f.status] for f in dbt.freshness])
+        _insert(con, "quarantine", [[rid, *row] for row in quarantine_counts(con)])
+
+
+def audited(con: Connection, record: RunResult, findings: list[Finding], seconds: float) -> None:
+    """The audit step: its row and its findings."""
+    rid = record.run_id
+    with _transaction(con):
+        failed = any(f.severity == "error" for f in findings)
+        step(con, record, "audit", "monitoring", "failed" if failed else "ok", seconds, 1)
+        _insert(con, "findings", [[rid, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in findings])
+
+
+def _source_table(unique_id: str) -> tuple[str, str]:
+    """source.dusk.<source>.<table> -> (source, table)."""
+    parts = unique_id.split(".")
+    return (parts[-2], parts[-1]) if len(parts) >= 4 else ("", unique_id)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
 @dataclass
 class LedgerSource:
-    """Where the report read the ledger from."""
+    """Where a reader found the ledger."""
 
     path: Path
     note: str
 
 
 @contextmanager
-def open_ledger(settings: Settings, read_only: bool = True) -> Iterator[tuple[duckdb.DuckDBPyConnection, LedgerSource]]:
-    """A connection to the ledger: the warehouse, or the served file when a run holds the
-    warehouse (DuckDB lets no other process read a file while one writes it). The run itself
-    passes ``read_only=False``: DuckDB refuses a second in-process connection to a file with a
-    different configuration than dbt's, which stays open."""
+def open_ledger(settings: Settings) -> Iterator[tuple[Connection, LedgerSource]]:
+    """A read-only connection to the ledger of another process: the warehouse, or the served file
+    when a run holds the warehouse (DuckDB lets no other process read a file while one writes)."""
     candidates = [(settings.warehouse, "warehouse"), (settings.served_path, "served file (last published night)")]
     errors = []
     for path, what in candidates:
         if not path.exists():
             continue
         try:
-            con = duckdb.connect(str(path), read_only=read_only or path != settings.warehouse)
+            con = duckdb.connect(str(path), read_only=True)
         except duckdb.IOException as exc:
             errors.append(f"{path}: {exc}")
             continue
@@ -91,24 +165,20 @@ def open_ledger(settings: Settings, read_only: bool = True) -> Iterator[tuple[du
     raise LedgerError("no run ledger to read: " + ("; ".join(errors) or "no run yet (make run)"))
 
 
-def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the ledger's schema and tables if missing (before dbt, which tests them as a source)."""
-    con.execute(DDL)
-
-
-def run_id(result: RunResult) -> str:
-    """The run's id: its start time (UTC), as in data/runs/<run id>.json."""
-    return f"{result.started_at:%Y%m%dT%H%M%S%fZ}"
-
-
-def _quarantine_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, int]]:
+def quarantine_views(con: Connection) -> list[tuple[str, str]]:
+    """(source, view) of every quarantine view dbt built: ``staging.quarantine_<source>``, one per
+    source (the project's convention, models/staging/<source>/quarantine_<source>.sql)."""
     views = con.execute(
         "select table_name from information_schema.tables "
-        "where table_schema = 'staging' and table_name like 'quarantine\\_%' escape '\\'"
+        "where table_schema = 'staging' and table_name like 'quarantine\\_%' escape '\\' order by 1"
     ).fetchall()
+    return [(str(v).removeprefix("quarantine_"), str(v)) for (v,) in views]
+
+
+def quarantine_counts(con: Connection) -> list[tuple[str, str, str, int]]:
+    """(source, table, reason, rows) held in quarantine now."""
     rows: list[tuple[str, str, str, int]] = []
-    for (view,) in views:
-        source = view.removeprefix("quarantine_")
+    for source, view in quarantine_views(con):
         rows += [
             (source, str(t), str(r), int(n))
             for t, r, n in con.execute(
@@ -118,84 +188,122 @@ def _quarantine_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, s
     return rows
 
 
-def write_ledger(result: RunResult) -> None:
-    """Append this run to the ledger (in one transaction: a run is in the ledger whole or not)."""
-    rid = run_id(result)
-    with duckdb.connect(str(result.settings.warehouse)) as con:
-        ensure_ledger(con)
-        con.execute("begin")
-        tables_of_run = ("runs", "steps", "source_tables", "dbt_nodes", "quarantine", "freshness", "findings")
-        for table in (*tables_of_run, "schema_changes"):
-            con.execute(f"delete from {SCHEMA}.{table} where run_id = ?", [rid])
-        con.execute(
-            f"insert into {SCHEMA}.runs (run_id, status, started_at, seconds, failed_sources, error, mode) "
-            "values (?, ?, ?, ?, ?, ?, ?)",
-            [
-                rid,
-                result.status,
-                result.started_at.replace(tzinfo=None),
-                result.seconds,
-                ", ".join(result.failed_sources) or None,
-                result.error,
-                result.mode,
-            ],
-        )
-        steps: list[list[Any]] = []
-        tables: list[list[Any]] = []
-        changes: list[list[Any]] = []
-        for s in result.sources:
-            status = "skipped" if s.skipped else "ok" if s.ok else "failed"
-            steps.append([rid, "ingest", s.source, status, s.attempts, s.seconds])
-            tables += [[rid, s.source, t.table, t.extracted, t.deleted, t.quarantined, t.loaded] for t in s.tables]
-            changes += [[rid, s.source, c] for c in s.schema_changes]
-        dbt = result.dbt
-        if dbt is not None:
-            steps.append([rid, "dbt", "build, freshness, docs", "ok" if dbt.ok else "failed", 1, dbt.seconds])
-            nodes = [
-                [
-                    rid,
-                    n.unique_id,
-                    n.name,
-                    n.resource_type,
-                    n.layer,
-                    n.status,
-                    n.seconds,
-                    n.rows_affected,
-                    n.failures,
-                    n.failures_table,
-                    n.message,
-                ]
-                for n in dbt.nodes
-            ]
-            if nodes:
-                con.executemany(f"insert into {SCHEMA}.dbt_nodes values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", nodes)
-            fresh = [[rid, *_source_table(f.unique_id), f.status] for f in dbt.freshness]
-            if fresh:
-                con.executemany(f"insert into {SCHEMA}.freshness values (?, ?, ?, ?)", fresh)
-            counts = [[rid, *row] for row in _quarantine_counts(con)]
-            if counts:
-                con.executemany(f"insert into {SCHEMA}.quarantine values (?, ?, ?, ?, ?)", counts)
-        if result.published is not None:
-            steps.append([rid, "publish", str(result.published.path), "ok", 1, result.published.seconds])
-        elif result.publish_error is not None:
-            steps.append([rid, "publish", None, "not published", None, 0.0])
-        elif result.publishable:
-            steps.append([rid, "publish", None, "pending", None, 0.0])
-        if result.alert is not None:
-            steps.append([rid, "alert", None, "sent" if result.alert.sent else result.alert.reason, None, 0.0])
-        findings = [[rid, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in result.findings]
-        if findings:
-            con.executemany(f"insert into {SCHEMA}.findings values (?, ?, ?, ?, ?, ?, ?)", findings)
-        if steps:
-            con.executemany(f"insert into {SCHEMA}.steps values (?, ?, ?, ?, ?, ?)", steps)
-        if tables:
-            con.executemany(f"insert into {SCHEMA}.source_tables values (?, ?, ?, ?, ?, ?, ?)", tables)
-        if changes:
-            con.executemany(f"insert into {SCHEMA}.schema_changes values (?, ?, ?)", changes)
-        con.execute("commit")
+def has_runs(con: Connection) -> bool:
+    """Whether the ledger exists and holds a run."""
+    found = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = 'runs'", [SCHEMA]
+    ).fetchone()
+    if not found or not found[0]:
+        return False
+    last = con.execute(f"select count(*) from {SCHEMA}.runs").fetchone()
+    return bool(last and last[0])
 
 
-def _source_table(unique_id: str) -> tuple[str, str]:
-    """source.dusk.<source>.<table> -> (source, table)."""
-    parts = unique_id.split(".")
-    return (parts[-2], parts[-1]) if len(parts) >= 4 else ("", unique_id)
+def recent_runs(con: Connection, limit: int) -> list[tuple[Any, ...]]:
+    """(run_id, status, seconds, failed_sources, error), newest first."""
+    return con.execute(
+        f"select run_id, status, seconds, failed_sources, error from {SCHEMA}.runs order by run_id desc limit ?",
+        [limit],
+    ).fetchall()
+
+
+def sources_of(con: Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """(source, status, attempts, rows loaded, last run that loaded it) of a run's ingest step."""
+    return con.execute(
+        f"""
+        select s.target, s.status, s.attempts,
+            (select sum(t.loaded) from {SCHEMA}.source_tables t where t.run_id = s.run_id and t.source = s.target),
+            (select max(o.run_id) from {SCHEMA}.steps o where o.target = s.target and o.status = 'ok')
+        from {SCHEMA}.steps s where s.run_id = ? and s.step = 'ingest' order by 1
+        """,
+        [run_id],
+    ).fetchall()
+
+
+def steps_of(con: Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """(step, target, status, attempts, seconds) of a run, in the order they were written."""
+    return con.execute(
+        f"select step, target, status, attempts, seconds from {SCHEMA}.steps where run_id = ?", [run_id]
+    ).fetchall()
+
+
+def freshness_of(con: Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """(source, table, status) of a run's freshness check."""
+    return con.execute(
+        f"select source, table_name, status from {SCHEMA}.freshness where run_id = ? order by 1, 2", [run_id]
+    ).fetchall()
+
+
+def failing_of(con: Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """(name, resource type, status, failures, rows kept in, message) of a run's failing dbt nodes."""
+    return con.execute(
+        f"select name, resource_type, status, failures, failures_table, message from {SCHEMA}.dbt_nodes "
+        "where run_id = ? and status in ('fail', 'error', 'warn', 'runtime error') order by name",
+        [run_id],
+    ).fetchall()
+
+
+def quarantine_of(con: Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """(source, table, reason, rows) in quarantine after a run's build."""
+    return con.execute(
+        f"select source, table_name, reason, row_count from {SCHEMA}.quarantine where run_id = ? order by 1, 2, 3",
+        [run_id],
+    ).fetchall()
+
+
+def findings_of(con: Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """(check, severity, target, message) of a run's audit."""
+    return con.execute(
+        f"select check_name, severity, target, message from {SCHEMA}.findings where run_id = ? order by 1, 3",
+        [run_id],
+    ).fetchall()
+
+
+def loaded_history(con: Connection, source: str, table: str, window: int, before: str) -> list[int]:
+    """Rows loaded into ``source.table`` by the last ``window`` nightly runs before the run
+    ``before`` whose ingest of the source succeeded (the table's first, full load left out),
+    newest first."""
+    return [
+        int(n)
+        for (n,) in con.execute(
+            f"""
+            select t.loaded from {SCHEMA}.source_tables t
+            join {SCHEMA}.steps s on s.run_id = t.run_id and s.step = 'ingest' and s.target = t.source
+            join {SCHEMA}.runs r on r.run_id = t.run_id
+            where t.source = ? and t.table_name = ? and s.status = 'ok' and coalesce(r.mode, 'run') = 'run'
+              and t.run_id < ?
+              and t.run_id > (select min(f.run_id) from {SCHEMA}.source_tables f
+                              where f.source = t.source and f.table_name = t.table_name)
+            order by t.run_id desc limit ?
+            """,
+            [source, table, before, window],
+        ).fetchall()
+    ]
+
+
+def first_run_started(con: Connection) -> datetime | None:
+    """When the installation's first run started."""
+    row = con.execute(f"select min(started_at) from {SCHEMA}.runs").fetchone()
+    return row[0] if row else None
+
+
+def last_loaded(con: Connection, source: str) -> datetime | None:
+    """When the last run that loaded ``source`` successfully started."""
+    row = con.execute(
+        f"""
+        select max(r.started_at) from {SCHEMA}.steps s join {SCHEMA}.runs r using (run_id)
+        where s.step = 'ingest' and s.target = ? and s.status = 'ok'
+        """,
+        [source],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def last_built(con: Connection) -> datetime:
+    """When the last run whose dbt step succeeded started (UTC; the epoch when none did)."""
+    row = con.execute(
+        f"select max(r.started_at) from {SCHEMA}.runs r join {SCHEMA}.steps s using (run_id) "
+        "where s.step = 'dbt' and s.status = 'ok'"
+    ).fetchone()
+    since = row[0] if row and row[0] is not None else datetime(1970, 1, 1)
+    return since.replace(tzinfo=UTC)

@@ -1,14 +1,20 @@
 """Paths and settings of one installation, read from environment variables.
 
-Every setting has a default that works on a fresh clone, so `make run` needs none of them.
+This module is the runner's only reader of the environment, and :func:`runtime_environment` the one
+place that says what the runner writes into it for dlt and dbt (dbt's profile reads the warehouse
+path from ``DUSK_WAREHOUSE``). Every setting has a default that works on a fresh clone, so
+`make run` needs none of them.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from ingestion.dlt_settings import DLT_ENVIRONMENT
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -17,6 +23,10 @@ def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     path = Path(value) if value else default
     return path if path.is_absolute() else (PROJECT_DIR / path)
+
+
+def _absolute(path: Path) -> Path:
+    return path if path.is_absolute() else Path.cwd() / path
 
 
 def _severity(name: str, default: str) -> str:
@@ -78,6 +88,12 @@ class Settings:
     detected_at: datetime | None = None
     """The time a run stamps on the rows key-diff finds gone or back (DUSK_DETECTED_AT); None is
     the real clock. For simulations and replays whose source timestamps are not today's."""
+    sources_file: Path | None = None
+    """The declaration of the sources (DUSK_SOURCES_FILE; default ingestion/sources.yml)."""
+    pii_salt: str | None = field(default=None, repr=False)
+    """The PII hashes' salt (DUSK_PII_SALT); None: the generated secret file."""
+    alert_webhook: str | None = field(default=None, repr=False)
+    """The alert webhook URL (DUSK_ALERT_WEBHOOK); None: the secret file, if any."""
 
     @property
     def served_path(self) -> Path:
@@ -120,12 +136,13 @@ class Settings:
         return self.target_path / "static_index.html"
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Read the settings from DUSK_* environment variables."""
-        data_dir = _env_path("DUSK_DATA_DIR", Path("data"))
+    def from_env(cls, data_dir: Path | None = None, warehouse: Path | None = None) -> Settings:
+        """Read the settings from DUSK_* environment variables (``data_dir`` and ``warehouse``:
+        the command line's, over DUSK_DATA_DIR and DUSK_WAREHOUSE)."""
+        data_dir = _absolute(data_dir) if data_dir else _env_path("DUSK_DATA_DIR", Path("data"))
         return cls(
             data_dir=data_dir,
-            warehouse=_env_path("DUSK_WAREHOUSE", data_dir / "warehouse.duckdb"),
+            warehouse=_absolute(warehouse) if warehouse else _env_path("DUSK_WAREHOUSE", data_dir / "warehouse.duckdb"),
             target_path=_env_path("DBT_TARGET_PATH", Path("target")),
             demo=os.environ.get("DUSK_DEMO", "1").lower() not in {"0", "false", "no"},
             demo_seed=int(os.environ.get("DUSK_DEMO_SEED", "42")),
@@ -140,6 +157,9 @@ class Settings:
             parallel_sources=max(1, int(os.environ.get("DUSK_PARALLEL_SOURCES", "2"))),
             monitor=MonitorSettings.from_env(),
             detected_at=_env_time("DUSK_DETECTED_AT"),
+            sources_file=_env_path("DUSK_SOURCES_FILE", Path()) if os.environ.get("DUSK_SOURCES_FILE") else None,
+            pii_salt=os.environ.get("DUSK_PII_SALT"),
+            alert_webhook=os.environ.get("DUSK_ALERT_WEBHOOK", "").strip() or None,
         )
 
 
@@ -155,8 +175,30 @@ def _env_time(name: str) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def quiet_telemetry() -> None:
-    """Turn off dlt and dbt usage telemetry: nothing may reach the network at run time."""
-    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
-    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+def runtime_environment(settings: Settings) -> dict[str, str]:
+    """What dlt and dbt read from the environment during a night: dbt's profile takes the
+    warehouse path from ``DUSK_WAREHOUSE`` (so dlt and dbt write to the same file), and dlt the
+    settings ingestion relies on (telemetry off among them; dbt's is off in dbt_project.yml)."""
+    return {**{k: os.environ.get(k, v) for k, v in DLT_ENVIRONMENT.items()}, "DUSK_WAREHOUSE": str(settings.warehouse)}
+
+
+def apply_runtime_environment(settings: Settings) -> None:
+    """Write :func:`runtime_environment` into this process's environment (the one place that does)."""
+    os.environ.update(runtime_environment(settings))
+
+
+SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIALS|WEBHOOK|SALT|API_KEY", re.IGNORECASE)
+URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
+
+
+def secret_values() -> list[str]:
+    """Values of the environment's secret-looking variables (at least 4 characters long), and the
+    passwords in them: what the log writer masks."""
+    values = []
+    for name, value in os.environ.items():
+        if SECRET_NAME.search(name) and len(value) >= 4:
+            values.append(value)
+            password = URL_PASSWORD.search(value)
+            if password and len(password["password"]) >= 4:
+                values.append(password["password"])
+    return sorted(set(values), key=len, reverse=True)

@@ -5,86 +5,86 @@ from __future__ import annotations
 from collections import Counter
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from dusk.pipeline import RunResult
+from dusk.present import problems
+from dusk.record import DbtResult, RunResult
+from dusk.settings import Settings
 
 LAYER_ORDER = ("seed", "staging", "snapshot", "intermediate", "marts")
 
 
-def print_summary(result: RunResult, console: Console | None = None) -> None:
+def print_summary(settings: Settings, result: RunResult, console: Console | None = None) -> None:
     """Print the run's summary tables and verdict."""
     console = console or Console()
     if result.mode != "run":
         console.print(f"[bold]{result.mode}[/bold]: re-extracted the window, cursors left where they were")
     if result.demo_created:
-        console.print(f"Created the demo shop in {result.settings.demo_dir}")
+        console.print(f"Created the demo shop in {settings.demo_dir}")
     if result.sources:
-        table = Table(title="Sources", title_justify="left")
-        numbers = ("extracted", "deleted", "quarantined", "loaded")
-        for col in ("source", "table", *numbers, "status"):
-            table.add_column(col, justify="right" if col in numbers else "left")
-        for src in result.sources:
-            status = "skipped" if src.skipped else "ok" if src.ok else "FAILED"
-            if src.finished_pending:
-                status += " (finished an interrupted load)"
-            if not src.tables:
-                table.add_row(src.source, "-", "-", "-", "-", "-", status)
-            for t in src.tables:
-                counts = (f"{t.extracted:,}", f"{t.deleted:,}", f"{t.quarantined:,}", f"{t.loaded:,}")
-                table.add_row(src.source, t.table, *counts, status)
-        console.print(table)
-        for src in result.sources:
-            for change in src.schema_changes:
-                console.print(f"[yellow]schema change, source {src.source!r}: {change}[/yellow]")
-            for note in src.notes:
-                console.print(f"source {src.source!r}: {note}")
-            if src.skipped:
-                console.print(f"[yellow]skipped {src.skipped}[/yellow]")
-            if src.error:
-                console.print(f"[red]{src.error}[/red]")
+        _sources(result, console)
+    if result.dbt is not None:
+        _dbt(result.dbt, console)
+    for line in problems(result):
+        colour = {"error": "red", "warn": "yellow"}.get(line.level)
+        text = escape(line.render())
+        console.print(f"[{colour}]{text}[/{colour}]" if colour else text)
+    _where(settings, result, console)
+
+
+def _sources(result: RunResult, console: Console) -> None:
+    """Rows per source table, and how this night's data landed."""
+    table = Table(title="Sources", title_justify="left")
+    numbers = ("extracted", "deleted", "quarantined", "loaded")
+    for col in ("source", "table", *numbers, "status"):
+        table.add_column(col, justify="right" if col in numbers else "left")
+    for src in result.sources:
+        status = "skipped" if src.skipped else "ok" if src.ok else "FAILED"
+        if src.finished_pending:
+            status += " (finished an interrupted load)"
+        if not src.tables:
+            table.add_row(src.source, "-", "-", "-", "-", "-", status)
+        for t in src.tables:
+            counts = (f"{t.extracted:,}", f"{t.deleted:,}", f"{t.quarantined:,}", f"{t.loaded:,}")
+            table.add_row(src.source, t.table, *counts, status)
+    console.print(table)
+    for src in result.sources:
+        for change in src.schema_changes:
+            console.print(f"[yellow]schema change, source {src.source!r}: {change}[/yellow]")
+        for note in src.notes:
+            console.print(f"source {src.source!r}: {note}")
+
+
+def _dbt(dbt: DbtResult, console: Console) -> None:
+    """What dbt built per layer, the tests, the freshness."""
+    models = Table(title="dbt", title_justify="left")
+    for col in ("layer", "built", "errors", "skipped"):
+        models.add_column(col, justify="left" if col == "layer" else "right")
+    layers: dict[str, Counter[str]] = {}
+    for node in dbt.nodes:
+        if node.resource_type in ("test", "unit_test", "exposure"):
+            continue
+        layers.setdefault(node.layer, Counter())[node.status] += 1
+    for layer in sorted(layers, key=lambda x: (LAYER_ORDER.index(x) if x in LAYER_ORDER else 99, x)):
+        c = layers[layer]
+        models.add_row(layer, str(c["success"]), str(c["error"]), str(c["skipped"]))
+    console.print(models)
+    tests = dbt.tests()
+    console.print(
+        f"Tests: {tests['pass']} passed, {tests['warn']} warned, "
+        f"{tests['fail'] + tests['error']} failed, {tests['skipped']} skipped"
+    )
+    stale = dbt.stale()
+    console.print(f"Freshness: {len(dbt.freshness) - len(stale)} of {len(dbt.freshness)} source tables fresh")
+
+
+def _where(settings: Settings, result: RunResult, console: Console) -> None:
+    """Where the night's outputs are, and the verdict."""
     dbt = result.dbt
-    if dbt is not None:
-        models = Table(title="dbt", title_justify="left")
-        for col in ("layer", "built", "errors", "skipped"):
-            models.add_column(col, justify="left" if col == "layer" else "right")
-        layers: dict[str, Counter[str]] = {}
-        for node in dbt.nodes:
-            if node.resource_type in ("test", "unit_test", "exposure"):
-                continue
-            layers.setdefault(node.layer, Counter())[node.status] += 1
-        for layer in sorted(layers, key=lambda x: (LAYER_ORDER.index(x) if x in LAYER_ORDER else 99, x)):
-            c = layers[layer]
-            models.add_row(layer, str(c["success"]), str(c["error"]), str(c["skipped"]))
-        console.print(models)
-        tests = dbt.tests()
-        console.print(
-            f"Tests: {tests['pass']} passed, {tests['warn']} warned, "
-            f"{tests['fail'] + tests['error']} failed, {tests['skipped']} skipped"
-        )
-        for node in dbt.failing_tests():
-            rows = f" ({node.failures} failing rows)" if node.failures else ""
-            kept = f": rows in {node.failures_table}" if node.failures_table else ""
-            console.print(f"[red]  FAILED test {node.name}{rows}{kept}[/red]")
-        for node in dbt.failing_nodes():
-            console.print(f"[red]  ERROR in {node.resource_type} {node.name}: {node.message}[/red]")
-        stale = [f for f in dbt.freshness if f.status not in ("pass", "success")]
-        fresh = len(dbt.freshness) - len(stale)
-        console.print(f"Freshness: {fresh} of {len(dbt.freshness)} source tables fresh")
-        for f in stale:
-            console.print(f"[yellow]  {f.status}: source {f.name}[/yellow]")
-        if dbt.error:
-            console.print(f"[red]{dbt.error}[/red]")
-    if result.error:
-        console.print(f"[red]{result.error}[/red]")
-    for finding in result.findings:
-        colour = "red" if finding.severity == "error" else "yellow"
-        console.print(f"[{colour}]{finding.check} {finding.severity}: {finding.target}: {finding.message}[/{colour}]")
-    console.print(f"Warehouse: {result.settings.warehouse}")
+    console.print(f"Warehouse: {settings.warehouse}")
     if result.published is not None:
         console.print(f"Published: {result.published.path} ({len(result.published.tables)} tables)")
-    elif result.publish_error:
-        console.print(f"[red]Not published: {result.publish_error}[/red]")
     if dbt is not None and dbt.docs_path:
         console.print(f"Docs: {dbt.docs_path}")
     if result.report_path is not None:
@@ -95,9 +95,6 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         console.print(f"Log: {result.log_path}")
     if result.alert is not None and result.alert.sent:
         console.print(f"Alert sent: {result.alert.reason}")
-    if result.failed_sources and dbt is not None:
-        names = ", ".join(result.failed_sources)
-        console.print(f"[yellow]dbt left everything downstream of the failed source(s) as it was: {names}[/yellow]")
     verdict = {
         "success": "[green]SUCCESS[/green]",
         "partial": "[yellow]PARTIAL[/yellow] (some sources failed; the rest is built and tested)",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dusk.settings import PROJECT_DIR, Settings
-from ingestion.config import SourceSpec
+from ingestion.declaration import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ Snapshot = dict[Path, tuple[int, int]]
 def landing_files(specs: dict[str, SourceSpec], settings: Settings) -> Snapshot:
     """Size and modification time of every file in a landing folder that a table's pattern
     matches (the archive and files still being written left out)."""
-    from ingestion.files import ARCHIVE, in_flight, landing_dir
+    from ingestion.files.landing import ARCHIVE, in_flight, landing_dir
 
     found: Snapshot = {}
     for spec in specs.values():
@@ -51,7 +51,7 @@ def watch(
 ) -> int:
     """Poll every ``interval`` seconds; run when files are new or changed since the last run and
     have settled. Returns the exit code of the last run (0 if none ran)."""
-    run = run or _run_subprocess
+    run = run or (lambda: _run_subprocess(settings))
     handled: Snapshot = {}
     pending: Snapshot | None = None
     runs, code = 0, 0
@@ -76,5 +76,10 @@ def watch(
     return code
 
 
-def _run_subprocess() -> int:
-    return subprocess.run([sys.executable, "-m", "dusk", "run"], cwd=PROJECT_DIR, check=False).returncode
+def _run_subprocess(settings: Settings) -> int:
+    """`dusk run` in a process of its own, on the same installation as this watch."""
+    options = ["--data-dir", str(settings.data_dir), "--warehouse", str(settings.warehouse)]
+    if settings.sources_file is not None:
+        options += ["--sources-file", str(settings.sources_file)]
+    options.append("--demo" if settings.demo else "--no-demo")
+    return subprocess.run([sys.executable, "-m", "dusk", *options, "run"], cwd=PROJECT_DIR, check=False).returncode

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +9,13 @@ from typing import Any, Literal
 
 import yaml
 
+from ingestion.column_types import COLUMN_TYPE, DATABASE_COLUMN_TYPE
+
 SOURCES_FILE = Path(__file__).resolve().parent / "sources.yml"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 WriteDisposition = Literal["append", "merge", "replace"]
 KINDS = ("database", "api", "files", "stream")
-COLUMN_TYPE = re.compile(r"^(text|integer|bigint|double|boolean|date|timestamp|json|decimal\(\d+,\s*\d+\))$")
 """The types a file or stream table may declare for its columns."""
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -101,6 +101,7 @@ class SourceSpec:
     kind: str
     description: str
     demo: bool
+    """Part of the runner's demo (created and served by it); ingestion never reads it."""
     tables: tuple[TableSpec, ...]
     slot: str = ""
     publication: str = ""
@@ -110,6 +111,8 @@ class SourceSpec:
     """Freshness SLA: hours within which the source must load successfully (None: the default)."""
     sla_severity: str | None = None
     """``warn`` or ``error`` when the SLA is breached (None: the default)."""
+    optional: bool = False
+    """A stream source skipped, and named, when its server or stream is not there (``optional: true``)."""
 
     def option(self, name: str) -> Any:
         """A kind-specific setting (its default when sources.yml does not set it)."""
@@ -178,7 +181,6 @@ def _keys(raw: Any, where: str) -> tuple[str, ...]:
     return keys
 
 
-DATABASE_COLUMN_TYPE = re.compile(r"^(text|decimal\((\d+),(\d+)\))$")
 """The raw types a database table's ``columns:`` may set for a source column (overrides)."""
 
 
@@ -284,9 +286,9 @@ def _options(kind: str, raw: Any, where: str) -> tuple[tuple[str, Any], ...]:
 
 
 def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
-    """Parse sources.yml (or the file ``DUSK_SOURCES_FILE`` names) into specs, raising
+    """Parse sources.yml (``path``, default ingestion/sources.yml) into specs, raising
     ConfigError naming the offending entry."""
-    path = path or Path(os.environ.get("DUSK_SOURCES_FILE") or SOURCES_FILE)
+    path = path or SOURCES_FILE
     doc = yaml.safe_load(path.read_text()) or {}
     sources: dict[str, SourceSpec] = {}
     for name, raw in (doc.get("sources") or {}).items():
@@ -295,7 +297,7 @@ def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
         if not raw.get("tables"):
             raise ConfigError(f"{where}: no tables listed")
         kind = _choice(raw.get("kind"), KINDS, f"{where}.kind")
-        known = {"kind", "description", "demo", "tables", "sla", "cdc" if kind == "database" else kind}
+        known = {"kind", "description", "demo", "optional", "tables", "sla", "cdc" if kind == "database" else kind}
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
@@ -308,6 +310,7 @@ def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
             kind=kind,
             description=str(raw.get("description", "")),
             demo=bool(raw.get("demo", False)),
+            optional=bool(raw.get("optional", False)),
             tables=tuple(_table(kind, t, spec or {}, f"{where}.tables.{t}") for t, spec in raw["tables"].items()),
             options=_options(kind, raw.get(kind), f"{where}.{kind}"),
             slot=_identifier(cdc["slot"], f"{where}.cdc.slot") if "slot" in cdc else "",

@@ -128,7 +128,7 @@ def delete_demo_stream(sources_file: Path) -> None:
     import asyncio
 
     from ingestion import stream
-    from ingestion.config import load_sources
+    from ingestion.declaration import load_sources
 
     web = next((s for s in load_sources(sources_file).values() if s.kind == "stream"), None)
     if web is None:

@@ -1,4 +1,5 @@
-"""Small helpers the ingestion tests share: run SQL at a source, query the warehouse."""
+"""Small helpers the tests share: ingest a source the way the night does, run SQL at a source,
+query the warehouse."""
 
 from __future__ import annotations
 
@@ -8,15 +9,53 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
+import dlt
 import duckdb
 import sqlalchemy as sa
 
 from dusk.demo.shop import PRIMARY_KEYS
-from dusk.settings import Settings
+from dusk.settings import PROJECT_DIR, Settings
+from ingestion.declaration import SourceSpec, load_sources
+from ingestion.limits import MEMORY_LIMIT
+from ingestion.result import SourceResult
+from ingestion.run import Connection, Target, ingest_source
 
 SHOP_KEYS = {table: ", ".join(columns) for table, columns in PRIMARY_KEYS.items()}
 """Each demo shop table's key columns as a SELECT list (composite keys: several columns)."""
+
+
+def sources() -> dict[str, SourceSpec]:
+    """The sources of the declaration the test set (DUSK_SOURCES_FILE), else ingestion/sources.yml."""
+    path = os.environ.get("DUSK_SOURCES_FILE")
+    return load_sources(Path(path) if path else None)
+
+
+def target(settings: Settings) -> Target:
+    """Where ingestion lands a source: the test's warehouse file, as the night configures it."""
+    destination = dlt.destinations.duckdb(
+        credentials={
+            "database": str(settings.warehouse),
+            "global_config": {"preserve_insertion_order": False, "memory_limit": MEMORY_LIMIT},
+        }
+    )
+    return Target(destination, settings.pipelines_dir, settings.landing_dir, PROJECT_DIR)
+
+
+def connection(spec: SourceSpec, settings: Settings) -> Connection:
+    """The demo shop's SQLite file for a demo database source that has no configured connection."""
+    configured = os.environ.get(f"SOURCES__{spec.name.upper()}__CREDENTIALS")
+    if spec.demo and spec.kind == "database" and not configured:
+        return Connection(credentials=f"sqlite:///{settings.demo_dir / 'shop.sqlite'}")
+    return Connection()
+
+
+def ingest(spec: SourceSpec, settings: Settings, only: set[str] | None = None, **kwargs: Any) -> SourceResult:
+    """Ingest one source into the test's warehouse (ingestion's entry point, as the night calls it)."""
+    where, how = target(settings), connection(spec, settings)
+    return ingest_source(spec, where, how, only=only, detected_at=settings.detected_at, **kwargs)
 
 
 def key_set(rows: Iterable[Sequence[object]]) -> set[object]:
@@ -47,11 +86,11 @@ def kill_ingest_after(settings: Settings, source: str, delay: float | str, env: 
     extracted package; ``"load"``: a normalized one). Phases, not late fixed instants: those would
     be missed on a faster machine. Fails if the ingest finished before the kill."""
     script = (
-        "from pathlib import Path; from dusk.ingest import configure_dlt, ingest_source; "
-        "from dusk.settings import Settings; from ingestion.config import load_sources; configure_dlt(); "
+        "from pathlib import Path; from ingestion.dlt_settings import configure_dlt; "
+        "from dusk.settings import Settings; from tests.helpers import ingest, sources; configure_dlt(); "
         f"s = Settings(Path({str(settings.data_dir)!r}), Path({str(settings.warehouse)!r}), Path('t'), "
         f"{settings.demo}, {settings.demo_seed}); "
-        f"r = ingest_source(load_sources()[{source!r}], s); print(r.ok, r.error)"
+        f"r = ingest(sources()[{source!r}], s); print(r.ok, r.error)"
     )
     folder = settings.pipelines_dir.joinpath(source, *PHASES[delay]) if isinstance(delay, str) else None
     before = set(folder.glob("*")) if folder is not None and folder.exists() else set()

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from dusk.dbt_sources import STAGING_DIR, check_dbt_sources
-from ingestion.config import ConfigError, load_sources
+from ingestion.declaration import ConfigError
+from tests.helpers import sources
 
 
 def test_repository_sources_agree() -> None:
-    check_dbt_sources(load_sources())
+    check_dbt_sources(sources())
 
 
 def test_a_table_missing_from_dbt_is_reported(tmp_path: Path) -> None:
@@ -24,7 +25,7 @@ def test_a_table_missing_from_dbt_is_reported(tmp_path: Path) -> None:
         text.replace("schema: raw_shop", "schema: raw_store").replace("- name: products", "- name: goods")
     )
     with pytest.raises(ConfigError) as err:
-        check_dbt_sources(load_sources(), staging)
+        check_dbt_sources(sources(), staging)
     message = str(err.value)
     assert "schema is 'raw_store', dlt loads 'raw_shop'" in message
     assert "'goods'" in message and "'products'" in message

@@ -163,7 +163,7 @@ def demo_stream_messages(ws: Workspace) -> int:
     import asyncio
 
     from ingestion import stream
-    from ingestion.config import load_sources
+    from ingestion.declaration import load_sources
 
     web = load_sources(ws.sources_file)["web"]
 

@@ -2,30 +2,53 @@
 
 The shop's OLTP database, and beside it (:mod:`dusk.demo.feeds`) the payments API's store, the
 landing folder and the web event stream. ``serve_payments_api`` runs the payments API for the
-duration of a night in demo mode.
+duration of a night in demo mode. The demo's endpoints reach ingestion as explicit
+:class:`ingestion.run.Connection` values (nothing is written into the environment).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dusk.demo.feeds import FeedDay, Feeds, order_ids_inserted
 from dusk.demo.shop import DayLog, Shop
-from dusk.ingest import credentials_for, demo_shop_url
 from dusk.settings import Settings
-from ingestion.config import SourceSpec
+from ingestion.declaration import SourceSpec
+from ingestion.run import Connection
 
 log = logging.getLogger(__name__)
+
+
+def demo_shop_url(settings: Settings) -> str:
+    """The demo shop's SQLite database."""
+    return f"sqlite:///{settings.demo_dir / 'shop.sqlite'}"
+
+
+def _configured_url(spec: SourceSpec) -> str | None:
+    from ingestion.database import credentials
+
+    try:
+        return credentials(spec, Connection())
+    except RuntimeError:
+        return None
+
+
+def shop_connections(settings: Settings, specs: dict[str, SourceSpec]) -> dict[str, Connection]:
+    """The demo database source's connection when none is configured: the demo's SQLite file."""
+    return {
+        s.name: Connection(credentials=demo_shop_url(settings))
+        for s in specs.values()
+        if s.demo and s.kind == "database" and _configured_url(s) is None
+    }
 
 
 def demo_shop(settings: Settings, specs: dict[str, SourceSpec]) -> Shop:
     """The demo shop behind the database source marked ``demo: true`` (its configured connection
     or the default SQLite file)."""
     demo = [s for s in specs.values() if s.demo and s.kind == "database"]
-    url = credentials_for(demo[0], settings) if demo else demo_shop_url(settings)
+    url = (_configured_url(demo[0]) if demo else None) or demo_shop_url(settings)
     return Shop(url, settings.demo_dir / "truth.sqlite", seed=settings.demo_seed)
 
 
@@ -67,29 +90,24 @@ def simulate(settings: Settings, specs: dict[str, SourceSpec], days: int) -> lis
 
 
 @contextmanager
-def serve_payments_api(settings: Settings, specs: dict[str, SourceSpec]) -> Iterator[str | None]:
+def serve_payments_api(settings: Settings, specs: dict[str, SourceSpec]) -> Iterator[dict[str, Connection]]:
     """In demo mode, run the payments API (with a little random misbehaviour) for the demo API
-    source that has no base URL of its own, and point the source at it through the environment
-    (``SOURCES__<NAME>__BASE_URL`` and a fresh ``..._TOKEN``). Yields the URL, or None."""
+    source that has no base URL of its own, for the duration of the block. Yields the source's
+    connection to it (the URL, and the configured token or the server's fresh one), or nothing."""
     from dusk.demo.payments_api import Chaos, PaymentsServer
+    from ingestion.api import endpoint_settings
 
     spec = next((s for s in specs.values() if s.demo and s.kind == "api"), None)
-    prefix = f"SOURCES__{spec.name.upper()}__" if spec else ""
-    if spec is None or spec.option("base_url") or os.environ.get(prefix + "BASE_URL"):
-        yield None
+    if spec is None:
+        yield {}
         return
-    token = os.environ.get(prefix + "TOKEN")
+    base_url, token = endpoint_settings(spec)
+    if base_url:
+        yield {}
+        return
     chaos = Chaos(random_rate=0.05, retry_after=1, seed=settings.demo_seed)
     server = PaymentsServer(settings.demo_dir / "payments.sqlite", token=token, chaos=chaos).start()
-    saved = {k: os.environ.get(k) for k in (prefix + "BASE_URL", prefix + "TOKEN")}
-    os.environ[prefix + "BASE_URL"] = server.url
-    os.environ[prefix + "TOKEN"] = server.token
     try:
-        yield server.url
+        yield {spec.name: Connection(base_url=server.url, token=server.token)}
     finally:
         server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from dusk.demo.payments_api import PaymentsStore
 from dusk.demo.shop import START, Shop
 from dusk.settings import PROJECT_DIR, Settings
-from ingestion.config import SourceSpec
+from ingestion.declaration import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Feeds:
     async def _publish(self, rng: random.Random, day: int, day_start: datetime) -> int:
         from nats.js.errors import NotFoundError
 
-        from ingestion.stream import connect, servers_for
+        from ingestion.stream.reader import connect, servers_for
 
         assert self.stream is not None
         table = self.stream.tables[0]

@@ -1,4 +1,4 @@
-"""Alerts: a Slack-compatible webhook on a failed or partial night, an SLA breach or an anomaly.
+"""The alert step: a Slack-compatible webhook on a failed or partial night, an SLA breach or an anomaly.
 
 The URL is a secret (a Slack webhook URL lets anyone post): it comes from ``DUSK_ALERT_WEBHOOK``
 or the git-ignored file ``<data dir>/secrets/alert_webhook``, and never appears in a log, the
@@ -10,36 +10,26 @@ changes the night's outcome.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import duckdb
 import requests
 import tenacity
 
+from dusk import ledger
+from dusk.present import problems
+from dusk.record import AlertOutcome, RunResult
 from dusk.settings import Settings
-
-if TYPE_CHECKING:
-    from dusk.pipeline import RunResult
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "DUSK_ALERT_WEBHOOK"
 TIMEOUT = 10.0
 ATTEMPTS = 3
 
 
-@dataclass
-class AlertOutcome:
-    """Whether tonight's alert was sent (and why not, when it was not)."""
-
-    sent: bool
-    reason: str
-
-
 def webhook_url(settings: Settings) -> str | None:
     """The webhook URL from the environment or the secret file (None: alerts are off)."""
-    url = os.environ.get(ENV_VAR, "").strip()
+    url = settings.alert_webhook or ""
     if not url:
         path = settings.secrets_dir / "alert_webhook"
         url = path.read_text().strip() if path.exists() else ""
@@ -57,34 +47,14 @@ def reasons(result: RunResult) -> list[str]:
     return why
 
 
-def message(result: RunResult, why: list[str]) -> dict[str, Any]:
+def message(settings: Settings, result: RunResult, why: list[str]) -> dict[str, Any]:
     """The Slack-compatible payload: ``text`` (shown everywhere, also in notifications) and
     ``blocks`` (the same, laid out)."""
-    from dusk.ledger import run_id
-
-    rid = run_id(result)
-    lines = [f"*dusk run {rid}: {result.status.upper()}* ({', '.join(why)})"]
-    if result.error:
-        lines.append(f"• error: {result.error}")
-    for source in result.sources:
-        if not source.ok and not source.skipped:
-            lines.append(f"• source `{source.source}` failed after {source.attempts} attempt(s): {source.error}")
-    dbt = result.dbt
-    if dbt is not None:
-        for node in dbt.failing_tests():
-            kept = f" (rows in {node.failures_table})" if node.failures_table else ""
-            lines.append(f"• test `{node.name}` {node.status}: {node.failures or 0} failing rows{kept}")
-        for node in dbt.failing_nodes():
-            lines.append(f"• {node.resource_type} `{node.name}` error: {(node.message or '')[:300]}")
-        if dbt.error:
-            lines.append(f"• dbt: {dbt.error}")
-    for f in result.findings:
-        lines.append(f"• {f.check} {f.severity} `{f.target}`: {f.message}")
-    if result.publish_error:
-        lines.append(f"• readers still see the last published night: {result.publish_error}")
-    elif result.published is not None:
+    lines = [f"*dusk run {result.run_id}: {result.status.upper()}* ({', '.join(why)})"]
+    lines += ["• " + line.render("`{}`") for line in problems(result)]
+    if result.published is not None:
         lines.append(f"• published to {result.published.path}")
-    where = [f"report {result.settings.report_path}", "`dusk status`"]
+    where = [f"report {settings.report_path}", "`dusk status`"]
     if result.log_path is not None:
         where.insert(1, f"log {result.log_path}")
     lines.append("Where to look: " + ", ".join(where))
@@ -92,7 +62,7 @@ def message(result: RunResult, why: list[str]) -> dict[str, Any]:
     return {
         "text": text,
         "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}],
-        "run_id": rid,
+        "run_id": result.run_id,
         "status": result.status,
     }
 
@@ -101,16 +71,16 @@ class _Transient(Exception):
     pass
 
 
-def send(result: RunResult) -> AlertOutcome:
+def send(settings: Settings, result: RunResult) -> AlertOutcome:
     """Post tonight's alert if it deserves one and a webhook is configured."""
     why = reasons(result)
     if not why:
         return AlertOutcome(False, "nothing to alert")
-    url = webhook_url(result.settings)
+    url = webhook_url(settings)
     if url is None:
-        log.info("alert not sent: no webhook configured (%s)", ENV_VAR)
-        return AlertOutcome(False, f"no webhook configured ({ENV_VAR})")
-    payload = message(result, why)
+        log.info("alert not sent: no webhook configured (DUSK_ALERT_WEBHOOK)")
+        return AlertOutcome(False, "no webhook configured (DUSK_ALERT_WEBHOOK)")
+    payload = message(settings, result, why)
 
     @tenacity.retry(
         stop=tenacity.stop_after_attempt(ATTEMPTS),
@@ -137,3 +107,14 @@ def send(result: RunResult) -> AlertOutcome:
         return AlertOutcome(False, f"the webhook failed: {exc}")
     log.info("alert sent (%s)", ", ".join(why))
     return AlertOutcome(True, ", ".join(why))
+
+
+def alert(settings: Settings, con: duckdb.DuckDBPyConnection, record: RunResult) -> AlertOutcome:
+    """The alert step: send tonight's alert; a failure to send never changes the night's outcome."""
+    try:
+        outcome = send(settings, record)
+    except Exception as exc:
+        log.exception("alert not sent")
+        outcome = AlertOutcome(False, f"alerting failed: {type(exc).__name__}")
+    ledger.step(con, record, "alert", None, "sent" if outcome.sent else outcome.reason, 0.0)
+    return outcome

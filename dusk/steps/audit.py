@@ -1,4 +1,4 @@
-"""Monitoring: tonight's numbers against the run ledger's history and the configured limits.
+"""The audit step, monitoring: tonight's numbers against the run ledger's history and the configured limits.
 
 Three checks, each raising a finding of the severity its configuration gives (``warn`` is
 reported and alerted; ``error`` also fails the run, so nothing is published):
@@ -16,54 +16,39 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import dataclass
+import time
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import duckdb
 
-from dusk.ledger import SCHEMA
-from ingestion.config import SourceSpec
-
-if TYPE_CHECKING:
-    from dusk.pipeline import RunResult
+from dusk import ledger
+from dusk.record import Finding, RunResult
+from dusk.settings import MonitorSettings, Settings
+from ingestion.declaration import SourceSpec
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Finding:
-    """Something monitoring noticed about tonight."""
-
-    check: str
-    """``volume``, ``freshness_sla`` or ``quarantine_rate``."""
-    severity: str
-    """``warn`` or ``error``."""
-    target: str
-    """``source`` or ``source.table``."""
-    message: str
-    value: float | None = None
-    limit: float | None = None
-
-
-def check(result: RunResult, specs: dict[str, SourceSpec]) -> list[Finding]:
-    """Every finding about this run (the ledger holds the previous runs, not this one yet)."""
-    # not read-only: the run's process has the warehouse open (dbt) and DuckDB refuses a second
-    # connection with another configuration
-    with duckdb.connect(str(result.settings.warehouse)) as con:
-        findings = volume(con, result) + freshness_sla(con, result, specs)
-        if result.dbt is not None:
-            findings += quarantine_rate(con, result)
+def audit(
+    settings: Settings, con: duckdb.DuckDBPyConnection, record: RunResult, specs: dict[str, SourceSpec]
+) -> list[Finding]:
+    """Every finding about this run (the ledger holds the previous runs' numbers), recorded in
+    the ledger with the audit's step row."""
+    started = time.monotonic()
+    m = settings.monitor
+    findings = volume(con, record, m) + freshness_sla(con, record, specs, m)
+    if record.dbt is not None:
+        findings += quarantine_rate(con, m)
     for f in findings:
         (log.error if f.severity == "error" else log.warning)("monitor %s %s: %s", f.check, f.target, f.message)
+    ledger.audited(con, record, findings, time.monotonic() - started)
     return findings
 
 
-def volume(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[Finding]:
+def volume(con: duckdb.DuckDBPyConnection, result: RunResult, m: MonitorSettings) -> list[Finding]:
     """Tables whose rows loaded tonight are more than ``anomaly_z`` standard deviations from
     their history (the standard deviation is taken as at least 1 row: a table that always
     loads the same count is flagged when it loads anything else)."""
-    m = result.settings.monitor
     findings: list[Finding] = []
     if result.mode != "run":
         return findings  # a backfill's volume is the window's, not a night's
@@ -71,21 +56,7 @@ def volume(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[Finding]:
         if not source.ok or source.skipped:
             continue
         for table in source.tables:
-            history = [
-                int(n)
-                for (n,) in con.execute(
-                    f"""
-                    select t.loaded from {SCHEMA}.source_tables t
-                    join {SCHEMA}.steps s on s.run_id = t.run_id and s.step = 'ingest' and s.target = t.source
-                    join {SCHEMA}.runs r on r.run_id = t.run_id
-                    where t.source = ? and t.table_name = ? and s.status = 'ok' and coalesce(r.mode, 'run') = 'run'
-                      and t.run_id > (select min(f.run_id) from {SCHEMA}.source_tables f
-                                      where f.source = t.source and f.table_name = t.table_name)
-                    order by t.run_id desc limit ?
-                    """,
-                    [source.source, table.table, m.anomaly_window],
-                ).fetchall()
-            ]
+            history = ledger.loaded_history(con, source.source, table.table, m.anomaly_window, result.run_id)
             if len(history) < m.anomaly_min_history:
                 continue
             mean = statistics.fmean(history)
@@ -106,27 +77,20 @@ def volume(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[Finding]:
     return findings
 
 
-def freshness_sla(con: duckdb.DuckDBPyConnection, result: RunResult, specs: dict[str, SourceSpec]) -> list[Finding]:
+def freshness_sla(
+    con: duckdb.DuckDBPyConnection, result: RunResult, specs: dict[str, SourceSpec], m: MonitorSettings
+) -> list[Finding]:
     """Sources whose last successful load is older than their SLA. A source never loaded is in
     breach once the installation's first run is older than the SLA."""
     now = result.started_at.replace(tzinfo=None)
     loaded_now = {s.source for s in result.sources if s.ok and not s.skipped}
-    first_run = con.execute(f"select min(started_at) from {SCHEMA}.runs").fetchone()
-    since: datetime = first_run[0] if first_run and first_run[0] is not None else now
+    since: datetime = ledger.first_run_started(con) or now
     findings = []
     for name, spec in specs.items():
         if name in loaded_now or name not in {s.source for s in result.sources}:
             continue
-        hours, severity = spec.sla_hours or result.settings.monitor.sla_hours, spec.sla_severity
-        severity = severity or result.settings.monitor.sla_severity
-        last = con.execute(
-            f"""
-            select max(r.started_at) from {SCHEMA}.steps s join {SCHEMA}.runs r using (run_id)
-            where s.step = 'ingest' and s.target = ? and s.status = 'ok'
-            """,
-            [name],
-        ).fetchone()
-        last_ok = last[0] if last else None
+        hours, severity = spec.sla_hours or m.sla_hours, spec.sla_severity or m.sla_severity
+        last_ok = ledger.last_loaded(con, name)
         age = (now - (last_ok or since)).total_seconds() / 3600
         if age <= hours:
             continue
@@ -144,9 +108,8 @@ def freshness_sla(con: duckdb.DuckDBPyConnection, result: RunResult, specs: dict
     return findings
 
 
-def quarantine_rate(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[Finding]:
+def quarantine_rate(con: duckdb.DuckDBPyConnection, m: MonitorSettings) -> list[Finding]:
     """Tables with more than the allowed share of their live rows in quarantine."""
-    m = result.settings.monitor
     views = {
         name
         for (name,) in con.execute(
@@ -154,8 +117,7 @@ def quarantine_rate(con: duckdb.DuckDBPyConnection, result: RunResult) -> list[F
         ).fetchall()
     }
     findings = []
-    for view in sorted(v for v in views if v.startswith("quarantine_")):
-        source = view.removeprefix("quarantine_")
+    for source, view in ledger.quarantine_views(con):
         counts = con.execute(f'select table_name, count(*) from staging."{view}" group by 1 order by 1').fetchall()
         for table, held in counts:
             staged_view = f"stg_{source}__{table}"

@@ -1,4 +1,4 @@
-"""The dbt step: build (models, snapshots, seeds, tests), source freshness and docs, in-process.
+"""The build step: dbt build (models, snapshots, seeds, tests), source freshness and docs, in-process.
 
 dbt is parsed once and the manifest is handed to the following invocations, so a night pays dbt's
 start-up cost once. Results are read from dbt's result objects, never from its text output.
@@ -7,60 +7,19 @@ start-up cost once. Results are read from dbt's result objects, never from its t
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import date
-from pathlib import Path
+from datetime import date, timedelta
 from typing import Any
 
 from dbt.cli.main import dbtRunner
 from dbt.contracts.graph.manifest import Manifest
 
+from dusk import ledger
+from dusk.record import DbtResult, NodeResult, Plan, RunResult
 from dusk.settings import PROJECT_DIR, Settings
+from ingestion.declaration import SourceSpec
+from ingestion.result import SourceResult
 
 PROFILES_DIR = PROJECT_DIR / "profiles"
-
-
-@dataclass
-class NodeResult:
-    """One dbt node's outcome in this run."""
-
-    unique_id: str
-    name: str
-    resource_type: str
-    layer: str
-    status: str
-    seconds: float
-    failures: int | None = None
-    message: str | None = None
-    failures_table: str | None = None
-    """Where a failing test's rows are kept (store_failures; long test names are shortened there)."""
-    rows_affected: int | None = None
-    """Rows the adapter reports for a model, seed or snapshot (None where it reports none)."""
-
-
-@dataclass
-class DbtResult:
-    """What the dbt step did."""
-
-    ok: bool
-    seconds: float
-    nodes: list[NodeResult] = field(default_factory=list)
-    freshness: list[NodeResult] = field(default_factory=list)
-    docs_path: Path | None = None
-    error: str | None = None
-
-    def tests(self) -> Counter[str]:
-        """Test outcomes (data and unit tests) by status."""
-        return Counter(n.status for n in self.nodes if n.resource_type in ("test", "unit_test"))
-
-    def failing_tests(self) -> list[NodeResult]:
-        """Tests that failed or errored."""
-        return [n for n in self.nodes if n.resource_type in ("test", "unit_test") and n.status in ("fail", "error")]
-
-    def failing_nodes(self) -> list[NodeResult]:
-        """Models, snapshots and seeds that errored."""
-        return [n for n in self.nodes if n.resource_type not in ("test", "unit_test") and n.status == "error"]
 
 
 def _layer(node: Any) -> str:
@@ -155,14 +114,69 @@ def run_dbt(
     if freshness.exception is not None and result.error is None:
         result.error = f"dbt source freshness did not complete: {freshness.exception}"
 
-    # the build compiled the shared manifest's nodes already: the docs show that SQL
+    # the build compiled the shared manifest's nodes already: the docs show that SQL. Docs that
+    # fail are reported; they never keep data that passed every test from readers.
     docs = runner.invoke(dbt_args(settings, "docs", "generate", "--static", "--no-compile"))
     if docs.success:
         result.docs_path = settings.docs_path
-    elif result.error is None:
-        result.error = f"dbt docs generate failed: {docs.exception or 'see the dbt log'}"
+    else:
+        result.docs_error = f"dbt docs generate failed: {docs.exception or 'see the dbt log'}"
 
     stale = [f for f in result.freshness if f.status in ("error", "runtime error")]
-    result.ok = build.success and not stale and docs.success and result.error is None
+    result.ok = build.success and not stale and result.error is None
     result.seconds = time.monotonic() - started
     return result
+
+
+def build(
+    settings: Settings,
+    con: Any,
+    plan: Plan,
+    record: RunResult,
+    specs: dict[str, SourceSpec],
+    callbacks: list[Any] | None = None,
+) -> DbtResult:
+    """The build step: what tonight's sources feed (everything by default), microbatch models
+    over the days that received rows, and nothing that depends on a source that failed tonight
+    (it is left as it was, and reported)."""
+    if plan.backfill is not None:
+        first, last = plan.backfill
+        window: tuple[date, date] | None = (first, last + timedelta(days=1))
+    else:
+        window = loaded_event_window(con, specs, record.sources)
+    select = list(plan.select)
+    if not select and (plan.sources or plan.backfill is not None):
+        # what the ingested sources feed (a partial selection: the rest is left as it is)
+        select = [f"source:{s.source}+" for s in record.sources]
+    skip = [f"source:{name}+" for name in record.failed_sources]
+    return run_dbt(
+        settings, select=select, full_refresh=plan.full_refresh, event_window=window, exclude=skip, callbacks=callbacks
+    )
+
+
+def loaded_event_window(
+    con: Any, specs: dict[str, SourceSpec], sources: list[SourceResult]
+) -> tuple[date, date] | None:
+    """The days (first, last + 1) of the rows loaded, into tables that declare an `event_time`,
+    since the last run whose dbt step succeeded started: dbt's microbatch models rebuild exactly
+    those days, late events included. Not only tonight's loads: a run killed after loading and
+    before dbt built those days leaves them to this one. None when there is no such row (dbt
+    then uses each model's own lookback)."""
+    since = ledger.last_built(con)
+    spans = []
+    for source in sources:
+        spec = specs[source.source]
+        for table in spec.tables:
+            if not table.event_time:
+                continue
+            span = con.execute(
+                f'select min(cast("{table.event_time}" as date)), max(cast("{table.event_time}" as date)) '
+                f'from "{spec.dataset}"."{table.name}" where _dlt_load_id in '
+                f'(select load_id from "{spec.dataset}"._dlt_loads where status = 0 and inserted_at >= ?)',
+                [since],
+            ).fetchone()
+            if span and span[0] is not None:
+                spans.append(span)
+    if not spans:
+        return None
+    return min(s[0] for s in spans), max(s[1] for s in spans) + timedelta(days=1)

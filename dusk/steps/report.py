@@ -1,4 +1,4 @@
-"""The static HTML report: runs over time, rows per table, durations, tests, quarantine,
+"""The report step, a static HTML report: runs over time, rows per table, durations, tests, quarantine,
 freshness and monitoring findings, from the run ledger. One self-contained file (plots are
 inline SVG, nothing is fetched), rewritten by every run and by ``dusk report``."""
 
@@ -15,7 +15,10 @@ import duckdb
 import jinja2
 from matplotlib.figure import Figure
 
-from dusk.ledger import SCHEMA, LedgerError, open_ledger
+from dusk import ledger
+from dusk.ledger import SCHEMA, LedgerError, LedgerSource, open_ledger
+from dusk.present import ledger_problems
+from dusk.record import RunResult
 from dusk.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,10 +91,7 @@ def _durations_plot(steps: list[tuple[str, float]]) -> str:
 
 def gather(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """Everything the report shows, read from the ledger."""
-    runs = con.execute(
-        f"select run_id, status, seconds, failed_sources, error from {SCHEMA}.runs order by run_id desc limit ?",
-        [RUNS_SHOWN],
-    ).fetchall()[::-1]
+    runs = ledger.recent_runs(con, RUNS_SHOWN)[::-1]
     if not runs:
         raise LedgerError("the run ledger holds no run yet (make run)")
     run_ids = [r[0] for r in runs]
@@ -125,25 +125,13 @@ def gather(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "order by seconds desc limit 8",
         [last],
     ).fetchall()
-    last_steps = con.execute(
-        f"select step, target, status, attempts, seconds from {SCHEMA}.steps where run_id = ? order by step, target",
-        [last],
-    ).fetchall()
-    failing = con.execute(
-        f"select name, resource_type, status, failures, failures_table, message from {SCHEMA}.dbt_nodes "
-        "where run_id = ? and status in ('fail', 'error', 'warn') order by name",
-        [last],
-    ).fetchall()
-    freshness = con.execute(
-        f"select source, table_name, status from {SCHEMA}.freshness where run_id = ? order by 1, 2", [last]
-    ).fetchall()
-    findings = con.execute(
-        f"select check_name, severity, target, message from {SCHEMA}.findings where run_id = ? order by 1, 3", [last]
-    ).fetchall()
-    quarantine_now = con.execute(
-        f"select source, table_name, reason, row_count from {SCHEMA}.quarantine where run_id = ? order by 1, 2, 3",
-        [last],
-    ).fetchall()
+    last_steps = ledger.steps_of(con, last)
+    failing = ledger.failing_of(con, last)
+    freshness = ledger.freshness_of(con, last)
+    findings = ledger.findings_of(con, last)
+    quarantine_now = ledger.quarantine_of(con, last)
+    stale = [f for f in freshness if f[2] != "pass"]
+    problems = ledger_problems(runs[-1], ledger.sources_of(con, last), failing, stale, findings)
     return {
         "runs": runs,
         "last": runs[-1],
@@ -155,6 +143,7 @@ def gather(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             "quarantine": _lines_plot(quarantine, run_ids, "Rows in quarantine per table", "rows (symlog)"),
         },
         "steps": last_steps,
+        "problems": [(p.level, *p.text.partition("{}"), p.subject) for p in problems],
         "failing": failing,
         "freshness": freshness,
         "findings": findings,
@@ -185,6 +174,11 @@ figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
 {% for s in steps %}<tr><td>{{ s[0] }}</td><td>{{ s[1] or '' }}</td><td class="{{ s[2] }}">{{ s[2] }}</td>
 <td>{{ s[3] or '' }}</td><td>{{ '%.1f' % s[4] }}</td></tr>{% endfor %}
 </table>
+</section>
+<section id="what-happened"><h2>What happened</h2>
+{% if problems %}<ul>{% for level, before, mark, after, subject in problems %}<li class="{{ level }}">{{ before }}
+{%- if mark %}<code>{{ subject }}</code>{% endif %}{{ after }}</li>{% endfor %}</ul>
+{% else %}<p>Every source loaded, every test passed, no finding.</p>{% endif %}
 </section>
 <section id="findings"><h2>Monitoring</h2>
 {% if findings %}<table><tr><th>check</th><th>severity</th><th>target</th><th>finding</th></tr>
@@ -223,10 +217,15 @@ figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
 """
 
 
-def write_report(settings: Settings, in_run: bool = False) -> Path:
-    """Write the report to ``settings.report_path`` (atomically) and return the path."""
-    with open_ledger(settings, read_only=not in_run) as (con, source):
+def write_report(settings: Settings, con: duckdb.DuckDBPyConnection | None = None) -> Path:
+    """Write the report to ``settings.report_path`` (atomically) and return the path; ``con``:
+    the night's own connection (else the ledger is opened read-only)."""
+    if con is not None:
         data = gather(con)
+        source = LedgerSource(settings.warehouse, "warehouse")
+    else:
+        with open_ledger(settings) as (reader, source):
+            data = gather(reader)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     plots = {k: jinja2.utils.markupsafe.Markup(v) for k, v in data.pop("plots").items()}
     html = env.from_string(TEMPLATE).render(
@@ -239,3 +238,12 @@ def write_report(settings: Settings, in_run: bool = False) -> Path:
     tmp.replace(path)
     log.info("report written to %s", path)
     return path
+
+
+def report(settings: Settings, con: duckdb.DuckDBPyConnection, record: RunResult) -> None:
+    """The report step: the report is a view of the ledger; its failure never fails the night."""
+    try:
+        record.report_path = write_report(settings, con)
+    except Exception as exc:
+        log.exception("report not written")
+        record.report_error = str(exc)

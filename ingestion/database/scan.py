@@ -31,9 +31,8 @@ import duckdb
 import sqlalchemy as sa
 
 from ingestion.database.types import SourceColumn, quote, raw_column
+from ingestion.limits import MEMORY_LIMIT
 
-MEMORY_LIMIT = "512MB"
-"""DuckDB's cap while reading a source: a table of any size streams through this much memory."""
 FILE_SIZE = "64MB"
 """Parquet files are cut at about this size (several files load in parallel)."""
 ROW_GROUP_SIZE = 122_880

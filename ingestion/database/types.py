@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 
-from ingestion.config import DATABASE_COLUMN_TYPE
+from ingestion.column_types import DATABASE_COLUMN_TYPE
 
 MAX_DECIMAL = 38
 """DuckDB's widest DECIMAL (and dlt's): wider numerics land as text."""

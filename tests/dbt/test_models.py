@@ -19,11 +19,12 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from dusk.ingest import configure_dlt, ingest_source
 from dusk.settings import Settings
-from ingestion.config import load_sources
-from ingestion.database.reader import load_extension
+from ingestion.database.scan import load_extension
+from ingestion.declaration import load_sources
+from ingestion.dlt_settings import configure_dlt
 from tests.conftest import PROJECT_DIR, Workspace, _service_missing, delete_demo_stream
+from tests.helpers import ingest
 
 pytestmark = pytest.mark.e2e
 
@@ -326,7 +327,7 @@ def test_a_customer_restored_with_its_old_updated_at_reopens_in_the_snapshot(nig
     def run_shop(detected_at: datetime) -> None:
         """The shop's ingest at a fixed detection time, then staging and the snapshot."""
         shop = load_sources(night.sources_file)["shop"]
-        result = ingest_source(shop, replace(settings, detected_at=detected_at.replace(tzinfo=UTC)))
+        result = ingest(shop, replace(settings, detected_at=detected_at.replace(tzinfo=UTC)))
         assert result.ok, result.error
         out = dbt(night, "build", "--select", "stg_shop__customers", "customers_snapshot")
         assert out.returncode == 0, out.stdout[-3000:]

@@ -23,10 +23,12 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from dusk.demo.payments_api import Chaos, PaymentsServer, PaymentsStore, serving, stamp
-from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
-from ingestion.config import SourceSpec, load_sources
-from tests.helpers import raw
+from ingestion.declaration import SourceSpec
+from ingestion.dlt_settings import configure_dlt
+from ingestion.result import SourceResult
+from ingestion.run import make_pipeline
+from tests.helpers import ingest, raw, sources, target
 
 SOURCES_YML = """
 sources:
@@ -79,7 +81,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def spec() -> SourceSpec:
-    return load_sources()["payments"]
+    return sources()["payments"]
 
 
 def extracted(result: SourceResult) -> int:
@@ -87,7 +89,7 @@ def extracted(result: SourceResult) -> int:
 
 
 def cursor(settings: Settings) -> str | None:
-    state = make_pipeline(spec(), settings).state
+    state = make_pipeline(spec(), target(settings)).state
     resource = state.get("sources", {}).get("payments", {}).get("resources", {}).get("payments", {})
     return resource.get("incremental", {}).get("updated_at", {}).get("last_value")
 
@@ -95,15 +97,15 @@ def cursor(settings: Settings) -> str | None:
 def test_pages_load_incrementally_and_no_page_twice(
     api: PaymentsServer, store: PaymentsStore, settings: Settings
 ) -> None:
-    first = ingest_source(spec(), settings)
+    first = ingest(spec(), settings)
     assert first.ok, first.error
     assert extracted(first) == 30
     assert api.chaos.requests == 5  # 30 rows in pages of 7
     assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(30, 30)]
-    quiet = ingest_source(spec(), settings)
+    quiet = ingest(spec(), settings)
     assert quiet.ok and extracted(quiet) == 0  # rows at the watermark are known and not loaded again
     written = store.record(random.Random(2), [{"order_id": 31, "amount": "5.00"}], datetime(2026, 1, 2))
-    later = ingest_source(spec(), settings)
+    later = ingest(spec(), settings)
     assert later.ok, later.error
     assert extracted(later) == written  # the new payment and the day's refunds
     assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(31, 31)]
@@ -117,7 +119,7 @@ def test_429_5xx_and_timeouts_are_retried_honouring_retry_after(api: PaymentsSer
     api.chaos.retry_after = 1
     api.chaos.script = deque(["429", "ok", "503", "500", "ok", "slow", "ok"])
     started = datetime.now()
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert extracted(result) == 30
     assert api.chaos.faults == ["429", "503", "500", "slow"]
@@ -129,18 +131,18 @@ def test_429_5xx_and_timeouts_are_retried_honouring_retry_after(api: PaymentsSer
 def test_exhausted_retries_fail_the_source_naming_endpoint_and_status(
     api: PaymentsServer, store: PaymentsStore, settings: Settings
 ) -> None:
-    assert ingest_source(spec(), settings).ok
+    assert ingest(spec(), settings).ok
     before = cursor(settings)
     written = store.record(random.Random(3), [{"order_id": 40, "amount": "1.00"}], datetime(2026, 1, 3))
     api.chaos.script = deque(["503"] * 4)
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert not result.ok
     error = result.error or ""
     assert "source 'payments'" in error and "503 Server Error" in error
     assert f"{api.url}payments" in error
     assert cursor(settings) == before  # the failed run did not move it
     assert raw(settings, "select count(*) from raw_payments.payments") == [(30,)]
-    again = ingest_source(spec(), settings)  # the server recovered: the missed row arrives, once
+    again = ingest(spec(), settings)  # the server recovered: the missed row arrives, once
     assert again.ok and extracted(again) == written
 
 
@@ -149,7 +151,7 @@ def test_the_circuit_breaker_opens_after_consecutive_failures(
 ) -> None:
     write_sources(tmp_path, attempts=10, breaker=3)
     api.chaos.script = deque(["500", "slow", "503", "ok"])
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert not result.ok
     error = result.error or ""
     assert "circuit breaker open after 3 failed attempts in a row" in error
@@ -165,10 +167,10 @@ def test_wrong_token_fails_at_once_and_the_token_is_never_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     api.chaos.script = deque(["503"])
-    ok = ingest_source(spec(), settings)
+    ok = ingest(spec(), settings)
     assert ok.ok, ok.error
     monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", "not-the-token")
-    denied = ingest_source(spec(), settings)
+    denied = ingest(spec(), settings)
     assert not denied.ok
     assert "401 Client Error" in (denied.error or "")
     assert api.chaos.requests == 7  # 5 pages + the retried 503, then one 401 that is not retried
@@ -185,17 +187,17 @@ def test_payment_times_are_utc_text(store: PaymentsStore) -> None:
 def test_a_response_that_is_not_json_fails_the_source_and_keeps_the_cursor(
     api: PaymentsServer, store: PaymentsStore, settings: Settings
 ) -> None:
-    assert ingest_source(spec(), settings).ok
+    assert ingest(spec(), settings).ok
     before = cursor(settings)
     written = store.record(random.Random(4), [{"order_id": 41, "amount": "2.00"}], datetime(2026, 1, 4))
     api.chaos.script = deque(["badjson"])
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert not result.ok
     error = result.error or ""
     assert "source 'payments'" in error and "JSON" in error, error
     assert cursor(settings) == before  # nothing of the bad page was committed
     assert raw(settings, "select count(*) from raw_payments.payments") == [(30,)]
-    again = ingest_source(spec(), settings)  # the next run reads the page again
+    again = ingest(spec(), settings)  # the next run reads the page again
     assert again.ok and extracted(again) == written
     assert raw(settings, "select count(*), count(distinct payment_id) from raw_payments.payments") == [(31, 31)]
 
@@ -256,7 +258,7 @@ def test_a_record_served_twice_keeps_its_newest_copy_and_is_counted_once(
         [_payment(6, t.format(7), "6.00"), _payment(6, t.format(7), "6.70")],
     ]
     with pages_served(tmp_path, monkeypatch):
-        result = ingest_source(spec(), settings)
+        result = ingest(spec(), settings)
     assert result.ok, result.error
     stats = {t.table: t for t in result.tables}["payments"]
     assert (stats.extracted, stats.loaded) == (5, 5)
@@ -284,18 +286,18 @@ def test_a_value_the_warehouse_refuses_aborts_the_load_and_nothing_is_stuck(
     declared = "        columns:\n          amount: decimal(12,2)\n"
     with pages_served(tmp_path, monkeypatch, declared):
         _Pages.pages = [[_payment(1, t.format(1), "1.00")]]
-        assert ingest_source(spec(), settings).ok
+        assert ingest(spec(), settings).ok
         _Pages.pages = [[_payment(2, t.format(2), "123456789012345.00"), _payment(3, t.format(3), "3.00")]]
-        failed = ingest_source(spec(), settings)
+        failed = ingest(spec(), settings)
         assert not failed.ok
         assert failed.error is not None
         assert failed.error.startswith("source 'payments', table 'payments': the warehouse refused a value: ")
         assert '"123456789012345.00"' in failed.error and "DECIMAL(12,2)" in failed.error
         assert "read again next run" in failed.error
-        assert not make_pipeline(spec(), settings).has_pending_data
+        assert not make_pipeline(spec(), target(settings)).has_pending_data
         assert cursor(settings) == t.format(1)
         _Pages.pages = [[_payment(2, t.format(2), "12345.00"), _payment(3, t.format(3), "3.00")]]
-        fixed = ingest_source(spec(), settings)
+        fixed = ingest(spec(), settings)
     assert fixed.ok, fixed.error
     assert extracted(fixed) == 2
     assert cursor(settings) == t.format(3)

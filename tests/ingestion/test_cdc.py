@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
-from ingestion.config import SourceSpec, TableSpec, load_sources
 from ingestion.database import cdc, database_source, plan_source
 from ingestion.database.types import SourceColumn
-from tests.helpers import kill_ingest_after, raw, sql
+from ingestion.declaration import SourceSpec, TableSpec, load_sources
+from ingestion.dlt_settings import configure_dlt
+from ingestion.result import SourceResult
+from ingestion.run import make_pipeline
+from tests.helpers import ingest, kill_ingest_after, raw, sources, sql, target
 
 SOURCES_YML = """
 sources:
@@ -62,14 +64,14 @@ SCHEMA = (
 @pytest.fixture
 def crm(logical_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, SourceSpec, sa.Engine]:
     configure_dlt()
-    sources = tmp_path / "sources.yml"
-    sources.write_text(SOURCES_YML)
-    monkeypatch.setenv("DUSK_SOURCES_FILE", str(sources))
+    declared = tmp_path / "sources.yml"
+    declared.write_text(SOURCES_YML)
+    monkeypatch.setenv("DUSK_SOURCES_FILE", str(declared))
     monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", logical_pg_url)
     engine = sa.create_engine(logical_pg_url)
     sql(engine, *SCHEMA)
     settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
-    yield settings, load_sources()["crm"], engine
+    yield settings, sources()["crm"], engine
     engine.dispose()
 
 
@@ -102,7 +104,7 @@ def assert_raw_equals_source(settings: Settings, engine: sa.Engine) -> None:
 
 def test_setup_is_required_and_idempotent(crm) -> None:
     settings, spec, engine = crm
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok
     assert "replication slot 'dusk_crm' does not exist" in (result.error or "")
     assert "dusk cdc setup crm" in (result.error or "")
@@ -116,7 +118,7 @@ def test_setup_is_required_and_idempotent(crm) -> None:
 def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
-    first = ingest_source(spec, settings)
+    first = ingest(spec, settings)
     assert first.ok, first.error
     assert stats(first) == {"accounts": (50, 0), "notes": (20, 0), "kinds": (1, 0)}
     assert_raw_equals_source(settings, engine)
@@ -134,7 +136,7 @@ def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) 
         "update accounts set account_id = 1004 where account_id = 4",  # a key change: 4 deleted, 1004 new
     )
     sql(engine, "update notes set body = 'edited' where note_id = 1", "delete from notes where note_id = 2")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     # accounts: 51, 2 and 1004 live; 3, 52 and 4 deleted
     assert stats(result) == {"accounts": (3, 3), "notes": (1, 1), "kinds": (0, 0)}
@@ -153,7 +155,7 @@ def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) 
     changed = raw(settings, "select _source_lsn, _source_committed_at from raw_crm.accounts where account_id = 2")
     assert changed[0][0] > 0 and changed[0][1] >= before
     # the position was stored with the data: a quiet run reads nothing
-    quiet = ingest_source(spec, settings)
+    quiet = ingest(spec, settings)
     assert quiet.ok, quiet.error
     assert stats(quiet) == {"accounts": (0, 0), "notes": (0, 0), "kinds": (0, 0)}
 
@@ -164,16 +166,16 @@ def test_a_key_back_after_a_deletion_is_stamped_with_its_commit_time(crm) -> Non
     never looked deleted to raw: no stamp."""
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(engine, "delete from accounts where account_id in (3, 4)")
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(
         engine,
         "insert into accounts (account_id, name) values (3, 'back')",
         "delete from accounts where account_id = 5",
         "insert into accounts (account_id, name) values (5, 'again')",
     )
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert stats(result)["accounts"] == (2, 0)
     rows = raw(
@@ -187,13 +189,13 @@ def test_a_key_back_after_a_deletion_is_stamped_with_its_commit_time(crm) -> Non
 def test_every_column_type_lands_the_same_from_the_log_as_from_the_snapshot(crm) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(
         engine,
         "insert into kinds select 2, u, tags, span, doc, ratio, at_time, price, flag, day, ts, cash, exact, words, "
         "flags, floats, grid from kinds",
     )
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     types = raw(settings, "select data_type from information_schema.columns where table_name = 'kinds' order by 1")
     assert len(types) > 10
     snapshot, logged = raw(
@@ -219,13 +221,13 @@ def test_unchanged_toasted_values_and_truncates(crm) -> None:
     settings, spec, engine = crm
     sql(engine, "alter table notes alter column body set storage external")
     cdc.setup(engine.url, spec)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     big = "y" * 20_000
     sql(engine, f"update notes set body = '{big}' where note_id in (3, 4)")
     sql(engine, "update notes set account_id = 33 where note_id = 3")  # same batch: body from the change before
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(engine, "update notes set account_id = 44 where note_id = 4")  # next batch: body from raw
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert stats(result)["notes"] == (1, 0)
     assert live(settings, "notes", "note_id", "note_id, account_id, length(body)")[2:4] == [
@@ -236,7 +238,7 @@ def test_unchanged_toasted_values_and_truncates(crm) -> None:
 
     sql(engine, "update notes set body = 'before' where note_id = 5", "truncate notes")
     sql(engine, "insert into notes values (100, 1, 'after the truncate')")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert stats(result)["notes"] == (1, 20)
     assert_raw_equals_source(settings, engine)
@@ -285,7 +287,7 @@ def test_a_composite_key_through_the_log(logical_pg_url: str, tmp_path: Path, mo
             "generate_series(1, 3) l",
         )
         cdc.setup(engine.url, spec)
-        assert stats(ingest_source(spec, settings)) == {"lines": (6, 0)}
+        assert stats(ingest(spec, settings)) == {"lines": (6, 0)}
         sql(
             engine,
             "update lines set qty = 99 where order_id = 1 and line_no = 2",  # the note stays TOASTed
@@ -295,7 +297,7 @@ def test_a_composite_key_through_the_log(logical_pg_url: str, tmp_path: Path, mo
             "update lines set note = repeat('m', 30000) where order_id = 1 and line_no = 1",
             "update lines set line_no = 5 where order_id = 1 and line_no = 1",
         )
-        result = ingest_source(spec, settings)
+        result = ingest(spec, settings)
         assert stats(result) == {"lines": (3, 3)}  # the live rows; the deletes counted apart
         assert rows() == [
             (1, 1, 11, 30000, True, False),
@@ -308,10 +310,10 @@ def test_a_composite_key_through_the_log(logical_pg_url: str, tmp_path: Path, mo
             (2, 4, 23, 20000, False, False),
         ]
         sql(engine, "insert into lines values (1, 3, 7, 'back')")
-        assert stats(ingest_source(spec, settings)) == {"lines": (1, 0)}
+        assert stats(ingest(spec, settings)) == {"lines": (1, 0)}
         assert (1, 3, 7, 4, False, True) in rows()
         sql(engine, "truncate lines")
-        assert stats(ingest_source(spec, settings)) == {"lines": (0, 6)}
+        assert stats(ingest(spec, settings)) == {"lines": (0, 6)}
         assert [r[4] for r in rows()] == [True] * 8
     finally:
         engine.dispose()
@@ -320,17 +322,17 @@ def test_a_composite_key_through_the_log(logical_pg_url: str, tmp_path: Path, mo
 def test_a_new_source_column_arrives_and_a_dropped_one_stops_the_table(crm) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(engine, "update notes set body = 'old shape' where note_id = 1")
     sql(engine, "alter table notes add column mood text", "update notes set mood = 'happy' where note_id = 2")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert raw(settings, "select note_id, body, mood from raw_crm.notes where note_id <= 2 order by 1") == [
         (1, "old shape", None),
         (2, "xxxxx", "happy"),
     ]
     sql(engine, "alter table notes drop column body")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok
     assert "source 'crm', table 'notes': column(s) ['body'] were dropped" in (result.error or "")
 
@@ -340,16 +342,16 @@ def test_the_position_only_moves_with_the_data(crm) -> None:
     run loads that package, then reads only the newer changes: nothing lost, nothing twice."""
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(
         engine, "update accounts set balance = 1.00 where account_id = 10", "delete from accounts where account_id = 11"
     )
-    pipeline = make_pipeline(spec, settings)
+    pipeline = make_pipeline(spec, target(settings))
     plans = plan_source(pipeline, engine.url, spec)
     pipeline.extract(database_source(spec, engine.url, plans, settings.data_dir / "staging"))
     assert pipeline.has_pending_data  # as if killed before the load
     sql(engine, "update accounts set balance = 2.00 where account_id = 12")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert result.finished_pending
     assert stats(result)["accounts"] == (1, 0)  # only account 12 is new in this run's extract
@@ -360,7 +362,7 @@ def test_the_position_only_moves_with_the_data(crm) -> None:
 def test_a_failed_extract_reads_the_same_changes_again(crm, monkeypatch: pytest.MonkeyPatch) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(engine, "delete from notes where note_id = 7", "update accounts set name = 'renamed' where account_id = 8")
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -368,9 +370,9 @@ def test_a_failed_extract_reads_the_same_changes_again(crm, monkeypatch: pytest.
 
     with monkeypatch.context() as m:
         m.setattr(cdc, "resolve", broken)
-        failed = ingest_source(spec, settings)
+        failed = ingest(spec, settings)
     assert not failed.ok and "the warehouse went away" in (failed.error or "")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert stats(result) == {"accounts": (1, 0), "notes": (0, 1), "kinds": (0, 0)}
     assert_raw_equals_source(settings, engine)
@@ -380,7 +382,7 @@ def test_a_failed_extract_reads_the_same_changes_again(crm, monkeypatch: pytest.
 def test_a_sigkilled_cdc_ingest_loses_and_repeats_nothing(crm, delay: float | str) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(
         engine,
         "update accounts set balance = balance + 1 where account_id % 3 = 0",
@@ -389,12 +391,12 @@ def test_a_sigkilled_cdc_ingest_loses_and_repeats_nothing(crm, delay: float | st
     )
     kill_ingest_after(settings, "crm", delay)
     sql(engine, "update accounts set name = 'after the kill' where account_id = 1")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert_raw_equals_source(settings, engine)
     assert raw(settings, "select count(*) from raw_crm.accounts where _is_deleted") == [(7,)]
     assert raw(settings, "select count(*), count(distinct note_id) from raw_crm.notes") == [(3000, 3000)]
-    quiet = ingest_source(spec, settings)
+    quiet = ingest(spec, settings)
     assert quiet.ok and stats(quiet) == {"accounts": (0, 0), "notes": (0, 0), "kinds": (0, 0)}
 
 
@@ -405,19 +407,19 @@ def test_refusals_name_the_source_and_table(crm, tmp_path: Path) -> None:
     with pytest.raises(cdc.CdcError, match=r"source 'crm', table 'loose': deletes would not carry the declared"):
         cdc.setup(engine.url, loose)
     cdc.setup(engine.url, spec)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     sql(engine, "update notes set body = 'lost' where note_id = 1")
     with engine.connect() as con:
         con.execute(sa.text("select pg_replication_slot_advance('dusk_crm', pg_current_wal_lsn())"))
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok
     assert "replication slot 'dusk_crm' was advanced to" in (result.error or "")
     assert "outside dusk" in (result.error or "")
     with pytest.raises(ValueError, match=r"source 'crm': the CDC tables share one slot; select all of them or none"):
-        plan_source(make_pipeline(spec, settings), engine.url, spec, only={"accounts"})
+        plan_source(make_pipeline(spec, target(settings)), engine.url, spec, only={"accounts"})
     sqlite = sa.URL.create("sqlite", database=str(tmp_path / "x.sqlite"))
     with pytest.raises(Exception, match=r"source 'crm', table 'accounts': deletes: cdc needs PostgreSQL"):
-        plan_source(make_pipeline(spec, settings), sqlite, spec)
+        plan_source(make_pipeline(spec, target(settings)), sqlite, spec)
 
 
 def test_the_cli_sets_up_and_drops_the_slot(crm) -> None:
@@ -466,9 +468,9 @@ def test_a_read_only_replication_role_is_all_extraction_needs(crm, monkeypatch: 
     )
     try:
         monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", engine.url.set(username=role).render_as_string())
-        assert ingest_source(spec, settings).ok
+        assert ingest(spec, settings).ok
         sql(engine, "delete from accounts where account_id = 5", "update notes set body = 'ro' where note_id = 6")
-        result = ingest_source(spec, settings)
+        result = ingest(spec, settings)
         assert result.ok, result.error
         assert stats(result) == {"accounts": (0, 1), "notes": (1, 0), "kinds": (0, 0)}
         assert_raw_equals_source(settings, engine)

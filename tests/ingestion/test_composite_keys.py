@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
-from ingestion.config import SourceSpec, load_sources
+from ingestion.declaration import SourceSpec, load_sources
+from ingestion.dlt_settings import configure_dlt
+from ingestion.result import SourceResult
+from ingestion.run import make_pipeline
 from tests.conftest import SERVERS, server_database
-from tests.helpers import raw, sql
+from tests.helpers import ingest, raw, sql, target
 
 SOURCES = """sources:
   club:
@@ -63,7 +65,7 @@ def _club(
         "(2, 'b', 'admin', '2026-01-01 12:00:00')",
     )
     settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
-    first = ingest_source(spec, settings)
+    first = ingest(spec, settings)
     assert first.ok, first.error
     yield settings, spec, engine
     engine.dispose()
@@ -104,15 +106,15 @@ def test_a_composite_key_merges_deletes_and_restores(club) -> None:
         # a tie at the watermark: (2, 'b') is already in raw at that instant, (2, 'c') is new
         "insert into memberships values (2, 'c', 'member', '2026-01-01 12:00:00')",
     )
-    assert counts(ingest_source(spec, settings)) == (4, 1)
+    assert counts(ingest(spec, settings)) == (4, 1)
     live = [(g, m, r) for g, m, r, deleted, _ in raw_rows(settings) if not deleted]
     assert live == source_rows(engine)
     assert (2, "a", "member", True, False) in raw_rows(settings)
     # the deleted membership comes back as it was: its updated_at is older than the watermark
     sql(engine, "insert into memberships values (2, 'a', 'member', '2026-01-01 11:00:00')")
-    assert counts(ingest_source(spec, settings)) == (1, 0)
+    assert counts(ingest(spec, settings)) == (1, 0)
     assert (2, "a", "member", False, True) in raw_rows(settings)
-    assert counts(ingest_source(spec, settings)) == (0, 0)
+    assert counts(ingest(spec, settings)) == (0, 0)
     assert raw(settings, "select count(*) - count(distinct (group_id, member_id)) from raw_club.memberships") == [(0,)]
 
 
@@ -129,13 +131,13 @@ def test_null_or_duplicate_composite_keys_name_every_key_column(club) -> None:
         SOURCES + "      loose:\n        primary_key: [group_id, member_id]\n        cursor: updated_at\n"
     )
     spec = load_sources(Path(settings.data_dir) / "sources.yml")["club"]
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok
     assert result.error is not None
     assert "source 'club', table 'loose'" in result.error
     assert "1 duplicate value(s) of primary key '(group_id, member_id)', e.g. group_id=1, member_id='a'" in result.error
     sql(engine, "delete from loose", "insert into loose values (1, null, 'x', '2026-01-01 00:00:00')")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok and result.error is not None
     assert "1 row(s) with a NULL primary key '(group_id, member_id)'" in result.error
 
@@ -151,17 +153,17 @@ def test_a_changed_key_is_applied_when_raw_holds_it_and_refused_when_not(club) -
     """A key that adds a column is applied (raw's rows are unique on it), and dlt's schema then
     merges on exactly that key; a key raw's rows repeat stops the table naming both keys."""
     settings = club[0]
-    finer = ingest_source(declare_key(settings, "[group_id, member_id, role]"), settings)
+    finer = ingest(declare_key(settings, "[group_id, member_id, role]"), settings)
     assert finer.ok, finer.error
     assert finer.schema_changes == [
         "memberships: primary key changed (group_id, member_id) -> (group_id, member_id, role)"
     ]
-    pipeline = make_pipeline(declare_key(settings, "[group_id, member_id, role]"), settings)
+    pipeline = make_pipeline(declare_key(settings, "[group_id, member_id, role]"), target(settings))
     columns = pipeline.default_schema.tables["memberships"]["columns"]
     assert sorted(n for n, c in columns.items() if c.get("primary_key")) == ["group_id", "member_id", "role"]
-    coarser = ingest_source(declare_key(settings, "[member_id]"), settings)
+    coarser = ingest(declare_key(settings, "[member_id]"), settings)
     assert not coarser.ok and coarser.error is not None
     assert "the declared primary key changed from (group_id, member_id, role) to (member_id)" in coarser.error
     assert "raw holds 2 value(s) of the new key on several rows" in coarser.error
-    back = ingest_source(declare_key(settings, "[group_id, member_id]"), settings)
+    back = ingest(declare_key(settings, "[group_id, member_id]"), settings)
     assert back.ok, back.error

@@ -12,12 +12,13 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from dusk.demo import ensure_demo
-from dusk.ingest import configure_dlt, demo_shop_url, ingest_source, make_pipeline
+from dusk.demo import demo_shop_url, ensure_demo
 from dusk.settings import Settings
-from ingestion.config import SourceSpec, TableSpec, load_sources
 from ingestion.database import database_source, plan_source
-from tests.helpers import kill_ingest_after, raw
+from ingestion.declaration import SourceSpec, TableSpec
+from ingestion.dlt_settings import configure_dlt
+from ingestion.run import make_pipeline
+from tests.helpers import ingest, kill_ingest_after, raw, sources, target
 
 
 @pytest.fixture
@@ -26,17 +27,17 @@ def settings(tmp_path: Path) -> Settings:
     s = Settings(
         data_dir=tmp_path, warehouse=tmp_path / "wh.duckdb", target_path=tmp_path / "t", demo=True, demo_seed=5
     )
-    ensure_demo(s, load_sources())
+    ensure_demo(s, sources())
     return s
 
 
 def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:
-    spec = load_sources()["shop"]
-    assert ingest_source(spec, settings).ok
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
     shop = settings.demo_dir / "shop.sqlite"
     with sqlite3.connect(shop) as con:
         con.execute("delete from products where product_id in (3, 4)")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     products = {t.table: t for t in result.tables}["products"]
     assert (products.extracted, products.deleted, products.loaded) == (0, 2, 2)
@@ -47,7 +48,7 @@ def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:
     )
     assert rows == [(3, "SKU-00003", True, True), (4, "SKU-00004", True, True), (5, "SKU-00005", False, False)]
     # Nothing changed since: the next run marks nothing again.
-    again = {t.table: t for t in ingest_source(spec, settings).tables}["products"]
+    again = {t.table: t for t in ingest(spec, settings).tables}["products"]
     assert (again.extracted, again.deleted) == (0, 0)
 
 
@@ -55,8 +56,8 @@ def test_a_key_back_after_a_deletion_is_stamped_restored_until_it_changes(settin
     """A deleted customer restored with its old updated_at (older than its deletion's detection):
     key-diff re-reads it, stamps _restored_at with this run's detection time, and raw keeps that
     stamp while the row is unchanged, even when a backfill re-reads it; its next change clears it."""
-    spec = load_sources()["shop"]
-    assert ingest_source(spec, settings).ok
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
     shop = settings.demo_dir / "shop.sqlite"
     with sqlite3.connect(shop) as con:
         con.row_factory = sqlite3.Row
@@ -64,39 +65,39 @@ def test_a_key_back_after_a_deletion_is_stamped_restored_until_it_changes(settin
         con.execute("delete from customers where customer_id = 7")
     gone, back, later = (datetime(2026, 6, d, tzinfo=UTC) for d in (1, 2, 3))
     status = "select _is_deleted, _deleted_at, _restored_at, updated_at from raw_shop.customers where customer_id = 7"
-    assert ingest_source(spec, replace(settings, detected_at=gone)).ok
+    assert ingest(spec, replace(settings, detected_at=gone)).ok
     assert raw(settings, status) == [(True, gone, None, mock.ANY)]
     with sqlite3.connect(shop) as con:
         con.execute(
             f"insert into customers ({', '.join(row)}) values ({', '.join('?' * len(row))})", list(row.values())
         )
-    result = ingest_source(spec, replace(settings, detected_at=back))
+    result = ingest(spec, replace(settings, detected_at=back))
     assert result.ok, result.error
     assert {t.table: t.extracted for t in result.tables}["customers"] == 1
     (_, _, _, updated_at), *_ = raw(settings, status)
     assert updated_at < gone  # the restored row kept its old updated_at
     assert raw(settings, status) == [(False, None, back, updated_at)]
 
-    again = ingest_source(spec, replace(settings, detected_at=later))
+    again = ingest(spec, replace(settings, detected_at=later))
     assert {t.table: t.extracted for t in again.tables}["customers"] == 0
     window = (updated_at - timedelta(seconds=1), updated_at + timedelta(seconds=1))
-    backfill = ingest_source(spec, replace(settings, detected_at=later), {"customers"}, window=window)
+    backfill = ingest(spec, replace(settings, detected_at=later), {"customers"}, window=window)
     assert backfill.ok, backfill.error
     assert {t.table: t.extracted for t in backfill.tables}["customers"] >= 1
     assert raw(settings, status) == [(False, None, back, updated_at)]
 
     with sqlite3.connect(shop) as con:
         con.execute("update customers set tier = 'gold', updated_at = '2026-06-04 00:00:00' where customer_id = 7")
-    assert ingest_source(spec, replace(settings, detected_at=later)).ok
+    assert ingest(spec, replace(settings, detected_at=later)).ok
     assert raw(settings, status) == [(False, None, None, datetime(2026, 6, 4, tzinfo=UTC))]
 
 
 def test_raw_tables_loaded_before_restored_at_existed_get_the_column(settings: Settings) -> None:
     """An upgrade: raw tables (and dlt's schema) without _restored_at get it on the next run, even
     the tables with nothing to extract, since staging reads it."""
-    spec = load_sources()["shop"]
-    assert ingest_source(spec, settings).ok
-    pipeline = make_pipeline(spec, settings)
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
+    pipeline = make_pipeline(spec, target(settings))
     schema = pipeline.default_schema
     tables = [t.name for t in spec.tables]
     for table in tables:
@@ -107,7 +108,7 @@ def test_raw_tables_loaded_before_restored_at_existed_get_the_column(settings: S
             wh.execute(f"alter table raw_shop.{table} drop column _restored_at")
     with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
         con.execute("update products set unit_price = 1.5, updated_at = '2026-06-01' where product_id = 3")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert {t.table: t.extracted for t in result.tables} == {
         "customers": 0,
@@ -122,20 +123,20 @@ def test_raw_tables_loaded_before_restored_at_existed_get_the_column(settings: S
         "where table_schema = 'raw_shop' and column_name = '_restored_at' order by 1",
     )
     assert [t for (t,) in having] == sorted(tables)
-    stored = make_pipeline(spec, settings).default_schema.tables
+    stored = make_pipeline(spec, target(settings)).default_schema.tables
     assert all("_restored_at" in stored[t]["columns"] for t in tables)
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
 
 
 @pytest.mark.badinput
 def test_an_emptied_source_table_is_refused_and_state_does_not_move(settings: Settings) -> None:
-    spec = load_sources()["shop"]
-    assert ingest_source(spec, settings).ok
-    state_before = make_pipeline(spec, settings).state["sources"]
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
+    state_before = make_pipeline(spec, target(settings)).state["sources"]
     with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
         con.execute("delete from customers")
         con.execute("update orders set status = 'shipped', updated_at = '2026-03-01 00:00:00.000000'")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok
     assert result.error is not None
     assert "source 'shop', table 'customers'" in result.error
@@ -144,13 +145,13 @@ def test_an_emptied_source_table_is_refused_and_state_does_not_move(settings: Se
     assert raw(
         settings, "select count(*) from raw_shop.orders where status = 'shipped' and updated_at >= '2026-03-01'"
     ) == [(0,)]
-    assert make_pipeline(spec, settings).state["sources"] == state_before
+    assert make_pipeline(spec, target(settings)).state["sources"] == state_before
 
 
 @pytest.mark.badinput
 def test_unreachable_source_is_a_clear_failure(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCES__SHOP__CREDENTIALS", f"sqlite:///{settings.data_dir / 'missing' / 'nowhere.db'}")
-    result = ingest_source(load_sources()["shop"], settings)
+    result = ingest(sources()["shop"], settings)
     assert not result.ok
     assert result.error is not None and result.error.startswith("source 'shop':")
     assert "unable to open database file" in result.error
@@ -168,7 +169,7 @@ def test_declared_options_shape_the_load(settings: Settings) -> None:
             TableSpec("products", ("product_id",), None, "replace", "none"),
         ),
     )
-    first = {t.table: t for t in ingest_source(spec, settings).tables}
+    first = {t.table: t for t in ingest(spec, settings).tables}
     assert first["products"].extracted == 200
     columns = {
         r[0] for r in raw(settings, "select column_name from information_schema.columns where table_name = 'customers'")
@@ -176,7 +177,7 @@ def test_declared_options_shape_the_load(settings: Settings) -> None:
     assert "email" not in columns and "tier" in columns
     with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
         con.execute("delete from products where product_id = 1")
-    second = {t.table: t for t in ingest_source(spec, settings).tables}
+    second = {t.table: t for t in ingest(spec, settings).tables}
     assert second["customers"].extracted == 0
     assert second["products"].extracted == 199
     assert raw(settings, "select count(*), count(*) filter (where product_id = 1) from raw_shop.products") == [(199, 0)]
@@ -185,14 +186,14 @@ def test_declared_options_shape_the_load(settings: Settings) -> None:
 def test_an_interrupted_load_is_finished_and_fresh_data_still_extracted(settings: Settings) -> None:
     """A run killed after extraction leaves a pending package; the next run loads it first and
     then extracts what changed since, in the same run."""
-    spec = load_sources()["shop"]
-    assert ingest_source(spec, settings).ok
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
     shop = settings.demo_dir / "shop.sqlite"
     with sqlite3.connect(shop) as con:
         con.execute(
             "update products set unit_price = 1.11, updated_at = '2026-05-01 00:00:00.000000' where product_id = 7"
         )
-    pipeline = make_pipeline(spec, settings)
+    pipeline = make_pipeline(spec, target(settings))
     url = sa.make_url(demo_shop_url(settings))
     plans = plan_source(pipeline, url, spec, {"products"})
     pipeline.extract(database_source(spec, url, plans, settings.data_dir / "staging"))
@@ -201,25 +202,25 @@ def test_an_interrupted_load_is_finished_and_fresh_data_still_extracted(settings
         con.execute(
             "update products set unit_price = 2.22, updated_at = '2026-05-02 00:00:00.000000' where product_id = 8"
         )
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert result.finished_pending
     assert len(result.load_ids) == 2
     assert {t.table: t.extracted for t in result.tables}["products"] == 1  # only product 8 is new
     prices = raw(settings, "select product_id, unit_price from raw_shop.products where product_id in (7, 8) order by 1")
     assert [(pid, float(price)) for pid, price in prices] == [(7, 1.11), (8, 2.22)]
-    assert not make_pipeline(spec, settings).has_pending_data
+    assert not make_pipeline(spec, target(settings)).has_pending_data
 
 
 def test_a_table_split_into_many_parquet_files_loads_every_row(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large tables are cut into several files; every file reaches raw (counted and loaded)."""
-    from ingestion.database import reader
+    from ingestion.database import scan
 
-    monkeypatch.setattr(reader, "FILE_SIZE", "1KB")
-    monkeypatch.setattr(reader, "ROW_GROUP_SIZE", 500)
-    result = ingest_source(load_sources()["shop"], settings)
+    monkeypatch.setattr(scan, "FILE_SIZE", "1KB")
+    monkeypatch.setattr(scan, "ROW_GROUP_SIZE", 500)
+    result = ingest(sources()["shop"], settings)
     assert result.ok, result.error
     with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
         (items,) = con.execute("select count(*) from order_items").fetchone()
@@ -237,14 +238,14 @@ def test_a_sigkilled_ingest_is_finished_by_the_next_run(settings: Settings, dela
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOURCES__")}
     kill_ingest_after(settings, "shop", delay, env)
-    spec = load_sources()["shop"]
-    result = ingest_source(spec, settings)
+    spec = sources()["shop"]
+    result = ingest(spec, settings)
     assert result.ok, result.error
     with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
         for table, pk in (("customers", "customer_id"), ("order_items", "order_item_id")):
             source = sorted(r[0] for r in con.execute(f"select {pk} from {table}"))
             assert [r[0] for r in raw(settings, f"select {pk} from raw_shop.{table} order by 1")] == source
-    quiet = ingest_source(spec, settings)
+    quiet = ingest(spec, settings)
     assert quiet.ok and all(t.extracted == 0 for t in quiet.tables)
 
 
@@ -258,12 +259,12 @@ def test_a_lag_window_picks_up_rows_committed_late_without_key_diff(settings: Se
         demo=True,
         tables=(TableSpec("products", ("product_id",), "updated_at", "merge", "none", lag_seconds=3600),),
     )
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
     (top,) = raw(settings, "select max(updated_at) from raw_shop.products")[0]
     late = (top.replace(tzinfo=None) - timedelta(minutes=30)).isoformat(sep=" ")
     with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
         con.execute("insert into products values (9100, 'SKU-09100', 'Late', 'books', 1.50, 'USD', ?, ?)", (late, late))
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert {t.table: t.extracted for t in result.tables}["products"] >= 1
     assert raw(settings, "select count(*), count(distinct product_id) from raw_shop.products") == [(201, 201)]
@@ -273,14 +274,14 @@ def test_a_lag_window_picks_up_rows_committed_late_without_key_diff(settings: Se
 def test_a_package_killed_while_dlt_deleted_it_does_not_block_the_next_run(settings: Settings) -> None:
     """dlt normalizes a package, then deletes its extracted copy; a SIGKILL during that delete
     leaves a half-deleted extracted package (no new_jobs) that made every later run fail."""
-    spec = load_sources()["shop"]
-    assert ingest_source(spec, settings).ok
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
     root = settings.pipelines_dir / "shop"
     (loaded,) = [p.name for p in (root / "load" / "loaded").iterdir()]
     leftover = root / "normalize" / "extracted" / loaded
     leftover.mkdir(parents=True)
     (leftover / "package_state.json").write_text("{}")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert not leftover.exists()
 
@@ -289,8 +290,8 @@ def test_a_write_killed_before_its_rename_does_not_block_the_next_run(settings: 
     """dlt writes each file to a temporary one named by 16 hex digits, then renames it. A SIGKILL
     between the two (seen in CI, during a CDC extract) left one in ``schemas/``, and dlt's sync
     step failed on it at every later run (FileNotFoundError: .../<hex>.schema.json)."""
-    spec = load_sources()["shop"]
-    assert ingest_source(spec, settings).ok
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
     root = settings.pipelines_dir / "shop"
     stray = [root / "schemas" / "e98870127cede4c7", root / "3f2a9c0b1d4e5f67", root / "load" / "0123456789abcdef"]
     for path in stray:
@@ -301,7 +302,7 @@ def test_a_write_killed_before_its_rename_does_not_block_the_next_run(settings: 
         con.execute(
             "update products set unit_price = 3.33, updated_at = '2026-05-01 00:00:00.000000' where product_id = 7"
         )
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert {t.table: t.extracted for t in result.tables}["products"] == 1
     assert not any(p.exists() for p in stray)

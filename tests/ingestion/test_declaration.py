@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.config import ConfigError, load_sources
+from ingestion.declaration import ConfigError, load_sources
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -12,10 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from dusk.demo import demo_shop, ensure_demo
-from dusk.ingest import configure_dlt, ingest_source
 from dusk.settings import Settings
-from ingestion.config import load_sources
-from tests.helpers import SHOP_KEYS, key_set
+from ingestion.dlt_settings import configure_dlt
+from tests.helpers import SHOP_KEYS, ingest, key_set, sources
 
 KEYS = SHOP_KEYS
 
@@ -40,11 +39,11 @@ def test_demo_shop_loads_incrementally_with_deletes(
     configure_dlt()
     monkeypatch.setenv("SOURCES__SHOP__CREDENTIALS", shop_url)
     settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=True, demo_seed=11)
-    specs = load_sources()
+    specs = sources()
     assert ensure_demo(settings, specs)
     spec = specs["shop"]
 
-    first = ingest_source(spec, settings)
+    first = ingest(spec, settings)
     assert first.ok, first.error
     for table in KEYS:
         assert live_keys(settings, table) == source_keys(shop_url, table), table
@@ -54,7 +53,7 @@ def test_demo_shop_loads_incrementally_with_deletes(
         days = shop.simulate(2)
     finally:
         shop.dispose()
-    second = ingest_source(spec, settings)
+    second = ingest(spec, settings)
     assert second.ok, second.error
     stats = {t.table: t for t in second.tables}
     for table in KEYS:

@@ -13,11 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
 from ingestion import files
-from ingestion.config import SourceSpec, load_sources
-from tests.helpers import raw
+from ingestion.declaration import SourceSpec
+from ingestion.dlt_settings import configure_dlt
+from ingestion.result import SourceResult
+from ingestion.run import make_pipeline
+from tests.helpers import ingest, raw, sources, target
 
 SOURCES_YML = """
 sources:
@@ -65,7 +67,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def spec() -> SourceSpec:
-    return load_sources()["marketing"]
+    return sources()["marketing"]
 
 
 def counts(result: SourceResult) -> dict[str, tuple[int, int]]:
@@ -87,7 +89,7 @@ def test_csv_gzip_jsonl_and_parquet_load_once_each(landing: Path, settings: Sett
     pq.write_table(
         pa.table({"rate_date": ["2026-01-02"], "currency": ["EUR"], "rate": [1.09]}), landing / "fx_2026-01-02.parquet"
     )
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert counts(result) == {"spend": (3, 0), "fx_rates": (3, 0)}
     assert raw(
@@ -103,7 +105,7 @@ def test_csv_gzip_jsonl_and_parquet_load_once_each(landing: Path, settings: Sett
     (landing / ".spend_2026-01-10.csv").write_text(SPEND)
     # again: nothing new; a copy of a loaded file under its own name with the same content is skipped too
     (landing / "spend_2026-01-01.csv").write_text(SPEND)
-    again = ingest_source(spec(), settings)
+    again = ingest(spec(), settings)
     assert again.ok and counts(again) == {"spend": (0, 0), "fx_rates": (0, 0)}
     assert raw(settings, "select count(*) from raw_marketing.spend") == [(3,)]
 
@@ -111,9 +113,9 @@ def test_csv_gzip_jsonl_and_parquet_load_once_each(landing: Path, settings: Sett
 def test_a_replaced_file_loads_again_and_replaces_its_rows(landing: Path, settings: Settings) -> None:
     path = landing / "spend_2026-01-01.csv"
     path.write_text(SPEND)
-    assert ingest_source(spec(), settings).ok
+    assert ingest(spec(), settings).ok
     path.write_text("spend_date,channel,amount,clicks\n2026-01-01,search,111.00,11\n")
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert counts(result)["spend"] == (1, 0)
     assert raw(settings, "select channel, amount from raw_marketing.spend order by 1") == [
@@ -153,7 +155,7 @@ def test_malformed_rows_go_to_quarantine_with_file_line_and_reason(landing: Path
         '{"rate_date": "2026-01-03", "currency": "GBP", "rate": 1.3}\n'
         '{"rate_date": "2026-01-03", "currency": "JPY", "rate": 0.007}\n'
     )
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert counts(result) == {"spend": (13, 5), "fx_rates": (3, 1)}
     quarantined = raw(settings, "select file, line, reason from raw_marketing._quarantine order by file, line")
@@ -181,7 +183,7 @@ def test_too_many_bad_rows_or_an_unreadable_file_load_nothing_and_name_the_file(
     data = gzip.compress(SPEND.encode())
     (landing / "spend_2026-01-05.csv.gz").write_bytes(data[: len(data) // 2])  # truncated in transit
     (landing / "fx_2026-01-04.jsonl").write_text('{"rate_date": "2026-01-04", "currency": "EUR", "rate": 1.2}\n')
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert not result.ok
     error = result.error or ""
     assert "source 'marketing', table 'spend': file spend_2026-01-04.csv: 2 of 3 rows are bad" in error
@@ -192,11 +194,11 @@ def test_too_many_bad_rows_or_an_unreadable_file_load_nothing_and_name_the_file(
     assert raw(settings, "select file from raw_marketing._files") == [("fx_2026-01-04.jsonl",)]
     assert raw(settings, "select count(*) from raw_marketing.spend") == [(0,)]  # exists for dbt, empty
     # the failed files are tried again next run (and fail again until fixed)
-    again = ingest_source(spec(), settings)
+    again = ingest(spec(), settings)
     assert not again.ok and "spend_2026-01-05.csv.gz" in (again.error or "")
     (landing / "spend_2026-01-05.csv.gz").write_bytes(data)
     (landing / "spend_2026-01-04.csv").unlink()
-    fixed = ingest_source(spec(), settings)
+    fixed = ingest(spec(), settings)
     assert fixed.ok, fixed.error
     assert counts(fixed)["spend"] == (2, 0)
 
@@ -204,13 +206,13 @@ def test_too_many_bad_rows_or_an_unreadable_file_load_nothing_and_name_the_file(
 def test_an_interrupted_load_neither_loses_nor_repeats_a_file(landing: Path, settings: Settings) -> None:
     (landing / "spend_2026-01-01.csv").write_text(SPEND)
     source = spec()
-    pipeline = make_pipeline(source, settings)
+    pipeline = make_pipeline(source, target(settings))
     plan = files.plan_files(pipeline, source, landing)
     prepared = files.prepare(source, plan, settings.data_dir / "staging")
     pipeline.extract(files.files_source(source, plan, prepared))
     assert pipeline.has_pending_data  # killed before the load: neither rows nor ledger landed
     (landing / "fx_2026-01-01.jsonl").write_text('{"rate_date": "2026-01-01", "currency": "EUR", "rate": 1.0}\n')
-    result = ingest_source(source, settings)
+    result = ingest(source, settings)
     assert result.ok, result.error
     assert result.finished_pending
     assert counts(result) == {"spend": (0, 0), "fx_rates": (1, 0)}  # the spend file came with the old package
@@ -222,13 +224,13 @@ def test_loaded_files_move_to_the_archive(tmp_path: Path, landing: Path, setting
     (tmp_path / "sources.yml").write_text(SOURCES_YML.format(landing=landing, archive="true"))
     (landing / "spend_2026-01-01.csv").write_text(SPEND)
     (landing / "fx_2026-01-01.jsonl").write_text("{broken\n")  # every row bad: fails, stays in landing
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert not result.ok
     assert sorted(p.name for p in (landing / "archive").iterdir()) == ["spend_2026-01-01.csv"]
     assert sorted(p.name for p in landing.iterdir() if p.is_file()) == ["fx_2026-01-01.jsonl"]
     (landing / "spend_2026-01-01.csv").write_text(SPEND)  # dropped again, same content: not loaded twice
     (landing / "fx_2026-01-01.jsonl").unlink()
-    again = ingest_source(spec(), settings)
+    again = ingest(spec(), settings)
     assert again.ok and counts(again)["spend"] == (0, 0)
     assert len(list((landing / "archive").iterdir())) == 2
     assert not [p for p in landing.iterdir() if p.is_file()]
@@ -258,7 +260,7 @@ def test_undeclared_columns_reach_raw_as_text_and_are_named(landing: Path, setti
         ),
         landing / "fx_2026-01-02.parquet",
     )
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert raw(settings, "select channel, campaign from raw_marketing.spend") == [("search", "winter sale")]
     assert raw(settings, "select currency, rate, source, quote, raw_bytes from raw_marketing.fx_rates order by 1") == [
@@ -276,14 +278,14 @@ def test_undeclared_columns_reach_raw_as_text_and_are_named(landing: Path, setti
     ]
     # a later file without the column: raw keeps it, NULL for the new rows
     (landing / "spend_2026-01-02.csv").write_text(SPEND.replace("2026-01-01", "2026-01-02"))
-    assert ingest_source(spec(), settings).ok
+    assert ingest(spec(), settings).ok
     assert raw(settings, "select count(*), count(campaign) from raw_marketing.spend") == [(3, 1)]
 
 
 def test_a_key_in_two_files_of_one_run_is_counted_once(landing: Path, settings: Settings) -> None:
     (landing / "spend_2026-01-01a.csv").write_text(SPEND)
     (landing / "spend_2026-01-01b.csv").write_text(SPEND.replace("100.50", "111.00"))
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert counts(result)["spend"] == (2, 0)
     assert {t.table: t.loaded for t in result.tables}["spend"] == 2
@@ -312,7 +314,7 @@ def test_a_json_column_lands_as_json(tmp_path: Path, settings: Settings, monkeyp
     )
     (landing / "items_2.csv").write_text('id,meta\n4,"{""k"": 1}"\n5,{not json\n')
     pq.write_table(pa.table({"id": [6], "meta": pa.array([{"n": 1, "s": "é"}])}), landing / "items_3.parquet")
-    result = ingest_source(load_sources()["feed"], settings)
+    result = ingest(sources()["feed"], settings)
     assert result.ok, result.error
     assert {t.table: (t.extracted, t.quarantined) for t in result.tables} == {"items": (5, 1)}
     assert raw(
@@ -337,7 +339,7 @@ def test_a_header_with_an_empty_or_repeated_name_fails_the_file(landing: Path, s
     would have no column of their own, so the file loads nothing and is named."""
     (landing / "spend_2026-01-01.csv").write_text("spend_date,channel,amount,clicks,\n2026-01-01,search,1.00,1,x\n")
     (landing / "spend_2026-01-02.csv").write_text("spend_date,channel,amount,clicks,clicks\n2026-01-02,search,1,1,2\n")
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert not result.ok and result.error is not None
     for name in ("spend_2026-01-01.csv", "spend_2026-01-02.csv"):
         assert f"file {name}: the header has an empty or repeated column name" in result.error

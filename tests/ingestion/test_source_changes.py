@@ -13,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from dusk.demo import ensure_demo
-from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
-from ingestion.config import SourceSpec, TableSpec, load_sources
-from tests.helpers import raw, sql
+from ingestion.declaration import SourceSpec, TableSpec
+from ingestion.dlt_settings import configure_dlt
+from ingestion.result import SourceResult
+from ingestion.run import make_pipeline
+from tests.helpers import ingest, raw, sources, sql, target
 
 
 @pytest.fixture
@@ -25,9 +27,9 @@ def shop(shop_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tupl
     configure_dlt()
     monkeypatch.setenv("SOURCES__SHOP__CREDENTIALS", shop_url)
     settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=True, demo_seed=3)
-    specs = load_sources()
+    specs = sources()
     assert ensure_demo(settings, specs)
-    first = ingest_source(specs["shop"], settings)
+    first = ingest(specs["shop"], settings)
     assert first.ok, first.error
     engine = sa.create_engine(shop_url)
     yield settings, specs["shop"], engine
@@ -58,7 +60,7 @@ def test_late_rows_and_ties_at_the_watermark_are_neither_lost_nor_duplicated(sho
         # a late update: the value changes, the cursor goes back in time
         "update products set unit_price = 3.33, updated_at = '2025-01-02 00:00:00' where product_id = 1",
     )
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert stats(result, "products") == (3, 0)
     assert raw(
@@ -66,7 +68,7 @@ def test_late_rows_and_ties_at_the_watermark_are_neither_lost_nor_duplicated(sho
         "select product_id, unit_price, count(*) over (partition by product_id) from raw_shop.products "
         "where product_id in (1, 9001, 9002) order by 1",
     ) == [(1, Decimal("3.33"), 1), (9001, Decimal("1.00"), 1), (9002, Decimal("2.00"), 1)]
-    again = ingest_source(spec, settings)
+    again = ingest(spec, settings)
     assert again.ok and stats(again, "products") == (0, 0)
 
 
@@ -78,7 +80,7 @@ def test_a_new_column_appears_in_raw(shop) -> None:
         "alter table customers add column loyalty_points integer",
         "update customers set loyalty_points = 7, updated_at = '2027-01-01 00:00:00' where customer_id = 1",
     )
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert raw(settings, "select loyalty_points from raw_shop.customers where customer_id = 1") == [(7,)]
 
@@ -87,7 +89,7 @@ def test_a_new_column_appears_in_raw(shop) -> None:
 @pytest.mark.parametrize("change", ["retype", "drop", "rename"])
 def test_schema_changes_fail_the_table_and_keep_the_cursor(shop, change: str) -> None:
     settings, spec, engine = shop
-    state = make_pipeline(spec, settings).state["sources"]
+    state = make_pipeline(spec, target(settings)).state["sources"]
     retype = (
         "alter table orders alter column customer_id type varchar(20)"
         if is_postgres(engine)
@@ -99,13 +101,13 @@ def test_schema_changes_fail_the_table_and_keep_the_cursor(shop, change: str) ->
         "rename": ("alter table orders rename to purchases", "the table is not in the source database"),
     }[change]
     sql(engine, statement, "update products set updated_at = '2027-01-01 00:00:00' where product_id = 2")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok
     assert result.error is not None and "source 'shop', table 'orders'" in result.error
     assert expected in result.error
     if change == "retype":
         assert "to varchar(20)" in result.error and "not a safe widening" in result.error
-    assert make_pipeline(spec, settings).state["sources"] == state
+    assert make_pipeline(spec, target(settings)).state["sources"] == state
     # nothing of the night was loaded, not even the other tables' changes
     assert raw(settings, "select count(*) from raw_shop.products where updated_at >= '2027-01-01'") == [(0,)]
 
@@ -126,8 +128,8 @@ def test_null_and_duplicate_keys_fail_the_table(shop) -> None:
         False,
         (spec.table("customers"), load_sources_table("visits")),
     )
-    assert ingest_source(visits, settings).ok
-    state = make_pipeline(visits, settings).state["sources"]
+    assert ingest(visits, settings).ok
+    state = make_pipeline(visits, target(settings)).state["sources"]
     for bad, expected in (
         ("insert into visits values (2, 'again', '2026-02-01 00:00:00')", "1 duplicate value(s) of primary key"),
         ("insert into visits values (null, 'lost', '2026-02-01 00:00:00')", "1 row(s) with a NULL primary key"),
@@ -135,16 +137,16 @@ def test_null_and_duplicate_keys_fail_the_table(shop) -> None:
     ):
         sql(engine, "delete from visits where visit_id > 2 or visit_id is null or updated_at > '2026-01-01 00:00:01'")
         sql(engine, bad)
-        result = ingest_source(visits, settings)
+        result = ingest(visits, settings)
         assert not result.ok, bad
         assert result.error is not None and "source 'shop', table 'visits'" in result.error
         assert expected in result.error
-        assert make_pipeline(visits, settings).state["sources"] == state
+        assert make_pipeline(visits, target(settings)).state["sources"] == state
     assert raw(settings, "select visit_id from raw_shop.visits order by 1") == [(1,), (2,)]
 
 
 def load_sources_table(name: str) -> TableSpec:
-    from ingestion.config import _table
+    from ingestion.declaration import _table
 
     return _table("database", name, {"primary_key": "visit_id", "cursor": "updated_at", "deletes": "key_diff"}, "test")
 
@@ -156,7 +158,7 @@ def test_wrong_credentials_name_the_source_and_hide_the_password(
     settings, spec, _ = shop
     url = sa.make_url(shop_url).set(username="nobody_here", password="s3cret-canary")
     monkeypatch.setenv("SOURCES__SHOP__CREDENTIALS", url.render_as_string(hide_password=False))
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok
     assert result.error is not None and result.error.startswith("source 'shop':")
     assert "nobody_here" in result.error
@@ -178,7 +180,7 @@ def test_a_read_only_role_is_enough_on_postgres(shop, monkeypatch: pytest.Monkey
     try:
         sql(engine, "update customers set tier = 'gold', updated_at = '2027-01-01 00:00:00' where customer_id = 2")
         monkeypatch.setenv("SOURCES__SHOP__CREDENTIALS", sa.make_url(shop_url).set(username=role).render_as_string())
-        result = ingest_source(spec, settings)
+        result = ingest(spec, settings)
         assert result.ok, result.error
         assert stats(result, "customers")[0] == 1
         assert raw(settings, "select tier from raw_shop.customers where customer_id = 2") == [("gold",)]

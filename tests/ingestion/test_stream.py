@@ -6,6 +6,7 @@ server skipped (demo) or failed (otherwise) with the reason."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import uuid
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from dusk.ingest import SourceResult, configure_dlt, ingest_source
 from dusk.settings import Settings
 from ingestion import stream
-from ingestion.config import SourceSpec, load_sources
-from tests.helpers import kill_ingest_after, raw
+from ingestion.declaration import SourceSpec
+from ingestion.dlt_settings import configure_dlt
+from ingestion.result import SourceResult
+from tests.helpers import ingest, kill_ingest_after, raw, sources
 
 NATS_URL = "nats://127.0.0.1:4222"
 
@@ -27,7 +29,7 @@ sources:
   web:
     kind: stream
     description: web events
-    demo: {demo}
+    optional: {optional}
     stream:
       servers: {servers}
       stream: {stream}
@@ -79,8 +81,9 @@ def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, s
     admin(lambda js: js.delete_stream(names["stream"]))
 
 
-def write(tmp_path: Path, names: dict[str, str], servers: str = NATS_URL, demo: bool = False) -> None:
-    (tmp_path / "sources.yml").write_text(SOURCES_YML.format(servers=servers, demo=str(demo).lower(), **names))
+def write(tmp_path: Path, names: dict[str, str], servers: str = NATS_URL, optional: bool = False) -> None:
+    text = SOURCES_YML.format(servers=servers, optional=str(optional).lower(), **names)
+    (tmp_path / "sources.yml").write_text(text)
 
 
 def publish(subject: str, payloads: list[bytes]) -> None:
@@ -117,7 +120,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def spec() -> SourceSpec:
-    return load_sources()["web"]
+    return sources()["web"]
 
 
 def counts(result: SourceResult) -> tuple[int, int]:
@@ -134,7 +137,7 @@ def test_a_batch_loads_then_is_acknowledged_and_poison_goes_to_quarantine(
         web["subject"],
         [event(5), b"{not json", json.dumps({"event_type": "click"}).encode(), event(900, customer_id="x")],
     )
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert counts(result) == (250, 3)  # event 5 twice (a producer retry) is one row, and said so
     assert result.notes == [
@@ -148,7 +151,7 @@ def test_a_batch_loads_then_is_acknowledged_and_poison_goes_to_quarantine(
         (254, 'column customer_id: "x" is not a integer'),
     ]
     assert consumer_state(web) == (0, 0)  # everything, poison included, acknowledged
-    quiet = ingest_source(spec(), settings)
+    quiet = ingest(spec(), settings)
     assert quiet.ok and counts(quiet) == (0, 0)
 
 
@@ -158,11 +161,11 @@ def test_a_crash_between_load_and_ack_redelivers_without_duplicates(
     publish(web["subject"], [event(i) for i in range(100)])
     with monkeypatch.context() as m:
         m.setattr(stream.StreamReader, "ack", lambda self, batch: None)  # dies right after the commit
-        assert ingest_source(spec(), settings).ok
+        assert ingest(spec(), settings).ok
     assert consumer_state(web) == (0, 100)  # loaded, never acknowledged
     publish(web["subject"], [event(i) for i in range(100, 110)])
     # no waiting for ack_wait: the next run delivers what the dead one fetched again at once
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert counts(result)[0] == 110
     assert raw(settings, "select count(*), count(distinct event_id) from raw_web.web_events") == [(110, 110)]
@@ -178,10 +181,10 @@ def test_a_failed_load_is_negatively_acknowledged_and_loaded_next_run(
         raise RuntimeError("the warehouse is locked")
 
     with monkeypatch.context() as m:
-        m.setattr(stream, "stream_source", broken)
-        failed = ingest_source(spec(), settings)
+        m.setattr(importlib.import_module("ingestion.stream.ingest"), "stream_source", broken)
+        failed = ingest(spec(), settings)
     assert not failed.ok and "the warehouse is locked" in (failed.error or "")
-    result = ingest_source(spec(), settings)  # nak'd: delivered again at once, no ack_wait
+    result = ingest(spec(), settings)  # nak'd: delivered again at once, no ack_wait
     assert result.ok, result.error
     assert counts(result) == (20, 0)
     assert consumer_state(web) == (0, 0)
@@ -193,23 +196,23 @@ def test_a_killed_consumer_restarted_loses_and_repeats_nothing(
 ) -> None:
     publish(web["subject"], [event(i) for i in range(3000)])
     kill_ingest_after(settings, "web", delay)
-    result = ingest_source(spec(), settings)  # what the killed consumer fetched comes again at once
+    result = ingest(spec(), settings)  # what the killed consumer fetched comes again at once
     assert result.ok, result.error
     assert raw(settings, "select count(*), count(distinct event_id) from raw_web.web_events") == [(3000, 3000)]
     assert consumer_state(web) == (0, 0)
 
 
-def test_an_unreachable_server_is_skipped_for_the_demo_and_fails_otherwise(
+def test_an_unreachable_server_is_skipped_for_an_optional_source_and_fails_otherwise(
     web: dict[str, str], settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write(tmp_path, web, servers="nats://dusk:s3cret@127.0.0.1:1", demo=True)
-    skipped = ingest_source(spec(), settings)
+    write(tmp_path, web, servers="nats://dusk:s3cret@127.0.0.1:1", optional=True)
+    skipped = ingest(spec(), settings)
     assert skipped.ok
     assert "source 'web': NATS at nats://127.0.0.1:1 is not reachable" in (skipped.skipped or "")
-    write(tmp_path, web, demo=False)
+    write(tmp_path, web, optional=False)
     # the server from the environment (it may carry credentials) wins over sources.yml
     monkeypatch.setenv("SOURCES__WEB__SERVERS", "nats://dusk:s3cret@127.0.0.1:1")
-    failed = ingest_source(spec(), settings)
+    failed = ingest(spec(), settings)
     assert not failed.ok
     assert "NATS at nats://127.0.0.1:1 is not reachable" in (failed.error or "")
     assert "s3cret" not in (failed.error or "")
@@ -218,7 +221,7 @@ def test_an_unreachable_server_is_skipped_for_the_demo_and_fails_otherwise(
 @pytest.mark.badinput
 def test_an_undeclared_field_reaches_raw_as_text_and_is_named(web: dict[str, str], settings: Settings) -> None:
     publish(web["subject"], [event(1), event(2, referrer="https://example.com", cart={"items": [1, 2]})])
-    result = ingest_source(spec(), settings)
+    result = ingest(spec(), settings)
     assert result.ok, result.error
     assert raw(settings, "select event_id, referrer, cart from raw_web.web_events order by 1") == [
         ("e1", None, None),
@@ -229,7 +232,7 @@ def test_an_undeclared_field_reaches_raw_as_text_and_is_named(web: dict[str, str
         "they landed in raw as text; declare them under columns: to give them a type"
     ]
     publish(web["subject"], [json.dumps({"event_id": "e3", "event_type": "click"}).encode()])
-    lacking = ingest_source(spec(), settings)
+    lacking = ingest(spec(), settings)
     assert lacking.ok, lacking.error
     assert lacking.notes == [
         f"web_events: declared column(s) ['customer_id', 'occurred_at'] are in no message of this batch on "

@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from dusk.ingest import SourceResult, configure_dlt, ingest_source, make_pipeline
 from dusk.settings import Settings
-from ingestion.config import SourceSpec, load_sources
-from tests.helpers import raw
+from ingestion.declaration import SourceSpec, load_sources
+from ingestion.dlt_settings import configure_dlt
+from ingestion.result import SourceResult
+from ingestion.run import make_pipeline
+from tests.helpers import ingest, raw, target
 
 PG_ZOO = """
 create type mood as enum ('sad', 'ok', 'happy');
@@ -215,7 +217,7 @@ def assert_raw_equals_source(
     """Every live row's every value in raw equals the source's, as the source writes it (columns
     in ``skip``, e.g. excluded ones, are left out)."""
     pg = engine.dialect.name == "postgresql"
-    pipeline = make_pipeline(load_sources(settings.data_dir / "sources.yml")["zoo"], settings)
+    pipeline = make_pipeline(load_sources(settings.data_dir / "sources.yml")["zoo"], target(settings))
     hints = pipeline.default_schema.tables[table]["columns"]
     columns = [c for c in hints if not c.startswith("_") and c not in (skip or set())]
     source = source_texts(engine, source_table, columns)
@@ -243,7 +245,7 @@ def load_zoo(
     """Create the zoo at the source, load it, check every value against the source; return the
     result and raw's column types."""
     run_script(engine, script)
-    result = ingest_source(write_sources(path, schema=schema), settings)
+    result = ingest(write_sources(path, schema=schema), settings)
     assert result.ok, result.error
     assert_raw_equals_source(settings, engine, "zoo", f"{schema}.zoo" if schema else "zoo")
     query = (
@@ -282,7 +284,7 @@ def test_postgres_values_raw_cannot_hold_stop_the_table_and_text_keeps_them(zoo,
         "(2, '2026-01-01', 1.5, 'infinity', '-infinity'), (3, '2026-01-01', 2.25, '2026-01-02', now())",
     )
     spec = write_sources(tmp_path / "sources.yml")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok
     assert result.error is not None
     for part in (
@@ -297,7 +299,7 @@ def test_postgres_values_raw_cannot_hold_stop_the_table_and_text_keeps_them(zoo,
         settings, "select count(*) from information_schema.tables where table_schema = 'raw_zoo' and table_name = 'zoo'"
     ) == [(0,)]
     spec = write_sources(tmp_path / "sources.yml", "        columns: {amount: text, day: text, at: text}\n")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert raw(settings, "select id, amount, day from raw_zoo.zoo order by id") == [
         (1, "NaN", "2026-01-01"),
@@ -331,12 +333,12 @@ def test_mariadb_zero_dates_stop_the_table_and_text_keeps_them(zoo, tmp_path: Pa
         "(2, '2026-01-01', '2024-02-29', '2024-05-00 00:00:00'), (3, '2026-01-01', '2024-02-29', null)",
     )
     spec = write_sources(tmp_path / "sources.yml")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok and result.error is not None
     assert "column 'born' (date -> raw DATE) at id=1: '0000-00-00'" in result.error
     assert "column 'seen' (datetime -> raw TIMESTAMPTZ) at id=2: '2024-05-00 00:00:00'" in result.error
     spec = write_sources(tmp_path / "sources.yml", "        columns: {born: text, seen: text}\n")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert raw(settings, "select id, born, seen from raw_zoo.zoo order by id") == [
         (1, "0000-00-00", "2026-01-01 10:00:00"),
@@ -362,13 +364,13 @@ def test_sqlite_values_of_another_storage_class_stop_the_table(tmp_path: Path, m
         )
     monkeypatch.setenv("SOURCES__ZOO__CREDENTIALS", f"sqlite:///{db}")
     settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "t", demo=False, demo_seed=1)
-    result = ingest_source(write_sources(tmp_path / "sources.yml"), settings)
+    result = ingest(write_sources(tmp_path / "sources.yml"), settings)
     assert not result.ok and result.error is not None
     for column in ("'n'", "'amount'", "'flag'"):
         assert f"column {column}" in result.error and "at id=2" in result.error
     with sqlite3.connect(db) as con:
         con.execute("update zoo set n = 6, amount = 12.35, flag = 1 where id = 2")
-    result = ingest_source(write_sources(tmp_path / "sources.yml"), settings)
+    result = ingest(write_sources(tmp_path / "sources.yml"), settings)
     assert result.ok, result.error
     assert raw(settings, "select id, n, amount, flag from raw_zoo.zoo order by id") == [
         (1, 5, Decimal("1.25"), True),
@@ -391,7 +393,7 @@ def test_schema_changes_widen_raw_when_safe_and_stop_the_table_when_not(zoo, tmp
         "insert into zoo values (1, '2026-01-01', 1, 1.25, 'a')",
     )
     spec = write_sources(tmp_path / "sources.yml")
-    assert ingest_source(spec, settings).ok
+    assert ingest(spec, settings).ok
 
     def alter(column: str, to: str) -> str:
         return f"alter table zoo alter column {column} type {to}" if pg else f"alter table zoo modify {column} {to}"
@@ -402,7 +404,7 @@ def test_schema_changes_widen_raw_when_safe_and_stop_the_table_when_not(zoo, tmp
         + ("alter table zoo alter column label drop not null;\n" if pg else "")
         + "insert into zoo values (2, '2026-01-02', 9223372036854775807, 12345678.1234, 'twenty characters!!')",
     )
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     changes = "; ".join(result.schema_changes)
     assert "zoo.n: widened integer -> bigint" in changes
@@ -412,7 +414,7 @@ def test_schema_changes_widen_raw_when_safe_and_stop_the_table_when_not(zoo, tmp
         (1, 1, Decimal("1.2500"), "a"),
         (2, 9223372036854775807, Decimal("12345678.1234"), "twenty characters!!"),
     ]
-    assert ingest_source(spec, settings).schema_changes == []  # recorded once
+    assert ingest(spec, settings).schema_changes == []  # recorded once
 
     run_script(
         engine,
@@ -420,13 +422,13 @@ def test_schema_changes_widen_raw_when_safe_and_stop_the_table_when_not(zoo, tmp
         + alter("amount", "numeric(6,1)")
         + ";\nupdate zoo set updated_at = '2026-02-01', amount = 1.5",
     )
-    state = make_pipeline(spec, settings).state["sources"]
-    result = ingest_source(spec, settings)
+    state = make_pipeline(spec, target(settings)).state["sources"]
+    result = ingest(spec, settings)
     assert not result.ok and result.error is not None
     assert "column 'amount' changed type in the source from " in result.error
     assert "(12, 4) to " in result.error and "(6, 1); raw holds decimal(12,4)" in result.error
     assert "not a safe widening" in result.error and "columns: {amount: text}" in result.error
-    assert make_pipeline(spec, settings).state["sources"] == state
+    assert make_pipeline(spec, target(settings)).state["sources"] == state
     assert raw(settings, "select amount from raw_zoo.zoo order by id") == [
         (Decimal("1.2500"),),
         (Decimal("12345678.1234"),),
@@ -446,11 +448,11 @@ def test_a_declared_decimal_is_checked_at_the_source(zoo, tmp_path: Path) -> Non
         "insert into zoo values (1, '2026-01-01', 1.25), (2, '2026-01-01', 1.255), (3, '2026-01-01', 123456789)",
     )
     spec = write_sources(tmp_path / "sources.yml", '        columns: {amount: "decimal(10,2)"}\n')
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok and result.error is not None
     assert "column 'amount' (numeric -> raw DECIMAL(10, 2)) at id=2: '1.255'; id=3: '123456789'" in result.error
     run_script(engine, "update zoo set amount = 1.26 where id = 2;\nupdate zoo set amount = 12345678.9 where id = 3")
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert result.ok, result.error
     assert raw(settings, "select id, amount from raw_zoo.zoo order by id") == [
         (1, Decimal("1.25")),
@@ -458,7 +460,7 @@ def test_a_declared_decimal_is_checked_at_the_source(zoo, tmp_path: Path) -> Non
         (3, Decimal("12345678.90")),
     ]
     spec = write_sources(tmp_path / "sources.yml", '        columns: {amount: "decimal(10,2)", price: text}\n')
-    result = ingest_source(spec, settings)
+    result = ingest(spec, settings)
     assert not result.ok and result.error is not None
     assert "table 'zoo': columns ['price'] are declared (columns:) in sources.yml but not in the source" in result.error
 
@@ -473,10 +475,10 @@ def test_a_deleted_row_keeps_raw_types(zoo, tmp_path: Path) -> None:
     load_zoo(settings, engine, tmp_path / "sources.yml", PG_ZOO if pg else MY_ZOO, schema="sales" if pg else "")
     spec = write_sources(tmp_path / "sources.yml", schema="sales" if pg else "")
     run_script(engine, f"delete from {table} where id = 3")
-    deleted = ingest_source(spec, settings)
+    deleted = ingest(spec, settings)
     assert deleted.ok and {t.table: t.deleted for t in deleted.tables} == {"zoo": 1}, deleted.error
     run_script(engine, f"update {table} set updated_at = '2026-03-01' where id = 1")
-    again = ingest_source(spec, settings)
+    again = ingest(spec, settings)
     assert again.ok, again.error
     assert_raw_equals_source(settings, engine, "zoo", table)
 
@@ -507,7 +509,7 @@ def test_a_server_time_zone_other_than_utc_shifts_nothing(zoo, tmp_path: Path) -
         "update sales.zoo set updated_at = '2026-04-01', span = '[2026-01-31,2026-02-28)', "
         "stamps = '{2026-01-31 23:00:00+00}' where id = 1",
     )
-    assert ingest_source(write_sources(tmp_path / "sources.yml", schema="sales"), settings).ok
+    assert ingest(write_sources(tmp_path / "sources.yml", schema="sales"), settings).ok
     assert raw(settings, "select span, cast(stamps as varchar) from raw_zoo.zoo where id = 1") == [
         ("[2026-01-31,2026-02-28)", '["2026-01-31T23:00:00+00:00"]')
     ]

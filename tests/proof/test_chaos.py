@@ -20,7 +20,7 @@ import duckdb
 import pytest
 
 from dusk.demo.shop import START
-from dusk.publish import published_run
+from dusk.steps.publish import published_run
 from tests.conftest import PROJECT_DIR, Workspace, delete_demo_stream, write_tally
 from tests.helpers import SHOP_KEYS
 from tests.proof.invariants import MARTS, RAW_TABLES, SNAPSHOT_KEYS, SNAPSHOTS

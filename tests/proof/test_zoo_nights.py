@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from dusk.ingest import ingest_source
 from tests.conftest import write_tally
+from tests.helpers import ingest
 from tests.ingestion import test_types
 from tests.ingestion.test_types import MY_ZOO, PG_ZOO, assert_raw_equals_source, load_zoo, run_script, write_sources
 
@@ -112,7 +112,7 @@ def test_zoo_nights_keep_every_value_exact(
         statements.append(change.sql(pg, cycle))
         run_script(engine, ";\n".join(statements))
         spec = write_sources(sources, extra=_exclude(exclude), schema=schema)
-        result = ingest_source(spec, settings)
+        result = ingest(spec, settings)
         if change.fails_with:
             assert not result.ok, f"{where}: {change.name} must stop the table"
             assert result.error is not None and change.fails_with in result.error, (where, result.error)
@@ -122,7 +122,7 @@ def test_zoo_nights_keep_every_value_exact(
             if change.exclude is not None:
                 exclude.append(change.exclude(cycle))
             spec = write_sources(sources, extra=_exclude(exclude), schema=schema)
-            result = ingest_source(spec, settings)
+            result = ingest(spec, settings)
         assert result.ok, f"{where} ({change.name}): {result.error}"
         assert_raw_equals_source(settings, engine, "zoo", table, skip=set(exclude))
         tally["nights"] += 1

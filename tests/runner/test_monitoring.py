@@ -17,8 +17,9 @@ import duckdb
 import pytest
 import yaml
 
-from dusk.monitor import Finding, volume
-from dusk.publish import published_run
+from dusk.record import Finding
+from dusk.steps.audit import volume
+from dusk.steps.publish import published_run
 from tests.conftest import Workspace
 from tests.helpers import WebhookReceiver
 
@@ -125,8 +126,11 @@ def assert_report_renders(ws: Workspace, screenshot: Path) -> None:
         [CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120, check=True
     )
     html = dom.stdout
-    for section in ("last-run", "findings", "tests", "runs", "rows", "durations", "quarantine", "freshness", "history"):
+    sections = ("last-run", "what-happened", "findings", "tests", "runs", "rows", "durations", "quarantine")
+    for section in (*sections, "freshness", "history"):
         assert f'id="{section}"' in html, section
+    # what happened, rendered as the summary and the alert render it (one presenter)
+    assert "freshness_sla error: <code>shop</code>:" in html and "source <code>shop</code> failed after" in html
     assert html.count("<svg") >= 5
     assert 'id="last-status">FAILED<' in html
     assert "freshness_sla" in html and "the SLA is" in html
@@ -148,19 +152,19 @@ def assert_report_renders(ws: Workspace, screenshot: Path) -> None:
 def test_volume_needs_history_and_flags_a_silent_table(tmp_path: Path) -> None:
     """The z-score: no finding without enough history; a table that always loads 4 rows is
     flagged when it loads none (the standard deviation is floored at one row)."""
-    from dusk.ingest import SourceResult, TableStats
-    from dusk.ledger import ensure_ledger
-    from dusk.pipeline import RunResult
+    from dusk.record import RunResult
     from dusk.settings import Settings
+    from dusk.warehouse import ensure_ledger
+    from ingestion.result import SourceResult, TableStats
 
     settings = Settings(tmp_path, tmp_path / "w.duckdb", tmp_path / "t", False, 1)
     con = duckdb.connect(str(settings.warehouse))
     ensure_ledger(con)
 
     def tonight(loaded: int) -> list[Finding]:
-        result = RunResult(started_at=datetime(2030, 1, 1), settings=settings)
+        result = RunResult(started_at=datetime(2030, 1, 1))
         result.sources = [SourceResult("files", True, 1.0, tables=[TableStats("spend", loaded=loaded)])]
-        return volume(con, result)
+        return volume(con, result, settings.monitor)
 
     for night in range(7):
         rid = f"2029010{night}T000000000000Z"
@@ -184,27 +188,28 @@ def test_volume_needs_history_and_flags_a_silent_table(tmp_path: Path) -> None:
 def test_an_alert_that_cannot_be_sent_never_fails_the_night(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from dusk.alerts import send
-    from dusk.ingest import SourceResult
-    from dusk.pipeline import RunResult
+    from dataclasses import replace
+
+    from dusk.record import DbtResult, RunResult
     from dusk.settings import Settings
-    from dusk.transform import DbtResult
+    from dusk.steps.alert import send
+    from ingestion.result import SourceResult
 
     settings = Settings(tmp_path, tmp_path / "w.duckdb", tmp_path / "t", False, 1)
-    result = RunResult(started_at=datetime(2030, 1, 1), settings=settings)
+    result = RunResult(started_at=datetime(2030, 1, 1))
     result.sources = [SourceResult("crm", False, 1.0, error="source 'crm': connection refused")]
-    quiet = RunResult(started_at=datetime(2030, 1, 1), settings=settings, dbt=DbtResult(ok=True, seconds=1.0))
+    quiet = RunResult(started_at=datetime(2030, 1, 1), dbt=DbtResult(ok=True, seconds=1.0))
     quiet.sources = [SourceResult("crm", True, 1.0)]
-    monkeypatch.delenv("DUSK_ALERT_WEBHOOK", raising=False)
-    assert send(result).reason == "no webhook configured (DUSK_ALERT_WEBHOOK)"
+    assert send(settings, result).reason == "no webhook configured (DUSK_ALERT_WEBHOOK)"
     (settings.secrets_dir).mkdir(parents=True)
     with WebhookReceiver(fail_first=10) as hook:
         (settings.secrets_dir / "alert_webhook").write_text(hook.url + "\n")  # the secret file works too
-        outcome = send(result)
+        outcome = send(settings, result)
         assert not outcome.sent and outcome.reason == "the webhook failed: HTTP 503" and len(hook.paths) == 3
         hook.failures_left = 0
-        assert send(quiet).reason == "nothing to alert" and len(hook.paths) == 3
-        assert send(result).sent and "source `crm` failed" in hook.posts[-1]["text"]
+        assert send(settings, quiet).reason == "nothing to alert" and len(hook.paths) == 3
+        assert send(settings, result).sent and "source `crm` failed" in hook.posts[-1]["text"]
     monkeypatch.setenv("DUSK_ALERT_WEBHOOK", "http://[::1:canary-webhook-secret")
-    assert send(result).reason == "the webhook failed: InvalidURL"
+    configured = replace(settings, alert_webhook=Settings.from_env().alert_webhook)  # DUSK_ALERT_WEBHOOK
+    assert send(configured, result).reason == "the webhook failed: InvalidURL"
     assert "canary-webhook-secret" not in caplog.text

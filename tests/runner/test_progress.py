@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from dusk.progress import RunProgress, redact, run_log, secret_values
+from dusk.logfile import redact, run_log
+from dusk.progress import RunProgress
+from dusk.settings import secret_values
 
 
 def test_secrets_are_masked_in_the_run_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dusk.publish import published_run
+from dusk.steps.publish import published_run
 from tests.conftest import PROJECT_DIR, Workspace, delete_demo_stream
 from tests.test_end_to_end import assert_marts_equal_from_scratch
 
@@ -73,6 +73,11 @@ def test_readers_see_only_passed_nights_and_never_block_the_nightly(workspace: W
             con.execute("select count(*) from dusk_ledger.runs").fetchone()
             == wh.execute("select count(*) from dusk_ledger.runs").fetchone()
         )
+        # the served ledger says what readers hold: tonight published, the run as it ended
+        publish = "select status from dusk_ledger.steps where run_id = ? and step = 'publish'"
+        assert con.execute(publish, [second_id]).fetchall() == [("ok",)]
+        run = "select status from dusk_ledger.runs where run_id = ?"
+        assert con.execute(run, [second_id]).fetchone() == ("success",) == wh.execute(run, [second_id]).fetchone()
 
     # A night whose tests fail is not published: an order in a currency without an FX rate
     # fails the test that every order has an FX rate.
@@ -128,9 +133,16 @@ def test_a_run_killed_during_dbt_is_finished_by_the_next_one(workspace: Workspac
     ws.cli("simulate", "--days", "1")
     _kill_when_dbt_builds(ws, "START snapshot snapshots.customers_snapshot")
     assert published_run(served(ws)) == before  # the killed night was never served
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:  # the ledger shows how far it got
+        (killed,) = wh.execute("select run_id from dusk_ledger.runs where status = 'running'").fetchone()
+        steps = wh.execute("select distinct step from dusk_ledger.steps where run_id = ?", [killed]).fetchall()
+        assert {s for (s,) in steps} == {"ingest"}
+    assert not (ws.data_dir / "runs" / f"{killed}.json").exists()  # the JSON record is written once, at the end
     again = ws.cli("run")
     assert "took over the lock" in again.stdout and "Run SUCCESS" in again.stdout
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        status = wh.execute("select status from dusk_ledger.runs where run_id = ?", [killed]).fetchone()
+        assert status == ("killed",)
         leftovers = wh.execute(
             "select table_schema, table_name from information_schema.tables "
             "where regexp_matches(table_name, '__dbt_(tmp|backup)')"
@@ -147,3 +159,16 @@ def test_a_run_killed_during_dbt_is_finished_by_the_next_one(workspace: Workspac
         assert_marts_equal_from_scratch(ws, scratch)
     finally:
         delete_demo_stream(scratch.sources_file)
+
+
+def test_docs_that_fail_never_keep_tested_data_from_readers(workspace: Workspace) -> None:
+    """`dbt docs generate` failing (here: its page cannot be written) is reported, and the night
+    whose build and tests passed is published all the same."""
+    ws = workspace
+    (ws.root / "target" / "static_index.html").mkdir(parents=True)  # the docs page cannot be written
+    out = ws.cli("run", check=False)
+    record = ws.last_run()
+    assert record["dbt"]["docs_error"] and record["dbt"]["docs_path"] is None
+    assert record["status"] == "success" and out.returncode == 0, out.stdout
+    assert published_run(served(ws)) == record["run_id"]
+    assert "docs not generated (the data was still published)" in " ".join(out.stdout.split())

@@ -15,12 +15,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dusk.ingest import configure_dlt, is_transient
 from dusk.lock import Locked, run_lock
-from dusk.pipeline import ingest_with_retries
 from dusk.settings import Settings
-from ingestion.config import SourceSpec, TableSpec
+from dusk.steps.ingest import ingest_with_retries
+from ingestion.declaration import SourceSpec, TableSpec
+from ingestion.dlt_settings import configure_dlt
 from tests.conftest import Workspace, _service_missing
+from tests.helpers import target
 
 pytestmark = pytest.mark.e2e
 
@@ -127,8 +128,7 @@ def test_a_transient_failure_is_retried_then_reported(tmp_path: Path, monkeypatc
     spec, settings = _crm(tmp_path)
     monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", "postgresql://postgres@127.0.0.1:1/nowhere")
     pauses: list[float] = []
-    monkeypatch.setattr("dusk.pipeline.time.sleep", pauses.append)
-    result = ingest_with_retries(spec, settings)
+    result = ingest_with_retries(spec, settings, target(settings), sleep=pauses.append)
     assert not result.ok and result.transient and result.attempts == 3
     assert "refused" in (result.error or "")
     assert len(pauses) == 2 and pauses[0] < pauses[1] * 2  # exponential, with jitter
@@ -142,18 +142,9 @@ def test_a_permanent_failure_is_not_retried(tmp_path: Path, monkeypatch: pytest.
     except OSError as exc:
         _service_missing(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
     monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", "postgresql://dusk_nobody@127.0.0.1:5432/postgres")
-    result = ingest_with_retries(spec, settings)
+    result = ingest_with_retries(spec, settings, target(settings))
     assert not result.ok and not result.transient and result.attempts == 1
     assert "dusk_nobody" in (result.error or "")
-
-
-def test_transient_and_permanent_errors_are_told_apart() -> None:
-    assert is_transient(ConnectionRefusedError(111, "Connection refused"))
-    assert is_transient(RuntimeError("GET http://api/v1/x -> 503"))
-    assert is_transient(RuntimeError("circuit breaker open after 6 failed attempts in a row"))
-    assert not is_transient(RuntimeError('password authentication failed for user "x"'))
-    assert not is_transient(RuntimeError("source 'shop', table 'orders': 3 duplicate value(s) of primary key"))
-    assert not is_transient(RuntimeError("order 5031 has no lines"))
 
 
 def test_the_ledger_keeps_every_run(workspace: Workspace) -> None:
@@ -218,13 +209,12 @@ def test_sources_are_ingested_in_parallel_up_to_the_bound(tmp_path: Path, monkey
     import threading
     from dataclasses import replace
 
-    from dusk import pipeline
-    from dusk.ingest import SourceResult
-    from dusk.progress import RunProgress
+    from dusk.steps import ingest as step
+    from ingestion.result import SourceResult
 
     active, peak, lock = [0], [0], threading.Lock()
 
-    def fake_ingest(spec: SourceSpec, settings: Settings, window: object = None) -> SourceResult:
+    def fake_ingest(spec: SourceSpec, target: object, connection: object, **kwargs: object) -> SourceResult:
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
@@ -233,14 +223,14 @@ def test_sources_are_ingested_in_parallel_up_to_the_bound(tmp_path: Path, monkey
             active[0] -= 1
         return SourceResult(spec.name, ok=spec.name != "b", seconds=0.2, error="boom" if spec.name == "b" else None)
 
-    monkeypatch.setattr(pipeline, "ingest_source", fake_ingest)
+    monkeypatch.setattr(step, "ingest_source", fake_ingest)
     specs = [SourceSpec(n, "database", "", False, ()) for n in ("a", "b", "c", "d", "e")]
     settings = Settings(tmp_path, tmp_path / "w.duckdb", tmp_path / "t", False, 1, source_attempts=1)
     started = time.monotonic()
-    results = pipeline.ingest_all(specs, replace(settings, parallel_sources=2), RunProgress(enabled=False))
+    results = step.ingest(replace(settings, parallel_sources=2), target(settings), specs, {})
     assert [r.source for r in results] == ["a", "b", "c", "d", "e"]  # in the order of sources.yml
     assert [r.ok for r in results] == [True, False, True, True, True]  # one failure stops no other
     assert peak[0] == 2 and time.monotonic() - started < 0.2 * 5
     peak[0] = 0
-    pipeline.ingest_all(specs, replace(settings, parallel_sources=1), RunProgress(enabled=False))
+    step.ingest(replace(settings, parallel_sources=1), target(settings), specs, {})
     assert peak[0] == 1

@@ -9,15 +9,15 @@ import pytest
 
 from dusk.settings import Settings
 from dusk.watch import landing_files, watch
-from ingestion.config import load_sources
 from tests.conftest import Workspace
+from tests.helpers import sources
 
 pytestmark = pytest.mark.e2e
 
 
 def test_a_settled_new_file_runs_the_night_once(tmp_path: Path) -> None:
     settings = Settings(tmp_path, tmp_path / "w.duckdb", tmp_path / "t", True, 1)
-    specs = load_sources()
+    specs = sources()
     landing = settings.landing_dir
     landing.mkdir(parents=True)
     (landing / "notes.txt").write_text("not a table's file")

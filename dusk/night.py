@@ -1,0 +1,134 @@
+"""The night: prepare, ingest, build, audit, publish, alert, report, in this order.
+
+This is the one place that lists the steps and decides what runs after what; it holds no SQL and
+reads no environment. Each step is a module of :mod:`dusk.steps` that returns its part of the
+record (:mod:`dusk.record`); the ledger is written as each step ends, and the JSON run record
+once, at the end. The CLI turns the outcome into an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dusk import ledger
+from dusk.demo import serve_payments_api
+from dusk.logfile import run_log
+from dusk.progress import RunProgress
+from dusk.record import Plan, RunResult
+from dusk.settings import Settings, apply_runtime_environment
+from dusk.steps.alert import alert
+from dusk.steps.audit import audit
+from dusk.steps.build import build
+from dusk.steps.ingest import ingest
+from dusk.steps.prepare import prepare
+from dusk.steps.publish import publish
+from dusk.steps.report import report
+from dusk.warehouse import Warehouse, ensure_ledger
+from ingestion.declaration import SourceSpec
+from ingestion.run import Connection
+
+log = logging.getLogger(__name__)
+
+NOT_WRITTEN = "the run ledger was not written"
+
+
+def run(settings: Settings, progress: RunProgress | None = None, plan: Plan | None = None) -> RunResult:
+    """Run the whole night (or ``plan``) and return what happened; raises nothing for data or
+    tool failures."""
+    plan = plan or Plan()
+    record = RunResult(started_at=datetime.now(UTC), mode=plan.mode)
+    apply_runtime_environment(settings)
+    with run_log(settings.logs_dir / f"{record.run_id}.jsonl", record.run_id) as handler:
+        record.log_path = handler.path
+        _night(settings, plan, record, progress or RunProgress(enabled=False))
+    return record
+
+
+def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgress) -> None:
+    started = time.monotonic()
+    log.info("run %s started (%s)", record.run_id, record.mode, extra={"event": "run_started"})
+    warehouse = Warehouse(settings)
+    with _guarded(record, f"the warehouse ({settings.warehouse}) failed"), warehouse.connect() as con:
+        ensure_ledger(con)
+        ledger.open_run(con, record)
+        with _guarded(record, "the night could not start"):
+            prepared = prepare(settings, con, plan, record)
+        if record.error is None:
+            with _demo_endpoints(settings, prepared.specs) as served:
+                record.sources = ingest(
+                    settings,
+                    warehouse.target(),
+                    prepared.chosen,
+                    {**prepared.connections, **served},
+                    plan.window,
+                    on_start=lambda name: progress.start(f"source:{name}", f"ingest {name}"),
+                    on_end=lambda result: progress.finish(f"source:{result.source}", result.status),
+                )
+            with _guarded(record, NOT_WRITTEN):
+                ledger.ingested(con, record, record.sources)
+            progress.start("dbt", "dbt build, freshness, docs")
+            dbt = record.dbt = build(settings, con, plan, record, prepared.specs, [progress.dbt_callback("dbt")])
+            progress.finish("dbt", "ok" if dbt.ok else "FAILED")
+            with _guarded(record, NOT_WRITTEN):
+                ledger.built(con, record, dbt)
+            if dbt.nodes:
+                with _guarded(record, "monitoring could not read the warehouse"):
+                    record.findings = audit(settings, con, record, prepared.specs)
+        record.seconds = time.monotonic() - started
+        with _guarded(record, "the publish step failed"):
+            publish(settings, con, record)
+        record.alert = alert(settings, con, record)
+        record.seconds = time.monotonic() - started
+        with _guarded(record, NOT_WRITTEN):
+            ledger.close_run(con, record)
+        report(settings, con, record)
+    record.seconds = time.monotonic() - started
+    write_run_record(settings, record)
+    log.info(
+        "run %s ended %s in %.1fs",
+        record.run_id,
+        record.status,
+        record.seconds,
+        extra={"event": "run_ended", "status": record.status, "seconds": round(record.seconds, 2)},
+    )
+
+
+def _demo_endpoints(settings: Settings, specs: dict[str, SourceSpec]) -> AbstractContextManager[dict[str, Connection]]:
+    """The demo's payments API, served for the ingest step (nothing outside demo mode)."""
+    if settings.demo:
+        return serve_payments_api(settings, specs)
+    none: dict[str, Connection] = {}
+    return nullcontext(none)
+
+
+@contextmanager
+def _guarded(record: RunResult, what: str) -> Iterator[None]:
+    """A failure in the block fails the night and is named (the first one), but never loses the
+    record: the night goes on to record, alert and report what it can."""
+    try:
+        yield
+    except Exception as exc:
+        log.exception("%s", what)
+        if record.error is None:
+            record.error = f"{what}: {exc}"
+
+
+def write_run_record(settings: Settings, record: RunResult) -> Path:
+    """Write the run as JSON to <data dir>/runs/<run id>.json and last_run.json (atomically)."""
+    runs = settings.data_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    fields = {"run_id": record.run_id, "ok": record.ok, "status": record.status, **asdict(record)}
+    text = json.dumps(fields, indent=2, default=str)
+    path = runs / f"{record.run_id}.json"
+    path.write_text(text)
+    tmp = runs / "last_run.json.tmp"
+    tmp.write_text(text)
+    tmp.replace(runs / "last_run.json")
+    return path

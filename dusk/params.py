@@ -1,0 +1,74 @@
+"""Every command-line option, defined once, each with its environment variable.
+
+Options that set where things live or how the installation behaves (``--data-dir``,
+``--warehouse``, ``--sources-file``, ``--demo/--no-demo``) override the ``DUSK_*`` variable that
+:class:`dusk.settings.Settings` reads (its only reader); the others are read by the CLI itself,
+from the option or its variable (the way dbt-core's ``cli/params.py`` does it)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# -- the installation (overrides of Settings) ------------------------------------------------
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where dusk keeps its state [overrides DUSK_DATA_DIR].")
+]
+WarehousePath = Annotated[
+    Path | None, typer.Option("--warehouse", help="The DuckDB warehouse file [overrides DUSK_WAREHOUSE].")
+]
+SourcesFile = Annotated[
+    Path | None,
+    typer.Option("--sources-file", help="The sources declaration [overrides DUSK_SOURCES_FILE]."),
+]
+Demo = Annotated[
+    bool | None,
+    typer.Option("--demo/--no-demo", help="Create and serve the demo sources [overrides DUSK_DEMO]."),
+]
+
+# -- what a command does ------------------------------------------------------------------------
+Select = Annotated[
+    list[str] | None,
+    typer.Option("--select", "-s", help="dbt selection to build (default: everything).", envvar="DUSK_SELECT"),
+]
+Source = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--source",
+        "-S",
+        help="Ingest only this source (repeatable); dbt then builds what it feeds.",
+        envvar="DUSK_SOURCE",
+    ),
+]
+FullRefresh = Annotated[
+    bool,
+    typer.Option(
+        "--full-refresh", help="Rebuild incremental models and seeds from scratch.", envvar="DUSK_FULL_REFRESH"
+    ),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.", envvar="DUSK_VERBOSE")]
+Start = Annotated[
+    datetime,
+    typer.Option(formats=["%Y-%m-%d"], help="First day to re-extract (UTC).", envvar="DUSK_BACKFILL_START"),
+]
+End = Annotated[
+    datetime,
+    typer.Option(formats=["%Y-%m-%d"], help="Last day to re-extract, included (UTC).", envvar="DUSK_BACKFILL_END"),
+]
+Days = Annotated[int, typer.Option(min=1, help="Days of shop activity to simulate.", envvar="DAYS")]
+Runs = Annotated[int, typer.Option(min=1, help="How many recent runs to list.", envvar="DUSK_STATUS_RUNS")]
+OpenReport = Annotated[
+    bool, typer.Option("--open", help="Open the report in the default browser.", envvar="DUSK_REPORT_OPEN")
+]
+Interval = Annotated[
+    float,
+    typer.Option(min=0.1, help="Seconds between polls of the landing folders.", envvar="DUSK_WATCH_INTERVAL"),
+]
+MaxRuns = Annotated[
+    int | None,
+    typer.Option(min=1, help="Stop after this many runs (default: never).", envvar="DUSK_WATCH_MAX_RUNS"),
+]
+SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]

@@ -1,0 +1,196 @@
+"""The night's record: what a run plans and what each step returned.
+
+The ground floor of the runner: every step fills in its part, the ledger, the JSON run record, the
+summary, the alert and the report read it. It imports nothing of the project but ingestion's
+result types, and neither dlt nor dbt (import-linter checks it in ``make lint``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from ingestion.result import SourceResult
+
+
+def format_run_id(started_at: datetime) -> str:
+    """A run's id: its start time (UTC), as in data/runs/<run id>.json and the ledger."""
+    return f"{started_at:%Y%m%dT%H%M%S%fZ}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run does: which sources it ingests, what dbt builds, and, for a backfill, the
+    window it re-reads."""
+
+    sources: tuple[str, ...] = ()
+    """Sources to ingest (empty: all of sources.yml)."""
+    select: tuple[str, ...] = ()
+    """dbt selection (empty: everything, or what depends on ``sources`` when they are given)."""
+    full_refresh: bool = False
+    backfill: tuple[date, date] | None = None
+    """First and last day (inclusive) a backfill re-extracts and rebuilds."""
+
+    @property
+    def mode(self) -> str:
+        """``run``, or ``backfill <first day>..<last day>``."""
+        return "run" if self.backfill is None else f"backfill {self.backfill[0]}..{self.backfill[1]}"
+
+    @property
+    def window(self) -> tuple[datetime, datetime] | None:
+        """The backfill's cursor window, [first day 00:00 UTC, the day after the last)."""
+        if self.backfill is None:
+            return None
+        first, last = self.backfill
+        return (
+            datetime.combine(first, datetime.min.time(), UTC),
+            datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC),
+        )
+
+
+@dataclass
+class NodeResult:
+    """One dbt node's outcome in this run."""
+
+    unique_id: str
+    name: str
+    resource_type: str
+    layer: str
+    status: str
+    seconds: float
+    failures: int | None = None
+    message: str | None = None
+    failures_table: str | None = None
+    """Where a failing test's rows are kept (store_failures; long test names are shortened there)."""
+    rows_affected: int | None = None
+    """Rows the adapter reports for a model, seed or snapshot (None where it reports none)."""
+
+
+@dataclass
+class DbtResult:
+    """What the build step (dbt build, source freshness, docs) did."""
+
+    ok: bool
+    seconds: float
+    nodes: list[NodeResult] = field(default_factory=list)
+    freshness: list[NodeResult] = field(default_factory=list)
+    docs_path: Path | None = None
+    error: str | None = None
+    """Why the build or freshness did not complete (fails the night)."""
+    docs_error: str | None = None
+    """Why the docs were not generated: reported, never a reason to keep tested data from readers."""
+
+    def tests(self) -> Counter[str]:
+        """Test outcomes (data and unit tests) by status."""
+        return Counter(n.status for n in self.nodes if n.resource_type in ("test", "unit_test"))
+
+    def failing_tests(self) -> list[NodeResult]:
+        """Tests that failed or errored."""
+        return [n for n in self.nodes if n.resource_type in ("test", "unit_test") and n.status in ("fail", "error")]
+
+    def failing_nodes(self) -> list[NodeResult]:
+        """Models, snapshots and seeds that errored."""
+        return [n for n in self.nodes if n.resource_type not in ("test", "unit_test") and n.status == "error"]
+
+    def stale(self) -> list[NodeResult]:
+        """Source tables whose freshness is not ``pass``."""
+        return [f for f in self.freshness if f.status not in ("pass", "success")]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something the audit's monitoring noticed about tonight."""
+
+    check: str
+    """``volume``, ``freshness_sla`` or ``quarantine_rate``."""
+    severity: str
+    """``warn`` or ``error``."""
+    target: str
+    """``source`` or ``source.table``."""
+    message: str
+    value: float | None = None
+    limit: float | None = None
+
+
+@dataclass
+class PublishResult:
+    """What was published."""
+
+    path: Path
+    run_id: str
+    seconds: float
+    tables: dict[str, int] = field(default_factory=dict)
+    """Rows per published ``schema.table``."""
+
+
+@dataclass
+class AlertOutcome:
+    """Whether tonight's alert was sent (and why not, when it was not)."""
+
+    sent: bool
+    reason: str
+
+
+@dataclass
+class RunResult:
+    """Everything the summary, the ledger, the report and the alert show about one run."""
+
+    started_at: datetime
+    mode: str = "run"
+    """``run`` or ``backfill <start>..<end>``."""
+    sources: list[SourceResult] = field(default_factory=list)
+    dbt: DbtResult | None = None
+    demo_created: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
+    published: PublishResult | None = None
+    publish_error: str | None = None
+    """Why tonight was not published (None when it was, or when nothing ran far enough)."""
+    alert: AlertOutcome | None = None
+    log_path: Path | None = None
+    report_path: Path | None = None
+    report_error: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (its start time)."""
+        return format_run_id(self.started_at)
+
+    @property
+    def failed_sources(self) -> list[str]:
+        """Sources that failed tonight (a skipped optional source is not a failure)."""
+        return [s.source for s in self.sources if not s.ok and not s.skipped]
+
+    @property
+    def status(self) -> str:
+        """``success``: everything loaded, built, passed and was published. ``partial``: some
+        sources failed, and everything that does not depend on them was built, passed and was
+        published. ``failed``: otherwise (a failed test or an error-level monitoring finding
+        included: nothing of tonight is published then)."""
+        if self.audit_failed or self.publish_error is not None:
+            return "failed"
+        loaded = [s for s in self.sources if s.ok and not s.skipped]
+        if self.failed_sources:
+            return "partial" if loaded else "failed"
+        return "success"
+
+    @property
+    def audit_failed(self) -> bool:
+        """The night's own work failed: an error, a dbt failure or an error-level finding."""
+        if self.error is not None or self.dbt is None or not self.dbt.ok:
+            return True
+        return any(f.severity == "error" for f in self.findings)
+
+    @property
+    def publishable(self) -> bool:
+        """Tonight's data may be published: what was built passed every test and check (a partial
+        night publishes; what it did not rebuild stays as it was)."""
+        return self.status in ("success", "partial") and self.published is None
+
+    @property
+    def ok(self) -> bool:
+        """True only when every source loaded and every dbt node, test and check passed."""
+        return self.status == "success"

@@ -1,0 +1,103 @@
+"""The ingest step: every chosen source into its ``raw_<source>`` dataset, a few at a time, each
+retried on a transient failure (ingestion's rule, :func:`ingestion.errors.is_transient`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import tenacity
+
+from dusk.settings import Settings
+from ingestion.declaration import SourceSpec
+from ingestion.result import SourceResult
+from ingestion.run import Connection, Target, ingest_source
+
+log = logging.getLogger(__name__)
+
+MAX_PAUSE = 60.0
+"""The longest pause between two attempts of a source, in seconds."""
+
+
+def ingest(
+    settings: Settings,
+    target: Target,
+    specs: list[SourceSpec],
+    connections: dict[str, Connection],
+    window: tuple[datetime, datetime] | None = None,
+    on_start: Callable[[str], None] = lambda name: None,
+    on_end: Callable[[SourceResult], None] = lambda result: None,
+) -> list[SourceResult]:
+    """Ingest the sources, ``settings.parallel_sources`` at a time (dlt runs each pipeline in its
+    own thread; they load into different schemas of the one warehouse, whose connection the night
+    holds, so every thread shares its instance). Results keep the order of sources.yml."""
+
+    def one(spec: SourceSpec) -> SourceResult:
+        on_start(spec.name)
+        result = ingest_with_retries(spec, settings, target, connections.get(spec.name), window)
+        on_end(result)
+        log.info(
+            "source=%s %s in %.1fs",
+            spec.name,
+            result.status,
+            result.seconds,
+            extra={
+                "event": "source_ended",
+                "source": spec.name,
+                "status": result.status,
+                "seconds": round(result.seconds, 2),
+                "rows": result.rows_loaded,
+            },
+        )
+        return result
+
+    if settings.parallel_sources <= 1 or len(specs) <= 1:
+        return [one(spec) for spec in specs]
+    with ThreadPoolExecutor(max_workers=settings.parallel_sources, thread_name_prefix="source") as pool:
+        return list(pool.map(one, specs))
+
+
+def ingest_with_retries(
+    spec: SourceSpec,
+    settings: Settings,
+    target: Target,
+    connection: Connection | None = None,
+    window: tuple[datetime, datetime] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SourceResult:
+    """Ingest a source; a transient failure (the server briefly unreachable) is retried with
+    exponential backoff and full jitter, ``settings.source_attempts`` times in all, then reported
+    as failed. Each attempt starts with what the previous one left (pending load packages are
+    finished)."""
+    started = time.monotonic()
+
+    def attempt() -> SourceResult:
+        return ingest_source(spec, target, connection, window=window, detected_at=settings.detected_at)
+
+    def retried(state: tenacity.RetryCallState) -> None:
+        result = state.outcome.result() if state.outcome else None
+        log.warning(
+            "source=%s attempt=%d of %d failed (transient), retrying in %.1fs: %s",
+            spec.name,
+            state.attempt_number,
+            settings.source_attempts,
+            state.upcoming_sleep,
+            result.error if result else "",
+        )
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(settings.source_attempts),
+        wait=tenacity.wait_random_exponential(multiplier=settings.source_backoff, max=MAX_PAUSE),
+        retry=tenacity.retry_if_result(lambda r: not r.ok and r.transient),
+        before_sleep=retried,
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        reraise=False,
+        sleep=sleep,
+    )
+    result: SourceResult = retrying(attempt)
+    result.attempts = retrying.statistics.get("attempt_number", 1)
+    result.seconds = time.monotonic() - started  # every attempt and pause
+    return result

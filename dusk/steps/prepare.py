@@ -1,0 +1,59 @@
+"""The prepare step: read and check the declarations, make the warehouse ready (ledger tables,
+PII salt), create the demo on first use, and choose tonight's sources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import duckdb
+
+from dusk.dbt_sources import check_dbt_sources
+from dusk.demo import ensure_demo, shop_connections
+from dusk.record import Plan, RunResult
+from dusk.settings import Settings
+from dusk.warehouse import check_schemas, ensure_ledger, ensure_salt, read_salt
+from ingestion.declaration import SourceSpec, load_sources
+from ingestion.run import BACKFILL_KINDS, Connection
+
+
+@dataclass
+class Prepared:
+    """What the later steps work from."""
+
+    specs: dict[str, SourceSpec]
+    chosen: list[SourceSpec]
+    connections: dict[str, Connection] = field(default_factory=dict)
+    """Connections handed to ingestion (the demo's), by source name."""
+
+
+def prepare(settings: Settings, con: duckdb.DuckDBPyConnection, plan: Plan, record: RunResult) -> Prepared:
+    """Raise (naming what to fix) when the night cannot start."""
+    specs = load_sources(settings.sources_file)
+    check_dbt_sources(specs)
+    check_schemas(settings.publish_schemas)
+    chosen = choose(plan, specs)
+    ensure_salt(con, read_salt(settings))
+    ensure_ledger(con)
+    prepared = Prepared(specs, chosen)
+    if settings.demo:
+        record.demo_created = ensure_demo(settings, specs)
+        prepared.connections = shop_connections(settings, specs)
+    return prepared
+
+
+def choose(plan: Plan, specs: dict[str, SourceSpec]) -> list[SourceSpec]:
+    """The sources the plan ingests; a backfill of every source leaves out those that cannot
+    re-read a window, and refuses them when they are named."""
+    unknown = sorted(set(plan.sources) - set(specs))
+    if unknown:
+        raise ValueError(f"no source {', '.join(unknown)} in sources.yml (known: {', '.join(sorted(specs))})")
+    chosen = [specs[name] for name in plan.sources] if plan.sources else list(specs.values())
+    if plan.backfill is not None:
+        refused = [s.name for s in chosen if s.kind not in BACKFILL_KINDS]
+        if plan.sources and refused:
+            raise ValueError(
+                f"cannot backfill {', '.join(refused)}: only {' and '.join(BACKFILL_KINDS)} sources re-read a "
+                "window of their cursor (files are loaded once by name, stream messages once acknowledged)"
+            )
+        chosen = [s for s in chosen if s.kind in BACKFILL_KINDS]
+    return chosen

@@ -1,0 +1,177 @@
+"""The warehouse: the one place that opens it, and what dusk keeps in it besides the data.
+
+DuckDB shares one database instance between the connections of a process that open the same file
+with the same configuration, and refuses a connection with another one ("Can't open a connection
+to same database file with a different configuration"). dlt's and dbt-duckdb's connections set
+nothing at connect time (dlt applies its settings, :data:`SETTINGS`, with ``SET`` once
+connected), so every connection here sets nothing either: :meth:`Warehouse.connect` is the only
+``duckdb.connect`` of the warehouse in the runner. The night holds one connection from start to
+end, so every step (and every ingest thread's dlt connection) shares one instance.
+
+Besides the data it holds the run ledger's tables (:data:`LEDGER_DDL`, schema ``dusk_ledger``) and
+the PII salt (schema ``dusk_private``, never published). This module is the seam where another
+engine plugs in.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from dusk.settings import PROJECT_DIR, Settings
+from ingestion.limits import MEMORY_LIMIT
+
+SETTINGS = {"preserve_insertion_order": False, "memory_limit": MEMORY_LIMIT}
+"""DuckDB settings of the warehouse (parquet files load in parallel; memory stays capped, DuckDB
+spills beyond it)."""
+
+LEDGER = "dusk_ledger"
+LEDGER_DDL = f"""
+create schema if not exists {LEDGER};
+create table if not exists {LEDGER}.runs (
+    run_id varchar primary key, status varchar not null, started_at timestamp not null,
+    seconds double not null, failed_sources varchar, error varchar
+);
+alter table {LEDGER}.runs add column if not exists mode varchar;
+create table if not exists {LEDGER}.steps (
+    run_id varchar not null, step varchar not null, target varchar, status varchar not null,
+    attempts integer, seconds double not null
+);
+create table if not exists {LEDGER}.source_tables (
+    run_id varchar not null, source varchar not null, table_name varchar not null,
+    extracted bigint not null, deleted bigint not null, quarantined bigint not null, loaded bigint not null
+);
+create table if not exists {LEDGER}.dbt_nodes (
+    run_id varchar not null, unique_id varchar not null, name varchar not null, resource_type varchar not null,
+    layer varchar, status varchar not null, seconds double not null, rows_affected bigint, failures bigint,
+    failures_table varchar, message varchar
+);
+create table if not exists {LEDGER}.quarantine (
+    run_id varchar not null, source varchar not null, table_name varchar not null, reason varchar not null,
+    row_count bigint not null
+);
+create table if not exists {LEDGER}.freshness (
+    run_id varchar not null, source varchar not null, table_name varchar not null, status varchar not null
+);
+create table if not exists {LEDGER}.schema_changes (
+    run_id varchar not null, source varchar not null, change varchar not null
+);
+create table if not exists {LEDGER}.findings (
+    run_id varchar not null, check_name varchar not null, severity varchar not null, target varchar not null,
+    message varchar not null, value double, limit_value double
+);
+"""
+"""The run ledger's tables (dbt declares them as the source ``ledger``, models/ledger/)."""
+
+PRIVATE = "dusk_private"
+SALT_TABLE = f"{PRIVATE}.pii_salt"
+NEVER_PUBLISHED = (PRIVATE,)
+"""Schemas that must never reach readers (besides every ``raw_*`` schema)."""
+
+
+class PublishError(RuntimeError):
+    """Tonight could not be published; readers keep what they had."""
+
+
+def check_schemas(schemas: tuple[str, ...]) -> tuple[str, ...]:
+    """The schemas to publish, refusing the ones that hold secrets or unhashed PII."""
+    for schema in schemas:
+        if schema in NEVER_PUBLISHED or schema.startswith("raw_"):
+            raise PublishError(
+                f"DUSK_PUBLISH_SCHEMAS names {schema!r}: raw schemas (unhashed PII) and dusk_private "
+                "(the PII salt) are never published"
+            )
+    return schemas
+
+
+class SaltError(RuntimeError):
+    """The salt is missing, unusable or differs from the warehouse's."""
+
+
+class Warehouse:
+    """The DuckDB warehouse file of one installation."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = settings.warehouse
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection (the night holds one for all its own reads and writes). ``read_only``
+        connections are for other processes (status, report): DuckDB lets one process write."""
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(self.path), read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def destination(self) -> Any:
+        """dlt's destination for this warehouse (dlt applies :data:`SETTINGS` once connected)."""
+        import dlt
+
+        return dlt.destinations.duckdb(credentials={"database": str(self.path), "global_config": dict(SETTINGS)})
+
+    def target(self) -> Any:
+        """Where ingestion lands each source (:class:`ingestion.run.Target`)."""
+        from ingestion.run import Target
+
+        s = self.settings
+        return Target(self.destination(), work_dir=s.pipelines_dir, landing_dir=s.landing_dir, base_dir=PROJECT_DIR)
+
+
+def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the ledger's schema and tables if missing (before dbt, which tests them as a source)."""
+    con.execute(LEDGER_DDL)
+
+
+def salt_file(settings: Settings) -> Path:
+    """Where the runner keeps a generated salt when DUSK_PII_SALT is not set (git-ignored)."""
+    return settings.secrets_dir / "pii_salt"
+
+
+def read_salt(settings: Settings) -> str:
+    """The configured salt: DUSK_PII_SALT, else the secret file (created with 256 random bits).
+
+    dbt's ``pii()`` macro hashes columns tagged ``pii`` with ``sha256(salt || value)`` and reads the
+    salt from the warehouse table ``dusk_private.pii_salt``, so the salt never appears in compiled
+    SQL, dbt's logs or ``target/``."""
+    value = settings.pii_salt
+    if value is None:
+        path = salt_file(settings)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.chmod(0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        value = path.read_text().strip()
+    if len(value) < 16:
+        raise SaltError(f"the PII salt (DUSK_PII_SALT or {salt_file(settings)}) must have at least 16 characters")
+    return value
+
+
+def ensure_salt(con: duckdb.DuckDBPyConnection, salt: str) -> bool:
+    """Store the salt in the warehouse; True when it was stored now. A different salt would
+    silently re-hash every value (and version every customer in the snapshot), so a warehouse
+    built with one salt refuses another."""
+    con.execute(f"create schema if not exists {PRIVATE}")
+    con.execute(f"create table if not exists {SALT_TABLE} (salt varchar not null)")
+    stored = [r[0] for r in con.execute(f"select salt from {SALT_TABLE}").fetchall()]
+    if stored == [salt]:
+        return False
+    if stored:
+        raise SaltError(
+            f"the PII salt differs from the one this warehouse was built with ({SALT_TABLE}); hashes would "
+            "change for every row. Restore DUSK_PII_SALT (or the secret file data/secrets/pii_salt), or start a "
+            "new warehouse to rotate it."
+        )
+    con.execute(f"insert into {SALT_TABLE} values (?)", [salt])
+    return True

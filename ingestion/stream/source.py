@@ -1,0 +1,54 @@
+"""A fetched batch as dlt resources: the rows, the quarantine, the tables dbt reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import dlt
+import pyarrow as pa
+from dlt.extract.source import DltSource
+
+from ingestion.declaration import SourceSpec
+from ingestion.rows import (
+    column_hints,
+    empty_rows,
+    with_load_id,
+)
+from ingestion.stream.reader import Batch
+
+QUARANTINE = "_quarantine"
+
+
+def _rows(rows: pa.Table) -> Iterator[pa.Table]:
+    yield with_load_id(rows)
+
+
+def stream_source(spec: SourceSpec, batch: Batch, create: tuple[str, ...] = ()) -> DltSource:
+    """The dlt source of one micro-batch: a resource per table, merged on its key (a redelivered
+    message replaces itself), and the quarantined messages. Tables in ``create`` (which raw
+    lacks) are created even without rows."""
+
+    @dlt.source(name=spec.name, max_table_nesting=0)
+    def source() -> Iterator[Any]:
+        for table in spec.tables:
+            rows = batch.rows.get(table.name)
+            if (rows is None or not rows.num_rows) and table.name in create:
+                rows = empty_rows(table, "_stream_seq BIGINT")
+            if rows is not None and (rows.num_rows or table.name in create):
+                yield dlt.resource(
+                    _rows(rows),
+                    name=table.name,
+                    write_disposition="merge",
+                    primary_key=table.key_columns,
+                    columns={**column_hints(table), "_stream_seq": {"dedup_sort": "desc"}},
+                )
+        if batch.quarantine:
+            yield dlt.resource(
+                batch.quarantine,
+                name=QUARANTINE,
+                write_disposition="merge",
+                primary_key=["source_table", "stream_seq"],
+            )
+
+    return source()
