@@ -69,7 +69,8 @@ def ingest_with_retries(
     sleep: Callable[[float], None] = time.sleep,
 ) -> SourceResult:
     """Ingest a source; a transient failure (the server briefly unreachable) is retried with
-    exponential backoff and full jitter, ``settings.source_attempts`` times in all, then reported
+    exponential backoff (``source_backoff`` seconds, doubled each time, at most a minute) plus up
+    to ``source_backoff`` seconds of jitter, ``settings.source_attempts`` times in all, then reported
     as failed. Each attempt starts with what the previous one left (pending load packages are
     finished)."""
     started = time.monotonic()
@@ -90,7 +91,9 @@ def ingest_with_retries(
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(settings.source_attempts),
-        wait=tenacity.wait_random_exponential(multiplier=settings.source_backoff, max=MAX_PAUSE),
+        wait=tenacity.wait_exponential_jitter(
+            initial=settings.source_backoff, max=MAX_PAUSE, jitter=settings.source_backoff
+        ),
         retry=tenacity.retry_if_result(lambda r: not r.ok and r.transient),
         before_sleep=retried,
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
