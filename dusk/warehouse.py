@@ -102,12 +102,12 @@ class Warehouse:
         self.path = settings.warehouse
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection (the night holds one for all its own reads and writes). ``read_only``
-        connections are for other processes (status, report): DuckDB lets one process write."""
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(self.path), read_only=read_only)
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The writing connection (the night holds one for all its own reads and writes; other
+        processes read the file read-only, :func:`dusk.ledger.open_ledger`: DuckDB lets one
+        process write)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(self.path))
         try:
             yield con
         finally:
