@@ -205,6 +205,17 @@ def test_status_before_any_run_says_so(workspace: Workspace) -> None:
     assert out.returncode == 1 and "no run yet" in out.stdout
 
 
+def test_installation_options_override_their_variables(workspace: Workspace, tmp_path: Path) -> None:
+    """`dusk --data-dir` and `--warehouse` win over DUSK_DATA_DIR and DUSK_WAREHOUSE (set by the
+    workspace) for one command."""
+    other = tmp_path / "elsewhere"
+    out = workspace.cli("--data-dir", str(other), "status", check=False)
+    assert out.returncode == 1 and f"No warehouse at {other / 'warehouse.duckdb'}" in " ".join(out.stdout.split())
+    file = tmp_path / "other.duckdb"
+    out = workspace.cli("--warehouse", str(file), "status", check=False)
+    assert out.returncode == 1 and f"No warehouse at {file}" in " ".join(out.stdout.split())
+
+
 def test_sources_are_ingested_in_parallel_up_to_the_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
     from dataclasses import replace
