@@ -38,6 +38,7 @@ class _Overrides:
 
     data_dir: Path | None = None
     warehouse: Path | None = None
+    target: str | None = None
     sources_file: Path | None = None
     demo: bool | None = None
 
@@ -49,21 +50,18 @@ _overrides = _Overrides()
 def _installation(
     data_dir: params.DataDir = None,
     warehouse: params.WarehousePath = None,
+    target: params.Target = None,
     sources_file: params.SourcesFile = None,
     demo: params.Demo = None,
 ) -> None:
     """Nightly ELT: dlt sources -> dbt -> docs."""
-    _overrides.data_dir, _overrides.warehouse, _overrides.sources_file, _overrides.demo = (
-        data_dir,
-        warehouse,
-        sources_file,
-        demo,
-    )
+    _overrides.data_dir, _overrides.warehouse, _overrides.target = data_dir, warehouse, target
+    _overrides.sources_file, _overrides.demo = sources_file, demo
 
 
 def settings() -> Settings:
     """The installation's settings: the environment's, with the command line's overrides."""
-    s = Settings.from_env(data_dir=_overrides.data_dir, warehouse=_overrides.warehouse)
+    s = Settings.from_env(data_dir=_overrides.data_dir, warehouse=_overrides.warehouse, target=_overrides.target)
     if _overrides.sources_file is not None:
         s = replace(s, sources_file=_absolute(_overrides.sources_file))
     if _overrides.demo is not None:
@@ -211,12 +209,12 @@ def pii_salt() -> None:
     """Put the PII salt (DUSK_PII_SALT, else the generated data/secrets/pii_salt) into the warehouse,
     so `dbt build` works with the plain dbt CLI; `run` does it itself."""
     _logging(False)
-    from dusk.warehouse import Warehouse, ensure_salt, read_salt
+    from dusk.warehouse import ensure_salt, open_warehouse, read_salt
 
     s = settings()
-    with Warehouse(s).connect() as con:
+    with open_warehouse(s).connect() as con:
         stored = ensure_salt(con, read_salt(s))
-    typer.echo(f"PII salt {'stored in' if stored else 'already in'} {s.warehouse} (dusk_private.pii_salt)")
+    typer.echo(f"PII salt {'stored in' if stored else 'already in'} {s.warehouse_label} (dusk_private.pii_salt)")
 
 
 cdc_app = typer.Typer(no_args_is_help=True, help="PostgreSQL change data capture: slot and publication.")

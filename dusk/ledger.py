@@ -12,24 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-import duckdb
 
 from dusk.record import DbtResult, Finding, RunResult
 from dusk.settings import Settings
-from dusk.warehouse import LEDGER
+from dusk.warehouse import LEDGER, Connection, LedgerError, Reading, open_warehouse
 from ingestion.result import SourceResult
 
 SCHEMA = LEDGER
-Connection = duckdb.DuckDBPyConnection
 
-
-class LedgerError(RuntimeError):
-    """No ledger to read (no run yet, or no file can be opened)."""
+__all__ = ["SCHEMA", "Connection", "LedgerError", "Reading"]
 
 
 # -- writing, as the night goes ---------------------------------------------------------------
@@ -47,10 +40,11 @@ def open_run(con: Connection, record: RunResult) -> None:
     )
 
 
-def close_run(con: Connection, record: RunResult, catalog: str = "") -> None:
-    """The run's status, time, failed sources and error (``catalog``: another attached file)."""
+def close_run(con: Connection, record: RunResult, schema: str = SCHEMA) -> None:
+    """The run's status, time, failed sources and error (``schema``: the ledger's copy being
+    published)."""
     con.execute(
-        f"update {catalog}{SCHEMA}.runs set status = ?, seconds = ?, failed_sources = ?, error = ? where run_id = ?",
+        f"update {schema}.runs set status = ?, seconds = ?, failed_sources = ?, error = ? where run_id = ?",
         [record.status, record.seconds, ", ".join(record.failed_sources) or None, record.error, record.run_id],
     )
 
@@ -67,10 +61,10 @@ def _transaction(con: Connection) -> Iterator[None]:
     con.execute("commit")
 
 
-def _insert(con: Connection, table: str, rows: Sequence[Sequence[Any]], catalog: str = "") -> None:
+def _insert(con: Connection, table: str, rows: Sequence[Sequence[Any]], schema: str = SCHEMA) -> None:
     if rows:
         marks = ", ".join("?" for _ in rows[0])
-        con.executemany(f"insert into {catalog}{SCHEMA}.{table} values ({marks})", [list(r) for r in rows])
+        con.executemany(f"insert into {schema}.{table} values ({marks})", [list(r) for r in rows])
 
 
 def step(
@@ -81,10 +75,10 @@ def step(
     status: str,
     seconds: float,
     attempts: int | None = None,
-    catalog: str = "",
+    schema: str = SCHEMA,
 ) -> None:
     """One step's row."""
-    _insert(con, "steps", [[record.run_id, name, target, status, attempts, seconds]], catalog)
+    _insert(con, "steps", [[record.run_id, name, target, status, attempts, seconds]], schema)
 
 
 def ingested(con: Connection, record: RunResult, sources: list[SourceResult]) -> None:
@@ -135,34 +129,13 @@ def _source_table(unique_id: str) -> tuple[str, str]:
 # -- reading ----------------------------------------------------------------------------------
 
 
-@dataclass
-class LedgerSource:
-    """Where a reader found the ledger."""
-
-    path: Path
-    note: str
-
-
 @contextmanager
-def open_ledger(settings: Settings) -> Iterator[tuple[Connection, LedgerSource]]:
-    """A read-only connection to the ledger of another process: the warehouse, or the served file
-    when a run holds the warehouse (DuckDB lets no other process read a file while one writes)."""
-    candidates = [(settings.warehouse, "warehouse"), (settings.served_path, "served file (last published night)")]
-    errors = []
-    for path, what in candidates:
-        if not path.exists():
-            continue
-        try:
-            con = duckdb.connect(str(path), read_only=True)
-        except duckdb.IOException as exc:
-            errors.append(f"{path}: {exc}")
-            continue
-        try:
-            yield con, LedgerSource(path, what)
-        finally:
-            con.close()
-        return
-    raise LedgerError("no run ledger to read: " + ("; ".join(errors) or "no run yet (make run)"))
+def open_ledger(settings: Settings) -> Iterator[tuple[Connection, Reading]]:
+    """A connection to the ledger for a reader in another process, and where it reads (on DuckDB
+    the served file when a run holds the warehouse: DuckDB lets no other process read a file
+    while one writes)."""
+    with open_warehouse(settings).read() as (con, reading):
+        yield con, reading
 
 
 def quarantine_views(con: Connection) -> list[tuple[str, str]]:

@@ -30,7 +30,7 @@ from dusk.steps.ingest import ingest
 from dusk.steps.prepare import prepare
 from dusk.steps.publish import publish
 from dusk.steps.report import report
-from dusk.warehouse import Warehouse, ensure_ledger
+from dusk.warehouse import ensure_ledger, open_warehouse
 from ingestion.declaration import SourceSpec
 from ingestion.run import Connection
 
@@ -54,8 +54,8 @@ def run(settings: Settings, progress: RunProgress | None = None, plan: Plan | No
 def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgress) -> None:
     started = time.monotonic()
     log.info("run %s started (%s)", record.run_id, record.mode, extra={"event": "run_started"})
-    warehouse = Warehouse(settings)
-    with _guarded(record, f"the warehouse ({settings.warehouse}) failed"), warehouse.connect() as con:
+    warehouse = open_warehouse(settings)
+    with _guarded(record, f"the warehouse ({warehouse.describe()}) failed"), warehouse.connect() as con:
         ensure_ledger(con)
         ledger.open_run(con, record)
         with _guarded(record, "the night could not start"):
@@ -83,7 +83,7 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
                     record.findings = audit(settings, con, record, prepared.specs)
         record.seconds = time.monotonic() - started
         with _guarded(record, "the publish step failed"):
-            publish(settings, con, record)
+            publish(settings, warehouse, con, record)
         record.alert = alert(settings, con, record)
         record.seconds = time.monotonic() - started
         with _guarded(record, NOT_WRITTEN):

@@ -1,7 +1,7 @@
 """Every command-line option, defined once, each with its environment variable.
 
 Options that set where things live or how the installation behaves (``--data-dir``,
-``--warehouse``, ``--sources-file``, ``--demo/--no-demo``) override the ``DUSK_*`` variable that
+``--warehouse``, ``--target``, ``--sources-file``, ``--demo/--no-demo``) override the ``DUSK_*`` variable that
 :class:`dusk.settings.Settings` reads (its only reader); the others are read by the CLI itself,
 from the option or its variable (the way dbt-core's ``cli/params.py`` does it)."""
 
@@ -19,6 +19,10 @@ DataDir = Annotated[
 ]
 WarehousePath = Annotated[
     Path | None, typer.Option("--warehouse", help="The DuckDB warehouse file [overrides DUSK_WAREHOUSE].")
+]
+Target = Annotated[
+    str | None,
+    typer.Option("--target", help="The warehouse engine: duckdb or postgres [overrides DUSK_TARGET]."),
 ]
 SourcesFile = Annotated[
     Path | None,

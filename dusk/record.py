@@ -118,7 +118,8 @@ class Finding:
 class PublishResult:
     """What was published."""
 
-    path: Path
+    where: str
+    """The served file (DuckDB) or the readers' schemas (PostgreSQL)."""
     run_id: str
     seconds: float
     tables: dict[str, int] = field(default_factory=dict)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from ingestion.dlt_settings import DLT_ENVIRONMENT
 
@@ -65,6 +66,50 @@ class MonitorSettings:
         )
 
 
+ENGINES = ("duckdb", "postgres")
+"""The warehouse engines (``DUSK_TARGET``); each is also a target of the dbt profile."""
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """The PostgreSQL warehouse (``DUSK_TARGET=postgres``): the server and database dlt loads raw
+    into and dbt builds in (the dbt profile's ``postgres`` target reads the same variables)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    database: str = "dusk"
+    password: str | None = field(default=None, repr=False)
+    """DUSK_PG_PASSWORD (dbt reads it as DBT_ENV_SECRET_PG_PASSWORD, which dbt masks in its logs)."""
+    served_prefix: str = "served_"
+    """Readers' schemas are the published schemas with this prefix (DUSK_PG_SERVED_PREFIX)."""
+    lock_timeout: float = 10.0
+    """Seconds the publish waits for a lock a reader holds before it gives up (DUSK_PG_LOCK_TIMEOUT)."""
+
+    @classmethod
+    def from_env(cls) -> PostgresSettings:
+        """Read DUSK_PG_*."""
+        env = os.environ.get
+        prefix = env("DUSK_PG_SERVED_PREFIX", "served_")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", prefix):
+            raise ValueError(f"DUSK_PG_SERVED_PREFIX must be a lower-case SQL name prefix, got {prefix!r}")
+        return cls(
+            host=env("DUSK_PG_HOST", "127.0.0.1"),
+            port=int(env("DUSK_PG_PORT", "5432")),
+            user=env("DUSK_PG_USER", "postgres"),
+            database=env("DUSK_PG_DATABASE", "dusk"),
+            password=env("DUSK_PG_PASSWORD") or env("DBT_ENV_SECRET_PG_PASSWORD") or None,
+            served_prefix=prefix,
+            lock_timeout=float(env("DUSK_PG_LOCK_TIMEOUT", "10")),
+        )
+
+    def url(self, database: str | None = None, password: bool = True) -> str:
+        """A libpq URL of the warehouse (or of ``database`` on the same server); the password only
+        with ``password`` (never in a message)."""
+        secret = f":{quote(self.password, safe='')}" if password and self.password else ""
+        return f"postgresql://{quote(self.user, safe='')}{secret}@{self.host}:{self.port}/{database or self.database}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things live. Relative paths are taken from the project directory."""
@@ -94,6 +139,17 @@ class Settings:
     """The PII hashes' salt (DUSK_PII_SALT); None: the generated secret file."""
     alert_webhook: str | None = field(default=None, repr=False)
     """The alert webhook URL (DUSK_ALERT_WEBHOOK); None: the secret file, if any."""
+    target: str = "duckdb"
+    """The warehouse engine (DUSK_TARGET): one of :data:`ENGINES`."""
+    postgres: PostgresSettings = PostgresSettings()
+    """The PostgreSQL warehouse, when ``target`` is ``postgres``."""
+
+    @property
+    def warehouse_label(self) -> str:
+        """Where the warehouse is, for people (the engine's file or server, never a password)."""
+        if self.target == "postgres":
+            return self.postgres.url(password=False)
+        return str(self.warehouse)
 
     @property
     def served_path(self) -> Path:
@@ -136,11 +192,18 @@ class Settings:
         return self.target_path / "static_index.html"
 
     @classmethod
-    def from_env(cls, data_dir: Path | None = None, warehouse: Path | None = None) -> Settings:
-        """Read the settings from DUSK_* environment variables (``data_dir`` and ``warehouse``:
-        the command line's, over DUSK_DATA_DIR and DUSK_WAREHOUSE)."""
+    def from_env(
+        cls, data_dir: Path | None = None, warehouse: Path | None = None, target: str | None = None
+    ) -> Settings:
+        """Read the settings from DUSK_* environment variables (``data_dir``, ``warehouse`` and
+        ``target``: the command line's, over DUSK_DATA_DIR, DUSK_WAREHOUSE and DUSK_TARGET)."""
         data_dir = _absolute(data_dir) if data_dir else _env_path("DUSK_DATA_DIR", Path("data"))
+        target = (target or os.environ.get("DUSK_TARGET") or "duckdb").strip().lower()
+        if target not in ENGINES:
+            raise ValueError(f"DUSK_TARGET must be one of {', '.join(ENGINES)}, got {target!r}")
         return cls(
+            target=target,
+            postgres=PostgresSettings.from_env(),
             data_dir=data_dir,
             warehouse=_absolute(warehouse) if warehouse else _env_path("DUSK_WAREHOUSE", data_dir / "warehouse.duckdb"),
             target_path=_env_path("DBT_TARGET_PATH", Path("target")),
@@ -176,10 +239,20 @@ def _env_time(name: str) -> datetime | None:
 
 
 def runtime_environment(settings: Settings) -> dict[str, str]:
-    """What dlt and dbt read from the environment during a night: dbt's profile takes the
-    warehouse path from ``DUSK_WAREHOUSE`` (so dlt and dbt write to the same file), and dlt the
-    settings ingestion relies on (telemetry off among them; dbt's is off in dbt_project.yml)."""
-    return {**{k: os.environ.get(k, v) for k, v in DLT_ENVIRONMENT.items()}, "DUSK_WAREHOUSE": str(settings.warehouse)}
+    """What dlt and dbt read from the environment during a night: dbt's profile takes its target
+    from ``DUSK_TARGET`` and the warehouse from ``DUSK_WAREHOUSE`` or ``DUSK_PG_*`` (so dlt and dbt
+    write to the same place), and dlt the settings ingestion relies on (telemetry off among them;
+    dbt's is off in dbt_project.yml)."""
+    pg = settings.postgres
+    env = {
+        **{k: os.environ.get(k, v) for k, v in DLT_ENVIRONMENT.items()},
+        "DUSK_TARGET": settings.target,
+        "DUSK_WAREHOUSE": str(settings.warehouse),
+    }
+    if settings.target == "postgres":
+        env |= {"DUSK_PG_HOST": pg.host, "DUSK_PG_PORT": str(pg.port), "DUSK_PG_USER": pg.user}
+        env |= {"DUSK_PG_DATABASE": pg.database, "DBT_ENV_SECRET_PG_PASSWORD": pg.password or ""}
+    return env
 
 
 def apply_runtime_environment(settings: Settings) -> None:

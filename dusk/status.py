@@ -3,7 +3,6 @@ run ledger, for the on-call engineer's first look."""
 
 from __future__ import annotations
 
-import duckdb
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -12,25 +11,26 @@ from dusk import ledger
 from dusk.ledger import LedgerError, open_ledger
 from dusk.present import ledger_problems
 from dusk.settings import Settings
+from dusk.warehouse import Connection, open_warehouse
 
 
 def print_status(settings: Settings, runs: int = 5, console: Console | None = None) -> bool:
     """Print the status; False when there is no ledger yet (no run has finished)."""
     console = console or Console()
-    if not settings.warehouse.exists():
-        console.print(f"No warehouse at {settings.warehouse}: no run yet (make run).")
+    if not open_warehouse(settings).exists():
+        console.print(f"No warehouse at {settings.warehouse_label}: no run yet (make run).")
         return False
     try:
         with open_ledger(settings) as (con, where):
-            if where.path != settings.warehouse:
-                console.print(f"[yellow]A run holds the warehouse: showing the {where.note}, {where.path}[/yellow]")
+            if not where.is_warehouse:
+                console.print(f"[yellow]A run holds the warehouse: showing the {where.note}, {where.where}[/yellow]")
             return _print(con, runs, console)
     except LedgerError as exc:
         console.print(str(exc))
         return False
 
 
-def _print(con: duckdb.DuckDBPyConnection, runs: int, console: Console) -> bool:
+def _print(con: Connection, runs: int, console: Console) -> bool:
     """The status from an open ledger connection."""
     if not ledger.has_runs(con):
         console.print("No run in the ledger yet (make run).")

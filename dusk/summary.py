@@ -82,9 +82,9 @@ def _dbt(dbt: DbtResult, console: Console) -> None:
 def _where(settings: Settings, result: RunResult, console: Console) -> None:
     """Where the night's outputs are, and the verdict."""
     dbt = result.dbt
-    console.print(f"Warehouse: {settings.warehouse}")
+    console.print(f"Warehouse: {settings.warehouse_label}")
     if result.published is not None:
-        console.print(f"Published: {result.published.path} ({len(result.published.tables)} tables)")
+        console.print(f"Published: {result.published.where} ({len(result.published.tables)} tables)")
     if dbt is not None and dbt.docs_path:
         console.print(f"Docs: {dbt.docs_path}")
     if result.report_path is not None:

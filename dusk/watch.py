@@ -78,7 +78,14 @@ def watch(
 
 def _run_subprocess(settings: Settings) -> int:
     """`dusk run` in a process of its own, on the same installation as this watch."""
-    options = ["--data-dir", str(settings.data_dir), "--warehouse", str(settings.warehouse)]
+    options = [
+        "--data-dir",
+        str(settings.data_dir),
+        "--warehouse",
+        str(settings.warehouse),
+        "--target",
+        settings.target,
+    ]
     if settings.sources_file is not None:
         options += ["--sources-file", str(settings.sources_file)]
     options.append("--demo" if settings.demo else "--no-demo")

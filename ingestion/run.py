@@ -46,6 +46,9 @@ class Target:
     """The landing folder of a files source that names none (``files.path``)."""
     base_dir: Path
     """A relative ``files.path`` is taken from here."""
+    loader_file_format: str | None = None
+    """The file format dlt loads with (None: the destination's choice); ``parquet`` for
+    PostgreSQL, which then loads by binary COPY instead of row inserts."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,16 @@ class SourceRun:
     only: set[str] | None
     window: tuple[datetime, datetime] | None = None
     detected_at: datetime | None = None
+
+    def run(self, source: Any) -> Any:
+        """``pipeline.run`` in the target's file format; dlt's load info."""
+        return self.pipeline.run(source, loader_file_format=self.target.loader_file_format)  # type: ignore[arg-type]
+
+    def load(self, source: Any) -> Any:
+        """Run ``source`` and record the load ids; dlt's load info."""
+        info = self.run(source)
+        self.loaded(info)
+        return info
 
     def loaded(self, info: Any) -> None:
         """Record the load ids of one ``pipeline.run``."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import duckdb
 import requests
 import tenacity
 
@@ -53,7 +52,7 @@ def message(settings: Settings, result: RunResult, why: list[str]) -> dict[str, 
     lines = [f"*dusk run {result.run_id}: {result.status.upper()}* ({', '.join(why)})"]
     lines += ["• " + line.render("`{}`") for line in problems(result)]
     if result.published is not None:
-        lines.append(f"• published to {result.published.path}")
+        lines.append(f"• published to {result.published.where}")
     where = [f"report {settings.report_path}", "`dusk status`"]
     if result.log_path is not None:
         where.insert(1, f"log {result.log_path}")
@@ -109,7 +108,7 @@ def send(settings: Settings, result: RunResult) -> AlertOutcome:
     return AlertOutcome(True, ", ".join(why))
 
 
-def alert(settings: Settings, con: duckdb.DuckDBPyConnection, record: RunResult) -> AlertOutcome:
+def alert(settings: Settings, con: ledger.Connection, record: RunResult) -> AlertOutcome:
     """The alert step: send tonight's alert; a failure to send never changes the night's outcome."""
     try:
         outcome = send(settings, record)

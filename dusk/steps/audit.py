@@ -19,8 +19,6 @@ import statistics
 import time
 from datetime import datetime
 
-import duckdb
-
 from dusk import ledger
 from dusk.record import Finding, RunResult
 from dusk.settings import MonitorSettings, Settings
@@ -29,9 +27,7 @@ from ingestion.declaration import SourceSpec
 log = logging.getLogger(__name__)
 
 
-def audit(
-    settings: Settings, con: duckdb.DuckDBPyConnection, record: RunResult, specs: dict[str, SourceSpec]
-) -> list[Finding]:
+def audit(settings: Settings, con: ledger.Connection, record: RunResult, specs: dict[str, SourceSpec]) -> list[Finding]:
     """Every finding about this run (the ledger holds the previous runs' numbers), recorded in
     the ledger with the audit's step row."""
     started = time.monotonic()
@@ -45,7 +41,7 @@ def audit(
     return findings
 
 
-def volume(con: duckdb.DuckDBPyConnection, result: RunResult, m: MonitorSettings) -> list[Finding]:
+def volume(con: ledger.Connection, result: RunResult, m: MonitorSettings) -> list[Finding]:
     """Tables whose rows loaded tonight are more than ``anomaly_z`` standard deviations from
     their history (the standard deviation is taken as at least 1 row: a table that always
     loads the same count is flagged when it loads anything else)."""
@@ -78,7 +74,7 @@ def volume(con: duckdb.DuckDBPyConnection, result: RunResult, m: MonitorSettings
 
 
 def freshness_sla(
-    con: duckdb.DuckDBPyConnection, result: RunResult, specs: dict[str, SourceSpec], m: MonitorSettings
+    con: ledger.Connection, result: RunResult, specs: dict[str, SourceSpec], m: MonitorSettings
 ) -> list[Finding]:
     """Sources whose last successful load is older than their SLA. A source never loaded is in
     breach once the installation's first run is older than the SLA."""
@@ -108,7 +104,7 @@ def freshness_sla(
     return findings
 
 
-def quarantine_rate(con: duckdb.DuckDBPyConnection, m: MonitorSettings) -> list[Finding]:
+def quarantine_rate(con: ledger.Connection, m: MonitorSettings) -> list[Finding]:
     """Tables with more than the allowed share of their live rows in quarantine."""
     views = {
         name

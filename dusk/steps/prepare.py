@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import duckdb
-
 from dusk.dbt_sources import check_dbt_sources
 from dusk.demo import ensure_demo, shop_connections
 from dusk.record import Plan, RunResult
 from dusk.settings import Settings
+from dusk.warehouse import Connection as WarehouseConnection
 from dusk.warehouse import check_schemas, ensure_ledger, ensure_salt, read_salt
 from ingestion.declaration import SourceSpec, load_sources
 from ingestion.run import BACKFILL_KINDS, Connection
@@ -26,7 +25,7 @@ class Prepared:
     """Connections handed to ingestion (the demo's), by source name."""
 
 
-def prepare(settings: Settings, con: duckdb.DuckDBPyConnection, plan: Plan, record: RunResult) -> Prepared:
+def prepare(settings: Settings, con: WarehouseConnection, plan: Plan, record: RunResult) -> Prepared:
     """Raise (naming what to fix) when the night cannot start."""
     specs = load_sources(settings.sources_file)
     check_dbt_sources(specs)

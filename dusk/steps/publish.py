@@ -1,15 +1,27 @@
-"""The publish step, write-audit-publish: readers get a separate DuckDB file, replaced whole and atomically.
+"""The publish step, write-audit-publish: readers get tonight's tested data whole, or keep the last night's.
 
-The night writes and tests in the warehouse (``DUSK_WAREHOUSE``). Only when the audit passed
-(dbt's tests and the monitoring checks) are the reader-facing schemas copied, as tables, into a
-new file next to the served one, which then replaces it with one ``rename``. So:
+The night writes and tests in the warehouse. Only when the audit passed (dbt's tests and the
+monitoring checks) are the reader-facing schemas (``DUSK_PUBLISH_SCHEMAS``) copied, as tables,
+to where readers read, each engine in its own way:
+
+- **DuckDB** (:func:`copy_to_served`): into a new file next to the served one
+  (``DUSK_SERVED``), which then replaces it with one ``rename``;
+- **PostgreSQL** (:func:`swap_schemas`): into ``<prefix><schema>__next`` schemas of the same
+  database, which one transaction then renames to ``<prefix><schema>`` (``DUSK_PG_SERVED_PREFIX``,
+  default ``served_``), with a bounded ``lock_timeout`` (``DUSK_PG_LOCK_TIMEOUT``). Renaming a
+  schema waits for no reader; the previous night's schemas are dropped when no reader holds
+  them any more (a reader's open transaction keeps them until it ends; they are dropped by a
+  later publish).
+
+On both:
 
 - a reader sees yesterday's published data or tonight's tested data, never a mix or a failed
   night's data;
-- a reader holding the served file (a BI tool, a notebook; read-only) never blocks the nightly:
-  the nightly never writes that file, and a reader with it open keeps reading the old copy until
-  it reconnects;
-- a run killed while publishing leaves the served file as it was (the half-written copy is
+- a reader holding the served data (a BI tool, a notebook) never blocks the nightly for longer
+  than a bounded wait: on DuckDB the nightly never writes the served file (a reader with it open
+  keeps reading the old copy until it reconnects); on PostgreSQL a statement reads the old
+  night's tables or the new night's, never a mix;
+- a run killed while publishing leaves the served data as it was (the half-written copy is
   removed by the next publish).
 
 Raw schemas (unhashed PII) and ``dusk_private`` (the PII salt) are never published.
@@ -20,15 +32,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import psycopg
 
 from dusk import ledger
 from dusk.record import PublishResult, RunResult
-from dusk.settings import Settings
-from dusk.warehouse import LEDGER, PublishError, check_schemas
+from dusk.settings import PostgresSettings, Settings
+from dusk.warehouse import LEDGER, Connection, PublishError, Warehouse, check_schemas
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +50,7 @@ ABOUT = "dusk_published"
 """The served file's own schema: which run it holds (table ``about``)."""
 
 
-def publish(settings: Settings, con: duckdb.DuckDBPyConnection, record: RunResult) -> None:
+def publish(settings: Settings, warehouse: Warehouse, con: Connection, record: RunResult) -> None:
     """The publish step: tonight's tested data to readers, when the night passed; the outcome is
     set on ``record`` and written to the ledger (the served copy's ledger holds it too)."""
     if not record.publishable:
@@ -45,13 +59,17 @@ def publish(settings: Settings, con: duckdb.DuckDBPyConnection, record: RunResul
             ledger.step(con, record, "publish", None, "not published", 0.0)
         return
     try:
-        record.published = copy_to_served(con, settings.served_path, settings.publish_schemas, record)
+        if warehouse.engine == "postgres":
+            record.published = swap_schemas(con, settings.postgres, settings.publish_schemas, record)
+        else:
+            assert isinstance(con, duckdb.DuckDBPyConnection)
+            record.published = copy_to_served(con, settings.served_path, settings.publish_schemas, record)
     except PublishError as exc:
         log.error("%s", exc)
         record.publish_error = str(exc)
         ledger.step(con, record, "publish", None, "not published", 0.0)
         return
-    ledger.step(con, record, "publish", str(record.published.path), "ok", record.published.seconds, 1)
+    ledger.step(con, record, "publish", record.published.where, "ok", record.published.seconds, 1)
 
 
 def copy_to_served(
@@ -66,14 +84,14 @@ def copy_to_served(
     building = served.with_name(served.name + ".next")
     for leftover in (building, building.with_name(building.name + ".wal")):
         leftover.unlink(missing_ok=True)  # from a run killed while publishing
-    result = PublishResult(path=served, run_id=record.run_id, seconds=0.0)
+    result = PublishResult(where=str(served), run_id=record.run_id, seconds=0.0)
     try:
         con.execute(f"attach '{_quote(building)}' as served")
         try:
-            _copy(con, schemas, result)
+            _copy(con, schemas, result, lambda schema: f'served."{schema}"')
             if LEDGER in schemas:
                 result.seconds = time.monotonic() - started
-                _close_served_ledger(con, record, result)
+                _close_served_ledger(con, record, result, f"served.{LEDGER}")
             con.execute(f"create schema served.{ABOUT}")
             con.execute(
                 f"create table served.{ABOUT}.about as select ?::varchar as run_id, ?::timestamp as published_at",
@@ -92,7 +110,77 @@ def copy_to_served(
     return result
 
 
-def _copy(con: duckdb.DuckDBPyConnection, schemas: tuple[str, ...], result: PublishResult) -> None:
+def swap_schemas(con: Connection, pg: PostgresSettings, schemas: tuple[str, ...], record: RunResult) -> PublishResult:
+    """Copy ``schemas`` (tables and views, as tables) into ``<prefix><schema>__next`` schemas,
+    then rename them to ``<prefix><schema>`` in one transaction, the previous ones aside. Raises
+    PublishError; readers then keep what they had."""
+    started = time.monotonic()
+    check_schemas(schemas)
+    served = {schema: pg.served_prefix + schema for schema in (*schemas, ABOUT)}
+    result = PublishResult(where=f"{pg.url(password=False)} ({pg.served_prefix}*)", run_id=record.run_id, seconds=0.0)
+    timeout = f"set lock_timeout = {int(pg.lock_timeout * 1000)}"
+    try:
+        con.execute(timeout)
+        for name in served.values():  # a run killed while publishing left its copy: nobody reads it
+            con.execute(f'drop schema if exists "{name}{NEXT}" cascade')
+        _drop_retired(con, pg)
+        _copy(con, schemas, result, lambda schema: f'"{served[schema]}{NEXT}"')
+        if LEDGER in schemas:
+            result.seconds = time.monotonic() - started
+            _close_served_ledger(con, record, result, f'"{served[LEDGER]}{NEXT}"')
+        con.execute(f'create schema "{served[ABOUT]}{NEXT}"')
+        con.execute(
+            f'create table "{served[ABOUT]}{NEXT}".about as select ?::varchar as run_id, ?::timestamp as published_at',
+            [record.run_id, datetime.now(UTC).replace(tzinfo=None)],
+        )
+        retired = f"{RETIRED}{int(time.time())}"
+        existing = {n for (n,) in con.execute("select nspname from pg_namespace").fetchall()}
+        con.execute("begin")
+        try:
+            con.execute(timeout.replace("set ", "set local "))
+            for name in served.values():
+                if name in existing:
+                    con.execute(f'alter schema "{name}" rename to "{name}{retired}"')
+                con.execute(f'alter schema "{name}{NEXT}" rename to "{name}"')
+        except BaseException:
+            con.execute("rollback")
+            raise
+        con.execute("commit")  # readers see the old schemas or the new ones, never a mix
+        _drop_retired(con, pg)
+    except psycopg.Error as exc:
+        con.execute("reset lock_timeout")
+        raise PublishError(
+            f"publishing to the {pg.served_prefix}* schemas failed, the served data is unchanged: {exc}"
+        ) from exc
+    con.execute("reset lock_timeout")
+    result.seconds = time.monotonic() - started
+    log.info(
+        "published run %s to %s: %d tables in %.1fs", record.run_id, result.where, len(result.tables), result.seconds
+    )
+    return result
+
+
+NEXT = "__next"
+"""The suffix of the schemas a PostgreSQL publish builds before it swaps them in."""
+RETIRED = "__retired_"
+"""The suffix of a previous night's schemas, swapped out and dropped once no reader holds them."""
+
+
+def _drop_retired(con: Connection, pg: PostgresSettings) -> None:
+    """Drop the previous nights' schemas that no reader holds any more (a reader's open
+    transaction keeps its tables locked: that schema waits, up to the lock timeout, for a later
+    publish)."""
+    pattern = pg.served_prefix.replace("_", "\\_") + "%" + RETIRED.replace("_", "\\_") + "%"
+    retired = con.execute("select nspname from pg_namespace where nspname like ? order by 1", [pattern]).fetchall()
+    for (name,) in retired:
+        try:
+            con.execute(f'drop schema "{name}" cascade')
+        except psycopg.errors.LockNotAvailable:
+            log.warning("publish: a reader still holds %s; it is dropped by a later publish", name)
+
+
+def _copy(con: Connection, schemas: tuple[str, ...], result: PublishResult, into: Callable[[str], str]) -> None:
+    """Copy the schemas' tables and views, as tables, into ``into(schema)`` (created here)."""
     found = con.execute(
         "select table_schema, table_name from information_schema.tables "
         "where table_catalog = current_database() and table_schema in "
@@ -103,26 +191,26 @@ def _copy(con: duckdb.DuckDBPyConnection, schemas: tuple[str, ...], result: Publ
     if missing:
         log.warning("publish: the warehouse has no schema %s yet; published without it", ", ".join(missing))
     for schema in sorted({s for s, _ in found}):
-        con.execute(f'create schema served."{schema}"')
+        con.execute(f"create schema {into(schema)}")
     for schema, table in found:
-        con.execute(f'create table served."{schema}"."{table}" as select * from "{schema}"."{table}"')
-        count = con.execute(f'select count(*) from served."{schema}"."{table}"').fetchone()
+        con.execute(f'create table {into(schema)}."{table}" as select * from "{schema}"."{table}"')
+        count = con.execute(f'select count(*) from {into(schema)}."{table}"').fetchone()
         result.tables[f"{schema}.{table}"] = int(count[0]) if count else 0
 
 
-def _close_served_ledger(con: duckdb.DuckDBPyConnection, record: RunResult, result: PublishResult) -> None:
-    """The served ledger says what readers hold: tonight published, and the run as it ended
-    (alerting and the report come later and never change its status)."""
+def _close_served_ledger(con: Connection, record: RunResult, result: PublishResult, schema: str) -> None:
+    """The served ledger (``schema``) says what readers hold: tonight published, and the run as
+    it ended (alerting and the report come later and never change its status)."""
     record.published = result
     try:
-        ledger.step(con, record, "publish", str(result.path), "ok", result.seconds, 1, catalog="served.")
-        ledger.close_run(con, record, catalog="served.")
+        ledger.step(con, record, "publish", result.where, "ok", result.seconds, 1, schema=schema)
+        ledger.close_run(con, record, schema=schema)
     finally:
         record.published = None
 
 
 def published_run(served: Path) -> str | None:
-    """The run id the served file holds (None when nothing was published yet)."""
+    """The run id the served DuckDB file holds (None when nothing was published yet)."""
     if not served.exists():
         return None
     with duckdb.connect(str(served), read_only=True) as con:

@@ -11,12 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import jinja2
 from matplotlib.figure import Figure
 
 from dusk import ledger
-from dusk.ledger import SCHEMA, LedgerError, LedgerSource, open_ledger
+from dusk.ledger import SCHEMA, Connection, LedgerError, Reading, open_ledger
 from dusk.present import ledger_problems
 from dusk.record import RunResult
 from dusk.settings import Settings
@@ -89,7 +88,7 @@ def _durations_plot(steps: list[tuple[str, float]]) -> str:
     return _svg(fig)
 
 
-def gather(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def gather(con: Connection) -> dict[str, Any]:
     """Everything the report shows, read from the ledger."""
     runs = ledger.recent_runs(con, RUNS_SHOWN)[::-1]
     if not runs:
@@ -104,14 +103,15 @@ def gather(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         rows[f"{source}.{table}"][rid] = loaded
     quarantine: dict[str, dict[str, float]] = defaultdict(dict)
     for rid, source, table, count in con.execute(
-        f"select run_id, source, table_name, sum(row_count) from {SCHEMA}.quarantine where run_id >= ? group by all",
+        f"select run_id, source, table_name, sum(row_count) from {SCHEMA}.quarantine "
+        "where run_id >= ? group by 1, 2, 3",
         [first],
     ).fetchall():
         quarantine[f"{source}.{table}"][rid] = count
     tests: dict[str, dict[str, int]] = defaultdict(dict)
     for rid, status, count in con.execute(
         f"select run_id, status, count(*) from {SCHEMA}.dbt_nodes "
-        "where run_id >= ? and resource_type in ('test', 'unit_test') group by all",
+        "where run_id >= ? and resource_type in ('test', 'unit_test') group by 1, 2",
         [first],
     ).fetchall():
         tests[rid][status] = count
@@ -164,7 +164,7 @@ figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
 </style></head>
 <body>
 <h1>dusk run report</h1>
-<p class="meta">Written {{ written }} from {{ source.note }} ({{ source.path }}).</p>
+<p class="meta">Written {{ written }} from {{ source.note }} ({{ source.where }}).</p>
 <section id="last-run">
 <h2>Last run <code>{{ last[0] }}</code>:
 <span class="status {{ last[1] }}" id="last-status">{{ last[1] | upper }}</span> in {{ '%.1f' % last[2] }} s</h2>
@@ -217,12 +217,12 @@ figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
 """
 
 
-def write_report(settings: Settings, con: duckdb.DuckDBPyConnection | None = None) -> Path:
+def write_report(settings: Settings, con: Connection | None = None) -> Path:
     """Write the report to ``settings.report_path`` (atomically) and return the path; ``con``:
     the night's own connection (else the ledger is opened read-only)."""
     if con is not None:
         data = gather(con)
-        source = LedgerSource(settings.warehouse, "warehouse")
+        source = Reading(settings.warehouse_label, "warehouse")
     else:
         with open_ledger(settings) as (reader, source):
             data = gather(reader)
@@ -240,7 +240,7 @@ def write_report(settings: Settings, con: duckdb.DuckDBPyConnection | None = Non
     return path
 
 
-def report(settings: Settings, con: duckdb.DuckDBPyConnection, record: RunResult) -> None:
+def report(settings: Settings, con: Connection, record: RunResult) -> None:
     """The report step: the report is a view of the ledger; its failure never fails the night."""
     try:
         record.report_path = write_report(settings, con)

@@ -40,5 +40,5 @@ def ingest(run: SourceRun) -> None:
     run.result.notes = [n for p in plans for n in p.notes]
     for change in run.result.schema_changes:
         log.warning("source=%s schema change: %s", run.spec.name, change)
-    run.loaded(run.pipeline.run(database_source(run.spec, url, plans, run.staging)))
+    run.load(database_source(run.spec, url, plans, run.staging))
     run.finish(deleted={p.spec.name: p.deleted_count for p in plans})

@@ -24,7 +24,7 @@ def ingest(run: SourceRun) -> None:
     prepared = prepare(spec, plan, run.staging)
     create = tuple(t.name for t in missing_tables(run.pipeline, spec))
     if plan.ledger or create:
-        run.loaded(run.pipeline.run(files_source(spec, plan, prepared, create)))
+        run.load(files_source(spec, plan, prepared, create))
     if spec.option("archive"):
         archive(plan)
     quarantined = {name: item.quarantined for name, item in prepared.items()}

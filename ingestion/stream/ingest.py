@@ -28,7 +28,7 @@ def ingest(run: SourceRun) -> None:
         # an optional stream (e.g. the demo's): the night goes on without it, and says so
         run.result.skipped = str(exc)
         if create:  # raw still gets the (empty) tables that dbt reads
-            run.pipeline.run(stream_source(spec, Batch(), create))
+            run.run(stream_source(spec, Batch(), create))
         run.finish(ran=False)
         log.warning("source=%s skipped: %s", spec.name, exc)
         return
@@ -36,7 +36,7 @@ def ingest(run: SourceRun) -> None:
         batch = reader.fetch()
         if batch.messages or create:
             try:
-                info = run.pipeline.run(stream_source(spec, batch, create))
+                info = run.run(stream_source(spec, batch, create))
             except Exception:
                 reader.nak(batch)  # not loaded: deliver again at once
                 raise

@@ -1,47 +1,126 @@
 """The warehouse: the one place that opens it, and what dusk keeps in it besides the data.
 
-DuckDB shares one database instance between the connections of a process that open the same file
-with the same configuration, and refuses a connection with another one ("Can't open a connection
-to same database file with a different configuration"). dlt's and dbt-duckdb's connections set
-nothing at connect time (dlt applies its settings, :data:`SETTINGS`, with ``SET`` once
-connected), so every connection here sets nothing either: :meth:`Warehouse.connect` is the only
-``duckdb.connect`` of the warehouse in the runner. The night holds one connection from start to
-end, so every step (and every ingest thread's dlt connection) shares one instance.
+The warehouse is a choice (``DUSK_TARGET``): DuckDB, one embedded file (:mod:`.duckdb_engine`,
+the default), or a PostgreSQL database (:mod:`.postgres_engine`). :func:`open_warehouse` gives the
+configured one; everything else in the runner talks to it through :class:`Warehouse` and a
+:class:`Connection` (``execute`` with ``?`` parameters, ``executemany``), whatever the engine.
 
 Besides the data it holds the run ledger's tables (:data:`LEDGER_DDL`, schema ``dusk_ledger``) and
-the PII salt (schema ``dusk_private``, never published). This module is the seam where another
-engine plugs in.
+the PII salt (schema ``dusk_private``, never published).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import duckdb
+from typing import Any, Protocol
 
 from dusk.settings import PROJECT_DIR, Settings
-from ingestion.limits import MEMORY_LIMIT
 
-SETTINGS = {"preserve_insertion_order": False, "memory_limit": MEMORY_LIMIT}
-"""DuckDB settings of the warehouse (parquet files load in parallel; memory stays capped, DuckDB
-spills beyond it)."""
+
+class Cursor(Protocol):
+    """What a query returns."""
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+
+class Connection(Protocol):
+    """A connection to the warehouse: ``?`` marks a parameter on every engine."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] | None = None, /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any: ...
+
+
+class LedgerError(RuntimeError):
+    """No ledger to read (no run yet, or the warehouse cannot be opened)."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Where a reader in another process found the ledger."""
+
+    where: str
+    note: str
+    is_warehouse: bool = True
+
+
+class Warehouse(ABC):
+    """The warehouse of one installation, on its engine."""
+
+    engine: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def describe(self) -> str:
+        """Where the warehouse is, for messages (never with a password)."""
+        return self.settings.warehouse_label
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the warehouse was created (a run has started once)."""
+
+    @abstractmethod
+    def connect(self) -> AbstractContextManager[Any]:
+        """The night's connection (a :class:`Connection`): it holds one for all its own reads and
+        writes."""
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[tuple[Any, Reading]]:
+        """A connection for a reader in another process (``dusk status``, the report), and where
+        it reads."""
+
+    @abstractmethod
+    def destination(self) -> Any:
+        """dlt's destination for this warehouse."""
+
+    loader_file_format: str | None = None
+    """The file format dlt loads with (None: the destination's own choice)."""
+
+    def target(self) -> Any:
+        """Where ingestion lands each source (:class:`ingestion.run.Target`)."""
+        from ingestion.run import Target
+
+        s = self.settings
+        return Target(
+            self.destination(),
+            work_dir=s.pipelines_dir,
+            landing_dir=s.landing_dir,
+            base_dir=PROJECT_DIR,
+            loader_file_format=self.loader_file_format,
+        )
+
+
+def open_warehouse(settings: Settings) -> Warehouse:
+    """The configured warehouse (``settings.target``)."""
+    if settings.target == "postgres":
+        from dusk.warehouse.postgres_engine import PostgresWarehouse
+
+        return PostgresWarehouse(settings)
+    from dusk.warehouse.duckdb_engine import DuckDBWarehouse
+
+    return DuckDBWarehouse(settings)
+
 
 LEDGER = "dusk_ledger"
 LEDGER_DDL = f"""
 create schema if not exists {LEDGER};
 create table if not exists {LEDGER}.runs (
     run_id varchar primary key, status varchar not null, started_at timestamp not null,
-    seconds double not null, failed_sources varchar, error varchar
+    seconds double precision not null, failed_sources varchar, error varchar
 );
 alter table {LEDGER}.runs add column if not exists mode varchar;
 create table if not exists {LEDGER}.steps (
     run_id varchar not null, step varchar not null, target varchar, status varchar not null,
-    attempts integer, seconds double not null
+    attempts integer, seconds double precision not null
 );
 create table if not exists {LEDGER}.source_tables (
     run_id varchar not null, source varchar not null, table_name varchar not null,
@@ -49,7 +128,7 @@ create table if not exists {LEDGER}.source_tables (
 );
 create table if not exists {LEDGER}.dbt_nodes (
     run_id varchar not null, unique_id varchar not null, name varchar not null, resource_type varchar not null,
-    layer varchar, status varchar not null, seconds double not null, rows_affected bigint, failures bigint,
+    layer varchar, status varchar not null, seconds double precision not null, rows_affected bigint, failures bigint,
     failures_table varchar, message varchar
 );
 create table if not exists {LEDGER}.quarantine (
@@ -64,7 +143,7 @@ create table if not exists {LEDGER}.schema_changes (
 );
 create table if not exists {LEDGER}.findings (
     run_id varchar not null, check_name varchar not null, severity varchar not null, target varchar not null,
-    message varchar not null, value double, limit_value double
+    message varchar not null, value double precision, limit_value double precision
 );
 """
 """The run ledger's tables (dbt declares them as the source ``ledger``, models/ledger/)."""
@@ -94,40 +173,7 @@ class SaltError(RuntimeError):
     """The salt is missing, unusable or differs from the warehouse's."""
 
 
-class Warehouse:
-    """The DuckDB warehouse file of one installation."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.path = settings.warehouse
-
-    @contextmanager
-    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The writing connection (the night holds one for all its own reads and writes; other
-        processes read the file read-only, :func:`dusk.ledger.open_ledger`: DuckDB lets one
-        process write)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(self.path))
-        try:
-            yield con
-        finally:
-            con.close()
-
-    def destination(self) -> Any:
-        """dlt's destination for this warehouse (dlt applies :data:`SETTINGS` once connected)."""
-        import dlt
-
-        return dlt.destinations.duckdb(credentials={"database": str(self.path), "global_config": dict(SETTINGS)})
-
-    def target(self) -> Any:
-        """Where ingestion lands each source (:class:`ingestion.run.Target`)."""
-        from ingestion.run import Target
-
-        s = self.settings
-        return Target(self.destination(), work_dir=s.pipelines_dir, landing_dir=s.landing_dir, base_dir=PROJECT_DIR)
-
-
-def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+def ensure_ledger(con: Connection) -> None:
     """Create the ledger's schema and tables if missing (before dbt, which tests them as a source)."""
     con.execute(LEDGER_DDL)
 
@@ -158,7 +204,7 @@ def read_salt(settings: Settings) -> str:
     return value
 
 
-def ensure_salt(con: duckdb.DuckDBPyConnection, salt: str) -> bool:
+def ensure_salt(con: Connection, salt: str) -> bool:
     """Store the salt in the warehouse; True when it was stored now. A different salt would
     silently re-hash every value (and version every customer in the snapshot), so a warehouse
     built with one salt refuses another."""

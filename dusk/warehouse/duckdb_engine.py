@@ -1,0 +1,77 @@
+"""The DuckDB warehouse: one embedded file (the default).
+
+DuckDB shares one database instance between the connections of a process that open the same file
+with the same configuration, and refuses a connection with another one ("Can't open a connection
+to same database file with a different configuration"). dlt's and dbt-duckdb's connections set
+nothing at connect time (dlt applies its settings, :data:`SETTINGS`, with ``SET`` once
+connected), so every connection here sets nothing either: :meth:`DuckDBWarehouse.connect` is the
+only ``duckdb.connect`` of the warehouse in the runner. The night holds one connection from start
+to end, so every step (and every ingest thread's dlt connection) shares one instance.
+
+DuckDB lets one process write a file, and no other process read it meanwhile: readers in other
+processes open it read-only, or the served file when a run holds it (:meth:`DuckDBWarehouse.read`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+
+from dusk.warehouse import LedgerError, Reading, Warehouse
+from ingestion.limits import MEMORY_LIMIT
+
+SETTINGS = {"preserve_insertion_order": False, "memory_limit": MEMORY_LIMIT}
+"""DuckDB settings of the warehouse (parquet files load in parallel; memory stays capped, DuckDB
+spills beyond it)."""
+
+
+class DuckDBWarehouse(Warehouse):
+    """The DuckDB warehouse file (``DUSK_WAREHOUSE``)."""
+
+    engine = "duckdb"
+
+    @property
+    def path(self) -> Any:
+        return self.settings.warehouse
+
+    def exists(self) -> bool:
+        return bool(self.path.exists())
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(self.path))
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def read(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, Reading]]:
+        """The warehouse read-only, or the served file when a run holds the warehouse."""
+        s = self.settings
+        candidates = [(s.warehouse, "warehouse", True), (s.served_path, "served file (last published night)", False)]
+        errors = []
+        for path, what, is_warehouse in candidates:
+            if not path.exists():
+                continue
+            try:
+                con = duckdb.connect(str(path), read_only=True)
+            except duckdb.IOException as exc:
+                errors.append(f"{path}: {exc}")
+                continue
+            try:
+                yield con, Reading(str(path), what, is_warehouse)
+            finally:
+                con.close()
+            return
+        raise LedgerError("no run ledger to read: " + ("; ".join(errors) or "no run yet (make run)"))
+
+    def destination(self) -> Any:
+        """dlt's duckdb destination (dlt applies :data:`SETTINGS` once connected)."""
+        import dlt
+
+        return dlt.destinations.duckdb(credentials={"database": str(self.path), "global_config": dict(SETTINGS)})
