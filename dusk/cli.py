@@ -217,6 +217,24 @@ def pii_salt() -> None:
     typer.echo(f"PII salt {'stored in' if stored else 'already in'} {s.warehouse_label} (dusk_private.pii_salt)")
 
 
+@app.command()
+def migrate(to: params.MigrateTo) -> None:
+    """Move this installation's DuckDB warehouse to another engine (an empty PostgreSQL database):
+    raw data with dlt's state (cursors, CDC positions, the file ledger), snapshot history, the run
+    ledger and the PII salt, each table compared with its copy. Marts and views are rebuilt by
+    the next night there. Then set DUSK_TARGET to the new engine."""
+    _logging(False)
+    from dusk.lock import run_lock
+    from dusk.migrate import migrate as move
+
+    s = settings()
+    with run_lock(s.data_dir, command="migrate"):
+        moved = move(s, to)
+    rows = sum(moved.tables.values())
+    typer.echo(f"Moved {len(moved.tables)} tables ({rows:,} rows) to {moved.where} in {moved.seconds:.1f}s")
+    typer.echo(f"Every table equals its copy. Set DUSK_TARGET={to} for the next runs; {moved.left} is left as it was.")
+
+
 cdc_app = typer.Typer(no_args_is_help=True, help="PostgreSQL change data capture: slot and publication.")
 app.add_typer(cdc_app, name="cdc")
 
@@ -264,6 +282,8 @@ def exit_codes() -> Iterator[None]:
     (the message alone, no traceback)."""
     from dusk.ledger import LedgerError
     from dusk.lock import Locked
+    from dusk.migrate import MigrateError
+    from dusk.settings import SettingsError
     from dusk.warehouse import PublishError, SaltError
     from ingestion.database.cdc import CdcError
     from ingestion.declaration import ConfigError
@@ -273,10 +293,10 @@ def exit_codes() -> Iterator[None]:
     except Locked as exc:
         typer.echo(str(exc), err=True)
         raise SystemExit(EXIT_LOCKED) from None
-    except ConfigError as exc:
+    except (ConfigError, SettingsError) as exc:
         typer.echo(f"{exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None
-    except (LedgerError, SaltError, CdcError, PublishError) as exc:
+    except (LedgerError, SaltError, CdcError, PublishError, MigrateError) as exc:
         typer.echo(str(exc), err=True)
         raise SystemExit(EXIT_FAILED) from None
 

@@ -75,4 +75,5 @@ MaxRuns = Annotated[
     int | None,
     typer.Option(min=1, help="Stop after this many runs (default: never).", envvar="DUSK_WATCH_MAX_RUNS"),
 ]
+MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres.")]
 SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]

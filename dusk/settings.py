@@ -20,6 +20,10 @@ from ingestion.dlt_settings import DLT_ENVIRONMENT
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
+class SettingsError(ValueError):
+    """A setting's value is not one dusk can use; the message names the variable and the fix."""
+
+
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     path = Path(value) if value else default
@@ -33,7 +37,7 @@ def _absolute(path: Path) -> Path:
 def _severity(name: str, default: str) -> str:
     value = os.environ.get(name, default).strip().lower()
     if value not in ("warn", "error"):
-        raise ValueError(f"{name} must be warn or error, got {value!r}")
+        raise SettingsError(f"{name} must be warn or error, got {value!r}")
     return value
 
 
@@ -92,7 +96,7 @@ class PostgresSettings:
         env = os.environ.get
         prefix = env("DUSK_PG_SERVED_PREFIX", "served_")
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", prefix):
-            raise ValueError(f"DUSK_PG_SERVED_PREFIX must be a lower-case SQL name prefix, got {prefix!r}")
+            raise SettingsError(f"DUSK_PG_SERVED_PREFIX must be a lower-case SQL name prefix, got {prefix!r}")
         return cls(
             host=env("DUSK_PG_HOST", "127.0.0.1"),
             port=int(env("DUSK_PG_PORT", "5432")),
@@ -200,7 +204,7 @@ class Settings:
         data_dir = _absolute(data_dir) if data_dir else _env_path("DUSK_DATA_DIR", Path("data"))
         target = (target or os.environ.get("DUSK_TARGET") or "duckdb").strip().lower()
         if target not in ENGINES:
-            raise ValueError(f"DUSK_TARGET must be one of {', '.join(ENGINES)}, got {target!r}")
+            raise SettingsError(f"DUSK_TARGET must be one of {', '.join(ENGINES)}, got {target!r}")
         return cls(
             target=target,
             postgres=PostgresSettings.from_env(),
@@ -234,7 +238,7 @@ def _env_time(name: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{name} must be an ISO 8601 time such as 2026-01-31T00:00:00Z, got {value!r}") from None
+        raise SettingsError(f"{name} must be an ISO 8601 time such as 2026-01-31T00:00:00Z, got {value!r}") from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 

@@ -8,20 +8,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import dlt
 import duckdb
+import psycopg
 import sqlalchemy as sa
 
 from dusk.demo.shop import PRIMARY_KEYS
-from dusk.settings import PROJECT_DIR, Settings
+from dusk.settings import PostgresSettings, Settings
+from dusk.warehouse import open_warehouse
+from ingestion.database.scan import load_extension
 from ingestion.declaration import SourceSpec, load_sources
-from ingestion.limits import MEMORY_LIMIT
 from ingestion.result import SourceResult
 from ingestion.run import Connection, Target, ingest_source
+from tests.conftest import _service_missing
 
 SHOP_KEYS = {table: ", ".join(columns) for table, columns in PRIMARY_KEYS.items()}
 """Each demo shop table's key columns as a SELECT list (composite keys: several columns)."""
@@ -34,14 +39,32 @@ def sources() -> dict[str, SourceSpec]:
 
 
 def target(settings: Settings) -> Target:
-    """Where ingestion lands a source: the test's warehouse file, as the night configures it."""
-    destination = dlt.destinations.duckdb(
-        credentials={
-            "database": str(settings.warehouse),
-            "global_config": {"preserve_insertion_order": False, "memory_limit": MEMORY_LIMIT},
-        }
+    """Where ingestion lands a source: the test's warehouse (a DuckDB file, or a PostgreSQL
+    database when ``settings.target`` says so), as the night configures it."""
+    return open_warehouse(settings).target()
+
+
+@contextmanager
+def on_engine(settings: Settings, engine: str) -> Iterator[Settings]:
+    """``settings`` with its warehouse on ``engine``: as they are for ``duckdb``; for ``postgres``
+    a database of the test's own on the local server (created as the night's first step does),
+    dropped afterwards."""
+    if engine != "postgres":
+        yield settings
+        return
+    settings = replace(
+        settings, target="postgres", postgres=PostgresSettings(database=f"dusk_test_wh_{uuid.uuid4().hex[:10]}")
     )
-    return Target(destination, settings.pipelines_dir, settings.landing_dir, PROJECT_DIR)
+    try:
+        with open_warehouse(settings).connect():
+            pass
+    except psycopg.OperationalError as exc:
+        _service_missing(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    try:
+        yield settings
+    finally:
+        with psycopg.connect(settings.postgres.url("postgres"), autocommit=True) as admin:
+            admin.execute(f"drop database if exists {settings.postgres.database} with (force)")
 
 
 def connection(spec: SourceSpec, settings: Settings) -> Connection:
@@ -71,8 +94,18 @@ def sql(engine: sa.Engine, *statements: str) -> None:
 
 
 def raw(settings: Settings, query: str) -> list[tuple]:
-    """Rows of a query on the warehouse, opened read-only."""
-    with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+    """Rows of a (DuckDB SQL) query on the warehouse, opened read-only: the DuckDB file, or the
+    PostgreSQL database attached through DuckDB's postgres extension (times in UTC)."""
+    if settings.target != "postgres":
+        with duckdb.connect(str(settings.warehouse), read_only=True) as con:
+            return con.sql(query).fetchall()
+    pg = settings.postgres
+    with duckdb.connect() as con:
+        load_extension(con, "duckdb_extension_postgres_scanner")
+        con.execute("set TimeZone = 'UTC'")
+        dsn = f"host={pg.host} port={pg.port} user={pg.user} dbname={pg.database}"
+        con.execute(f"attach '{dsn}' as wh (type postgres, read_only)")
+        con.execute("use wh")
         return con.sql(query).fetchall()
 
 

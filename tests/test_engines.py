@@ -36,42 +36,58 @@ SNAPSHOT_CLOCKS = "dlt_load_id"
 
 
 @pytest.fixture
-def pg_database() -> Iterator[str]:
-    """The name of a PostgreSQL database that does not exist yet (the runner creates it), dropped
+def pg_databases() -> Iterator[list[str]]:
+    """Two names of PostgreSQL databases that do not exist yet (the runner creates them), dropped
     afterwards."""
     try:
         psycopg.connect(ADMIN, connect_timeout=5).close()
     except psycopg.OperationalError as exc:
         _service_missing(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    name = f"dusk_test_{uuid.uuid4().hex[:10]}"
-    yield name
+    names = [f"dusk_test_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    yield names
     with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f"drop database if exists {name} with (force)")
+        for name in names:
+            admin.execute(f"drop database if exists {name} with (force)")
 
 
-def differences(duck: Workspace, pg_database: str) -> dict[str, int]:
-    """Rows in one engine's mart or snapshot and not in the other's (both ways, duplicates
-    counted), per relation that differs; compared in DuckDB, PostgreSQL attached read-only."""
+def on_duckdb(ws: Workspace) -> tuple[str, str]:
+    """What DuckDB attaches for a workspace's DuckDB warehouse, and how."""
+    return str(ws.warehouse), "(read_only)"
+
+
+def on_postgres(database: str) -> tuple[str, str]:
+    """What DuckDB attaches for a PostgreSQL warehouse, and how."""
+    return f"host=127.0.0.1 user=postgres dbname={database}", "(type postgres, read_only)"
+
+
+def differences(left: tuple[str, str], right: tuple[str, str]) -> dict[str, int]:
+    """Rows in one warehouse's mart or snapshot and not in the other's (both ways, duplicates
+    counted), per relation that differs; compared in DuckDB, both warehouses attached read-only
+    (:func:`on_duckdb`, :func:`on_postgres`)."""
     found = {}
-    with duckdb.connect(str(duck.warehouse), read_only=True) as con:
+    with duckdb.connect() as con:
         load_extension(con, "duckdb_extension_postgres_scanner")
         con.execute("set TimeZone = 'UTC'")
-        con.execute(f"attach 'host=127.0.0.1 user=postgres dbname={pg_database}' as pg (type postgres, read_only)")
+        for (what, how), alias in ((left, "l"), (right, "r")):
+            con.execute(f"attach '{what}' as {alias} {how}")
         relations = [(f"marts.{m}", RUN_CLOCKS.get(m)) for m in MARTS]
         relations += [(f"snapshots.{s}", SNAPSHOT_CLOCKS) for s in SNAPSHOTS]
         for relation, clocks in relations:
             columns = f"* exclude ({clocks})" if clocks else "*"
-            ours, theirs = f"select {columns} from {relation}", f"select {columns} from pg.{relation}"
-            for left, right in ((ours, theirs), (theirs, ours)):
-                (n,) = con.execute(f"select count(*) from ({left} except all {right})").fetchone()  # type: ignore[misc]
+            ours, theirs = f"select {columns} from l.{relation}", f"select {columns} from r.{relation}"
+            for (a, b), only in (((ours, theirs), "left"), ((theirs, ours), "right")):
+                (n,) = con.execute(f"select count(*) from ({a} except all {b})").fetchone()  # type: ignore[misc]
                 if n:
-                    found[f"{relation}: {'duckdb' if left == ours else 'postgres'} only"] = int(n)
-            (rows,) = con.execute(f"select count(*) from {relation}").fetchone()  # type: ignore[misc]
+                    found[f"{relation}: {only} only"] = int(n)
+            (rows,) = con.execute(f"select count(*) from l.{relation}").fetchone()  # type: ignore[misc]
             assert rows or relation == "marts.daily_web_activity", f"{relation} is empty: nothing was compared"
     return found
 
 
-def test_nights_on_postgres_equal_the_same_nights_on_duckdb(tmp_path: Path, pg_database: str) -> None:
+def test_nights_on_postgres_equal_the_same_nights_on_duckdb(tmp_path: Path, pg_databases: list[str]) -> None:
+    """Two nights on each engine; then the DuckDB installation moves to PostgreSQL (dusk migrate)
+    and both run a third night."""
+    pg_database, moved_database = pg_databases
     duck, pg = Workspace(tmp_path / "duckdb"), Workspace(tmp_path / "postgres")
     on_pg = {**SAME_NIGHT, "DUSK_TARGET": "postgres", "DUSK_PG_DATABASE": pg_database, "DUSK_PG_LOCK_TIMEOUT": "2"}
     for ws in (duck, pg):
@@ -108,17 +124,7 @@ def test_nights_on_postgres_equal_the_same_nights_on_duckdb(tmp_path: Path, pg_d
         finally:
             reader.close()
 
-        assert differences(duck, pg_database) == {}
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{pg_database}", autocommit=True) as con:
-            con.execute(
-                "update marts.daily_revenue set revenue = revenue + 0.01 where order_date = "
-                "(select min(order_date) from marts.daily_revenue)"
-            )
-        assert differences(duck, pg_database) == {  # the compare sees a cent
-            "marts.daily_revenue: duckdb only": 1,
-            "marts.daily_revenue: postgres only": 1,
-        }
-
+        assert differences(on_duckdb(duck), on_postgres(pg_database)) == {}
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{pg_database}") as con:
             runs = con.execute("select status from dusk_ledger.runs order by run_id").fetchall()
             assert runs == [("success",), ("success",)]
@@ -134,6 +140,32 @@ def test_nights_on_postgres_equal_the_same_nights_on_duckdb(tmp_path: Path, pg_d
         report = pg.cli("report", env_extra=on_pg)
         page = Path(report.stdout.strip().removeprefix("Report: ")).read_text()
         assert f"postgresql://postgres@127.0.0.1:5432/{pg_database}" in page and second_id in page
+
+        # the DuckDB installation moves to a database of its own, and goes on there where it was
+        moved = duck.cli("migrate", "--to", "postgres", env_extra={**SAME_NIGHT, "DUSK_PG_DATABASE": moved_database})
+        assert "Every table equals its copy" in moved.stdout, moved.stdout
+        on_moved = {**on_pg, "DUSK_PG_DATABASE": moved_database}
+        for ws, env in ((duck, on_moved), (pg, on_pg)):
+            ws.cli("simulate", "--days", "1", env_extra=env)
+            out = ws.cli("run", env_extra=env)
+            assert "Run SUCCESS" in out.stdout, out.stdout
+        night = [
+            {(s["source"], t["table"]): t for s in ws.last_run()["sources"] for t in s["tables"]} for ws in (duck, pg)
+        ]
+        assert night[0] == night[1]  # the moved installation read only the night's changes, as the other did
+        assert differences(on_postgres(moved_database), on_postgres(pg_database)) == {}
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{moved_database}") as con:
+            assert con.execute("select count(*) from dusk_ledger.runs where status = 'success'").fetchone() == (3,)
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{pg_database}", autocommit=True) as con:
+            con.execute(
+                "update marts.daily_revenue set revenue = revenue + 0.01 where order_date = "
+                "(select min(order_date) from marts.daily_revenue)"
+            )
+        assert differences(on_postgres(moved_database), on_postgres(pg_database)) == {  # the compare sees a cent
+            "marts.daily_revenue: left only": 1,
+            "marts.daily_revenue: right only": 1,
+        }
+
     finally:
         for ws in (duck, pg):
             delete_demo_stream(ws.sources_file)

@@ -43,6 +43,7 @@ from ingestion.database.schema import (
     _where,
     apply_changes,
     apply_key_change,
+    as_raw_types,
     check_schema,
 )
 from ingestion.database.types import as_text
@@ -181,7 +182,7 @@ def key_pass(
         keys = key_in(names, gone[i : i + KEY_CHUNK], dquote, sql_literal)
         part = _raw_arrow(pipeline, f"select * from {qualified} where {keys}")
         assert part is not None
-        parts.append(part.drop_columns([c for c in part.column_names if is_bookkeeping(c)]))
+        parts.append(as_raw_types(part.drop_columns([c for c in part.column_names if is_bookkeeping(c)]), columns))
     rows = pa.concat_tables(parts, promote_options="default")
     rows = rows.append_column(DELETED_FLAG, pa.array([True] * rows.num_rows, pa.bool_()))
     rows = rows.append_column(DELETED_AT, pa.array([now] * rows.num_rows, _DELETED_AT_TYPE))

@@ -118,15 +118,32 @@ def _source_hint(column: SourceColumn) -> str:
     return column.source_type + ("" if column.nullable else " not null")
 
 
-def raw_schema(columns: list[SourceColumn]) -> dict[str, Any]:
-    """dlt's columns for the raw types, as dlt infers them from the parquet files DuckDB writes."""
+def raw_arrow_schema(columns: list[SourceColumn]) -> pa.Schema:
+    """The Arrow types of raw's columns, as DuckDB writes them into the parquet files."""
     con = duckdb.connect()
     try:
         nulls = ", ".join(f'CAST(NULL AS {c.raw_type}) AS "{c.name}"' for c in columns)
-        arrow = con.execute(f"SELECT {nulls} LIMIT 0").to_arrow_table()
+        return con.execute(f"SELECT {nulls} LIMIT 0").to_arrow_table().schema
     finally:
         con.close()
-    found = py_arrow_to_table_schema_columns(arrow.schema)
+
+
+def as_raw_types(rows: pa.Table, columns: list[SourceColumn]) -> pa.Table:
+    """``rows`` read back from raw with each column in raw's own Arrow type. A warehouse whose
+    client gives Python values (PostgreSQL) lets dlt infer a type from the values, e.g. a
+    decimal(5,2) for a decimal(10,2) column, and a table dlt creates from that type (its merge
+    staging table) would refuse the next wider value. JSON columns keep what the client gave."""
+    typed = [c for c in columns if c.name in rows.column_names and c.raw_type != "JSON"]
+    for field in raw_arrow_schema(typed) if typed else []:
+        if rows.schema.field(field.name).type != field.type:
+            index = rows.schema.get_field_index(field.name)
+            rows = rows.set_column(index, field, rows.column(index).cast(field.type))
+    return rows
+
+
+def raw_schema(columns: list[SourceColumn]) -> dict[str, Any]:
+    """dlt's columns for the raw types, as dlt infers them from the parquet files DuckDB writes."""
+    found = py_arrow_to_table_schema_columns(raw_arrow_schema(columns))
     for c in columns:
         if c.raw_type == "JSON":
             found[c.name]["data_type"] = "json"

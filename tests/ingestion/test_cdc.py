@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +23,7 @@ from ingestion.declaration import SourceSpec, TableSpec, load_sources
 from ingestion.dlt_settings import configure_dlt
 from ingestion.result import SourceResult
 from ingestion.run import make_pipeline
-from tests.helpers import ingest, kill_ingest_after, raw, sources, sql, target
+from tests.helpers import ingest, kill_ingest_after, on_engine, raw, sources, sql, target
 
 SOURCES_YML = """
 sources:
@@ -62,7 +63,11 @@ SCHEMA = (
 
 
 @pytest.fixture
-def crm(logical_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, SourceSpec, sa.Engine]:
+def crm(
+    logical_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[tuple[Settings, SourceSpec, sa.Engine]]:
+    """The CRM on a server with logical WAL, and a warehouse: a DuckDB file, or (``postgres``, as
+    an indirect parameter) a PostgreSQL database of the test's own, dropped afterwards."""
     configure_dlt()
     declared = tmp_path / "sources.yml"
     declared.write_text(SOURCES_YML)
@@ -71,8 +76,11 @@ def crm(logical_pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     engine = sa.create_engine(logical_pg_url)
     sql(engine, *SCHEMA)
     settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
-    yield settings, sources()["crm"], engine
-    engine.dispose()
+    try:
+        with on_engine(settings, getattr(request, "param", "duckdb")) as settings:
+            yield settings, sources()["crm"], engine
+    finally:
+        engine.dispose()
 
 
 def source_rows(engine: sa.Engine, table: str, key: str) -> list[tuple]:
@@ -115,6 +123,7 @@ def test_setup_is_required_and_idempotent(crm) -> None:
     assert again[-1].startswith("replication slot dusk_crm exists")
 
 
+@pytest.mark.parametrize("crm", ["duckdb", "postgres"], indirect=True)
 def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)
@@ -186,6 +195,7 @@ def test_a_key_back_after_a_deletion_is_stamped_with_its_commit_time(crm) -> Non
     assert rows == [(3, False, True), (4, True, None), (5, False, None), (6, False, None)]
 
 
+@pytest.mark.parametrize("crm", ["duckdb", "postgres"], indirect=True)
 def test_every_column_type_lands_the_same_from_the_log_as_from_the_snapshot(crm) -> None:
     settings, spec, engine = crm
     cdc.setup(engine.url, spec)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from unittest import mock
 
@@ -18,19 +20,26 @@ from ingestion.database import database_source, plan_source
 from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.dlt_settings import configure_dlt
 from ingestion.run import make_pipeline
-from tests.helpers import ingest, kill_ingest_after, raw, sources, target
+from tests.helpers import ingest, kill_ingest_after, on_engine, raw, sources, target
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """The demo shop and a warehouse: a DuckDB file, or (``postgres``, as an indirect parameter) a
+    PostgreSQL database of the test's own."""
     configure_dlt()
     s = Settings(
         data_dir=tmp_path, warehouse=tmp_path / "wh.duckdb", target_path=tmp_path / "t", demo=True, demo_seed=5
     )
     ensure_demo(s, sources())
-    return s
+    with on_engine(s, getattr(request, "param", "duckdb")) as s:
+        yield s
 
 
+ON_EVERY_ENGINE = pytest.mark.parametrize("settings", ["duckdb", "postgres"], indirect=True)
+
+
+@ON_EVERY_ENGINE
 def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:
     spec = sources()["shop"]
     assert ingest(spec, settings).ok
@@ -52,6 +61,7 @@ def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:
     assert (again.extracted, again.deleted) == (0, 0)
 
 
+@ON_EVERY_ENGINE
 def test_a_key_back_after_a_deletion_is_stamped_restored_until_it_changes(settings: Settings) -> None:
     """A deleted customer restored with its old updated_at (older than its deletion's detection):
     key-diff re-reads it, stamps _restored_at with this run's detection time, and raw keeps that
@@ -90,6 +100,31 @@ def test_a_key_back_after_a_deletion_is_stamped_restored_until_it_changes(settin
         con.execute("update customers set tier = 'gold', updated_at = '2026-06-04 00:00:00' where customer_id = 7")
     assert ingest(spec, replace(settings, detected_at=later)).ok
     assert raw(settings, status) == [(False, None, None, datetime(2026, 6, 4, tzinfo=UTC))]
+
+
+@ON_EVERY_ENGINE
+def test_deleted_rows_keep_raw_types_so_wider_values_still_load(settings: Settings) -> None:
+    """Key-diff's deleted rows are read back from raw and merged again. Read from PostgreSQL they
+    come as Python values; typed from those (a decimal(3,2) for 1.25) they would narrow dlt's
+    schema, and the same merge's 1234.56 would be refused by the staging table made from it."""
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
+    shop = settings.demo_dir / "shop.sqlite"
+    with sqlite3.connect(shop) as con:
+        cheapest, price = con.execute(
+            "select order_item_id, unit_price from order_items order by unit_price limit 1"
+        ).fetchone()
+        con.execute("delete from order_items where order_item_id = ?", [cheapest])
+        (other,) = con.execute("select max(order_item_id) from order_items").fetchone()
+        con.execute(
+            "update order_items set unit_price = 1234.56, updated_at = '2099-01-01 00:00:00' where order_item_id = ?",
+            [other],
+        )
+    night = ingest(spec, settings)  # the deleted row and the wider value in one merge
+    assert night.ok, night.error
+    row = "select _is_deleted, unit_price from raw_shop.order_items where order_item_id = "
+    assert raw(settings, f"{row}{other}") == [(False, Decimal("1234.56"))]
+    assert raw(settings, f"{row}{cheapest}") == [(True, Decimal(str(price)).quantize(Decimal("0.01")))]
 
 
 def test_raw_tables_loaded_before_restored_at_existed_get_the_column(settings: Settings) -> None:
