@@ -7,7 +7,7 @@ start-up cost once. Results are read from dbt's result objects, never from its t
 from __future__ import annotations
 
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from dbt.cli.main import dbtRunner
@@ -71,15 +71,26 @@ def dbt_args(settings: Settings, *args: str) -> list[str]:
     ]
 
 
+def parse(settings: Settings) -> tuple[Manifest | None, str | None]:
+    """Parse the project once (the night's later invocations reuse the manifest); the error
+    instead when dbt cannot parse it."""
+    parsed = dbtRunner().invoke(dbt_args(settings, "parse"))
+    if not parsed.success:
+        return None, f"dbt parse failed: {parsed.exception or 'see the dbt log'}"
+    return (parsed.result if isinstance(parsed.result, Manifest) else None), None
+
+
 def run_dbt(
     settings: Settings,
+    manifest: Manifest | None,
     select: list[str] | None = None,
     full_refresh: bool = False,
     event_window: tuple[date, date] | None = None,
     exclude: list[str] | None = None,
     callbacks: list[Any] | None = None,
 ) -> DbtResult:
-    """Run build, source freshness and docs generate; dbt's own failures are captured, not raised.
+    """Run build, source freshness and docs generate on the parsed ``manifest``; dbt's own
+    failures are captured, not raised.
 
     ``event_window`` (first day, day after the last) is handed to microbatch models as
     ``--event-time-start/--event-time-end``: they rebuild those days instead of their lookback.
@@ -87,12 +98,6 @@ def run_dbt(
     ``callbacks`` receive dbt's events (the progress bar counts finished nodes)."""
     started = time.monotonic()
     result = DbtResult(ok=False, seconds=0.0)
-    parsed = dbtRunner().invoke(dbt_args(settings, "parse"))
-    if not parsed.success:
-        result.error = f"dbt parse failed: {parsed.exception or 'see the dbt log'}"
-        result.seconds = time.monotonic() - started
-        return result
-    manifest = parsed.result if isinstance(parsed.result, Manifest) else None
     runner = dbtRunner(manifest=manifest, callbacks=callbacks or [])
     build_args = ["build"]
     if select:
@@ -139,30 +144,63 @@ def build(
     """The build step: what tonight's sources feed (everything by default), microbatch models
     over the days that received rows, and nothing that depends on a source that failed tonight
     (it is left as it was, and reported)."""
+    started = time.monotonic()
+    manifest, error = parse(settings)
+    if error is not None:
+        return DbtResult(ok=False, seconds=time.monotonic() - started, error=error)
     if plan.backfill is not None:
         first, last = plan.backfill
         window: tuple[date, date] | None = (first, last + timedelta(days=1))
     else:
-        window = loaded_event_window(con, specs, record.sources)
+        # a microbatch table the warehouse lacks (a new model, a warehouse just moved) is built
+        # from every loaded day, as on a new installation, not from tonight's alone
+        whole = manifest is not None and any(not _exists(con, node) for node in _microbatch(manifest))
+        window = loaded_event_window(con, specs, record.sources, None if whole else ledger.last_built(con))
     select = list(plan.select)
     if not select and (plan.sources or plan.backfill is not None):
         # what the ingested sources feed (a partial selection: the rest is left as it is)
         select = [f"source:{s.source}+" for s in record.sources]
     skip = [f"source:{name}+" for name in record.failed_sources]
-    return run_dbt(
-        settings, select=select, full_refresh=plan.full_refresh, event_window=window, exclude=skip, callbacks=callbacks
+    result = run_dbt(
+        settings,
+        manifest,
+        select=select,
+        full_refresh=plan.full_refresh,
+        event_window=window,
+        exclude=skip,
+        callbacks=callbacks,
     )
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _microbatch(manifest: Manifest) -> list[Any]:
+    """The project's microbatch models."""
+    return [
+        node
+        for node in manifest.nodes.values()
+        if node.resource_type == "model" and node.config.get("incremental_strategy") == "microbatch"
+    ]
+
+
+def _exists(con: Any, node: Any) -> bool:
+    """Whether the warehouse holds the model's relation."""
+    found = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [node.schema, node.alias or node.name],
+    ).fetchone()
+    return bool(found and found[0])
 
 
 def loaded_event_window(
-    con: Any, specs: dict[str, SourceSpec], sources: list[SourceResult]
+    con: Any, specs: dict[str, SourceSpec], sources: list[SourceResult], since: datetime | None
 ) -> tuple[date, date] | None:
     """The days (first, last + 1) of the rows loaded, into tables that declare an `event_time`,
-    since the last run whose dbt step succeeded started: dbt's microbatch models rebuild exactly
-    those days, late events included. Not only tonight's loads: a run killed after loading and
-    before dbt built those days leaves them to this one. None when there is no such row (dbt
-    then uses each model's own lookback)."""
-    since = ledger.last_built(con)
+    since the last run whose dbt step succeeded started (``since``; None: ever): dbt's microbatch
+    models rebuild exactly those days, late events included. Not only tonight's loads: a run
+    killed after loading and before dbt built those days leaves them to this one. None when there
+    is no such row (dbt then uses each model's own lookback)."""
+    since = since or datetime(1970, 1, 1, tzinfo=UTC)
     spans = []
     for source in sources:
         spec = specs[source.source]

@@ -88,15 +88,7 @@ def copy_to_served(
     try:
         con.execute(f"attach '{_quote(building)}' as served")
         try:
-            _copy(con, schemas, result, lambda schema: f'served."{schema}"')
-            if LEDGER in schemas:
-                result.seconds = time.monotonic() - started
-                _close_served_ledger(con, record, result, f"served.{LEDGER}")
-            con.execute(f"create schema served.{ABOUT}")
-            con.execute(
-                f"create table served.{ABOUT}.about as select ?::varchar as run_id, ?::timestamp as published_at",
-                [record.run_id, datetime.now(UTC).replace(tzinfo=None)],
-            )
+            _fill(con, schemas, record, result, started, lambda schema: f'served."{schema}"')
         finally:
             con.execute("detach served")  # checkpoints: the file is complete, no WAL left
         _fsync(building)
@@ -124,15 +116,7 @@ def swap_schemas(con: Connection, pg: PostgresSettings, schemas: tuple[str, ...]
         for name in served.values():  # a run killed while publishing left its copy: nobody reads it
             con.execute(f'drop schema if exists "{name}{NEXT}" cascade')
         _drop_retired(con, pg)
-        _copy(con, schemas, result, lambda schema: f'"{served[schema]}{NEXT}"')
-        if LEDGER in schemas:
-            result.seconds = time.monotonic() - started
-            _close_served_ledger(con, record, result, f'"{served[LEDGER]}{NEXT}"')
-        con.execute(f'create schema "{served[ABOUT]}{NEXT}"')
-        con.execute(
-            f'create table "{served[ABOUT]}{NEXT}".about as select ?::varchar as run_id, ?::timestamp as published_at',
-            [record.run_id, datetime.now(UTC).replace(tzinfo=None)],
-        )
+        _fill(con, schemas, record, result, started, lambda schema: f'"{served[schema]}{NEXT}"')
         retired = f"{RETIRED}{int(time.time())}"
         existing = {n for (n,) in con.execute("select nspname from pg_namespace").fetchall()}
         con.execute("begin")
@@ -177,6 +161,27 @@ def _drop_retired(con: Connection, pg: PostgresSettings) -> None:
             con.execute(f'drop schema "{name}" cascade')
         except psycopg.errors.LockNotAvailable:
             log.warning("publish: a reader still holds %s; it is dropped by a later publish", name)
+
+
+def _fill(
+    con: Connection,
+    schemas: tuple[str, ...],
+    record: RunResult,
+    result: PublishResult,
+    started: float,
+    into: Callable[[str], str],
+) -> None:
+    """Copy ``schemas`` into ``into(schema)``, close the copy's ledger, and say which run it holds
+    (``into(ABOUT)``)."""
+    _copy(con, schemas, result, into)
+    if LEDGER in schemas:
+        result.seconds = time.monotonic() - started
+        _close_served_ledger(con, record, result, into(LEDGER))
+    con.execute(f"create schema {into(ABOUT)}")
+    con.execute(
+        f"create table {into(ABOUT)}.about as select ?::varchar as run_id, ?::timestamp as published_at",
+        [record.run_id, datetime.now(UTC).replace(tzinfo=None)],
+    )
 
 
 def _copy(con: Connection, schemas: tuple[str, ...], result: PublishResult, into: Callable[[str], str]) -> None:
