@@ -67,11 +67,11 @@ cdc-drop: setup ## Drop SOURCE's replication slot and publication (the server st
 test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=3 processes, each file in one; the proof suites at a small size)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-simulate-check: setup-dev ## N simulated nights, every invariant checked after each (make simulate-check NIGHTS=30 SEED=7)
-	$(BIN)/python -m pytest -p no:xdist -m simulate tests/proof --nights $(or $(NIGHTS),30) $(if $(SEED),--seed $(SEED))
+simulate-check: setup-dev ## N simulated nights on each engine, every invariant checked after each (make simulate-check NIGHTS=30 SEED=7 [TARGET=postgres])
+	$(BIN)/python -m pytest -p no:xdist -m simulate tests/proof --nights $(or $(NIGHTS),30) $(if $(SEED),--seed $(SEED)) $(if $(TARGET),-k $(TARGET))
 
-chaos: setup-dev ## KILLS SIGKILLs at random instants of a night, each followed by a rerun compared with an uninterrupted run (make chaos KILLS=30 SEED=7)
-	$(BIN)/python -m pytest -p no:xdist -m chaos tests/proof --kills $(or $(KILLS),30) $(if $(SEED),--seed $(SEED))
+chaos: setup-dev ## KILLS SIGKILLs at random instants of a night on each engine, each followed by a rerun compared with an uninterrupted run (make chaos KILLS=30 SEED=7 [TARGET=postgres])
+	$(BIN)/python -m pytest -p no:xdist -m chaos tests/proof --kills $(or $(KILLS),30) $(if $(SEED),--seed $(SEED)) $(if $(TARGET),-k $(TARGET))
 
 badinput: setup-dev ## The catalogue of bad inputs, each with its expected outcome asserted
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m badinput

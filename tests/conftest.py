@@ -24,9 +24,12 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 @dataclass
 class Workspace:
-    """A data dir and dbt target dir of one's own, and the CLI run against them."""
+    """A data dir and dbt target dir of one's own, and the CLI run against them; the warehouse is
+    the DuckDB file in the data dir, or, with ``pg_database``, that PostgreSQL database."""
 
     root: Path
+    pg_database: str | None = None
+    """The PostgreSQL warehouse's database (DUSK_TARGET=postgres); None: the DuckDB file."""
 
     @property
     def data_dir(self) -> Path:
@@ -62,7 +65,23 @@ class Workspace:
             DUSK_DEMO_SEED="7",
             COLUMNS="200",
         )
+        if self.pg_database:
+            env.update(DUSK_TARGET="postgres", DUSK_PG_DATABASE=self.pg_database)
         return env
+
+    @property
+    def attach(self) -> tuple[str, str]:
+        """What DuckDB ATTACHes to read this warehouse, and its options (read-only)."""
+        if self.pg_database:
+            return pg_attach(self.pg_database)
+        return str(self.warehouse), "(read_only)"
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Any]:
+        """A DuckDB connection reading the warehouse, read-only, in DuckDB's SQL on either engine
+        (PostgreSQL through DuckDB's postgres extension, its times in UTC)."""
+        with read_warehouse(self.attach) as con:
+            yield con
 
     def cli(
         self, *args: str, check: bool = True, env_extra: dict[str, str] | None = None
@@ -81,6 +100,71 @@ class Workspace:
 
     def last_run(self) -> dict[str, Any]:
         return json.loads((self.data_dir / "runs" / "last_run.json").read_text())
+
+
+def pg_attach(database: str) -> tuple[str, str]:
+    """What DuckDB ATTACHes to read a PostgreSQL database of the local server, and how."""
+    return f"host=127.0.0.1 port=5432 user=postgres dbname={database}", "(type postgres, read_only)"
+
+
+@contextlib.contextmanager
+def read_warehouse(attach: tuple[str, str]) -> Iterator[Any]:
+    """A DuckDB connection whose default database is the attached warehouse (``attach``: what
+    and how, as :attr:`Workspace.attach` gives it), with the postgres extension loaded."""
+    import duckdb
+
+    from ingestion.database.scan import load_extension
+
+    what, how = attach
+    if "type postgres" not in how:
+        with duckdb.connect(what, read_only=True) as con:
+            load_extension(con, "duckdb_extension_postgres_scanner")  # to attach another, on PostgreSQL
+            yield con
+        return
+    with duckdb.connect() as con:
+        load_extension(con, "duckdb_extension_postgres_scanner")
+        con.execute("set TimeZone = 'UTC'")
+        con.execute(f"attach '{what}' as wh {how}")
+        con.execute("use wh")
+        yield con
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def engine_workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workspace]:
+    """A workspace on each warehouse engine: the DuckDB file, and a PostgreSQL database of its
+    own (created by the runner on first use, dropped afterwards)."""
+    if request.param == "duckdb":
+        ws = Workspace(tmp_path)
+        yield ws
+        delete_demo_stream(ws.sources_file)
+        return
+    with pg_databases(1) as (database,):
+        ws = Workspace(tmp_path, pg_database=database)
+        yield ws
+        delete_demo_stream(ws.sources_file)
+
+
+@contextlib.contextmanager
+def pg_databases(count: int) -> Iterator[list[str]]:
+    """Names of PostgreSQL databases that do not exist yet on the local server (the runner creates
+    a warehouse's on first use), each dropped afterwards with any copy made of it (``<name>_*``)."""
+    import psycopg
+
+    admin_url = "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        psycopg.connect(admin_url, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        _service_missing(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    names = [f"dusk_test_{uuid.uuid4().hex[:10]}" for _ in range(count)]
+    try:
+        yield names
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            for name in names:
+                for (found,) in admin.execute(
+                    "select datname from pg_database where datname = %s or datname like %s", [name, name + "\\_%"]
+                ).fetchall():
+                    admin.execute(f'drop database if exists "{found}" with (force)')
 
 
 def write_sources_with_own_stream(path: Path) -> None:

@@ -138,7 +138,7 @@ def assert_feeds_loaded(ws: Workspace) -> None:
     landing = ws.data_dir / "landing"
     assert not [p for p in landing.iterdir() if p.is_file()], "every dropped file is loaded and archived"
     archived = sorted(p.name for p in (landing / "archive").iterdir())
-    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+    with ws.read() as wh:
         got = wh.execute(
             "select count(*), strftime(max(updated_at), '%Y-%m-%dT%H:%M:%S.%fZ') from raw_payments.payments"
         ).fetchone()

@@ -12,9 +12,9 @@ from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
-import duckdb
+import psycopg
 
-from tests.conftest import PROJECT_DIR, Workspace
+from tests.conftest import PROJECT_DIR, Workspace, pg_attach, read_warehouse
 from tests.helpers import SHOP_KEYS, key_set
 
 MARTS = ("orders", "customers", "daily_revenue", "products", "marketing_roas", "cohort_retention", "daily_web_activity")
@@ -31,13 +31,17 @@ RAW_TABLES = (
 )
 
 
-def differences(a: Path, b: Path, relations: list[str], exclude: dict[str, str] | None = None) -> dict[str, int]:
+def differences(
+    a: tuple[str, str], b: tuple[str, str], relations: list[str], exclude: dict[str, str] | None = None
+) -> dict[str, int]:
     """Rows in one warehouse's relation and not in the other's (both ways, duplicates counted),
-    per relation that differs. ``exclude`` maps a relation to columns left out of the compare."""
+    per relation that differs; ``a`` and ``b`` as :attr:`Workspace.attach` gives them (a
+    DuckDB file or a PostgreSQL database). ``exclude`` maps a relation to columns left out."""
     exclude = exclude or {}
     found = {}
-    with duckdb.connect(str(a), read_only=True) as con:
-        con.execute(f"attach '{b}' as other (read_only)")
+    with read_warehouse(a) as con:
+        what, how = b
+        con.execute(f"attach '{what}' as other {how}")
         for relation in relations:
             columns = f"* exclude ({exclude[relation]})" if relation in exclude else "*"
             for left, right in ((relation, f"other.{relation}"), (f"other.{relation}", relation)):
@@ -49,25 +53,46 @@ def differences(a: Path, b: Path, relations: list[str], exclude: dict[str, str] 
     return found
 
 
-def copy_warehouse(ws: Workspace, to: Path) -> Path:
-    """A copy of the warehouse file (taken while no run holds it)."""
-    to.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ws.warehouse, to)
-    return to
+def copy_warehouse(ws: Workspace, to: Path) -> tuple[str, str]:
+    """A copy of the warehouse (taken while no run holds it), as DuckDB attaches it: a file at
+    ``to``, or a PostgreSQL database named after the warehouse's and ``to``'s stem."""
+    if ws.pg_database is None:
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ws.warehouse, to)
+        return str(to), "(read_only)"
+    name = f"{ws.pg_database}_{to.stem}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}"')
+        admin.execute(f'create database "{name}" template "{ws.pg_database}"')
+    return pg_attach(name)
 
 
-def rebuild_from_scratch(ws: Workspace, copy: Path) -> None:
+def drop_copy(copy: tuple[str, str]) -> None:
+    """Remove a copy that :func:`copy_warehouse` made."""
+    what, how = copy
+    if "type postgres" not in how:
+        Path(what).unlink()
+        return
+    name = what.rsplit("dbname=", 1)[1]
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+def rebuild_from_scratch(ws: Workspace, copy: tuple[str, str]) -> None:
     """`dbt build --full-refresh` on a copy of the warehouse: every model rebuilt from raw (the
     snapshots keep their history: it cannot be rebuilt from today's sources)."""
+    what, how = copy
+    where = {"DUSK_PG_DATABASE": what.rsplit("dbname=", 1)[1]} if "type postgres" in how else {"DUSK_WAREHOUSE": what}
+    folder = Path(what).parent if not ws.pg_database else ws.root / "scratch"
     out = subprocess.run(
         [str(Path(sys.executable).parent / "dbt"), "build", "--full-refresh", "--log-level", "warn"],
         cwd=PROJECT_DIR,
         env={
             **ws.env(),
-            "DUSK_WAREHOUSE": str(copy),
+            **where,
             "DBT_PROFILES_DIR": str(PROJECT_DIR / "profiles"),
-            "DBT_TARGET_PATH": str(copy.parent / "target"),
-            "DBT_LOG_PATH": str(copy.parent / "logs"),
+            "DBT_TARGET_PATH": str(folder / "target"),
+            "DBT_LOG_PATH": str(folder / "logs"),
         },
         capture_output=True,
         text=True,
@@ -80,7 +105,7 @@ def assert_reconciled(ws: Workspace, record: dict) -> int:
     """Rows in source = rows in raw (live + deleted) for the shop's tables and the API; every
     landed file and every published event reached raw; raw = staged + quarantined (the
     `rowcount_reconciles` tests of the night passed). Returns the number of tables checked."""
-    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+    with ws.read() as wh:
         for table, key in SHOP_KEYS.items():
             with sqlite3.connect(ws.shop_db) as shop:
                 source = key_set(shop.execute(f"select {key} from {table}"))
@@ -102,7 +127,7 @@ def assert_counts_reconcile(ws: Workspace, record: dict) -> None:
     loaded rows are the rows raw received from the night's own load packages, extracted +
     deleted = loaded, and quarantined = the rows the source's _quarantine received (files and
     streams; the shop's and the API's invalid rows are quarantined by dbt's staging)."""
-    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+    with ws.read() as wh:
         for source in record["sources"]:
             if not source["ok"] or source["skipped"]:
                 continue
@@ -143,7 +168,7 @@ def assert_stock_snapshot_is_source(ws: Workspace) -> int:
             (p, w): q
             for p, w, q in shop.execute("select product_id, warehouse_code, quantity_on_hand from stock_levels")
         }
-    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+    with ws.read() as wh:
         current = {
             (p, w): (q, d)
             for p, w, q, d in wh.execute(
@@ -188,7 +213,7 @@ def assert_snapshot_is_truth(
     state: dict[int, dict[int, tuple]] = {}
     for cid, day, *values in versions:
         state.setdefault(cid, {})[day] = tuple(values)
-    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+    with ws.read() as wh:
         rows = wh.execute(
             "select customer_id, tier, email, country_code, city, is_deleted, dbt_valid_from, dbt_valid_to "
             "from snapshots.customers_snapshot order by customer_id, dbt_valid_from"

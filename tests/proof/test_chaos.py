@@ -16,12 +16,12 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import duckdb
+import psycopg
 import pytest
 
 from dusk.demo.shop import START
 from dusk.steps.publish import published_run
-from tests.conftest import PROJECT_DIR, Workspace, delete_demo_stream, write_tally
+from tests.conftest import PROJECT_DIR, Workspace, delete_demo_stream, pg_databases, write_tally
 from tests.helpers import SHOP_KEYS
 from tests.proof.invariants import MARTS, RAW_TABLES, SNAPSHOT_KEYS, SNAPSHOTS
 
@@ -48,6 +48,9 @@ def _reached(ws: Workspace, phase: str, dbt_log_start: int) -> bool:
         folder = dlt / "load" / "normalized"
         return folder.exists() and any(folder.iterdir())
     if phase == "publish":
+        if ws.pg_database:
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{ws.pg_database}") as con:
+                return bool(con.execute("select 1 from pg_namespace where nspname like '%\\_\\_next'").fetchone())
         return (ws.data_dir / "served.duckdb.next").exists()
     log = ws.root / "logs" / "dbt.log"
     if not log.exists():
@@ -88,8 +91,9 @@ def compare(chaos: Workspace, reference: Workspace) -> dict[str, tuple[int, int]
     (duplicated) against the reference, over raw (less dlt's bookkeeping), marts and snapshots
     (less their run clocks)."""
     where: dict[str, tuple[int, int]] = {}
-    with duckdb.connect(str(chaos.warehouse), read_only=True) as con:
-        con.execute(f"attach '{reference.warehouse}' as ref (read_only)")
+    with chaos.read() as con:
+        what, how = reference.attach
+        con.execute(f"attach '{what}' as ref {how}")
         relations = []
         for table in RAW_TABLES:
             schema, name = table.split(".")
@@ -116,7 +120,7 @@ def compare(chaos: Workspace, reference: Workspace) -> dict[str, tuple[int, int]
 
 def assert_consistent(ws: Workspace) -> None:
     """Keys unique in raw, every load id complete, one current snapshot row per key."""
-    with duckdb.connect(str(ws.warehouse), read_only=True) as con:
+    with ws.read() as con:
         for table, key in SHOP_KEYS.items():
             (dups,) = con.execute(f"select count(*) - count(distinct ({key})) from raw_shop.{table}").fetchone()
             assert dups == 0, f"raw_shop.{table}: {dups} duplicate keys"
@@ -141,6 +145,12 @@ con = duckdb.connect(sys.argv[1], read_only=True)
 print(con.execute("select run_id from dusk_published.about").fetchone()[0], flush=True)
 time.sleep(3600)
 """
+PG_READER = """
+import sys, time, psycopg
+con = psycopg.connect(sys.argv[1])  # a transaction held open: it keeps its locks on the served tables
+print(con.execute("select run_id from served_dusk_published.about").fetchone()[0], flush=True)
+time.sleep(3600)
+"""
 WAL_PROBE = """
 import duckdb, os, signal, sys
 con = duckdb.connect(sys.argv[1])
@@ -150,8 +160,31 @@ os.kill(os.getpid(), signal.SIGKILL)
 """A writer killed before its checkpoint: its committed table is only in the WAL."""
 
 
+def published(ws: Workspace) -> str | None:
+    """The run the readers of a workspace's warehouse see."""
+    if ws.pg_database is None:
+        return published_run(ws.data_dir / "served.duckdb")
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{ws.pg_database}") as con:
+        row = con.execute("select run_id from served_dusk_published.about").fetchone()
+    return str(row[0]) if row else None
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
 def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
-    tmp_path: Path, seed: int, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture
+    engine: str, tmp_path: Path, seed: int, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture
+) -> None:
+    """On each warehouse engine (``make chaos TARGET=postgres`` runs one)."""
+    with pg_databases(2 if engine == "postgres" else 0) as databases:
+        _chaos(engine, databases, tmp_path, seed, request, capsys)
+
+
+def _chaos(
+    engine: str,
+    databases: list[str],
+    tmp_path: Path,
+    seed: int,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     kills = int(request.config.getoption("--kills"))
     rng = random.Random(seed)
@@ -161,7 +194,10 @@ def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
         "DUSK_PII_SALT": f"chaos-suite-salt-{seed:08d}",
         "DUSK_DETECTED_AT": START.isoformat(),  # the night's end, simulated: see SNAPSHOT_TIME
     }
-    chaos, reference = Workspace(tmp_path / "chaos"), Workspace(tmp_path / "reference")
+    chaos, reference = (
+        Workspace(tmp_path / name, pg_database=databases[i] if databases else None)
+        for i, name in enumerate(("chaos", "reference"))
+    )
     for ws in (chaos, reference):
         ws.root.mkdir()
 
@@ -169,7 +205,8 @@ def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
         with capsys.disabled():
             print(line, flush=True)
 
-    say(f"\nchaos: {kills} kills, seed {seed} (replay: make chaos KILLS={kills} SEED={seed})")
+    replay = f"make chaos KILLS={kills} SEED={seed} TARGET={engine}"
+    say(f"\nchaos on {engine}: {kills} kills, seed {seed} (replay: {replay})")
     reader = None
     try:
         # two runs started at once: one runs, the other exits at once with code 4
@@ -188,10 +225,13 @@ def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
         assert codes == [0, 4], f"two runs at once ended {codes}"
         reference.cli("run", env_extra=env)
 
-        # a reader holds the served file through every kill and rerun below
-        reader = subprocess.Popen(
-            [sys.executable, "-c", READER, str(chaos.data_dir / "served.duckdb")], stdout=subprocess.PIPE, text=True
+        # a reader holds the served data through every kill and rerun below
+        held = (
+            [PG_READER, f"postgresql://postgres@127.0.0.1:5432/{chaos.pg_database}"]
+            if chaos.pg_database
+            else [READER, str(chaos.data_dir / "served.duckdb")]
         )
+        reader = subprocess.Popen([sys.executable, "-c", *held], stdout=subprocess.PIPE, text=True)
         assert reader.stdout is not None and reader.stdout.readline().strip()
 
         landed = recovered = lost = duplicated = wal_seen = 0
@@ -202,14 +242,14 @@ def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
             for ws in (chaos, reference):
                 ws.cli("simulate", "--days", "1", env_extra=env)
             reference.cli("run", env_extra=env)
-            served_before = published_run(chaos.data_dir / "served.duckdb")
+            served_before = published(chaos)
             hit = kill_during(chaos, phase, rng, env)
             landed += hit
             wal = chaos.warehouse.with_name(chaos.warehouse.name + ".wal").exists()
             wal_seen += wal
             if hit:  # a killed night is never served
-                assert published_run(chaos.data_dir / "served.duckdb") == served_before
-            if k == len(order):  # and a write that was never checkpointed: the rerun must keep it
+                assert published(chaos) == served_before
+            if k == len(order) and engine == "duckdb":  # and a write never checkpointed: the rerun must keep it
                 subprocess.run([sys.executable, "-c", WAL_PROBE, str(chaos.warehouse)], check=False)
                 assert chaos.warehouse.with_name(chaos.warehouse.name + ".wal").exists()
             again = chaos.cli("run", check=False, env_extra=env)
@@ -228,8 +268,9 @@ def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
             )
         assert landed >= max(1, kills // 2), f"only {landed} of {kills} kills landed"
 
-        with duckdb.connect(str(chaos.warehouse), read_only=True) as con:
-            assert con.execute("select answer from main.chaos_wal_probe").fetchone() == (42,)
+        if engine == "duckdb":
+            with chaos.read() as con:
+                assert con.execute("select answer from main.chaos_wal_probe").fetchone() == (42,)
         assert reader.poll() is None  # the reader held on throughout, and blocked nothing
     finally:
         if reader is not None:
@@ -238,8 +279,8 @@ def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
         for ws in (chaos, reference):
             delete_demo_stream(ws.sources_file)
     line = (
-        f"chaos: {kills} kills ({landed} landed, {wal_seen} left a WAL), {recovered} recovered, "
+        f"chaos on {engine}: {kills} kills ({landed} landed, {wal_seen} left a WAL), {recovered} recovered, "
         f"{lost} lost, {duplicated} duplicated (seed {seed})"
     )
     say(line)
-    write_tally("chaos", line)
+    write_tally(f"chaos-{engine}", line)

@@ -11,7 +11,6 @@ import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from dusk.demo.shop import START
@@ -25,6 +24,7 @@ from tests.proof.invariants import (
     assert_stock_snapshot_is_source,
     copy_warehouse,
     differences,
+    drop_copy,
     rebuild_from_scratch,
 )
 
@@ -47,10 +47,16 @@ def late_row(ws: Workspace) -> int:
 
 
 def test_simulated_nights_keep_every_invariant(
-    workspace: Workspace, tmp_path: Path, seed: int, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture
+    engine_workspace: Workspace,
+    tmp_path: Path,
+    seed: int,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture,
 ) -> None:
+    """On each warehouse engine (``make simulate-check TARGET=postgres`` runs one)."""
     nights = int(request.config.getoption("--nights"))
-    ws = workspace
+    ws = engine_workspace
+    engine = "postgres" if ws.pg_database else "duckdb"
     env = {"DUSK_DEMO_SEED": str(seed)}
     # each run finds deletions at the end of its simulated day, as a nightly run would (the real
     # clock would put them months after every simulated change)
@@ -65,11 +71,12 @@ def test_simulated_nights_keep_every_invariant(
         with capsys.disabled():
             print(line, flush=True)
 
-    say(f"\nsimulate-check: {nights} nights, seed {seed} (replay: make simulate-check NIGHTS={nights} SEED={seed})")
+    replay = f"make simulate-check NIGHTS={nights} SEED={seed} TARGET={engine}"
+    say(f"\nsimulate-check on {engine}: {nights} nights, seed {seed} (replay: {replay})")
     run_days = [0]
     ws.cli("run", env_extra=clock(0))
     for night in range(1, nights + 1):
-        where = f"night {night} (seed {seed})"
+        where = f"{engine} night {night} (seed {seed})"
         sim = ws.cli("simulate", "--days", "1", env_extra=env).stdout.strip()
         late = late_row(ws)
         if night == NEW_COLUMN_NIGHT:
@@ -84,7 +91,7 @@ def test_simulated_nights_keep_every_invariant(
         tally["reconciled"] += 1
         with sqlite3.connect(ws.shop_db) as shop:
             (status,) = shop.execute("select status from orders where order_id = ?", [late]).fetchone()
-        with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        with ws.read() as wh:
             (raw_status,) = wh.execute("select status from raw_shop.orders where order_id = ?", [late]).fetchone()
             columns = {
                 c
@@ -99,7 +106,7 @@ def test_simulated_nights_keep_every_invariant(
 
         scratch = copy_warehouse(ws, tmp_path / f"night{night}" / "scratch.duckdb")
         rebuild_from_scratch(ws, scratch)
-        diff = differences(ws.warehouse, scratch, RELATIONS)
+        diff = differences(ws.attach, scratch, RELATIONS)
         assert not diff, f"{where}: the marts differ from a from-scratch rebuild: {diff}"
         tally["rebuild"] += 1
 
@@ -117,11 +124,11 @@ def test_simulated_nights_keep_every_invariant(
             if t["extracted"] or t["deleted"]
         ]
         assert not moved, f"{where}: re-running the night extracted again: {moved}"
-        diff = differences(ws.warehouse, before, RELATIONS + list(RAW_TABLES))
+        diff = differences(ws.attach, before, RELATIONS + list(RAW_TABLES))
         assert not diff, f"{where}: re-running the night changed {diff}"
         tally["rerun"] += 1
-        for path in (scratch, before):
-            path.unlink()
+        for copy in (scratch, before):
+            drop_copy(copy)
         say(
             f"night {night}: {sim.split(': ', 1)[-1]}; {tables} tables reconciled; "
             f"{len(MARTS)} marts = rebuild; snapshots = truth ({customers} customers, {versions} versions, "
@@ -129,8 +136,8 @@ def test_simulated_nights_keep_every_invariant(
             "rerun changed nothing"
         )
     line = (
-        f"simulate-check: {nights} nights (seed {seed}): {tally['reconciled']} reconciled, "
+        f"simulate-check on {engine}: {nights} nights (seed {seed}): {tally['reconciled']} reconciled, "
         f"{tally['rebuild']} marts = rebuild, {tally['truth']} snapshots = truth, {tally['rerun']} reruns unchanged"
     )
     say(line)
-    write_tally("simulate", line)
+    write_tally(f"simulate-{engine}", line)

@@ -39,7 +39,7 @@ def test_readers_see_only_passed_nights_and_never_block_the_nightly(workspace: W
     ws = workspace
     ws.cli("run")
     first = ws.last_run()
-    assert first["published"]["path"] == str(served(ws))
+    assert first["published"]["where"] == str(served(ws))
     first_id = published_run(served(ws))
     assert first_id is not None
     with duckdb.connect(str(served(ws)), read_only=True) as con:
