@@ -14,6 +14,9 @@ server's own COPY speed.
 5. When the server runs with ``wal_level=logical``: the table declared ``deletes: cdc`` (a
    replication slot of its own, dropped afterwards), a snapshot load, 1 % changed, and the
    incremental run that reads those changes from the slot.
+6. Per warehouse engine: the same full load into a PostgreSQL warehouse (a database of its own,
+   dropped afterwards), and a demo night (``dusk run`` on a new demo) on each engine, with where
+   its time goes (ingest, dbt, the rest), as ratios to DuckDB in the same run.
 
 Every figure is the median of BENCH_RUNS (default 3) runs. Prints one table; nothing is asserted.
 Needs a PostgreSQL server (BENCH_PG, default postgresql://postgres@127.0.0.1:5432).
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,8 @@ PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
 DB = os.environ.get("BENCH_DB", "dusk_bench")
 SF = float(os.environ.get("BENCH_SF", "1"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+WAREHOUSE_DB = os.environ.get("BENCH_WAREHOUSE_DB", "dusk_bench_wh")
+"""The PostgreSQL warehouse of the engine figures (made and dropped by each run)."""
 TARGETS = {"ratio": 0.6, "rss_gib": 1.0, "incremental_share": 0.05}
 
 
@@ -95,8 +101,9 @@ def copy_seconds() -> float:
         return time.perf_counter() - started
 
 
-def child(workdir: str, deletes: str) -> None:
-    """Run in a child process: one ingest of the bench source; print JSON with seconds, rows, RSS."""
+def child(workdir: str, deletes: str, engine: str) -> None:
+    """Run in a child process: one ingest of the bench source into the ``engine`` warehouse;
+    print JSON with seconds, rows, RSS."""
     import psutil
 
     peak = [0]
@@ -108,21 +115,24 @@ def child(workdir: str, deletes: str) -> None:
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
-    from dusk.settings import Settings
-    from dusk.warehouse import Warehouse
+    from dusk.settings import PostgresSettings, Settings
+    from dusk.warehouse import open_warehouse
     from ingestion.declaration import SourceSpec, TableSpec
     from ingestion.dlt_settings import configure_dlt
     from ingestion.run import ingest_source
 
     configure_dlt()
     root = Path(workdir)
-    settings = Settings(root, root / "bench.duckdb", root / "target", demo=False, demo_seed=0)
+    settings = Settings(root, root / "bench.duckdb", root / "target", demo=False, demo_seed=0, target=engine)
+    if engine == "postgres":
+        settings = replace(settings, postgres=PostgresSettings(database=WAREHOUSE_DB))
+        with open_warehouse(settings).connect():
+            pass  # created
     cursor = None if deletes == "cdc" else "updated_at"
-    spec = SourceSpec(
-        "bench", "database", "TPC-H lineitem", False, (TableSpec("lineitem", ("l_id",), cursor, "merge", deletes),)
-    )  # type: ignore[arg-type]
+    table = TableSpec("lineitem", ("l_id",), cursor, "merge", deletes)  # type: ignore[arg-type]
+    spec = SourceSpec("bench", "database", "TPC-H lineitem", False, (table,))
     started = time.perf_counter()
-    result = ingest_source(spec, Warehouse(settings).target())
+    result = ingest_source(spec, open_warehouse(settings).target())
     seconds = time.perf_counter() - started
     if not result.ok:
         raise SystemExit(result.error)
@@ -130,10 +140,14 @@ def child(workdir: str, deletes: str) -> None:
     print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss": peak[0]}))
 
 
-def run_child(workdir: str, deletes: str = "none") -> dict[str, Any]:
+def run_child(workdir: str, deletes: str = "none", engine: str = "duckdb") -> dict[str, Any]:
     env = {**os.environ, "SOURCES__BENCH__CREDENTIALS": _url(DB)}
     out = subprocess.run(
-        [sys.executable, __file__, "--child", workdir, deletes], env=env, capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--child", workdir, deletes, engine],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode:
         raise SystemExit(f"bench child failed:\n{out.stdout}\n{out.stderr}")
@@ -178,6 +192,46 @@ def cdc_round(work: str, round_: int) -> tuple[float, float]:
         cdc.drop(url, spec)
 
 
+def drop_warehouse_db() -> None:
+    with psycopg.connect(_url("postgres"), autocommit=True) as con:
+        con.execute(f"drop database if exists {WAREHOUSE_DB} with (force)")
+
+
+def pg_full_load() -> float:
+    """The full load into a new PostgreSQL warehouse; its seconds."""
+    drop_warehouse_db()
+    try:
+        with tempfile.TemporaryDirectory(prefix="dusk-bench-pg-") as work:
+            return float(run_child(work, engine="postgres")["seconds"])
+    finally:
+        drop_warehouse_db()
+
+
+def demo_night(engine: str) -> dict[str, float]:
+    """A demo night (``dusk run`` on a new demo) on ``engine``: its seconds, and the ingest's and
+    dbt's (parse, build, freshness, docs) from the run record."""
+    drop_warehouse_db()
+    try:
+        with tempfile.TemporaryDirectory(prefix="dusk-bench-night-") as work:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("DUSK_", "SOURCES__"))}
+            env |= {"DUSK_DATA_DIR": work, "DBT_TARGET_PATH": f"{work}/target", "DBT_LOG_PATH": f"{work}/logs"}
+            env |= {"DUSK_TARGET": engine, "DUSK_PG_DATABASE": WAREHOUSE_DB, "DUSK_DEMO_SEED": "42"}
+            started = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "dusk", "run"], env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            if out.returncode:
+                raise SystemExit(f"the demo night on {engine} failed:\n{out.stdout[-3000:]}")
+            record = json.loads((Path(work) / "runs" / "last_run.json").read_text())
+    finally:
+        drop_warehouse_db()
+    ingest = max((s["seconds"] for s in record["sources"]), default=0.0)  # sources run side by side
+    return {"night": seconds, "ingest": ingest, "dbt": record["dbt"]["seconds"]}
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}"
+
+
 def main() -> None:
     rows = prepare()
     limits, fulls, incs, diffs = [], [], [], []
@@ -220,11 +274,26 @@ def main() -> None:
         lines.append(f"incremental, 1 % changed, CDC       {cdc_s:6.1f} s  {cdc_s / full_s:.1%} of the full load")
     else:
         lines.append("incremental, CDC: not measured (the server runs without wal_level=logical)")
+    pg_loads = [pg_full_load() for _ in range(RUNS)]
+    pg_s = statistics.median(pg_loads)
+    lines.append(
+        f"full load into a PostgreSQL warehouse {pg_s:5.1f} s  {rows / pg_s:>10,.0f} rows/s  "
+        f"{full_s / pg_s:.2f} of DuckDB's rows/s (spread {spread(pg_loads)} s)"
+    )
+    nights = {engine: [demo_night(engine) for _ in range(RUNS)] for engine in ("duckdb", "postgres")}
+    duck = statistics.median(n["night"] for n in nights["duckdb"])
+    for engine, runs in nights.items():
+        night, ingest, dbt = (statistics.median(n[k] for n in runs) for k in ("night", "ingest", "dbt"))
+        lines.append(
+            f"demo night on {engine:<9}            {night:6.1f} s  {night / duck:.2f} of DuckDB's "
+            f"(spread {spread([n['night'] for n in runs])} s): ingest {ingest:.1f} s, dbt {dbt:.1f} s, "
+            f"the rest {night - ingest - dbt:.1f} s"
+        )
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3])
+        child(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         main()
