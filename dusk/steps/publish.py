@@ -151,9 +151,10 @@ RETIRED = "__retired_"
 
 
 def _drop_retired(con: Connection, pg: PostgresSettings) -> None:
-    """Drop the previous nights' schemas that no reader holds any more (a reader's open
-    transaction keeps its tables locked: that schema waits, up to the lock timeout, for a later
-    publish)."""
+    """Drop the previous nights' schemas that no reader holds any more. A reader's open
+    transaction keeps its tables locked: the first schema that waits past the lock timeout stops
+    the dropping (the others of its night are likely held too), and a later publish tries again,
+    so a held reader costs the night one lock timeout here, not one per schema."""
     pattern = pg.served_prefix.replace("_", "\\_") + "%" + RETIRED.replace("_", "\\_") + "%"
     retired = con.execute("select nspname from pg_namespace where nspname like ? order by 1", [pattern]).fetchall()
     for (name,) in retired:
@@ -161,6 +162,7 @@ def _drop_retired(con: Connection, pg: PostgresSettings) -> None:
             con.execute(f'drop schema "{name}" cascade')
         except psycopg.errors.LockNotAvailable:
             log.warning("publish: a reader still holds %s; it is dropped by a later publish", name)
+            return
 
 
 def _fill(
