@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import duckdb
+from psycopg.conninfo import make_conninfo
 
 from dusk.settings import Settings
 from dusk.warehouse import LEDGER, PRIVATE, open_warehouse
@@ -85,8 +86,7 @@ def migrate(settings: Settings, to: str) -> Moved:
         load_extension(con, "duckdb_extension_postgres_scanner")
         tables = _tables(con, schemas)
         pg = settings.postgres
-        dsn = f"host={pg.host} port={pg.port} user={pg.user} dbname={pg.database}"
-        dsn += f" password={pg.password}" if pg.password else ""
+        dsn = make_conninfo(host=pg.host, port=pg.port, user=pg.user, dbname=pg.database, password=pg.password)
         con.execute("attach '" + dsn.replace("'", "''") + "' as dest (type postgres)")
         try:
             taken = con.execute(
