@@ -11,7 +11,7 @@ TEST_WORKERS ?= 3
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 
-.PHONY: help setup setup-dev setup-browser run backfill watch status report simulate simulate-check chaos badinput canary proof cdc-setup cdc-drop test lint format docs bench clean
+.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run backfill watch status report simulate simulate-check chaos badinput canary proof cdc-setup cdc-drop test lint format docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +33,24 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 setup: $(VENV)/.installed ## Create .venv from the pinned requirements
 
 setup-dev: $(VENV)/.installed-dev ## Create .venv with the development tools too
+
+$(VENV)/.installed-spark: requirements-spark.txt $(VENV)/.installed-dev
+	@command -v java >/dev/null || { echo "Spark needs Java 17: apt-get install openjdk-17-jre-headless"; exit 2; }
+	test -f /usr/share/java/jarjar.jar -a -f /usr/share/java/postgresql.jar -a -f /usr/share/java/sqlite-jdbc.jar || \
+		{ $$(command -v sudo) apt-get update -qq && $$(command -v sudo) apt-get install -y -qq libjarjar-java libpostgresql-jdbc-java libxerial-sqlite-jdbc-java; }
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements-spark.txt
+	$(BIN)/python -m dusk.spark
+	touch $@
+
+setup-spark: $(VENV)/.installed-spark ## The Spark engine (DUSK_TARGET=spark): pinned pyspark + dbt-spark, Iceberg's jars, JDBC drivers from Debian (needs root or sudo), Java checked
+
+SPARK_CATALOG ?= $(or $(DUSK_ICEBERG_CATALOG_URI),postgresql://postgres@127.0.0.1:5432/dusk_iceberg)
+
+spark-up: setup-spark ## Start a Spark master, worker and Thrift server on 127.0.0.1 (Iceberg catalog SPARK_CATALOG, default the local PostgreSQL's dusk_iceberg)
+	DUSK_ICEBERG_CATALOG_URI=$(SPARK_CATALOG) $(BIN)/python -m dusk.spark up
+
+spark-down: ## Stop what spark-up started
+	DUSK_ICEBERG_CATALOG_URI=$(SPARK_CATALOG) $(BIN)/python -m dusk.spark down
 
 setup-browser: ## Install Debian's chromium (the report's browser test; needs root or sudo)
 	command -v chromium >/dev/null || { $$(command -v sudo) apt-get update -qq && $$(command -v sudo) apt-get install -y -qq chromium; }

@@ -17,7 +17,7 @@ from typing import Any
 
 from dusk.record import DbtResult, Finding, RunResult
 from dusk.settings import Settings
-from dusk.warehouse import LEDGER, Connection, LedgerError, Reading, open_warehouse
+from dusk.warehouse import LEDGER, Connection, LedgerError, Reading, open_warehouse, table_names
 from ingestion.result import SourceResult
 
 SCHEMA = LEDGER
@@ -141,11 +141,8 @@ def open_ledger(settings: Settings) -> Iterator[tuple[Connection, Reading]]:
 def quarantine_views(con: Connection) -> list[tuple[str, str]]:
     """(source, view) of every quarantine view dbt built: ``staging.quarantine_<source>``, one per
     source (the project's convention, models/staging/<source>/quarantine_<source>.sql)."""
-    views = con.execute(
-        "select table_name from information_schema.tables "
-        "where table_schema = 'staging' and table_name like 'quarantine\\_%' escape '\\' order by 1"
-    ).fetchall()
-    return [(str(v).removeprefix("quarantine_"), str(v)) for (v,) in views]
+    views = [name for name in table_names(con, "staging") if name.startswith("quarantine_")]
+    return [(v.removeprefix("quarantine_"), v) for v in views]
 
 
 def quarantine_counts(con: Connection) -> list[tuple[str, str, str, int]]:
@@ -163,10 +160,7 @@ def quarantine_counts(con: Connection) -> list[tuple[str, str, str, int]]:
 
 def has_runs(con: Connection) -> bool:
     """Whether the ledger exists and holds a run."""
-    found = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = 'runs'", [SCHEMA]
-    ).fetchone()
-    if not found or not found[0]:
+    if "runs" not in table_names(con, SCHEMA):
         return False
     last = con.execute(f"select count(*) from {SCHEMA}.runs").fetchone()
     return bool(last and last[0])

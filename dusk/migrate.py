@@ -30,8 +30,8 @@ from psycopg.conninfo import make_conninfo
 
 from dusk.settings import Settings
 from dusk.warehouse import LEDGER, PRIVATE, open_warehouse
-from ingestion.database.scan import load_extension
 from ingestion.declaration import load_sources
+from ingestion.extensions import load_extension
 
 log = logging.getLogger(__name__)
 

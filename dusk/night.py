@@ -61,6 +61,7 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
         with _guarded(record, "the night could not start"):
             prepared = prepare(settings, con, plan, record)
         if record.error is None:
+            warehouse.release(con)
             with _demo_endpoints(settings, prepared.specs) as served:
                 record.sources = ingest(
                     settings,

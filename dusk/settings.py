@@ -70,7 +70,7 @@ class MonitorSettings:
         )
 
 
-ENGINES = ("duckdb", "postgres")
+ENGINES = ("duckdb", "postgres", "spark")
 """The warehouse engines (``DUSK_TARGET``); each is also a target of the dbt profile."""
 
 
@@ -115,6 +115,62 @@ class PostgresSettings:
 
 
 @dataclass(frozen=True)
+class SparkSettings:
+    """The Spark warehouse (``DUSK_TARGET=spark``): Spark 3.5 with Apache Iceberg tables in a catalog
+    that dlt (pyiceberg) and Spark share. The defaults are the embedded one: an in-process
+    ``local[2]`` session and a SQLite catalog file under ``$DUSK_DATA_DIR/iceberg`` (no server)."""
+
+    master: str = "local[2]"
+    """Where the night's Spark session runs (DUSK_SPARK_MASTER): ``local[n]`` in-process, or a
+    standalone cluster's ``spark://host:port``."""
+    thrift: str | None = None
+    """A Spark Thrift server's ``host:port`` (DUSK_SPARK_THRIFT): dbt and the runner send their SQL
+    there instead of starting a session of their own."""
+    catalog_uri: str | None = field(default=None, repr=False)
+    """The Iceberg JDBC catalog as a SQLAlchemy URL, ``sqlite:////path`` or
+    ``postgresql://user[:password]@host:port/db`` (DUSK_ICEBERG_CATALOG_URI; None: the SQLite file
+    ``iceberg/catalog.db`` under the data folder). A Thrift server or a cluster needs PostgreSQL."""
+    lake: str | None = None
+    """Where Iceberg writes the tables' files (DUSK_ICEBERG_WAREHOUSE; a folder or ``file://``
+    URL, default ``iceberg/warehouse`` under the data folder); every node of a cluster must see it."""
+    catalog_password: str | None = field(default=None, repr=False)
+    """The catalog database's password (DUSK_ICEBERG_CATALOG_PASSWORD), never in the URI."""
+    catalog_name: str = "dusk"
+    """The catalog's name in Spark and in the catalog database (DUSK_ICEBERG_CATALOG_NAME)."""
+    served_prefix: str = "served_"
+    """Readers' namespaces are the published ones with this prefix (DUSK_SPARK_SERVED_PREFIX)."""
+    keep_retired: int = 1
+    """Nights a retired served table is kept for readers still reading it (DUSK_SPARK_KEEP_RETIRED)."""
+
+    @classmethod
+    def from_env(cls) -> SparkSettings:
+        """Read DUSK_SPARK_* and DUSK_ICEBERG_*."""
+        env = os.environ.get
+        prefix = env("DUSK_SPARK_SERVED_PREFIX", "served_")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", prefix):
+            raise SettingsError(f"DUSK_SPARK_SERVED_PREFIX must be a lower-case SQL name prefix, got {prefix!r}")
+        uri = env("DUSK_ICEBERG_CATALOG_URI", "").strip() or None
+        if uri and not re.match(r"(sqlite|postgresql)(\+\w+)?://", uri):
+            raise SettingsError(
+                "DUSK_ICEBERG_CATALOG_URI must be sqlite:////<path> or postgresql://user@host:port/database "
+                f"(Iceberg's JDBC catalog), got {uri.split('://')[0]}://..."
+            )
+        name = env("DUSK_ICEBERG_CATALOG_NAME", "dusk")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise SettingsError(f"DUSK_ICEBERG_CATALOG_NAME must be a lower-case SQL name, got {name!r}")
+        return cls(
+            master=env("DUSK_SPARK_MASTER", "local[2]").strip(),
+            thrift=env("DUSK_SPARK_THRIFT", "").strip() or None,
+            catalog_uri=uri,
+            catalog_password=env("DUSK_ICEBERG_CATALOG_PASSWORD") or None,
+            lake=env("DUSK_ICEBERG_WAREHOUSE", "").strip() or None,
+            catalog_name=name,
+            served_prefix=prefix,
+            keep_retired=max(0, int(env("DUSK_SPARK_KEEP_RETIRED", "1"))),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where things live. Relative paths are taken from the project directory."""
 
@@ -147,12 +203,29 @@ class Settings:
     """The warehouse engine (DUSK_TARGET): one of :data:`ENGINES`."""
     postgres: PostgresSettings = PostgresSettings()
     """The PostgreSQL warehouse, when ``target`` is ``postgres``."""
+    spark: SparkSettings = SparkSettings()
+    """The Spark warehouse, when ``target`` is ``spark``."""
+
+    @property
+    def iceberg_catalog(self) -> str:
+        """The Iceberg catalog's SQLAlchemy URL (the configured one, else the SQLite file)."""
+        return self.spark.catalog_uri or f"sqlite:///{self.data_dir / 'iceberg' / 'catalog.db'}"
+
+    @property
+    def iceberg_lake(self) -> str:
+        """The ``file://`` URL (or the configured URL) of the Iceberg tables' files."""
+        lake = self.spark.lake or str(self.data_dir / "iceberg" / "warehouse")
+        return lake if "://" in lake else f"file://{_absolute(Path(lake))}"
 
     @property
     def warehouse_label(self) -> str:
         """Where the warehouse is, for people (the engine's file or server, never a password)."""
         if self.target == "postgres":
             return self.postgres.url(password=False)
+        if self.target == "spark":
+            where = f"thrift://{self.spark.thrift}" if self.spark.thrift else self.spark.master
+            catalog = URL_PASSWORD.sub(r"\g<scheme>\g<user>@", self.iceberg_catalog)
+            return f"spark {where}, iceberg catalog {catalog}"
         return str(self.warehouse)
 
     @property
@@ -208,6 +281,7 @@ class Settings:
         return cls(
             target=target,
             postgres=PostgresSettings.from_env(),
+            spark=SparkSettings.from_env() if target == "spark" else SparkSettings(),
             data_dir=data_dir,
             warehouse=_absolute(warehouse) if warehouse else _env_path("DUSK_WAREHOUSE", data_dir / "warehouse.duckdb"),
             target_path=_env_path("DBT_TARGET_PATH", Path("target")),
@@ -221,13 +295,21 @@ class Settings:
                 for s in os.environ.get("DUSK_PUBLISH_SCHEMAS", ",".join(cls.publish_schemas)).split(",")
                 if s.strip()
             ),
-            parallel_sources=max(1, int(os.environ.get("DUSK_PARALLEL_SOURCES", "2"))),
+            parallel_sources=_parallel_sources(target),
             monitor=MonitorSettings.from_env(),
             detected_at=_env_time("DUSK_DETECTED_AT"),
             sources_file=_env_path("DUSK_SOURCES_FILE", Path()) if os.environ.get("DUSK_SOURCES_FILE") else None,
             pii_salt=os.environ.get("DUSK_PII_SALT"),
             alert_webhook=os.environ.get("DUSK_ALERT_WEBHOOK", "").strip() or None,
         )
+
+
+def _parallel_sources(target: str) -> int:
+    """DUSK_PARALLEL_SOURCES; one at a time on Spark with the embedded SQLite catalog, whose single
+    writer refuses two Iceberg commits at once ("database is locked")."""
+    wanted = max(1, int(os.environ.get("DUSK_PARALLEL_SOURCES", "2")))
+    embedded = target == "spark" and not os.environ.get("DUSK_ICEBERG_CATALOG_URI", "").startswith("postgresql")
+    return 1 if embedded else wanted
 
 
 def _env_time(name: str) -> datetime | None:
@@ -256,6 +338,37 @@ def runtime_environment(settings: Settings) -> dict[str, str]:
     if settings.target == "postgres":
         env |= {"DUSK_PG_HOST": pg.host, "DUSK_PG_PORT": str(pg.port), "DUSK_PG_USER": pg.user}
         env |= {"DUSK_PG_DATABASE": pg.database, "DBT_ENV_SECRET_PG_PASSWORD": pg.password or ""}
+    if settings.target == "spark":
+        env |= _spark_environment(settings)
+    return env
+
+
+def _spark_environment(settings: Settings) -> dict[str, str]:
+    """dlt's Iceberg catalog (pyiceberg's SQL catalog, under Spark's catalog name) and the dbt
+    profile's ``spark`` target: a Thrift server's address, or the session's Spark configuration."""
+    import json
+
+    from dusk.spark import catalog_config, session_conf
+
+    spark = settings.spark
+    env = {
+        "ICEBERG_CATALOG__ICEBERG_CATALOG_NAME": spark.catalog_name,
+        "ICEBERG_CATALOG__ICEBERG_CATALOG_TYPE": "sql",
+        # the catalog database's password may be in it: a SECRET-named variable, masked by dbt and the log
+        "DBT_ENV_SECRET_ICEBERG_CATALOG": json.dumps(catalog_config(settings)),
+        "DUSK_SPARK_METHOD": "thrift" if spark.thrift else "session",
+    }
+    if settings.iceberg_catalog.startswith("sqlite"):
+        env["LOAD__WORKERS"] = "1"  # dlt's load jobs commit one at a time to SQLite's single writer
+    env["ICEBERG_CATALOG__ICEBERG_CATALOG_CONFIG"] = env["DBT_ENV_SECRET_ICEBERG_CATALOG"]
+    if spark.thrift:
+        host, _, port = spark.thrift.rpartition(":")
+        env |= {"DUSK_SPARK_HOST": host or "127.0.0.1", "DUSK_SPARK_PORT": port or "10000"}
+    else:
+        # the runner's session is made first and dbt-spark's getOrCreate shares it: the profile's copy
+        # (for the plain dbt CLI) leaves out the catalog database's password
+        conf = {k: v for k, v in session_conf(settings).items() if not k.endswith(".jdbc.password")}
+        env["DUSK_SPARK_CONF"] = json.dumps(conf)
     return env
 
 

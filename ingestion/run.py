@@ -25,6 +25,7 @@ from dlt.load.exceptions import LoadClientJobFailed
 from ingestion import recovery
 from ingestion.declaration import SourceSpec
 from ingestion.errors import describe, innermost, is_transient
+from ingestion.extensions import raw_client
 from ingestion.result import SourceResult, TableStats
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ class Target:
     loader_file_format: str | None = None
     """The file format dlt loads with (None: the destination's choice); ``parquet`` for
     PostgreSQL, which then loads by binary COPY instead of row inserts."""
+    table_format: str | None = None
+    """The table format raw is written in (``iceberg`` on a lake; None: the destination's)."""
+    file_column: str = "_file"
+    """The raw column a files source keeps each row's file name in (``_source_file`` on Iceberg,
+    which reserves ``_file`` for its own metadata column)."""
+    merge_strategy: str | None = None
+    """dlt's merge strategy of every ``merge`` table (``upsert`` on Iceberg, which refuses dlt's
+    default ``delete-insert``; None: the default)."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,18 @@ class SourceRun:
     detected_at: datetime | None = None
 
     def run(self, source: Any) -> Any:
-        """``pipeline.run`` in the target's file format; dlt's load info."""
-        return self.pipeline.run(source, loader_file_format=self.target.loader_file_format)  # type: ignore[arg-type]
+        """``pipeline.run`` in the target's file and table formats; dlt's load info."""
+        strategy = self.target.merge_strategy
+        if strategy is not None:
+            resources = source.resources.values() if hasattr(source, "resources") else [source]
+            for resource in resources:
+                if resource.write_disposition == "merge":
+                    resource.apply_hints(write_disposition={"disposition": "merge", "strategy": strategy})
+        return self.pipeline.run(
+            source,
+            loader_file_format=self.target.loader_file_format,  # type: ignore[arg-type]
+            table_format=self.target.table_format,  # type: ignore[arg-type]
+        )
 
     def load(self, source: Any) -> Any:
         """Run ``source`` and record the load ids; dlt's load info."""
@@ -212,7 +231,7 @@ def check_counts(pipeline: dlt.Pipeline, result: SourceResult) -> None:
     if not own:
         return
     ids = ", ".join("'" + i.replace("'", "''") + "'" for i in own)
-    with pipeline.sql_client() as client:
+    with raw_client(pipeline) as client:
         for stats in result.tables:
             table = client.make_qualified_table_name(stats.table)
             try:

@@ -50,3 +50,7 @@
 {% macro postgres__pii_hash(expression) -%}
     encode(sha256(convert_to((select pii_salt.salt from dusk_private.pii_salt) || {{ expression }}, 'UTF8')), 'hex')
 {%- endmacro %}
+
+{% macro spark__pii_hash(expression) -%}
+    sha2((select pii_salt.salt from dusk_private.pii_salt) || {{ expression }}, 256)
+{%- endmacro %}

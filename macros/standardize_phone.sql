@@ -6,7 +6,9 @@
     result outside E.164's 8 to 15 digits, becomes null (raw keeps what was typed).
 #}
 {% macro standardize_phone(phone, calling_code, trunk_prefix) -%}
-    {%- set digits = "regexp_replace(" ~ phone ~ ", '[^0-9]', '', 'g')" -%}
+    {#- 'g' (every match) is DuckDB's and PostgreSQL's flag; Spark replaces every match and reads a 4th argument as a position -#}
+    {%- set flags = "" if target.type == 'spark' else ", 'g'" -%}
+    {%- set digits = "regexp_replace(" ~ phone ~ ", '[^0-9]', ''" ~ flags ~ ")" -%}
     {%- set e164 -%}
         case
             when length({{ digits }}) < 7 then null

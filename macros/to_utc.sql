@@ -4,5 +4,14 @@
     zone of the machine (DuckDB) or the server (PostgreSQL) that runs dbt.
 #}
 {% macro to_utc(column) -%}
+    {{ return(adapter.dispatch('to_utc', 'dusk')(column)) }}
+{%- endmacro %}
+
+{% macro default__to_utc(column) -%}
     cast(({{ column }}) at time zone 'UTC' as timestamp)
+{%- endmacro %}
+
+{# Spark keeps timestamps as instants and the runner's session time zone is UTC (spark.sql.session.timeZone) #}
+{% macro spark__to_utc(column) -%}
+    cast(({{ column }}) as timestamp)
 {%- endmacro %}

@@ -22,6 +22,7 @@ from datetime import datetime
 from dusk import ledger
 from dusk.record import Finding, RunResult
 from dusk.settings import MonitorSettings, Settings
+from dusk.warehouse import table_names
 from ingestion.declaration import SourceSpec
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,7 @@ def freshness_sla(
 
 def quarantine_rate(con: ledger.Connection, m: MonitorSettings) -> list[Finding]:
     """Tables with more than the allowed share of their live rows in quarantine."""
-    views = {
-        name
-        for (name,) in con.execute(
-            "select table_name from information_schema.tables where table_schema = 'staging'"
-        ).fetchall()
-    }
+    views = set(table_names(con, "staging"))
     findings = []
     for source, view in ledger.quarantine_views(con):
         counts = con.execute(f'select table_name, count(*) from staging."{view}" group by 1 order by 1').fetchall()

@@ -16,6 +16,7 @@ from dbt.contracts.graph.manifest import Manifest
 from dusk import ledger
 from dusk.record import DbtResult, NodeResult, Plan, RunResult
 from dusk.settings import PROJECT_DIR, Settings
+from dusk.warehouse import table_names
 from ingestion.declaration import SourceSpec
 from ingestion.result import SourceResult
 
@@ -185,11 +186,7 @@ def _microbatch(manifest: Manifest) -> list[Any]:
 
 def _exists(con: Any, node: Any) -> bool:
     """Whether the warehouse holds the model's relation."""
-    found = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-        [node.schema, node.alias or node.name],
-    ).fetchone()
-    return bool(found and found[0])
+    return (node.alias or node.name) in table_names(con, node.schema)
 
 
 def loaded_event_window(
@@ -207,11 +204,12 @@ def loaded_event_window(
         for table in spec.tables:
             if not table.event_time:
                 continue
+            # a load id is its package's creation time (Unix epoch): packages created since ``since``
+            # (a killed run's package finished later is newer than the run that last built)
             span = con.execute(
                 f'select min(cast("{table.event_time}" as date)), max(cast("{table.event_time}" as date)) '
-                f'from "{spec.dataset}"."{table.name}" where _dlt_load_id in '
-                f'(select load_id from "{spec.dataset}"._dlt_loads where status = 0 and inserted_at >= ?)',
-                [since],
+                f'from "{spec.dataset}"."{table.name}" where cast(_dlt_load_id as double precision) >= ?',
+                [since.timestamp()],
             ).fetchone()
             if span and span[0] is not None:
                 spans.append(span)

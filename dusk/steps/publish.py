@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import psycopg
@@ -42,7 +43,7 @@ import psycopg
 from dusk import ledger
 from dusk.record import PublishResult, RunResult
 from dusk.settings import PostgresSettings, Settings
-from dusk.warehouse import LEDGER, Connection, PublishError, Warehouse, check_schemas
+from dusk.warehouse import LEDGER, Connection, PublishError, Warehouse, check_schemas, table_names
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def publish(settings: Settings, warehouse: Warehouse, con: Connection, record: R
     try:
         if warehouse.engine == "postgres":
             record.published = swap_schemas(con, settings.postgres, settings.publish_schemas, record)
+        elif warehouse.engine == "spark":
+            record.published = swap_namespaces(con, settings, settings.publish_schemas, record)
         else:
             assert isinstance(con, duckdb.DuckDBPyConnection)
             record.published = copy_to_served(con, settings.served_path, settings.publish_schemas, record)
@@ -150,6 +153,94 @@ RETIRED = "__retired_"
 """The suffix of a previous night's schemas, swapped out and dropped once no reader holds them."""
 
 
+def swap_namespaces(con: Connection, settings: Settings, schemas: tuple[str, ...], record: RunResult) -> PublishResult:
+    """Spark with Iceberg: copy ``schemas`` (tables and views, as Iceberg tables) into
+    ``<prefix><schema>__next`` namespaces, then move every table of them to ``<prefix><schema>``
+    in one transaction of the catalog database, the previous night's aside. Raises PublishError;
+    readers then keep what they had.
+
+    Iceberg's JDBC catalog keeps one row per table (its namespace, name and current metadata
+    file), and renaming a table is an update of that row (as Iceberg's own ``renameTable`` does):
+    updating the rows of every served table in one transaction is an atomic switch of the whole
+    night, which Iceberg's per-table commits cannot give. Readers never block it (Iceberg readers
+    hold no locks); a reader still reading a retired table keeps its files, which are purged
+    ``DUSK_SPARK_KEEP_RETIRED`` nights later."""
+    import sqlalchemy as sa
+
+    from dusk.spark import catalog_config
+
+    started = time.monotonic()
+    check_schemas(schemas)
+    spark = settings.spark
+    served = {schema: spark.served_prefix + schema for schema in (*schemas, ABOUT)}
+    result = PublishResult(
+        where=f"{settings.warehouse_label} ({spark.served_prefix}*)", run_id=record.run_id, seconds=0.0
+    )
+    engine = sa.create_engine(catalog_config(settings)["uri"])
+    try:
+        for name in served.values():  # a run killed while publishing left its copy: nobody reads it
+            _drop_namespace(con, f"{name}{NEXT}")
+        _fill(con, schemas, record, result, started, lambda schema: f'"{served[schema]}{NEXT}"')
+        retired = f"{RETIRED}{int(time.time())}"
+        release = getattr(con, "release", None)
+        if callable(release):
+            release()  # the embedded SQLite catalog lets one process write: this one, now
+        moves = []
+        for name in served.values():
+            moves += [(name, f"{name}{retired}"), (f"{name}{NEXT}", name)]
+        with engine.begin() as catalog:  # one transaction: readers see the old night or the new one
+            for old, new in moves:
+                for table in ("iceberg_tables", "iceberg_namespace_properties"):
+                    column = "table_namespace" if table == "iceberg_tables" else "namespace"
+                    catalog.execute(
+                        sa.text(f"update {table} set {column} = :new where catalog_name = :c and {column} = :old"),
+                        {"new": new, "old": old, "c": spark.catalog_name},
+                    )
+        _drop_retired_namespaces(con, engine, spark.catalog_name, spark.served_prefix, spark.keep_retired)
+    except Exception as exc:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise PublishError(
+            f"publishing to the {spark.served_prefix}* namespaces failed, the served data is unchanged: {exc}"
+        ) from exc
+    finally:
+        engine.dispose()
+    result.seconds = time.monotonic() - started
+    log.info(
+        "published run %s to %s: %d tables in %.1fs", record.run_id, result.where, len(result.tables), result.seconds
+    )
+    return result
+
+
+def _drop_namespace(con: Connection, namespace: str) -> None:
+    """Drop a namespace and its tables with their files (Spark drops no namespace that holds tables)."""
+    for table in table_names(con, namespace):
+        con.execute(f'drop table if exists "{namespace}"."{table}" purge')
+    con.execute(f'drop schema if exists "{namespace}"')
+
+
+def _drop_retired_namespaces(con: Connection, engine: Any, catalog: str, prefix: str, keep: int) -> None:
+    """Purge the served namespaces swapped out more than ``keep`` nights ago."""
+    import sqlalchemy as sa
+
+    with engine.connect() as db:
+        names = {
+            str(n)
+            for (n,) in db.execute(
+                sa.text(
+                    "select table_namespace from iceberg_tables where catalog_name = :c union "
+                    "select namespace from iceberg_namespace_properties where catalog_name = :c"
+                ),
+                {"c": catalog},
+            )
+        }
+    retired = {n: n.rsplit(RETIRED, 1)[1] for n in names if n.startswith(prefix) and RETIRED in n}
+    kept = set(sorted(set(retired.values()))[-keep:]) if keep else set()
+    for name, night in sorted(retired.items()):
+        if night not in kept:
+            _drop_namespace(con, name)
+
+
 def _drop_retired(con: Connection, pg: PostgresSettings) -> None:
     """Drop the previous nights' schemas that no reader holds any more. A reader's open
     transaction keeps its tables locked: the first schema that waits past the lock timeout stops
@@ -181,19 +272,15 @@ def _fill(
         _close_served_ledger(con, record, result, into(LEDGER))
     con.execute(f"create schema {into(ABOUT)}")
     con.execute(
-        f"create table {into(ABOUT)}.about as select ?::varchar as run_id, ?::timestamp as published_at",
+        f"create table {into(ABOUT)}.about as "
+        "select cast(? as varchar) as run_id, cast(? as timestamp) as published_at",
         [record.run_id, datetime.now(UTC).replace(tzinfo=None)],
     )
 
 
 def _copy(con: Connection, schemas: tuple[str, ...], result: PublishResult, into: Callable[[str], str]) -> None:
     """Copy the schemas' tables and views, as tables, into ``into(schema)`` (created here)."""
-    found = con.execute(
-        "select table_schema, table_name from information_schema.tables "
-        "where table_catalog = current_database() and table_schema in "
-        f"({', '.join('?' for _ in schemas)}) order by 1, 2",
-        list(schemas),
-    ).fetchall()
+    found = [(schema, table) for schema in schemas for table in table_names(con, schema)]
     missing = sorted(set(schemas) - {s for s, _ in found})
     if missing:
         log.warning("publish: the warehouse has no schema %s yet; published without it", ", ".join(missing))

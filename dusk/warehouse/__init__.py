@@ -1,7 +1,8 @@
 """The warehouse: the one place that opens it, and what dusk keeps in it besides the data.
 
 The warehouse is a choice (``DUSK_TARGET``): DuckDB, one embedded file (:mod:`.duckdb_engine`,
-the default), or a PostgreSQL database (:mod:`.postgres_engine`). :func:`open_warehouse` gives the
+the default), a PostgreSQL database (:mod:`.postgres_engine`), or Spark with Iceberg tables
+(:mod:`.spark_engine`). :func:`open_warehouse` gives the
 configured one; everything else in the runner talks to it through :class:`Warehouse` and a
 :class:`Connection` (``execute`` with ``?`` parameters, ``executemany``), whatever the engine.
 
@@ -37,6 +38,19 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] | None = None, /) -> Any: ...
 
     def executemany(self, sql: str, parameters: Sequence[Sequence[Any]], /) -> Any: ...
+
+
+def table_names(con: Connection, schema: str) -> list[str]:
+    """The tables and views of ``schema`` in the warehouse (none when it does not exist)."""
+    tables = getattr(con, "tables", None)  # an engine without information_schema (Spark) lists them itself
+    if callable(tables):
+        return list(tables(schema))
+    rows = con.execute(
+        "select table_name from information_schema.tables "
+        "where table_catalog = current_database() and table_schema = ? order by 1",
+        [schema],
+    ).fetchall()
+    return [str(name) for (name,) in rows]
 
 
 class LedgerError(RuntimeError):
@@ -82,8 +96,19 @@ class Warehouse(ABC):
     def destination(self) -> Any:
         """dlt's destination for this warehouse."""
 
+    def release(self, con: Any) -> None:
+        """Before ingestion writes the warehouse from this process's dlt: let go of what the
+        night's connection holds that would stop it (nothing, but on Spark with SQLite)."""
+        del con
+
     loader_file_format: str | None = None
     """The file format dlt loads with (None: the destination's own choice)."""
+    table_format: str | None = None
+    """The table format dlt writes raw in (None: the destination's own tables)."""
+    merge_strategy: str | None = None
+    """dlt's merge strategy for ``merge`` tables (None: dlt's default, ``delete-insert``)."""
+    file_column: str = "_file"
+    """The raw column holding a files source's file name (the dbt macro ``file_column()`` agrees)."""
 
     def target(self) -> Any:
         """Where ingestion lands each source (:class:`ingestion.run.Target`)."""
@@ -96,6 +121,9 @@ class Warehouse(ABC):
             landing_dir=s.landing_dir,
             base_dir=PROJECT_DIR,
             loader_file_format=self.loader_file_format,
+            table_format=self.table_format,
+            merge_strategy=self.merge_strategy,
+            file_column=self.file_column,
         )
 
 
@@ -105,6 +133,10 @@ def open_warehouse(settings: Settings) -> Warehouse:
         from dusk.warehouse.postgres_engine import PostgresWarehouse
 
         return PostgresWarehouse(settings)
+    if settings.target == "spark":
+        from dusk.warehouse.spark_engine import SparkWarehouse
+
+        return SparkWarehouse(settings)
     from dusk.warehouse.duckdb_engine import DuckDBWarehouse
 
     return DuckDBWarehouse(settings)

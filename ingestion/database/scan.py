@@ -17,20 +17,19 @@ values (a numeric wider than 38 digits becomes DOUBLE), the read is one query ru
 
 from __future__ import annotations
 
-import importlib
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import sqlalchemy as sa
 
 from ingestion.database.types import SourceColumn, quote, raw_column
+from ingestion.extensions import load_extension
 from ingestion.limits import MEMORY_LIMIT
 
 FILE_SIZE = "64MB"
@@ -52,15 +51,6 @@ _EXTENSIONS = {
 
 class SourceSchemaError(RuntimeError):
     """The source table no longer matches what raw holds (dropped column, changed type, gone)."""
-
-
-def load_extension(con: duckdb.DuckDBPyConnection, module: str) -> None:
-    """LOAD the extension binary shipped in the ``duckdb-extension-*`` package ``module``."""
-    package = importlib.import_module(module)
-    files = list(Path(package.__file__ or "").parent.rglob("*.duckdb_extension"))
-    if not files:
-        raise RuntimeError(f"the DuckDB extension in the {module} package is missing; reinstall requirements.txt")
-    con.execute(f"LOAD '{files[0]}'")
 
 
 def _quote(value: Any) -> str:

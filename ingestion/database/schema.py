@@ -21,6 +21,7 @@ from ingestion.database.scan import (
     dquote,
 )
 from ingestion.declaration import SourceSpec, TableSpec
+from ingestion.extensions import raw_client
 
 
 def _where(source: str, table: str) -> str:
@@ -190,7 +191,7 @@ def apply_changes(pipeline: dlt.Pipeline, table: str, changes: list[SchemaChange
         return
     widen = [c.column for c in changes if c.widen]
     if widen:
-        with pipeline.sql_client() as client:
+        with raw_client(pipeline) as client:
             targets = [client.make_qualified_table_name(table)]
             with client.with_staging_dataset():
                 staging = client.make_qualified_table_name(table)
@@ -228,7 +229,7 @@ def _table_exists(client: Any, table: str) -> bool:
 def _raw_arrow(pipeline: dlt.Pipeline, sql: str) -> pa.Table | None:
     """Run ``sql`` on the warehouse; None when the raw table does not exist yet."""
     try:
-        with pipeline.sql_client() as client, client.execute_query(sql) as cur:
+        with raw_client(pipeline) as client, client.execute_query(sql) as cur:
             table = cur.arrow()
     except DestinationUndefinedEntity:
         return None
@@ -238,7 +239,7 @@ def _raw_arrow(pipeline: dlt.Pipeline, sql: str) -> pa.Table | None:
 
 
 def _qualified(pipeline: dlt.Pipeline, table: str) -> str:
-    with pipeline.sql_client() as client:
+    with raw_client(pipeline) as client:
         return str(client.make_qualified_table_name(table))
 
 

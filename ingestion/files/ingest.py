@@ -21,10 +21,10 @@ def ingest(run: SourceRun) -> None:
     spec = run.spec
     landing = landing_dir(spec, run.target.landing_dir, run.target.base_dir)
     plan = plan_files(run.pipeline, spec, landing)
-    prepared = prepare(spec, plan, run.staging)
+    prepared = prepare(spec, plan, run.staging, run.target.file_column)
     create = tuple(t.name for t in missing_tables(run.pipeline, spec))
     if plan.ledger or create:
-        run.load(files_source(spec, plan, prepared, create))
+        run.load(files_source(spec, plan, prepared, create, run.target.file_column))
     if spec.option("archive"):
         archive(plan)
     quarantined = {name: item.quarantined for name, item in prepared.items()}

@@ -12,6 +12,7 @@ import dlt
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
 
 from ingestion.declaration import SourceSpec
+from ingestion.extensions import raw_client
 from ingestion.files.parse import FileError
 
 LEDGER = "_files"
@@ -73,7 +74,7 @@ def _sha256(path: Path) -> str:
 
 def _ledger(pipeline: dlt.Pipeline) -> set[tuple[str, str]]:
     try:
-        with pipeline.sql_client() as client:
+        with raw_client(pipeline) as client:
             table = client.make_qualified_table_name(LEDGER)
             rows = client.execute_sql(f"select file, sha256 from {table}")
     except DestinationUndefinedEntity:

@@ -35,10 +35,10 @@ class PreparedTable:
     """Good rows whose key a later file of this run has too (merged: the later file's row wins)."""
 
 
-def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, PreparedTable]:
+def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path, file_column: str = "_file") -> dict[str, PreparedTable]:
     """Parse and check every new file, one at a time (memory: one file). Good rows go to parquet
-    under ``staging``; bad rows to the plan's quarantine; a file that fails as a whole to the
-    plan's failures, with nothing of it kept."""
+    under ``staging``, each with its file's name in ``file_column``; bad rows to the plan's
+    quarantine; a file that fails as a whole to the plan's failures, with nothing of it kept."""
     max_bad = float(spec.option("max_bad_share"))
     prepared = {t.name: PreparedTable(t) for t in spec.tables}
     staging.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, Prepa
                 )
                 continue
             now = datetime.now(UTC)
-            good = good.append_column("_file", pa.array([landed.name] * good.num_rows, pa.string()))
+            good = good.append_column(file_column, pa.array([landed.name] * good.num_rows, pa.string()))
             good = good.append_column("_file_order", pa.array([order] * good.num_rows, pa.int64()))
             target = prepared[table.name]
             if extra:
@@ -106,12 +106,12 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path) -> dict[str, Prepa
     return prepared
 
 
-def _table_resource(prepared: PreparedTable, create: bool) -> Any:
+def _table_resource(prepared: PreparedTable, create: bool, file_column: str) -> Any:
     table = prepared.table
 
     def read() -> Iterator[Any]:
         if create and not prepared.parts:
-            yield with_load_id(empty_rows(table, "_line BIGINT, _file VARCHAR, _file_order BIGINT"))
+            yield with_load_id(empty_rows(table, f"_line BIGINT, {file_column} VARCHAR, _file_order BIGINT"))
         for part in prepared.parts:
             yield with_load_id(pq.read_table(part))
 
@@ -121,7 +121,7 @@ def _table_resource(prepared: PreparedTable, create: bool) -> Any:
         hints["primary_key"] = table.key_columns
         hints["columns"]["_file_order"] = {"dedup_sort": "desc"}
     elif table.write_disposition == "merge":
-        hints["merge_key"] = "_file"  # no key: a file loaded again replaces its own rows
+        hints["merge_key"] = file_column  # no key: a file loaded again replaces its own rows
     return dlt.resource(read, name=table.name, **hints)
 
 
@@ -143,7 +143,11 @@ def _quarantine_rows(
 
 
 def files_source(
-    spec: SourceSpec, plan: FilesPlan, prepared: dict[str, PreparedTable], create: tuple[str, ...] = ()
+    spec: SourceSpec,
+    plan: FilesPlan,
+    prepared: dict[str, PreparedTable],
+    create: tuple[str, ...] = (),
+    file_column: str = "_file",
 ) -> DltSource:
     """The dlt source of one landing folder: a resource per table with rows (and per table in
     ``create``, which raw lacks: created empty), the quarantined rows, and the ledger of the
@@ -153,7 +157,7 @@ def files_source(
     def source() -> Iterator[Any]:
         for item in prepared.values():
             if item.parts or item.table.name in create:
-                yield _table_resource(item, item.table.name in create)
+                yield _table_resource(item, item.table.name in create, file_column)
         if plan.quarantine:
             yield dlt.resource(plan.quarantine, name=QUARANTINE, write_disposition="append")
         if plan.ledger:

@@ -18,7 +18,7 @@ line_loads as (
 
     select
         order_id,
-        max(cast(dlt_load_id as double precision)) as last_line_load
+        max(cast(dlt_load_id as {{ double() }})) as last_line_load
     from {{ ref('base_shop__order_items') }}
     group by order_id
 
@@ -65,7 +65,7 @@ final as (
         orders.ordered_at,
         orders.updated_at,
         greatest(
-            cast(orders.dlt_load_id as double precision),
+            cast(orders.dlt_load_id as {{ double() }}),
             coalesce(line_loads.last_line_load, 0)
         ) as last_load
     from orders

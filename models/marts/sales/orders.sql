@@ -42,7 +42,7 @@ final as (
         cast(orders.item_count as integer) as item_count,
         cast(orders.unit_count as integer) as unit_count,
         cast(orders.order_amount as decimal(18, 2)) as order_amount,
-        cast(orders.last_load as double precision) as last_load,
+        cast(orders.last_load as {{ double() }}) as last_load,
         orders.is_revenue,
         orders.is_deleted or orders.is_quarantined as is_deleted,
         cast(orders.ordered_at as date) as order_date,

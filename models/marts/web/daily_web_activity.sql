@@ -8,6 +8,7 @@
         lookback=1,
         on_schema_change='fail',
         unique_key=(['activity_date', 'event_type'] if target.type == 'postgres' else none),
+        partition_by=(['activity_date'] if target.type == 'spark' else none),
     )
 }}
 {#
@@ -16,7 +17,8 @@
     date range, e.g. after late events, with
       dbt build --select daily_web_activity --event-time-start 2026-01-02 --event-time-end 2026-01-04
     dbt-duckdb replaces each batch's days (delete + insert) and refuses a unique_key; dbt-postgres
-    merges each batch on the unique_key, which it requires.
+    merges each batch on the unique_key, which it requires; dbt-spark overwrites each batch's
+    partitions, which it requires.
 #}
 with
 

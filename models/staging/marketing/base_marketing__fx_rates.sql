@@ -16,8 +16,8 @@ renamed as (
 
     select
         upper(trim(currency_code)) as currency_code,
-        _file as source_file,
-        cast(rate_to_usd as double precision) as rate_to_usd,
+        {{ file_column() }} as source_file,
+        cast(rate_to_usd as {{ double() }}) as rate_to_usd,
         cast(rate_date as date) as rate_date,
         _dlt_load_id as dlt_load_id
     from source

@@ -23,7 +23,7 @@ renamed as (
     select
         lower(trim(channel)) as channel,
         upper(trim(currency_code)) as currency_code,
-        _file as source_file,
+        {{ file_column() }} as source_file,
         cast(spend as decimal(12, 2)) as spend,
         cast(clicks as integer) as clicks,
         cast(spend_date as date) as spend_date,
