@@ -22,7 +22,7 @@ WarehousePath = Annotated[
 ]
 Target = Annotated[
     str | None,
-    typer.Option("--target", help="The warehouse engine: duckdb or postgres [overrides DUSK_TARGET]."),
+    typer.Option("--target", help="The warehouse engine: duckdb, postgres or spark [overrides DUSK_TARGET]."),
 ]
 SourcesFile = Annotated[
     Path | None,

@@ -197,7 +197,7 @@ def _wait_for_port(port: int, seconds: float, log: Path) -> None:
     raise SparkSetupError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f}s; see {log}")
 
 
-def up(settings: Settings) -> None:
+def up(settings: Settings, master_port: int = MASTER_PORT, thrift_port: int = THRIFT_PORT) -> None:
     """Start a standalone master, a worker and a Thrift server (all on 127.0.0.1) from the pyspark
     wheel, on the Iceberg catalog of ``settings`` (PostgreSQL: a server shares it)."""
     import os
@@ -213,24 +213,27 @@ def up(settings: Settings) -> None:
     folder = cluster_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder)}
-    master = f"spark://127.0.0.1:{MASTER_PORT}"
+    master = f"spark://127.0.0.1:{master_port}"
     conf = {
         k: v for k, v in session_conf(settings).items() if k not in ("spark.master", "spark.sql.catalogImplementation")
     }
     jars = ",".join(str(j) for j in spark_jars())
     commands = {
         "master": [str(home / "bin/spark-class"), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                   "--port", str(MASTER_PORT), "--webui-port", "8090"],
+                   "--port", str(master_port), "--webui-port", "0"],
         "worker": [str(home / "bin/spark-class"), "org.apache.spark.deploy.worker.Worker", master, "--host",
-                   "127.0.0.1", "--cores", "2", "--memory", "2g", "--webui-port", "8091"],
+                   "127.0.0.1", "--cores", "2", "--memory", "2g", "--webui-port", "0"],
         "thrift": [str(home / "bin/spark-submit"), "--class",
                    "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2",
                    "--master", master, "--jars", jars, "--driver-class-path", conf["spark.driver.extraClassPath"],
                    *(x for k, v in conf.items() for x in ("--conf", f"{k}={v}")),
                    "--hiveconf", "hive.server2.thrift.bind.host=127.0.0.1",
-                   "--hiveconf", f"hive.server2.thrift.port={THRIFT_PORT}", "spark-internal"],
+                   "--conf", "spark.ui.enabled=false",
+                   # one session for every connection: one catalog, one pool of catalog connections
+                   "--conf", "spark.sql.hive.thriftServer.singleSession=true",
+                   "--hiveconf", f"hive.server2.thrift.port={thrift_port}", "spark-internal"],
     }  # fmt: skip
-    ports = {"master": MASTER_PORT, "worker": None, "thrift": THRIFT_PORT}
+    ports = {"master": master_port, "worker": None, "thrift": thrift_port}
     for name in DAEMONS:
         pid_file, log = folder / f"{name}.pid", folder / f"{name}.log"
         if pid_file.exists() and _alive(int(pid_file.read_text())):
@@ -245,7 +248,7 @@ def up(settings: Settings) -> None:
         if port is not None:
             _wait_for_port(port, 180, log)
         print(f"spark {name} started (pid {process.pid}, log {log})")
-    print(f"cluster ready: DUSK_SPARK_MASTER={master} or DUSK_SPARK_THRIFT=127.0.0.1:{THRIFT_PORT}")
+    print(f"cluster ready: DUSK_SPARK_MASTER={master} or DUSK_SPARK_THRIFT=127.0.0.1:{thrift_port}")
 
 
 def _alive(pid: int) -> bool:
@@ -302,13 +305,27 @@ def prepare_catalog(settings: Settings) -> None:
     catalog.engine.dispose()
 
 
-if __name__ == "__main__":
-    import sys as _sys
+def main(argv: list[str]) -> None:
+    """``python -m dusk.spark [setup|up|down]`` (make setup-spark, spark-up, spark-down); ``up``
+    takes its ports from SPARK_MASTER_PORT and SPARK_THRIFT_PORT (default 7077 and 10000)."""
+    import os
 
-    command = _sys.argv[1] if len(_sys.argv) > 1 else "setup"
+    from dusk.settings import Settings
+
+    command = argv[0] if argv else "setup"
     if command == "setup":
         setup()
+    elif command == "up":
+        ports = (
+            int(os.environ.get("SPARK_MASTER_PORT", MASTER_PORT)),
+            int(os.environ.get("SPARK_THRIFT_PORT", THRIFT_PORT)),
+        )
+        up(Settings.from_env(target="spark"), *ports)
+    elif command == "down":
+        down(Settings.from_env(target="spark"))
     else:
-        from dusk.settings import Settings as _Settings
+        raise SystemExit(f"usage: python -m dusk.spark [setup|up|down], not {command!r}")
 
-        {"up": up, "down": down}[command](_Settings.from_env(target="spark"))
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

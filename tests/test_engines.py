@@ -137,12 +137,12 @@ def test_sql_is_written_once_with_question_marks() -> None:
     assert placeholders('select "odd?name" from t where c = ?') == 'select "odd?name" from t where c = %s'
 
 
-@pytest.mark.parametrize("value", ["spark", "sqlite", "Snowflake"])
+@pytest.mark.parametrize("value", ["trino", "sqlite", "Snowflake"])
 def test_an_unknown_target_is_refused_by_name(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from dusk.settings import Settings
 
     monkeypatch.setenv("DUSK_TARGET", value)
-    with pytest.raises(ValueError, match="DUSK_TARGET must be one of duckdb, postgres"):
+    with pytest.raises(ValueError, match="DUSK_TARGET must be one of duckdb, postgres, spark"):
         Settings.from_env()
     monkeypatch.delenv("DUSK_TARGET")
     assert Settings.from_env().target == "duckdb"

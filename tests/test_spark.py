@@ -232,3 +232,95 @@ def test_spark_settings_name_the_catalog_and_hide_its_password(monkeypatch: pyte
     monkeypatch.setenv("DUSK_ICEBERG_CATALOG_URI", "mysql://x@h/db")
     with pytest.raises(SettingsError, match="DUSK_ICEBERG_CATALOG_URI"):
         Settings.from_env()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_a_local_cluster_shares_the_catalog_with_dlt(
+    spark_ready: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make spark-up`'s cluster (master, worker, Thrift server on 127.0.0.1, an Iceberg catalog on
+    PostgreSQL): the runner's SQL goes through the Thrift server, dlt writes raw into the same
+    catalog, and a session whose executors run on the cluster's worker reads it."""
+    import subprocess
+    import sys
+    import uuid
+    from decimal import Decimal
+
+    import dlt
+    import psycopg
+
+    from dusk.settings import runtime_environment
+    from dusk.warehouse import ensure_ledger, open_warehouse
+    from tests.conftest import _service_missing
+
+    try:
+        psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        _service_missing(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+    database = f"dusk_test_iceberg_{uuid.uuid4().hex[:8]}"
+    master_port, thrift_port = _free_port(), _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DUSK_")},
+        "DUSK_DATA_DIR": str(tmp_path / "data"),
+        "DUSK_ICEBERG_CATALOG_URI": f"postgresql://postgres@127.0.0.1:5432/{database}",
+        "SPARK_MASTER_PORT": str(master_port),
+        "SPARK_THRIFT_PORT": str(thrift_port),
+    }
+    cluster = [sys.executable, "-m", "dusk.spark"]
+    try:
+        up = subprocess.run([*cluster, "up"], env=env, capture_output=True, text=True, timeout=400)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"DUSK_SPARK_THRIFT=127.0.0.1:{thrift_port}" in up.stdout
+        for key in ("DUSK_DATA_DIR", "DUSK_ICEBERG_CATALOG_URI"):
+            monkeypatch.setenv(key, env[key])
+        monkeypatch.setenv("DUSK_SPARK_THRIFT", f"127.0.0.1:{thrift_port}")
+        settings = Settings.from_env(target="spark")
+        for key, value in runtime_environment(settings).items():
+            monkeypatch.setenv(key, value)
+        warehouse = open_warehouse(settings)
+        with warehouse.connect() as con:
+            ensure_ledger(con)  # the runner's DDL, translated, through the Thrift server
+            con.executemany(
+                "insert into dusk_ledger.schema_changes values (?, ?, ?)",
+                [["r1", "shop", "it's new"], ["r1", "web", "x"]],
+            )
+            rows = con.execute("select change from dusk_ledger.schema_changes where run_id = ? order by 1", ["r1"])
+            assert rows.fetchall() == [("it's new",), ("x",)]
+
+        pipeline = dlt.pipeline("cluster_probe", destination=warehouse.destination(), dataset_name="raw_probe",
+                                pipelines_dir=str(tmp_path / "dlt"))  # fmt: skip
+        items = dlt.resource(
+            [{"id": 1, "amount": Decimal("12345678.91")}, {"id": 2, "amount": Decimal("-0.01")}],
+            name="items", primary_key="id", columns={"amount": {"data_type": "decimal", "precision": 12, "scale": 2}},
+        )  # fmt: skip
+        pipeline.run(items, table_format="iceberg", loader_file_format="parquet")
+        with warehouse.connect() as con:  # the Thrift server sees what dlt wrote, exactly
+            assert con.execute("select id, amount from raw_probe.items order by id").fetchall() == [
+                (1, Decimal("12345678.91")),
+                (2, Decimal("-0.01")),
+            ]
+        probe = (
+            "import os; from dusk.settings import Settings; from dusk.warehouse import open_warehouse\n"
+            "w = open_warehouse(Settings.from_env(target='spark'))\n"
+            "with w.connect() as con:\n"
+            "    print(con.execute('select sum(amount) from raw_probe.items').fetchall())\n"
+            "    print(con.session.sparkContext.master)\n"
+        )
+        session_env = {**env, "DUSK_SPARK_MASTER": f"spark://127.0.0.1:{master_port}"}
+        read = subprocess.run(
+            [sys.executable, "-c", probe], env=session_env, capture_output=True, text=True, timeout=300
+        )
+        assert read.returncode == 0, read.stderr[-3000:]
+        assert read.stdout.split("\n")[:2] == ["[(Decimal('12345678.90'),)]", f"spark://127.0.0.1:{master_port}"]
+    finally:
+        subprocess.run([*cluster, "down"], env=env, capture_output=True, text=True, timeout=120)
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{database}" with (force)')

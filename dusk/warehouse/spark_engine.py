@@ -20,6 +20,8 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,12 @@ from dusk.warehouse import LedgerError, Reading, Warehouse
 log = logging.getLogger(__name__)
 
 NO_TRANSACTIONS = {"begin", "commit", "rollback"}
+THRIFT_TYPES: dict[str, Any] = {
+    "DATE_TYPE": date.fromisoformat,
+    "TIMESTAMP_TYPE": datetime.fromisoformat,
+    "DECIMAL_TYPE": Decimal,
+}
+"""Spark Thrift server column types that may reach PyHive as text, and how to read them."""
 
 
 @lru_cache(maxsize=512)
@@ -117,9 +125,12 @@ class SparkConnection:
             return [tuple(row) for row in self.session.sql(query).collect()]
         self.cursor.execute(query)
         try:
-            return [tuple(row) for row in self.cursor.fetchall()]
+            rows = self.cursor.fetchall()
         except Exception:  # PyHive raises on a statement that returns no result set
             return []
+        # the Thrift protocol sends dates, times and decimals as text
+        parse = [THRIFT_TYPES.get(str(d[1])) for d in self.cursor.description or []]
+        return [tuple(f(v) if f and isinstance(v, str) else v for f, v in zip(parse, r, strict=False)) for r in rows]
 
     def execute(self, query: str, parameters: Sequence[Any] | None = None, /) -> Rows:
         rows: list[tuple[Any, ...]] = []
@@ -163,9 +174,9 @@ class SparkConnection:
         """The tables and views of a namespace (Spark has no information_schema)."""
         if not self.sql(f"show namespaces like '{schema}'"):
             return []
-        # a v2 catalog's SHOW TABLES leaves views out
-        tables = {str(row[1]) for row in self.sql(f"show tables in `{schema}`")}
-        return sorted(tables | {str(row[1]) for row in self.sql(f"show views in `{schema}`")})
+        # a v2 catalog's SHOW TABLES leaves views out; both list the session's temporary views
+        found = self.sql(f"show tables in `{schema}`") + self.sql(f"show views in `{schema}`")
+        return sorted({str(name) for _, name, temporary in found if not temporary})
 
     def close(self) -> None:
         if self.cursor is not None:
