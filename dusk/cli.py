@@ -217,6 +217,24 @@ def pii_salt() -> None:
     typer.echo(f"PII salt {'stored in' if stored else 'already in'} {s.warehouse_label} (dusk_private.pii_salt)")
 
 
+@app.command("env")
+def dbt_env() -> None:
+    """Print the environment the runner gives dbt (the target, the warehouse, and on Spark the
+    session's configuration), as shell exports, for the plain dbt CLI:
+    eval "$(python -m dusk --target spark env)" && dbt build --target spark. Secrets are left out:
+    export them yourself."""
+    import shlex
+
+    from dusk.settings import SECRET_NAME, runtime_environment, secret_values
+
+    secrets = secret_values()
+    for key, value in sorted(runtime_environment(settings()).items()):
+        if SECRET_NAME.search(key) or any(secret in value for secret in secrets):
+            typer.echo(f"# {key}: a secret, not printed")
+        else:
+            typer.echo(f"export {key}={shlex.quote(value)}")
+
+
 @app.command()
 def migrate(to: params.MigrateTo) -> None:
     """Move this installation's DuckDB warehouse to another engine (an empty PostgreSQL database):

@@ -107,6 +107,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.defaultCatalog": name,
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.catalogImplementation": "in-memory",  # no Hive metastore (no derby files)
+        "spark.sql.warehouse.dir": str(settings.data_dir / "spark" / "spark-warehouse"),  # not the cwd
         "spark.ui.enabled": "false",
         "spark.driver.host": "127.0.0.1",  # only ever 127.0.0.1
         "spark.driver.bindAddress": "127.0.0.1",

@@ -324,3 +324,21 @@ def test_a_local_cluster_shares_the_catalog_with_dlt(
         subprocess.run([*cluster, "down"], env=env, capture_output=True, text=True, timeout=120)
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
             admin.execute(f'drop database if exists "{database}" with (force)')
+
+
+def test_dusk_env_gives_the_dbt_cli_the_runners_environment_without_secrets(spark_ready: None, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUSK_")}
+    env |= {
+        "DUSK_DATA_DIR": str(tmp_path),
+        "DUSK_ICEBERG_CATALOG_URI": "postgresql://cat@127.0.0.1:5432/lake",
+        "DUSK_ICEBERG_CATALOG_PASSWORD": "s3cret-catalog",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "dusk", "--target", "spark", "env"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert "s3cret" not in out
+    assert "export DUSK_TARGET=spark" in out and "export DUSK_SPARK_METHOD=session" in out
+    assert "# ICEBERG_CATALOG__ICEBERG_CATALOG_CONFIG: a secret, not printed" in out
