@@ -232,6 +232,8 @@ def up(settings: Settings, master_port: int = MASTER_PORT, thrift_port: int = TH
                    "--conf", "spark.ui.enabled=false",
                    # one session for every connection: one catalog, one pool of catalog connections
                    "--conf", "spark.sql.hive.thriftServer.singleSession=true",
+                   # one of the worker's two cores, so a session app (DUSK_SPARK_MASTER) gets the other
+                   "--conf", "spark.cores.max=1", "--conf", "spark.executor.memory=768m",
                    "--hiveconf", f"hive.server2.thrift.port={thrift_port}", "spark-internal"],
     }  # fmt: skip
     ports = {"master": master_port, "worker": None, "thrift": thrift_port}
