@@ -155,12 +155,18 @@ class SparkSettings:
                 "DUSK_ICEBERG_CATALOG_URI must be sqlite:////<path> or postgresql://user@host:port/database "
                 f"(Iceberg's JDBC catalog), got {uri.split('://')[0]}://..."
             )
+        thrift, master = env("DUSK_SPARK_THRIFT", "").strip() or None, env("DUSK_SPARK_MASTER", "local[2]").strip()
+        if (thrift or not master.startswith("local")) and not (uri or "").startswith("postgresql"):
+            raise SettingsError(
+                "a Spark cluster or Thrift server (DUSK_SPARK_MASTER, DUSK_SPARK_THRIFT) shares the Iceberg catalog "
+                "with this machine: set DUSK_ICEBERG_CATALOG_URI=postgresql://user@host:port/database"
+            )
         name = env("DUSK_ICEBERG_CATALOG_NAME", "dusk")
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
             raise SettingsError(f"DUSK_ICEBERG_CATALOG_NAME must be a lower-case SQL name, got {name!r}")
         return cls(
-            master=env("DUSK_SPARK_MASTER", "local[2]").strip(),
-            thrift=env("DUSK_SPARK_THRIFT", "").strip() or None,
+            master=master,
+            thrift=thrift,
             catalog_uri=uri,
             catalog_password=env("DUSK_ICEBERG_CATALOG_PASSWORD") or None,
             lake=env("DUSK_ICEBERG_WAREHOUSE", "").strip() or None,

@@ -232,6 +232,9 @@ def test_spark_settings_name_the_catalog_and_hide_its_password(monkeypatch: pyte
     monkeypatch.setenv("DUSK_ICEBERG_CATALOG_URI", "mysql://x@h/db")
     with pytest.raises(SettingsError, match="DUSK_ICEBERG_CATALOG_URI"):
         Settings.from_env()
+    monkeypatch.delenv("DUSK_ICEBERG_CATALOG_URI")  # a cluster cannot share the embedded SQLite file
+    with pytest.raises(SettingsError, match="DUSK_ICEBERG_CATALOG_URI=postgresql://"):
+        Settings.from_env()
 
 
 def _free_port() -> int:

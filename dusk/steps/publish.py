@@ -196,13 +196,15 @@ def swap_namespaces(con: Connection, settings: Settings, schemas: tuple[str, ...
                         sa.text(f"update {table} set {column} = :new where catalog_name = :c and {column} = :old"),
                         {"new": new, "old": old, "c": spark.catalog_name},
                     )
-        _drop_retired_namespaces(con, engine, spark.catalog_name, spark.served_prefix, spark.keep_retired)
     except Exception as exc:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
+        engine.dispose()
         raise PublishError(
             f"publishing to the {spark.served_prefix}* namespaces failed, the served data is unchanged: {exc}"
         ) from exc
+    try:  # published: a retired night that cannot be purged now is purged by a later publish
+        _drop_retired_namespaces(con, engine, spark.catalog_name, spark.served_prefix, spark.keep_retired)
+    except Exception as exc:
+        log.warning("publish: the retired served tables are purged by a later publish: %s", exc)
     finally:
         engine.dispose()
     result.seconds = time.monotonic() - started
