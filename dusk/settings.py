@@ -41,6 +41,14 @@ def _severity(name: str, default: str) -> str:
     return value
 
 
+def _sql_name(name: str, default: str, what: str) -> str:
+    """A setting that becomes part of SQL names, checked (lower-case letters, digits, ``_``)."""
+    value = os.environ.get(name, default)
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", value):
+        raise SettingsError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class MonitorSettings:
     """Limits of the monitoring checks (dusk/monitor.py) and the severity each one raises."""
@@ -94,9 +102,7 @@ class PostgresSettings:
     def from_env(cls) -> PostgresSettings:
         """Read DUSK_PG_*."""
         env = os.environ.get
-        prefix = env("DUSK_PG_SERVED_PREFIX", "served_")
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", prefix):
-            raise SettingsError(f"DUSK_PG_SERVED_PREFIX must be a lower-case SQL name prefix, got {prefix!r}")
+        prefix = _sql_name("DUSK_PG_SERVED_PREFIX", "served_", "a lower-case SQL name prefix")
         return cls(
             host=env("DUSK_PG_HOST", "127.0.0.1"),
             port=int(env("DUSK_PG_PORT", "5432")),
@@ -146,9 +152,7 @@ class SparkSettings:
     def from_env(cls) -> SparkSettings:
         """Read DUSK_SPARK_* and DUSK_ICEBERG_*."""
         env = os.environ.get
-        prefix = env("DUSK_SPARK_SERVED_PREFIX", "served_")
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", prefix):
-            raise SettingsError(f"DUSK_SPARK_SERVED_PREFIX must be a lower-case SQL name prefix, got {prefix!r}")
+        prefix = _sql_name("DUSK_SPARK_SERVED_PREFIX", "served_", "a lower-case SQL name prefix")
         uri = env("DUSK_ICEBERG_CATALOG_URI", "").strip() or None
         if uri and not re.match(r"(sqlite|postgresql)(\+\w+)?://", uri):
             raise SettingsError(
@@ -161,9 +165,7 @@ class SparkSettings:
                 "a Spark cluster or Thrift server (DUSK_SPARK_MASTER, DUSK_SPARK_THRIFT) shares the Iceberg catalog "
                 "with this machine: set DUSK_ICEBERG_CATALOG_URI=postgresql://user@host:port/database"
             )
-        name = env("DUSK_ICEBERG_CATALOG_NAME", "dusk")
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-            raise SettingsError(f"DUSK_ICEBERG_CATALOG_NAME must be a lower-case SQL name, got {name!r}")
+        name = _sql_name("DUSK_ICEBERG_CATALOG_NAME", "dusk", "a lower-case SQL name")
         return cls(
             master=master,
             thrift=thrift,
