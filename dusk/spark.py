@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
     from dusk.settings import Settings
@@ -70,7 +70,8 @@ def catalog_config(settings: Settings) -> dict[str, str]:
     parts = urlsplit(uri)
     if parts.scheme.startswith("postgresql"):
         password = settings.spark.catalog_password
-        auth = f"{parts.username or ''}{':' + password if password else ''}@" if parts.username else ""
+        secret = f":{quote(password, safe='')}" if password else ""
+        auth = f"{quote(parts.username, safe='')}{secret}@" if parts.username else ""
         uri = f"postgresql+psycopg://{auth}{parts.hostname}:{parts.port or 5432}{parts.path}"
     return {"type": "sql", "uri": uri, "warehouse": settings.iceberg_lake, "init_catalog_tables": "true"}
 
@@ -87,7 +88,8 @@ def jdbc_catalog(settings: Settings) -> dict[str, str]:
             conf["jdbc.password"] = settings.spark.catalog_password
     else:
         # SQLite has one writer at a time: one catalog connection in Spark (dbt's threads take turns
-        # for their commits instead of failing with SQLITE_BUSY), and a wait for another process's
+        # for their commits instead of failing with SQLITE_BUSY), and a wait of up to a minute when
+        # another process holds the file
         conf |= {"uri": f"jdbc:sqlite:{parts.path}", "clients": "1", "jdbc.busy_timeout": "60000"}
     return conf
 

@@ -217,6 +217,11 @@ def test_spark_settings_name_the_catalog_and_hide_its_password(monkeypatch: pyte
     monkeypatch.setenv("DUSK_SPARK_THRIFT", "127.0.0.1:10001")
     settings = Settings.from_env()
     assert "s3cret" not in settings.warehouse_label
+    from dusk.spark import catalog_config
+
+    monkeypatch.setenv("DUSK_ICEBERG_CATALOG_PASSWORD", "p@ss/word")  # quoted into pyiceberg's URL
+    assert catalog_config(Settings.from_env())["uri"] == "postgresql+psycopg://cat:p%40ss%2Fword@127.0.0.1:5432/lake"
+    monkeypatch.setenv("DUSK_ICEBERG_CATALOG_PASSWORD", "s3cret-catalog")
     assert (
         settings.warehouse_label
         == "spark thrift://127.0.0.1:10001, iceberg catalog postgresql://cat@127.0.0.1:5432/lake"
