@@ -11,7 +11,7 @@ TEST_WORKERS ?= 3
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 
-.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run backfill watch status report simulate simulate-check chaos badinput canary proof cdc-setup cdc-drop test lint format docs bench clean
+.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -82,8 +82,11 @@ cdc-drop: setup ## Drop SOURCE's replication slot and publication (the server st
 	@test -n "$(SOURCE)" || { echo "usage: make cdc-drop SOURCE=<name in sources.yml>"; exit 2; }
 	$(BIN)/python -m dusk cdc drop $(SOURCE)
 
-test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=3 processes, each file in one; the proof suites at a small size)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=3 processes, each file in one; the proof suites at a small size, on DuckDB and PostgreSQL)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not spark_proof"
+
+proof-spark: setup-dev ## The proof suites (simulate-check, chaos, canary) on Spark at a small size; needs make setup-spark (CI's own step)
+	$(BIN)/python -m pytest -n 2 --dist load -m spark_proof tests/proof
 
 simulate-check: setup-dev ## N simulated nights on each engine, every invariant checked after each (make simulate-check NIGHTS=30 SEED=7 [TARGET=postgres])
 	$(BIN)/python -m pytest -p no:xdist -m simulate tests/proof --nights $(or $(NIGHTS),30) $(if $(SEED),--seed $(SEED)) $(if $(TARGET),-k $(TARGET))

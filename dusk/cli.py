@@ -118,14 +118,15 @@ def backfill(
 def _night(plan: object, verbose: bool) -> None:
     _logging(verbose)
     from dusk.lock import run_lock
-    from dusk.night import run as run_night
-    from dusk.progress import RunProgress
-    from dusk.record import Plan
-    from dusk.summary import print_summary
 
-    assert isinstance(plan, Plan)
     s = settings()
-    with run_lock(s.data_dir) as lock:
+    with run_lock(s.data_dir) as lock:  # before the heavy imports: a locked-out run exits at once
+        from dusk.night import run as run_night
+        from dusk.progress import RunProgress
+        from dusk.record import Plan
+        from dusk.summary import print_summary
+
+        assert isinstance(plan, Plan)
         if lock.took_over:
             typer.echo(
                 f"took over the lock of a run that died (PID {lock.took_over.get('pid')}, "
@@ -160,13 +161,18 @@ def simulate(days: params.Days = 1) -> None:
 
 
 @app.command()
-def status(runs: params.Runs = 5) -> None:
+def status(runs: params.Runs = 5, check_only: params.Check = False) -> None:
     """The last runs, each source's last load, freshness, failing tests, quarantine and monitoring
     findings, from the run ledger (read-only; while a run holds the warehouse, from the served
-    file, which holds the ledger up to the last published night)."""
+    file, which holds the ledger up to the last published night). With --check: the dead-man's
+    switch, one line, exit 1 when nights stopped, fail, or are stuck or locked out."""
     _logging(False)
-    from dusk.status import print_status
+    from dusk.status import check, print_status
 
+    if check_only:
+        healthy, line = check(settings())
+        typer.echo(line)
+        raise typer.Exit(EXIT_OK if healthy else EXIT_FAILED)
     if not print_status(settings(), runs=runs):
         raise typer.Exit(EXIT_FAILED)
 
@@ -237,10 +243,11 @@ def dbt_env() -> None:
 
 @app.command()
 def migrate(to: params.MigrateTo) -> None:
-    """Move this installation's DuckDB warehouse to another engine (an empty PostgreSQL database):
-    raw data with dlt's state (cursors, CDC positions, the file ledger), snapshot history, the run
-    ledger and the PII salt, each table compared with its copy. Marts and views are rebuilt by
-    the next night there. Then set DUSK_TARGET to the new engine."""
+    """Move this installation's DuckDB warehouse to another engine (an empty PostgreSQL database,
+    or an empty Iceberg catalog for Spark): raw data with dlt's state (cursors, CDC positions, the
+    file ledger), snapshot history, the run ledger and the PII salt, each table compared with its
+    copy. Marts and views are rebuilt by the next night there. Then set DUSK_TARGET to the new
+    engine."""
     _logging(False)
     from dusk.lock import run_lock
     from dusk.migrate import migrate as move
@@ -297,26 +304,33 @@ def cdc_drop(source: params.SourceName) -> None:
 def exit_codes() -> Iterator[None]:
     """The one place failures become exit codes: a run already holding the lock is 4, a
     declaration or option that names what to fix is 2, any other refusal with a message is 1
-    (the message alone, no traceback)."""
-    from dusk.ledger import LedgerError
-    from dusk.lock import Locked
-    from dusk.migrate import MigrateError
-    from dusk.settings import SettingsError
-    from dusk.warehouse import PublishError, SaltError
-    from ingestion.database.cdc import CdcError
-    from ingestion.declaration import ConfigError
-
+    (the message alone, no traceback). The modules that define them are imported only when
+    something failed: a locked-out run exits without loading the engines."""
     try:
         yield
-    except Locked as exc:
+    except Exception as exc:
+        from dusk.lock import Locked
+        from dusk.settings import SettingsError
+
+        if isinstance(exc, Locked):
+            code = EXIT_LOCKED
+        elif isinstance(exc, SettingsError):
+            code = EXIT_USAGE
+        else:
+            from dusk.ledger import LedgerError
+            from dusk.migrate import MigrateError
+            from dusk.warehouse import PublishError, SaltError
+            from ingestion.database.cdc import CdcError
+            from ingestion.declaration import ConfigError
+
+            if isinstance(exc, ConfigError):
+                code = EXIT_USAGE
+            elif isinstance(exc, LedgerError | SaltError | CdcError | PublishError | MigrateError):
+                code = EXIT_FAILED
+            else:
+                raise
         typer.echo(str(exc), err=True)
-        raise SystemExit(EXIT_LOCKED) from None
-    except (ConfigError, SettingsError) as exc:
-        typer.echo(f"{exc}", err=True)
-        raise SystemExit(EXIT_USAGE) from None
-    except (LedgerError, SaltError, CdcError, PublishError, MigrateError) as exc:
-        typer.echo(str(exc), err=True)
-        raise SystemExit(EXIT_FAILED) from None
+        raise SystemExit(code) from None
 
 
 def main() -> None:

@@ -166,6 +166,13 @@ def has_runs(con: Connection) -> bool:
     return bool(last and last[0])
 
 
+def run_clock(con: Connection, limit: int) -> list[tuple[Any, ...]]:
+    """(run_id, status, started_at, seconds, error), newest first: what the dead-man's switch reads."""
+    return con.execute(
+        f"select run_id, status, started_at, seconds, error from {SCHEMA}.runs order by run_id desc limit ?", [limit]
+    ).fetchall()
+
+
 def recent_runs(con: Connection, limit: int) -> list[tuple[Any, ...]]:
     """(run_id, status, seconds, failed_sources, error), newest first."""
     return con.execute(

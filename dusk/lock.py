@@ -47,6 +47,30 @@ def _read(fd: int) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def live_holder(data_dir: Path) -> dict[str, Any] | None:
+    """Who holds the run lock now, read without taking it (a night starting this instant must not
+    find it taken): the lock file's holder when that process is alive on this host, else None."""
+    path = data_dir / "run.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        holder = _read(fd)
+    finally:
+        os.close(fd)
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or holder.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, someone else's
+    return holder
+
+
 @contextmanager
 def run_lock(data_dir: Path, command: str = "run") -> Iterator[RunLock]:
     """Hold the run lock for the block; raises Locked at once if a live run holds it."""

@@ -68,9 +68,15 @@ class JsonLinesHandler(logging.Handler):
         super().close()
 
 
+QUIET = {"py4j": logging.WARNING}
+"""Loggers whose INFO says nothing to an operator (py4j logs every closed connection to Spark)."""
+
+
 @contextmanager
 def run_log(path: Path, run_id: str) -> Iterator[JsonLinesHandler]:
     """Send the run's log records (INFO and up) to ``path`` while the block runs."""
+    for name, level in QUIET.items():
+        logging.getLogger(name).setLevel(level)
     handler = JsonLinesHandler(path, run_id)
     root = logging.getLogger()
     previous = root.level

@@ -23,7 +23,7 @@ from dusk.logfile import run_log
 from dusk.progress import RunProgress
 from dusk.record import Plan, RunResult
 from dusk.settings import Settings, apply_runtime_environment
-from dusk.steps.alert import alert
+from dusk.steps.alert import alert, heartbeat
 from dusk.steps.audit import audit
 from dusk.steps.build import build
 from dusk.steps.ingest import ingest
@@ -91,6 +91,7 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
             ledger.close_run(con, record)
         report(settings, con, record)
     record.seconds = time.monotonic() - started
+    record.heartbeat = heartbeat(settings, record)  # also when the warehouse failed: then /fail
     write_run_record(settings, record)
     log.info(
         "run %s ended %s in %.1fs",

@@ -75,5 +75,13 @@ MaxRuns = Annotated[
     int | None,
     typer.Option(min=1, help="Stop after this many runs (default: never).", envvar="DUSK_WATCH_MAX_RUNS"),
 ]
-MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres.")]
+Check = Annotated[
+    bool,
+    typer.Option(
+        "--check",
+        help="The dead-man's switch: one line, exit 1 when no night was published within the SLA "
+        "(DUSK_SLA_HOURS), the last run failed or was killed, or a run is stuck holding the lock.",
+    ),
+]
+MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres or spark.")]
 SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]

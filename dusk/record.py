@@ -151,6 +151,8 @@ class RunResult:
     publish_error: str | None = None
     """Why tonight was not published (None when it was, or when nothing ran far enough)."""
     alert: AlertOutcome | None = None
+    heartbeat: str | None = None
+    """What the heartbeat ping did (``sent``, ``off``, or why it failed)."""
     log_path: Path | None = None
     report_path: Path | None = None
     report_error: str | None = None

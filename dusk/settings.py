@@ -207,6 +207,8 @@ class Settings:
     """The PII hashes' salt (DUSK_PII_SALT); None: the generated secret file."""
     alert_webhook: str | None = field(default=None, repr=False)
     """The alert webhook URL (DUSK_ALERT_WEBHOOK); None: the secret file, if any."""
+    heartbeat_url: str | None = field(default=None, repr=False)
+    """The dead-man's switch's ping URL (DUSK_HEARTBEAT_URL); None: the secret file, if any."""
     target: str = "duckdb"
     """The warehouse engine (DUSK_TARGET): one of :data:`ENGINES`."""
     postgres: PostgresSettings = PostgresSettings()
@@ -309,6 +311,7 @@ class Settings:
             sources_file=_env_path("DUSK_SOURCES_FILE", Path()) if os.environ.get("DUSK_SOURCES_FILE") else None,
             pii_salt=os.environ.get("DUSK_PII_SALT"),
             alert_webhook=os.environ.get("DUSK_ALERT_WEBHOOK", "").strip() or None,
+            heartbeat_url=os.environ.get("DUSK_HEARTBEAT_URL", "").strip() or None,
         )
 
 
@@ -365,6 +368,7 @@ def _spark_environment(settings: Settings) -> dict[str, str]:
         # the catalog database's password may be in it: a SECRET-named variable, masked by dbt and the log
         "DBT_ENV_SECRET_ICEBERG_CATALOG": json.dumps(catalog_config(settings)),
         "DUSK_SPARK_METHOD": "thrift" if spark.thrift else "session",
+        "SPARK_LOCAL_IP": "127.0.0.1",  # the JVM binds there, and does not warn that the host name is a loopback
     }
     if settings.iceberg_catalog.startswith("sqlite"):
         env["LOAD__WORKERS"] = "1"  # dlt's load jobs commit one at a time to SQLite's single writer
@@ -385,7 +389,7 @@ def apply_runtime_environment(settings: Settings) -> None:
     os.environ.update(runtime_environment(settings))
 
 
-SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIALS|WEBHOOK|SALT|API_KEY", re.IGNORECASE)
+SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIALS|WEBHOOK|HEARTBEAT|SALT|API_KEY", re.IGNORECASE)
 URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.I)
 
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
+    from pyiceberg.catalog.sql import SqlCatalog
+
     from dusk.settings import Settings
 
 JARS_DIR = Path(sys.prefix) / "spark-jars"
@@ -116,9 +118,36 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.shuffle.partitions": "4",
         "spark.driver.memory": "1g",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={spark_log_config(settings)}",
     }
     conf |= {f"spark.sql.catalog.{name}.{k}": v for k, v in jdbc_catalog(settings).items()}
     return conf
+
+
+SPARK_LOG4J = """\
+# Spark's own log (written by dusk): to <data dir>/logs/spark.log, never to the console, where a
+# night's summary is what an operator reads; a failing query's message reaches the run's log
+# through the runner and dbt anyway.
+status = error
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {path}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = %d{{ISO8601}} %p %c{{1}}: %m%n%ex
+rootLogger.level = warn
+rootLogger.appenderRef.file.ref = file
+"""
+
+
+def spark_log_config(settings: Settings) -> Path:
+    """The log4j2 configuration of the session's JVM (written on first use): Spark's log goes to
+    ``<data dir>/logs/spark.log``, not to the console."""
+    path = settings.data_dir / "spark" / "log4j2.properties"
+    text = SPARK_LOG4J.format(path=settings.logs_dir / "spark.log")
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
 
 
 # -- make setup-spark -----------------------------------------------------------------------------
@@ -290,11 +319,12 @@ def down(settings: Settings) -> None:
 
 
 def prepare_catalog(settings: Settings) -> None:
-    """Create the catalog's database (PostgreSQL, when missing), its tables in the layout dlt's
-    pyiceberg writes, and the ``default`` namespace dbt-spark's Thrift connection selects."""
-    from pyiceberg.catalog.sql import SqlCatalog
-
+    """Create the catalog's database (PostgreSQL, when missing; a SQLite file's folder), its tables
+    in the layout dlt's pyiceberg writes, and the ``default`` namespace dbt-spark's Thrift
+    connection selects."""
     config = catalog_config(settings)
+    if config["uri"].startswith("sqlite:///"):
+        Path(config["uri"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if config["uri"].startswith("postgresql"):
         import psycopg
         from psycopg import sql
@@ -305,9 +335,16 @@ def prepare_catalog(settings: Settings) -> None:
         with psycopg.connect(admin, autocommit=True) as con:
             if not con.execute("select 1 from pg_database where datname = %s", [database]).fetchone():
                 con.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
-    catalog = SqlCatalog(settings.spark.catalog_name, **config)
+    catalog = iceberg_catalog(settings)
     catalog.create_namespace_if_not_exists("default")
     catalog.engine.dispose()
+
+
+def iceberg_catalog(settings: Settings) -> SqlCatalog:
+    """pyiceberg's handle on the catalog (the one dlt writes through); dispose of its engine."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    return SqlCatalog(settings.spark.catalog_name, **catalog_config(settings))
 
 
 def main(argv: list[str]) -> None:

@@ -3,12 +3,15 @@ run ledger, for the on-call engineer's first look."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from dusk import ledger
 from dusk.ledger import LedgerError, open_ledger
+from dusk.lock import live_holder
 from dusk.present import ledger_problems
 from dusk.settings import Settings
 from dusk.warehouse import Connection, open_warehouse
@@ -28,6 +31,64 @@ def print_status(settings: Settings, runs: int = 5, console: Console | None = No
     except LedgerError as exc:
         console.print(str(exc))
         return False
+
+
+def check(settings: Settings, now: datetime | None = None) -> tuple[bool, str]:
+    """The dead-man's switch (``dusk status --check``): (healthy, one line). Unhealthy when no
+    night was published within the SLA (DUSK_SLA_HOURS), the last run failed, was killed or
+    stopped, a run row is left ``running`` with no live run behind it, a run has held the lock for
+    longer than the SLA, or the ledger cannot be read."""
+    now = now or datetime.now(UTC)
+    sla = timedelta(hours=settings.monitor.sla_hours)
+    holder = live_holder(settings.data_dir)
+    problems = []
+    if holder is not None:
+        since = datetime.fromisoformat(str(holder.get("started_at")))
+        if now - since > sla:
+            problems.append(
+                f"STUCK: PID {holder.get('pid')} has held the run lock since {holder.get('started_at')}, longer "
+                f"than the SLA of {settings.monitor.sla_hours:g} h: every night since was locked out"
+            )
+    if not open_warehouse(settings).exists():
+        return False, f"NO RUN: no warehouse at {settings.warehouse_label}: no night has run yet"
+    try:
+        with open_ledger(settings) as (con, _):
+            runs = ledger.run_clock(con, 200) if ledger.has_runs(con) else []
+    except Exception as exc:  # a server down, a broken file: the switch must say so, not crash
+        return False, f"UNREADABLE: the run ledger cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
+    if not runs:
+        return False, "NO RUN: the ledger holds no run yet"
+    latest_id, latest, _, _, error = runs[0]
+    if latest == "running" and holder is None:
+        problems.append(f"KILLED: run {latest_id} is left running with no live run behind it (killed?)")
+    elif latest not in ("success", "partial", "running"):
+        failing = next((i for i, r in enumerate(runs) if r[1] in ("success", "partial")), len(runs))
+        problems.append(
+            f"FAILING: the last {failing} run(s) did not succeed; {latest_id} {latest}: {(error or '')[:160]}"
+        )
+    published = next((r for r in runs if r[1] in ("success", "partial")), None)
+    if published is None:
+        problems.append("STALE: no night was ever published")
+    else:
+        run_id, status, started_at, seconds, _ = published
+        ended = _utc(started_at) + timedelta(seconds=float(seconds or 0))
+        age = (now - ended).total_seconds() / 3600
+        if now - ended > sla:
+            problems.append(
+                f"STALE: the last published night ({run_id}, {status}) ended {age:.1f} h ago, "
+                f"over the SLA of {settings.monitor.sla_hours:g} h"
+            )
+        elif not problems:
+            return True, (
+                f"OK: the last published night ({run_id}, {status}) ended {age:.1f} h ago "
+                f"(SLA {settings.monitor.sla_hours:g} h)"
+            )
+    return False, "; ".join(problems)
+
+
+def _utc(value: object) -> datetime:
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _print(con: Connection, runs: int, console: Console) -> bool:

@@ -25,7 +25,7 @@ from dlt.load.exceptions import LoadClientJobFailed
 from ingestion import recovery
 from ingestion.declaration import SourceSpec
 from ingestion.errors import describe, innermost, is_transient
-from ingestion.extensions import raw_client
+from ingestion.extensions import fix_iceberg_upsert, raw_client
 from ingestion.result import SourceResult, TableStats
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,8 @@ def ingest_source(
     started = time.monotonic()
     result = SourceResult(source=spec.name, ok=False, seconds=0.0)
     try:
+        if target.table_format == "iceberg":
+            fix_iceberg_upsert()
         recovery.drop_unfinished_writes(target.work_dir / spec.name)
         pipeline = make_pipeline(spec, target)
         recovery.drop_normalized_leftovers(pipeline)

@@ -25,11 +25,23 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 @dataclass
 class Workspace:
     """A data dir and dbt target dir of one's own, and the CLI run against them; the warehouse is
-    the DuckDB file in the data dir, or, with ``pg_database``, that PostgreSQL database."""
+    the DuckDB file in the data dir, or, with ``pg_database``, that PostgreSQL database, or, with
+    ``spark``, Iceberg tables in a SQLite catalog in the data dir (an in-process Spark session)."""
 
     root: Path
     pg_database: str | None = None
     """The PostgreSQL warehouse's database (DUSK_TARGET=postgres); None: the DuckDB file."""
+    spark: bool = False
+    """Spark with Iceberg tables (DUSK_TARGET=spark), embedded."""
+
+    @property
+    def engine(self) -> str:
+        return "spark" if self.spark else "postgres" if self.pg_database else "duckdb"
+
+    @property
+    def catalog_db(self) -> Path:
+        """The Spark warehouse's Iceberg catalog (a SQLite file)."""
+        return self.data_dir / "iceberg" / "catalog.db"
 
     @property
     def data_dir(self) -> Path:
@@ -67,19 +79,25 @@ class Workspace:
         )
         if self.pg_database:
             env.update(DUSK_TARGET="postgres", DUSK_PG_DATABASE=self.pg_database)
+        if self.spark:
+            env.update(DUSK_TARGET="spark", DUSK_ICEBERG_CATALOG_URI=f"sqlite:///{self.catalog_db}")
         return env
 
     @property
     def attach(self) -> tuple[str, str]:
-        """What DuckDB ATTACHes to read this warehouse, and its options (read-only)."""
+        """What DuckDB ATTACHes to read this warehouse, and its options (read-only); on Spark the
+        Iceberg catalog, marked :data:`ICEBERG` (see :func:`duckdb_attach`)."""
         if self.pg_database:
             return pg_attach(self.pg_database)
+        if self.spark:
+            return str(self.catalog_db), ICEBERG
         return str(self.warehouse), "(read_only)"
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Any]:
-        """A DuckDB connection reading the warehouse, read-only, in DuckDB's SQL on either engine
-        (PostgreSQL through DuckDB's postgres extension, its times in UTC)."""
+        """A DuckDB connection reading the warehouse, read-only, in DuckDB's SQL on every engine
+        (PostgreSQL through DuckDB's postgres extension, its times in UTC; Spark's Iceberg tables
+        through a mirror, see :func:`lake_mirror`)."""
         with read_warehouse(self.attach) as con:
             yield con
 
@@ -102,6 +120,52 @@ class Workspace:
         return json.loads((self.data_dir / "runs" / "last_run.json").read_text())
 
 
+ICEBERG = "(type iceberg)"
+"""How :attr:`Workspace.attach` marks a Spark warehouse: the path is its Iceberg catalog."""
+
+
+def duckdb_attach(attach: tuple[str, str]) -> tuple[str, str]:
+    """What DuckDB ATTACHes for a warehouse as :attr:`Workspace.attach` gives it: itself, or for a
+    Spark warehouse a fresh mirror of its Iceberg tables (DuckDB attaches no Iceberg SQL catalog)."""
+    what, how = attach
+    if how == ICEBERG:
+        return str(lake_mirror(Path(what))), "(read_only)"
+    return attach
+
+
+def lake_mirror(catalog_db: Path) -> Path:
+    """Every table of the Iceberg catalog ``catalog_db`` (but the readers' ``served_*`` copies),
+    read by pyiceberg (Iceberg itself, not Spark) into a DuckDB file beside it, made afresh: times
+    with a zone as UTC without one, as DuckDB's tables hold them, and dlt's completed loads of a
+    dataset (which dlt keeps as files on a lake) as its ``_dlt_loads`` table."""
+    import duckdb
+    import pyarrow as pa
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    lake = catalog_db.parent / "warehouse"
+    catalog = SqlCatalog("dusk", uri=f"sqlite:///{catalog_db}", warehouse=f"file://{lake}")
+    mirror = catalog_db.with_suffix(".mirror.duckdb")
+    mirror.unlink(missing_ok=True)
+    with duckdb.connect(str(mirror)) as con:
+        for namespace in catalog.list_namespaces():
+            schema = ".".join(namespace)
+            if schema.startswith("served_"):
+                continue
+            con.execute(f'create schema if not exists "{schema}"')
+            for identifier in catalog.list_tables(namespace):
+                table = catalog.load_table(identifier).scan().to_arrow()
+                columns = [
+                    c.cast(pa.timestamp(c.type.unit)) if pa.types.is_timestamp(c.type) and c.type.tz else c
+                    for c in table.columns
+                ]
+                data = pa.table(columns, names=table.column_names)  # noqa: F841 (read by DuckDB)
+                con.execute(f'create table "{schema}"."{identifier[-1]}" as select * from data')
+            loads = lake / schema / "_dlt_loads"
+            if loads.is_dir() and any(loads.glob("*.jsonl")):
+                con.execute(f"""create table "{schema}"._dlt_loads as select * from read_json('{loads}/*.jsonl')""")
+    return mirror
+
+
 def pg_attach(database: str) -> tuple[str, str]:
     """What DuckDB ATTACHes to read a PostgreSQL database of the local server, and how."""
     return f"host=127.0.0.1 port=5432 user=postgres dbname={database}", "(type postgres, read_only)"
@@ -115,7 +179,7 @@ def read_warehouse(attach: tuple[str, str]) -> Iterator[Any]:
 
     from ingestion.database.scan import load_extension
 
-    what, how = attach
+    what, how = duckdb_attach(attach)
     if "type postgres" not in how:
         with duckdb.connect(what, read_only=True) as con:
             load_extension(con, "duckdb_extension_postgres_scanner")  # to attach another, on PostgreSQL
@@ -129,12 +193,19 @@ def read_warehouse(attach: tuple[str, str]) -> Iterator[Any]:
         yield con
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+ENGINES = ["duckdb", "postgres", pytest.param("spark", marks=pytest.mark.spark_proof)]
+"""The warehouse engines the proof suites run on. Spark's runs are their own CI step (`make
+proof-spark`): a Spark night costs about ten DuckDB nights here."""
+
+
+@pytest.fixture(params=ENGINES)
 def engine_workspace(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workspace]:
-    """A workspace on each warehouse engine: the DuckDB file, and a PostgreSQL database of its
-    own (created by the runner on first use, dropped afterwards)."""
-    if request.param == "duckdb":
-        ws = Workspace(tmp_path)
+    """A workspace on each warehouse engine: the DuckDB file, a PostgreSQL database of its own
+    (created by the runner on first use, dropped afterwards), and Spark with a lake of its own."""
+    if request.param in ("duckdb", "spark"):
+        if request.param == "spark":
+            require_spark()
+        ws = Workspace(tmp_path, spark=request.param == "spark")
         yield ws
         delete_demo_stream(ws.sources_file)
         return
@@ -273,6 +344,16 @@ def _service_missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def require_spark() -> None:
+    """Skip (fail under CI=true) where the Spark engine is not set up (`make setup-spark`)."""
+    from dusk.spark import SparkSetupError, spark_jars
+
+    try:
+        spark_jars()
+    except SparkSetupError as exc:
+        _service_missing(f"the Spark engine is not set up: {exc}")
 
 
 def _pg_bindir() -> Path | None:

@@ -143,8 +143,9 @@ def kill_ingest_after(settings: Settings, source: str, delay: float | str, env: 
 
 
 class WebhookReceiver:
-    """A local HTTP server that records the JSON posted to it (a stand-in for Slack's incoming
-    webhook); ``fail_first`` requests are answered 503 first."""
+    """A local HTTP server that records what is posted to it (a stand-in for Slack's incoming
+    webhook, or a healthchecks-style heartbeat receiver); ``fail_first`` requests are answered
+    503 first."""
 
     def __init__(self, fail_first: int = 0) -> None:
         import json
@@ -152,6 +153,9 @@ class WebhookReceiver:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.posts: list[dict] = []
+        """The JSON bodies."""
+        self.bodies: list[str] = []
+        """The bodies that are not JSON (a heartbeat's line)."""
         self.paths: list[str] = []
         self.failures_left = fail_first
         receiver = self
@@ -165,7 +169,10 @@ class WebhookReceiver:
                     self.send_response(503)
                     self.end_headers()
                     return
-                receiver.posts.append(json.loads(body))
+                try:
+                    receiver.posts.append(json.loads(body))
+                except json.JSONDecodeError:
+                    receiver.bodies.append(body.decode(errors="replace"))
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"ok")

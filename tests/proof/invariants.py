@@ -4,6 +4,7 @@ as functions over a workspace's warehouse, source and ground truth."""
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import PROJECT_DIR, Workspace, pg_attach, read_warehouse
+from tests.conftest import ICEBERG, PROJECT_DIR, Workspace, duckdb_attach, pg_attach, read_warehouse
 from tests.helpers import SHOP_KEYS, key_set
 
 MARTS = ("orders", "customers", "daily_revenue", "products", "marketing_roas", "cohort_retention", "daily_web_activity")
@@ -40,7 +41,7 @@ def differences(
     exclude = exclude or {}
     found = {}
     with read_warehouse(a) as con:
-        what, how = b
+        what, how = duckdb_attach(b)
         con.execute(f"attach '{what}' as other {how}")
         for relation in relations:
             columns = f"* exclude ({exclude[relation]})" if relation in exclude else "*"
@@ -54,10 +55,18 @@ def differences(
 
 
 def copy_warehouse(ws: Workspace, to: Path) -> tuple[str, str]:
-    """A copy of the warehouse (taken while no run holds it), as DuckDB attaches it: a file at
-    ``to``, or a PostgreSQL database named after the warehouse's and ``to``'s stem."""
+    """A copy of the warehouse (taken while no run holds it), as :attr:`Workspace.attach` gives
+    it: a file at ``to``, a PostgreSQL database named after the warehouse's and ``to``'s stem, or
+    a copy of Spark's Iceberg catalog beside ``to``. Iceberg never rewrites a file, so the
+    catalog's copy is a copy of the lake: what is written through it (new files, new metadata
+    versions) the original never points to."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    if ws.spark:
+        copy = to.with_suffix(".catalog.db")
+        with sqlite3.connect(ws.catalog_db) as original, sqlite3.connect(copy) as into:
+            original.backup(into)
+        return str(copy), ICEBERG
     if ws.pg_database is None:
-        to.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ws.warehouse, to)
         return str(to), "(read_only)"
     name = f"{ws.pg_database}_{to.stem}"
@@ -70,6 +79,8 @@ def copy_warehouse(ws: Workspace, to: Path) -> tuple[str, str]:
 def drop_copy(copy: tuple[str, str]) -> None:
     """Remove a copy that :func:`copy_warehouse` made."""
     what, how = copy
+    if how == ICEBERG:
+        Path(what).with_suffix(".mirror.duckdb").unlink(missing_ok=True)
     if "type postgres" not in how:
         Path(what).unlink()
         return
@@ -82,8 +93,20 @@ def rebuild_from_scratch(ws: Workspace, copy: tuple[str, str]) -> None:
     """`dbt build --full-refresh` on a copy of the warehouse: every model rebuilt from raw (the
     snapshots keep their history: it cannot be rebuilt from today's sources)."""
     what, how = copy
-    where = {"DUSK_PG_DATABASE": what.rsplit("dbname=", 1)[1]} if "type postgres" in how else {"DUSK_WAREHOUSE": what}
     folder = Path(what).parent if not ws.pg_database else ws.root / "scratch"
+    if how == ICEBERG:  # the runner's own Spark settings for dbt, on the copy of the catalog
+        exports = ws.cli(
+            "env",
+            env_extra={
+                "DUSK_ICEBERG_CATALOG_URI": f"sqlite:///{what}",
+                "DUSK_ICEBERG_WAREHOUSE": str(folder / "lake"),  # where tables new to the copy go
+            },
+        ).stdout
+        where = dict(shlex.split(line)[1].split("=", 1) for line in exports.splitlines() if line.startswith("export "))
+    elif "type postgres" in how:
+        where = {"DUSK_PG_DATABASE": what.rsplit("dbname=", 1)[1]}
+    else:
+        where = {"DUSK_WAREHOUSE": what}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "dbt"), "build", "--full-refresh", "--log-level", "warn"],
         cwd=PROJECT_DIR,

@@ -67,12 +67,13 @@ def test_no_secret_appears_anywhere(
     """On each warehouse engine; on PostgreSQL the warehouse's password is a canary too (the local
     server trusts its logins, so any password gets in)."""
     ws = engine_workspace
-    engine = "postgres" if ws.pg_database else "duckdb"
+    engine = ws.engine
     canaries = {
         "shop password": f"CanaryPw-{secrets.token_hex(6)}",
         "payments token": f"CanaryTok-{secrets.token_hex(6)}",
         "nats password": f"CanaryNats-{secrets.token_hex(6)}",
         "webhook": f"CanaryHook-{secrets.token_hex(6)}",
+        "heartbeat": f"CanaryBeat-{secrets.token_hex(6)}",
         "pii salt": f"CanarySalt-{secrets.token_hex(12)}",
     }
     if ws.pg_database:
@@ -83,6 +84,7 @@ def test_no_secret_appears_anywhere(
             "SOURCES__PAYMENTS__TOKEN": canaries["payments token"],
             "SOURCES__WEB__SERVERS": f"nats://dusk:{canaries['nats password']}@127.0.0.1:4222",
             "DUSK_ALERT_WEBHOOK": f"{hook.url}/{canaries['webhook']}",
+            "DUSK_HEARTBEAT_URL": f"{hook.url}/{canaries['heartbeat']}",
             "DUSK_PII_SALT": canaries["pii salt"],
             "DUSK_VERBOSE": "1",
         }
@@ -96,6 +98,8 @@ def test_no_secret_appears_anywhere(
         passed = ws.cli("run", check=False, env_extra={**env, "SOURCES__SHOP__CREDENTIALS": shop_url})
         assert passed.returncode == 0, passed.stdout + passed.stderr
         assert hook.posts, "the failing night alerted"
+        beats = [p.rsplit(canaries["heartbeat"], 1)[1] for p in hook.paths if canaries["heartbeat"] in p]
+        assert beats == ["/fail", ""], f"each night pinged the heartbeat, the failed one its /fail: {beats}"
     record = ws.last_run()
     web = next(s for s in record["sources"] if s["source"] == "web")
     assert web["ok"] and not web["skipped"], "the canary NATS URL was used"
@@ -112,7 +116,8 @@ def test_no_secret_appears_anywhere(
             if not path.is_file() or path.parent.name == "demo" or path.name.startswith("pii_salt"):
                 continue  # the demo's own databases; the salt's own secret file
             # the warehouse keeps the salt, by design, in dusk_private (checked below)
-            secrets_here = {k: v for k, v in canaries.items() if not (k == "pii salt" and path == ws.warehouse)}
+            private = path == ws.warehouse or (ws.spark and "dusk_private" in path.parts)
+            secrets_here = {k: v for k, v in canaries.items() if not (k == "pii salt" and private)}
             found += leaks(path, secrets_here)
             checked += 1
     with ws.read() as wh:

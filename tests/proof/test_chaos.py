@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +22,15 @@ import pytest
 
 from dusk.demo.shop import START
 from dusk.steps.publish import published_run
-from tests.conftest import PROJECT_DIR, Workspace, delete_demo_stream, pg_databases, write_tally
+from tests.conftest import (
+    ENGINES,
+    PROJECT_DIR,
+    Workspace,
+    delete_demo_stream,
+    pg_databases,
+    require_spark,
+    write_tally,
+)
 from tests.helpers import SHOP_KEYS
 from tests.proof.invariants import MARTS, RAW_TABLES, SNAPSHOT_KEYS, SNAPSHOTS
 
@@ -48,6 +57,10 @@ def _reached(ws: Workspace, phase: str, dbt_log_start: int) -> bool:
         folder = dlt / "load" / "normalized"
         return folder.exists() and any(folder.iterdir())
     if phase == "publish":
+        if ws.spark:  # the night's copies for readers, in namespaces not yet switched in
+            with sqlite3.connect(ws.catalog_db) as catalog:
+                query = "select 1 from iceberg_tables where table_namespace like '%\\_\\_next' escape '\\'"
+                return bool(catalog.execute(query).fetchone())
         if ws.pg_database:
             with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{ws.pg_database}") as con:
                 return bool(con.execute("select 1 from pg_namespace where nspname like '%\\_\\_next'").fetchone())
@@ -151,6 +164,15 @@ con = psycopg.connect(sys.argv[1])  # a transaction held open: it keeps its lock
 print(con.execute("select run_id from served_dusk_published.about").fetchone()[0], flush=True)
 time.sleep(3600)
 """
+ICEBERG_READER = """
+import sys, time
+from pyiceberg.catalog.sql import SqlCatalog
+lake = SqlCatalog("dusk", uri=f"sqlite:///{sys.argv[1]}")
+held = lake.load_table("served_marts.orders").scan()
+tasks = list(held.plan_files())  # a long read: its files are planned, and read at the end
+print(lake.load_table("served_dusk_published.about").scan().to_arrow()["run_id"][0], flush=True)
+time.sleep(3600)
+"""
 WAL_PROBE = """
 import duckdb, os, signal, sys
 con = duckdb.connect(sys.argv[1])
@@ -162,6 +184,14 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def published(ws: Workspace) -> str | None:
     """The run the readers of a workspace's warehouse see."""
+    if ws.spark:
+        from pyiceberg.catalog.sql import SqlCatalog
+
+        lake = SqlCatalog("dusk", uri=f"sqlite:///{ws.catalog_db}")
+        if not lake.table_exists("served_dusk_published.about"):
+            return None
+        ids = lake.load_table("served_dusk_published.about").scan().to_arrow()["run_id"].to_pylist()
+        return str(ids[0]) if ids else None
     if ws.pg_database is None:
         return published_run(ws.data_dir / "served.duckdb")
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{ws.pg_database}") as con:
@@ -169,11 +199,13 @@ def published(ws: Workspace) -> str | None:
     return str(row[0]) if row else None
 
 
-@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_killed_runs_recover_to_what_an_uninterrupted_run_gives(
     engine: str, tmp_path: Path, seed: int, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture
 ) -> None:
     """On each warehouse engine (``make chaos TARGET=postgres`` runs one)."""
+    if engine == "spark":
+        require_spark()
     with pg_databases(2 if engine == "postgres" else 0) as databases:
         _chaos(engine, databases, tmp_path, seed, request, capsys)
 
@@ -195,7 +227,7 @@ def _chaos(
         "DUSK_DETECTED_AT": START.isoformat(),  # the night's end, simulated: see SNAPSHOT_TIME
     }
     chaos, reference = (
-        Workspace(tmp_path / name, pg_database=databases[i] if databases else None)
+        Workspace(tmp_path / name, pg_database=databases[i] if databases else None, spark=engine == "spark")
         for i, name in enumerate(("chaos", "reference"))
     )
     for ws in (chaos, reference):
@@ -226,11 +258,11 @@ def _chaos(
         reference.cli("run", env_extra=env)
 
         # a reader holds the served data through every kill and rerun below
-        held = (
-            [PG_READER, f"postgresql://postgres@127.0.0.1:5432/{chaos.pg_database}"]
-            if chaos.pg_database
-            else [READER, str(chaos.data_dir / "served.duckdb")]
-        )
+        held = {
+            "duckdb": [READER, str(chaos.data_dir / "served.duckdb")],
+            "postgres": [PG_READER, f"postgresql://postgres@127.0.0.1:5432/{chaos.pg_database}"],
+            "spark": [ICEBERG_READER, str(chaos.catalog_db)],
+        }[engine]
         reader = subprocess.Popen([sys.executable, "-c", *held], stdout=subprocess.PIPE, text=True)
         assert reader.stdout is not None and reader.stdout.readline().strip()
 

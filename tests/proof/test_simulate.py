@@ -56,7 +56,7 @@ def test_simulated_nights_keep_every_invariant(
     """On each warehouse engine (``make simulate-check TARGET=postgres`` runs one)."""
     nights = int(request.config.getoption("--nights"))
     ws = engine_workspace
-    engine = "postgres" if ws.pg_database else "duckdb"
+    engine = ws.engine
     env = {"DUSK_DEMO_SEED": str(seed)}
     # each run finds deletions at the end of its simulated day, as a nightly run would (the real
     # clock would put them months after every simulated change)

@@ -20,7 +20,7 @@ from dusk.settings import Settings
 from dusk.steps.ingest import ingest_with_retries
 from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.dlt_settings import configure_dlt
-from tests.conftest import Workspace, _service_missing
+from tests.conftest import PROJECT_DIR, Workspace, _service_missing
 from tests.helpers import target
 
 pytestmark = pytest.mark.e2e
@@ -49,6 +49,32 @@ def test_a_second_run_exits_at_once_naming_the_holder(workspace: Workspace) -> N
         assert not (workspace.data_dir / "runs").exists()  # nothing ran
         with pytest.raises(Locked, match=f"PID {holder.pid}"), run_lock(workspace.data_dir):
             pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_scheduler_command_passes_the_locked_code_on_before_loading_the_engines(workspace: Workspace) -> None:
+    """bin/nightly (the README's cron line) exits 4 when locked out, where `make run` would exit 2,
+    and the lock is tried before dlt, DuckDB, dbt or a database driver is imported."""
+    holder = hold_lock(workspace.data_dir)
+    try:
+        out = subprocess.run(
+            [str(PROJECT_DIR / "bin" / "nightly")],
+            cwd=workspace.root,
+            env={**workspace.env(), "PYTHONPROFILEIMPORTTIME": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 4, out.stdout + out.stderr
+        assert f"PID {holder.pid}" in out.stderr
+        imported = {
+            line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time")
+        }
+        assert "dusk.lock" in imported
+        heavy = {"dlt", "duckdb", "dbt", "psycopg", "pyspark", "sqlalchemy", "pyarrow"}
+        assert not {m for m in imported if m.split(".")[0] in heavy}
     finally:
         holder.kill()
         holder.wait()
