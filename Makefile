@@ -8,10 +8,19 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 DAYS ?= 1
 TEST_WORKERS ?= 3
+DATA := $(or $(DUSK_DATA_DIR),data)
+DBT_TARGET := $(or $(DBT_TARGET_PATH),target)
+DBT_LOGS := $(or $(DBT_LOG_PATH),logs)
+# what `make clean` removes: what rebuilds itself
+REBUILT := $(DBT_TARGET) $(DBT_LOGS) $(DATA)/report $(DATA)/spark
+# what `make reset` removes besides: the warehouse (snapshot history included), dlt's state, the
+# run records and logs, the demo's databases
+STATE := $(DATA)/warehouse.duckdb $(DATA)/warehouse.duckdb.wal $(DATA)/served.duckdb $(DATA)/served.duckdb.wal \
+	$(DATA)/served.duckdb.next $(DATA)/iceberg $(DATA)/dlt $(DATA)/runs $(DATA)/logs $(DATA)/demo
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 
-.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench clean
+.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench clean reset
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -118,5 +127,10 @@ bench: setup-dev ## Benchmark a 6M-row PostgreSQL table: COPY limit, full load, 
 docs: setup ## Serve the dbt docs of the last run on http://127.0.0.1:8080
 	$(BIN)/dbt docs serve --port 8080 --host 127.0.0.1 --no-browser
 
-clean: ## Remove the warehouse, demo data, dbt target and logs (keeps .venv)
-	rm -rf data target logs
+clean: ## Remove what rebuilds itself (dbt's target and logs, the report, Spark's scratch); keeps every datum, .venv too
+	@for path in $(REBUILT); do if [ -e "$$path" ]; then echo "removing $$path"; rm -rf "$$path"; fi; done
+
+reset: ## DESTRUCTIVE, needs CONFIRM=yes: also the warehouse with its snapshot history, dlt's state, run records, the demo's databases; keeps the landing folder and data/secrets (the PII salt)
+	@test "$(CONFIRM)" = yes || { echo "make reset deletes the warehouse, with the snapshot history no source can rebuild, and dlt's state (everything is extracted again). If you mean it: make reset CONFIRM=yes"; exit 2; }
+	@for path in $(REBUILT) $(STATE); do if [ -e "$$path" ]; then echo "removing $$path"; rm -rf "$$path"; fi; done
+	@echo "kept: $(DATA)/landing (with its archive) and $(DATA)/secrets; a PostgreSQL warehouse or a catalog on a server is not touched (drop its database yourself)"

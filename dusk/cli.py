@@ -7,6 +7,7 @@ and :func:`main` is the one place that turns a failure into an exit code.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,6 +136,11 @@ def _night(plan: object, verbose: bool) -> None:
         with RunProgress() as progress:
             result = run_night(s, progress=progress, plan=plan)
     print_summary(s, result)
+    if result.stopped is not None:  # recorded, alerted, lock released: end now, not after the sources' threads
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(EXIT_CODES.get(result.status, EXIT_FAILED))
     raise typer.Exit(EXIT_CODES.get(result.status, EXIT_FAILED))
 
 

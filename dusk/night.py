@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -23,7 +25,7 @@ from dusk.logfile import run_log
 from dusk.progress import RunProgress
 from dusk.record import Plan, RunResult
 from dusk.settings import Settings, apply_runtime_environment
-from dusk.steps.alert import alert, heartbeat
+from dusk.steps.alert import alert, heartbeat, send
 from dusk.steps.audit import audit
 from dusk.steps.build import build
 from dusk.steps.ingest import ingest
@@ -37,6 +39,43 @@ from ingestion.run import Connection
 log = logging.getLogger(__name__)
 
 NOT_WRITTEN = "the run ledger was not written"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(KeyboardInterrupt):
+    """A signal (a scheduler's timeout, a shutdown, Ctrl-C) stopped the night. A KeyboardInterrupt,
+    so that dbt, when it is running, cancels its queries as it does for Ctrl-C."""
+
+
+class _StopRequest:
+    """The signal received, if any: raised as :class:`Stopped` in the main thread at once, and
+    again at the next step's start (dbt turns what it receives into a failed result)."""
+
+    signal: str | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            raise Stopped(self.signal)
+
+    def check(self) -> None:
+        if self.signal is not None:
+            raise Stopped(self.signal)
+
+
+@contextmanager
+def _stoppable() -> Iterator[_StopRequest]:
+    """SIGTERM and SIGINT stop the night cleanly while the block runs (main thread only)."""
+    request = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {sig: signal.signal(sig, request) for sig in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(settings: Settings, progress: RunProgress | None = None, plan: Plan | None = None) -> RunResult:
@@ -47,11 +86,36 @@ def run(settings: Settings, progress: RunProgress | None = None, plan: Plan | No
     apply_runtime_environment(settings)
     with run_log(settings.logs_dir / f"{record.run_id}.jsonl", record.run_id) as handler:
         record.log_path = handler.path
-        _night(settings, plan, record, progress or RunProgress(enabled=False))
+        started = time.monotonic()
+        try:
+            with _stoppable() as stop:
+                _night(settings, plan, record, progress or RunProgress(enabled=False), stop)
+        except Stopped as exc:
+            _record_stop(settings, record, str(exc), started)
     return record
 
 
-def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgress) -> None:
+def _record_stop(settings: Settings, record: RunResult, sig: str, started: float) -> None:
+    """A stopped night: recorded as ``stopped`` (ledger, run record), alerted and pinged, with no
+    other signal let in meanwhile. Nothing of it is published; what a source or dbt left half done
+    is finished or redone by the next night, as after a kill."""
+    for each in STOP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
+    record.stopped = sig
+    if record.published is None:
+        record.error = record.error or f"stopped by {sig} (a scheduler's time limit, a shutdown or Ctrl-C)"
+    record.seconds = time.monotonic() - started
+    log.error("run %s stopped by %s", record.run_id, sig, extra={"event": "run_stopped"})
+    with _guarded(record, NOT_WRITTEN), open_warehouse(settings).connect() as con:
+        ledger.close_run(con, record)
+        record.alert = alert(settings, con, record)
+    if record.alert is None:
+        record.alert = send(settings, record)
+    record.heartbeat = heartbeat(settings, record)
+    write_run_record(settings, record)
+
+
+def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgress, stop: _StopRequest) -> None:
     started = time.monotonic()
     log.info("run %s started (%s)", record.run_id, record.mode, extra={"event": "run_started"})
     warehouse = open_warehouse(settings)
@@ -60,6 +124,7 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
         ledger.open_run(con, record)
         with _guarded(record, "the night could not start"):
             prepared = prepare(settings, con, plan, record)
+        stop.check()
         if record.error is None:
             warehouse.release(con)
             with _demo_endpoints(settings, prepared.specs) as served:
@@ -74,15 +139,18 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
                 )
             with _guarded(record, NOT_WRITTEN):
                 ledger.ingested(con, record, record.sources)
+            stop.check()
             progress.start("dbt", "dbt build, freshness, docs")
             dbt = record.dbt = build(settings, con, plan, record, prepared.specs, [progress.dbt_callback("dbt")])
             progress.finish("dbt", "ok" if dbt.ok else "FAILED")
+            stop.check()
             with _guarded(record, NOT_WRITTEN):
                 ledger.built(con, record, dbt)
             if dbt.nodes:
                 with _guarded(record, "monitoring could not read the warehouse"):
                     record.findings = audit(settings, con, record, prepared.specs)
         record.seconds = time.monotonic() - started
+        stop.check()
         with _guarded(record, "the publish step failed"):
             publish(settings, warehouse, con, record)
         record.alert = alert(settings, con, record)

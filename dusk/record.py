@@ -153,6 +153,9 @@ class RunResult:
     alert: AlertOutcome | None = None
     heartbeat: str | None = None
     """What the heartbeat ping did (``sent``, ``off``, or why it failed)."""
+    stopped: str | None = None
+    """The signal that stopped the night (SIGTERM, SIGINT), if one did: its status is ``stopped``
+    (unless it came after the publish: then the night is what it published)."""
     log_path: Path | None = None
     report_path: Path | None = None
     report_error: str | None = None
@@ -172,7 +175,10 @@ class RunResult:
         """``success``: everything loaded, built, passed and was published. ``partial``: some
         sources failed, and everything that does not depend on them was built, passed and was
         published. ``failed``: otherwise (a failed test or an error-level monitoring finding
-        included: nothing of tonight is published then)."""
+        included: nothing of tonight is published then). ``stopped``: a signal stopped it
+        (nothing of tonight is published)."""
+        if self.stopped is not None and self.published is None:
+            return "stopped"
         if self.audit_failed or self.publish_error is not None:
             return "failed"
         loaded = [s for s in self.sources if s.ok and not s.skipped]

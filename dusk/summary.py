@@ -98,5 +98,6 @@ def _where(settings: Settings, result: RunResult, console: Console) -> None:
     verdict = {
         "success": "[green]SUCCESS[/green]",
         "partial": "[yellow]PARTIAL[/yellow] (some sources failed; the rest is built and tested)",
+        "stopped": f"[red]STOPPED[/red] by {result.stopped} (nothing published; the next night goes on)",
     }.get(result.status, "[red]FAILED[/red]")
     console.print(f"Run {verdict} in {result.seconds:.1f}s")

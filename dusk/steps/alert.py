@@ -49,7 +49,7 @@ def _secret_url(given: str | None, settings: Settings, file_name: str) -> str | 
 def reasons(result: RunResult) -> list[str]:
     """Why tonight deserves an alert (empty: it does not)."""
     why = []
-    if result.status in ("failed", "partial"):
+    if result.status in ("failed", "partial", "stopped"):
         why.append(f"run {result.status}")
     why += sorted({f"{f.check} {f.severity}" for f in result.findings})
     if result.publish_error:

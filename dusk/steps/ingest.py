@@ -56,8 +56,14 @@ def ingest(
 
     if settings.parallel_sources <= 1 or len(specs) <= 1:
         return [one(spec) for spec in specs]
-    with ThreadPoolExecutor(max_workers=settings.parallel_sources, thread_name_prefix="source") as pool:
-        return list(pool.map(one, specs))
+    pool = ThreadPoolExecutor(max_workers=settings.parallel_sources, thread_name_prefix="source")
+    try:
+        results = list(pool.map(one, specs))
+    except BaseException:  # a stop (SIGTERM): waiting for the running sources would hold the night
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
 
 
 def ingest_with_retries(

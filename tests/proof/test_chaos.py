@@ -27,6 +27,7 @@ from tests.conftest import (
     PROJECT_DIR,
     Workspace,
     delete_demo_stream,
+    duckdb_attach,
     pg_databases,
     require_spark,
     write_tally,
@@ -105,7 +106,7 @@ def compare(chaos: Workspace, reference: Workspace) -> dict[str, tuple[int, int]
     (less their run clocks)."""
     where: dict[str, tuple[int, int]] = {}
     with chaos.read() as con:
-        what, how = reference.attach
+        what, how = duckdb_attach(reference.attach)
         con.execute(f"attach '{what}' as ref {how}")
         relations = []
         for table in RAW_TABLES:

@@ -21,7 +21,7 @@ from dusk.steps.ingest import ingest_with_retries
 from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.dlt_settings import configure_dlt
 from tests.conftest import PROJECT_DIR, Workspace, _service_missing
-from tests.helpers import target
+from tests.helpers import WebhookReceiver, target
 
 pytestmark = pytest.mark.e2e
 
@@ -271,3 +271,75 @@ def test_sources_are_ingested_in_parallel_up_to_the_bound(tmp_path: Path, monkey
     peak[0] = 0
     step.ingest(replace(settings, parallel_sources=1), target(settings), specs, {})
     assert peak[0] == 1
+
+
+def test_make_clean_keeps_every_datum_and_reset_needs_confirmation(tmp_path: Path) -> None:
+    """`make clean` removes only what rebuilds itself; `make reset` refuses without CONFIRM=yes,
+    and even then keeps the landing folder (with its archive) and the secrets (the PII salt)."""
+    data = tmp_path / "data"
+    kept = ["landing/new.csv", "landing/archive/old.csv", "secrets/pii_salt"]
+    state = ["warehouse.duckdb", "served.duckdb", "dlt/shop/state.json", "runs/last_run.json", "iceberg/catalog.db"]
+    rebuilt = ["report/index.html", "spark/log4j2.properties"]
+    for name in kept + state + rebuilt:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text("x")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DUSK_")},
+        "DUSK_DATA_DIR": str(data),
+        "DBT_TARGET_PATH": str(tmp_path / "target"),
+        "DBT_LOG_PATH": str(tmp_path / "logs"),
+    }
+
+    def make(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["make", "-s", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
+
+    out = make("clean")
+    assert out.returncode == 0, out.stderr
+    assert f"removing {data / 'report'}" in out.stdout
+    assert all((data / n).exists() for n in kept + state) and not any((data / n).exists() for n in rebuilt)
+    out = make("reset")
+    assert out.returncode == 2 and "make reset CONFIRM=yes" in out.stdout
+    assert all((data / n).exists() for n in kept + state)
+    out = make("reset", "CONFIRM=yes")
+    assert out.returncode == 0, out.stderr
+    assert f"removing {data / 'warehouse.duckdb'}" in out.stdout and "kept:" in out.stdout
+    assert all((data / n).exists() for n in kept) and not any((data / n).exists() for n in state)
+
+
+@pytest.mark.e2e
+def test_sigterm_stops_the_night_cleanly_and_the_next_one_goes_on(workspace: Workspace) -> None:
+    """A scheduler's SIGTERM while dbt builds: the run ends at once with code 1, recorded as
+    ``stopped`` in the run record and the ledger, alerted, its lock released, nothing published;
+    the next night succeeds."""
+    log = workspace.root / "logs" / "dbt.log"
+    with WebhookReceiver() as hook:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dusk", "run"],
+            cwd=PROJECT_DIR,
+            env={**workspace.env(), "DUSK_ALERT_WEBHOOK": f"{hook.url}/alerts"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if log.exists() and "START sql" in log.read_text(errors="replace"):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the night ended before dbt started"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out
+        assert hook.posts and "STOPPED" in hook.posts[0]["text"]
+    record = workspace.last_run()
+    assert record["status"] == "stopped" and record["stopped"] == "SIGTERM", record["error"]
+    assert "stopped by SIGTERM" in record["error"] and record["published"] is None
+    assert "Run STOPPED" in out
+    assert (workspace.data_dir / "run.lock").read_text() == ""  # released, not left by a dead holder
+    assert not (workspace.data_dir / "served.duckdb").exists()
+    with duckdb.connect(str(workspace.warehouse), read_only=True) as wh:
+        assert wh.execute("select status from dusk_ledger.runs").fetchall() == [("stopped",)]
+
+    again = workspace.cli("run", check=False)
+    assert again.returncode == 0, again.stdout
+    assert "took over" not in again.stdout
