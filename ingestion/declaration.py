@@ -28,6 +28,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "backoff": 0.5,
         "max_backoff": 30.0,
         "breaker_failures": 8,
+        "max_pages": 10_000,
     },
     "files": {"path": None, "archive": False, "max_bad_share": 0.1},
     "stream": {

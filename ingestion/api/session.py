@@ -4,6 +4,8 @@ and jitter that honour ``Retry-After``, and a circuit breaker."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -53,8 +55,9 @@ class ResilientSession(requests.Session):
         exc = state.outcome.exception() if state.outcome else None
         response = getattr(exc, "response", None)
         header = response.headers.get("Retry-After") if response is not None else None
-        if header and header.strip().isdigit():
-            return min(float(header), self.max_backoff)
+        wait = retry_after(header) if header else None
+        if wait is not None:
+            return min(wait, self.max_backoff)
         return float(self._jitter(state))
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
@@ -87,7 +90,46 @@ class ResilientSession(requests.Session):
                 log.warning("source=%s attempt failed: %s", self.source, self.last_failure)
             raise
         self.failures_in_a_row = 0
+        if request.method == "GET":
+            _check_json(self.source, endpoint, response)
         return response
+
+
+def retry_after(header: str, now: datetime | None = None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for, in either of its forms (RFC 9110: a number of
+    seconds, or an HTTP date); None when it is neither."""
+    text = header.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:  # an HTTP date is in GMT
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
+
+
+class NotJsonError(RuntimeError):
+    """A 200 answer an API source cannot read: not JSON, or JSON that does not parse."""
+
+
+def _check_json(source: str, endpoint: str, response: requests.Response) -> None:
+    """Fail, naming the endpoint, the status and the content type, when an answer is not JSON
+    (a login page, a proxy's error page, a truncated body), instead of a bare decode error."""
+    kind = response.headers.get("Content-Type", "")
+    if "json" not in kind.lower():
+        raise NotJsonError(
+            f"source {source!r}: {endpoint} answered {response.status_code} with content type {kind or 'none'!r}, "
+            "not JSON. Check the source's base_url (a proxy or a login page answers like this)."
+        )
+    try:
+        response.json()
+    except ValueError as exc:
+        raise NotJsonError(
+            f"source {source!r}: {endpoint} answered {response.status_code} ({kind}) with a body that is not valid "
+            f"JSON ({exc}; {len(response.content)} bytes). The cursor did not move: the next night reads it again."
+        ) from None
 
 
 def session_for(spec: SourceSpec) -> ResilientSession:

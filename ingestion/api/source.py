@@ -12,6 +12,7 @@ import requests
 from dlt.extract.source import DltSource
 from dlt.sources.rest_api import rest_api_source
 
+from ingestion.api.paging import GuardedCursorPaginator
 from ingestion.column_types import dlt_column
 from ingestion.declaration import SourceSpec, TableSpec
 
@@ -125,7 +126,7 @@ def api_source(
         )
     client: dict[str, Any] = {
         "base_url": base_url,
-        "paginator": {"type": "cursor", "cursor_path": "next_cursor", "cursor_param": "cursor"},
+        "paginator": GuardedCursorPaginator(spec.name, int(spec.option("max_pages"))),
         "session": session,
     }
     if token:

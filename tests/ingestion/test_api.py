@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +24,7 @@ import pytest
 
 from dusk.demo.payments_api import Chaos, PaymentsServer, PaymentsStore, serving, stamp
 from dusk.settings import Settings
+from ingestion.api.session import retry_after
 from ingestion.declaration import SourceSpec
 from ingestion.dlt_settings import configure_dlt
 from ingestion.result import SourceResult
@@ -206,14 +207,18 @@ class _Pages(BaseHTTPRequestHandler):
     """Serves ``PAGES`` by the ``cursor`` parameter (page number), whatever ``updated_since`` says."""
 
     pages: ClassVar[list[list[dict]]] = []
+    loop_to: ClassVar[int | None] = None
+    """The page the last page's next cursor leads back to (None: the last page ends the paging)."""
+    content_type: ClassVar[str] = "application/json"
 
     def do_GET(self) -> None:
         query = parse_qs(urlparse(self.path).query)
         page = int(query.get("cursor", ["0"])[0])
         more = page + 1 < len(self.pages)
-        body = json.dumps({"data": self.pages[page], "next_cursor": str(page + 1) if more else None}).encode()
+        after = str(page + 1) if more else (None if self.loop_to is None else str(self.loop_to))
+        body = json.dumps({"data": self.pages[page], "next_cursor": after}).encode()
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", self.content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -225,6 +230,8 @@ class _Pages(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def pages_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = "") -> Iterator[None]:
     """``_Pages`` served over HTTP on 127.0.0.1, and sources.yml's payments source pointing at it."""
+    monkeypatch.setattr(_Pages, "loop_to", _Pages.loop_to)  # restored after the test
+    monkeypatch.setattr(_Pages, "content_type", _Pages.content_type)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -306,3 +313,61 @@ def test_a_value_the_warehouse_refuses_aborts_the_load_and_nothing_is_stuck(
         (2, Decimal("12345.00")),
         (3, Decimal("3.00")),
     ]
+
+
+@pytest.mark.badinput
+@pytest.mark.parametrize(
+    ("loop_to", "pages", "expected"),
+    [
+        (1, 3, "gave the next cursor '1' a second time: its pages lead in a circle"),
+        (None, 5, "still more pages after 3 (max_pages)"),
+    ],
+)
+def test_paging_that_would_not_end_stops_the_table_and_keeps_the_cursor(
+    tmp_path: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    loop_to: int | None,
+    pages: int,
+    expected: str,
+) -> None:
+    """A next cursor that leads back to a page already read, or more pages than api.max_pages:
+    the source fails naming the endpoint and the fix, nothing is loaded, the cursor stays."""
+    _Pages.pages = [[_payment(p, f"2026-01-01T00:00:0{p}Z", "1.00")] for p in range(pages)]
+    with pages_served(tmp_path, monkeypatch):
+        text = (
+            (tmp_path / "sources.yml").read_text().replace("breaker_failures:", "max_pages: 3\n      breaker_failures:")
+        )
+        (tmp_path / "sources.yml").write_text(text)
+        monkeypatch.setattr(_Pages, "loop_to", loop_to)
+        result = ingest(spec(), settings)
+    assert not result.ok
+    error = result.error or ""
+    assert "source 'payments': GET http://127.0.0.1:" in error and expected in error, error
+    assert cursor(settings) is None
+    loaded = (
+        "select count(*) from information_schema.tables where table_schema = 'raw_payments' and table_name = 'payments'"
+    )
+    assert raw(settings, loaded) == [(0,)]  # nothing of the table was loaded
+
+
+@pytest.mark.badinput
+def test_an_answer_that_is_not_json_names_the_endpoint_status_and_content_type(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _Pages.pages = [[_payment(1, "2026-01-01T00:00:01Z", "1.00")]]
+    with pages_served(tmp_path, monkeypatch):
+        monkeypatch.setattr(_Pages, "content_type", "text/html; charset=utf-8")
+        result = ingest(spec(), settings)
+    assert not result.ok
+    assert "/payments" in (
+        result.error or ""
+    ) and "answered 200 with content type 'text/html; charset=utf-8', not JSON" in (result.error or ""), result.error
+
+
+def test_retry_after_is_read_in_both_its_forms() -> None:
+    now = datetime(2015, 10, 21, 7, 27, 30, tzinfo=UTC)
+    assert retry_after("120") == 120.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) == 30.0
+    assert retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now) == 0.0  # a date in the past: at once
+    assert retry_after("soon") is None
