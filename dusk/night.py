@@ -49,13 +49,18 @@ class Stopped(KeyboardInterrupt):
 
 class _StopRequest:
     """The signal received, if any: raised as :class:`Stopped` in the main thread at once, and
-    again at the next step's start (dbt turns what it receives into a failed result)."""
+    again at the next step's start (dbt turns what it receives into a failed result). SIGALRM is
+    the night's own time limit (DUSK_RUN_TIMEOUT)."""
 
     signal: str | None = None
 
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+
     def __call__(self, signum: int, frame: object) -> None:
         if self.signal is None:
-            self.signal = signal.Signals(signum).name
+            name = signal.Signals(signum).name
+            self.signal = f"the time limit (DUSK_RUN_TIMEOUT={self.timeout:g} s)" if name == "SIGALRM" else name
             raise Stopped(self.signal)
 
     def check(self) -> None:
@@ -64,16 +69,20 @@ class _StopRequest:
 
 
 @contextmanager
-def _stoppable() -> Iterator[_StopRequest]:
-    """SIGTERM and SIGINT stop the night cleanly while the block runs (main thread only)."""
-    request = _StopRequest()
+def _stoppable(timeout: float | None) -> Iterator[_StopRequest]:
+    """SIGTERM and SIGINT stop the night cleanly while the block runs, and so does the end of its
+    time limit, ``timeout`` seconds (main thread only)."""
+    request = _StopRequest(timeout)
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = {sig: signal.signal(sig, request) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, request) for sig in (*STOP_SIGNALS, signal.SIGALRM)}
+    if timeout:
+        signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         yield request
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -88,7 +97,7 @@ def run(settings: Settings, progress: RunProgress | None = None, plan: Plan | No
         record.log_path = handler.path
         started = time.monotonic()
         try:
-            with _stoppable() as stop:
+            with _stoppable(settings.run_timeout) as stop:
                 _night(settings, plan, record, progress or RunProgress(enabled=False), stop)
         except Stopped as exc:
             _record_stop(settings, record, str(exc), started)
@@ -99,11 +108,24 @@ def _record_stop(settings: Settings, record: RunResult, sig: str, started: float
     """A stopped night: recorded as ``stopped`` (ledger, run record), alerted and pinged, with no
     other signal let in meanwhile. Nothing of it is published; what a source or dbt left half done
     is finished or redone by the next night, as after a kill."""
-    for each in STOP_SIGNALS:
-        signal.signal(each, signal.SIG_IGN)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    previous = {each: signal.signal(each, signal.SIG_IGN) for each in (*STOP_SIGNALS, signal.SIGALRM)}
+    try:
+        _write_stop(settings, record, sig, started)
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+
+def _write_stop(settings: Settings, record: RunResult, sig: str, started: float) -> None:
     record.stopped = sig
     if record.published is None:
-        record.error = record.error or f"stopped by {sig} (a scheduler's time limit, a shutdown or Ctrl-C)"
+        why = (
+            "it ran out; raise it or find the slow step in the log"
+            if sig.startswith("the time")
+            else ("a scheduler's time limit, a shutdown or Ctrl-C")
+        )
+        record.error = record.error or f"stopped by {sig} ({why})"
     record.seconds = time.monotonic() - started
     log.error("run %s stopped by %s", record.run_id, sig, extra={"event": "run_stopped"})
     with _guarded(record, NOT_WRITTEN), open_warehouse(settings).connect() as con:

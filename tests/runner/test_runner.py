@@ -343,3 +343,15 @@ def test_sigterm_stops_the_night_cleanly_and_the_next_one_goes_on(workspace: Wor
     again = workspace.cli("run", check=False)
     assert again.returncode == 0, again.stdout
     assert "took over" not in again.stdout
+
+
+def test_the_nights_time_limit_stops_it_cleanly(workspace: Workspace) -> None:
+    """DUSK_RUN_TIMEOUT: a night that runs past it is stopped as a SIGTERM would stop it, and the
+    message names the limit."""
+    out = workspace.cli("run", check=False, env_extra={"DUSK_RUN_TIMEOUT": "3"})
+    assert out.returncode == 1, out.stdout
+    record = workspace.last_run()
+    assert record["status"] == "stopped" and record["published"] is None
+    assert record["error"].startswith("stopped by the time limit (DUSK_RUN_TIMEOUT=3 s) (it ran out"), record["error"]
+    assert "Run STOPPED by the time limit (DUSK_RUN_TIMEOUT=3 s)" in out.stdout
+    assert (workspace.data_dir / "run.lock").read_text() == ""
