@@ -19,7 +19,7 @@ KINDS = ("database", "api", "files", "stream")
 """The types a file or stream table may declare for its columns."""
 
 OPTIONS: dict[str, dict[str, Any]] = {
-    "database": {},
+    "database": {"statement_timeout": 3600.0, "connect_timeout": 30.0},
     "api": {
         "base_url": None,  # None: the demo's local payments API, started by the runner
         "page_size": 100,
@@ -298,7 +298,9 @@ def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
         if not raw.get("tables"):
             raise ConfigError(f"{where}: no tables listed")
         kind = _choice(raw.get("kind"), KINDS, f"{where}.kind")
-        known = {"kind", "description", "demo", "optional", "tables", "sla", "cdc" if kind == "database" else kind}
+        known = {"kind", "description", "demo", "optional", "tables", "sla", kind} | (
+            {"cdc"} if kind == "database" else set()
+        )
         unknown = set(raw) - known
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")

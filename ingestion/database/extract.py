@@ -39,6 +39,7 @@ from ingestion.database.scan import (
     needs_source_sql,
     read_from,
     select_list,
+    source_timeouts,
     sql_literal,
 )
 from ingestion.database.schema import SOURCE_TYPE_HINT, _source_hint, _where
@@ -58,7 +59,7 @@ def _extract_files(
     at_source = needs_source_sql(kind, plan.columns)
     predicate = _range_predicate(plan, start, kind if at_source else None)
     staging.mkdir(parents=True, exist_ok=True)
-    with attach(url) as con:
+    with attach(url, timeouts=source_timeouts(spec)) as con:
         if predicate and kind == "postgresql":
             # a filtered read: one indexed query beats DuckDB's parallel page-range scans
             con.execute("SET pg_use_ctid_scan = false")

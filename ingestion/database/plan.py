@@ -31,8 +31,10 @@ from ingestion.database.scan import (
     quote,
     read_from,
     reflect_columns,
+    source_engine,
     source_literal,
     source_relation,
+    source_timeouts,
     sql_literal,
 )
 from ingestion.database.schema import (
@@ -264,11 +266,11 @@ def plan_source(
     if window is not None:
         return _plan_backfill(pipeline, url, spec, only, window)
     upto = _cdc_bound(url, spec, only)
-    engine = sa.create_engine(url)
+    engine = source_engine(url, spec)
     plans = []
     try:
         kind = engine_kind(url)
-        with attach(url) as con:
+        with attach(url, timeouts=source_timeouts(spec)) as con:
             for table in spec.tables:
                 if only is not None and table.name not in only:
                     continue
@@ -306,7 +308,7 @@ def plan_source(
 def _plan_backfill(
     pipeline: dlt.Pipeline, url: sa.URL, spec: SourceSpec, only: set[str] | None, window: tuple[datetime, datetime]
 ) -> list[TablePlan]:
-    engine = sa.create_engine(url)
+    engine = source_engine(url, spec)
     plans = []
     try:
         for table in spec.tables:
@@ -471,7 +473,7 @@ def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start:
         f"SELECT {pk}, {flags}, {texts} FROM {qualified(kind, table.name, plan.schema)} "
         f"WHERE {where} ORDER BY {pk} LIMIT {_SAMPLE * len(special)}"
     )
-    engine = sa.create_engine(url)
+    engine = source_engine(url, spec)
     try:
         # the driver's own cursor, without parameters: no driver reads '%' in the SQL as a placeholder
         con = engine.raw_connection()

@@ -66,11 +66,15 @@ def engine_kind(url: sa.URL) -> str:
 
 
 @contextmanager
-def attach(url: sa.URL, threads: int = 2) -> Iterator[duckdb.DuckDBPyConnection]:
+def attach(
+    url: sa.URL, threads: int = 2, timeouts: tuple[float, float] | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB connection with the source attached read-only as ``src``.
 
     Credentials travel in a DuckDB secret, never in the ATTACH string, so no error message can
-    echo them."""
+    echo them. ``timeouts`` (statement, connect; seconds, 0: none): on PostgreSQL the server
+    cancels a query that runs longer (a query stuck behind a lock, a runaway scan) and a
+    connection that cannot be made in time fails, so a hung source cannot hold the night."""
     kind = engine_kind(url)
     module, ext_type = _EXTENSIONS[kind]
     con = duckdb.connect(config={"threads": threads, "memory_limit": MEMORY_LIMIT})
@@ -98,11 +102,38 @@ def attach(url: sa.URL, threads: int = 2) -> Iterator[duckdb.DuckDBPyConnection]
             body = ", ".join(f"{k} {_quote(v)}" for k, v in parts.items())
             con.execute(f"CREATE TEMPORARY SECRET {secret} (TYPE {ext_type}, {body})")
             # libpq's options join the secret's fields: the session's text forms are pinned
-            conninfo = _quote(f"options='{POSTGRES_SESSION}'") if kind == "postgresql" else "''"
+            conninfo = "''"
+            if kind == "postgresql":
+                statement, connect = timeouts or (0.0, 0.0)
+                session = f"{POSTGRES_SESSION} -c statement_timeout={int(statement * 1000)}"
+                conninfo = _quote(
+                    f"options='{session}'" + (f" connect_timeout={max(1, int(connect))}" if connect else "")
+                )
             con.execute(f"ATTACH {conninfo} AS src (TYPE {ext_type}, SECRET {secret}, READ_ONLY)")
         yield con
     finally:
         con.close()
+
+
+def source_timeouts(spec: Any) -> tuple[float, float]:
+    """A database source's (statement, connect) timeouts in seconds, from sources.yml."""
+    return float(spec.option("statement_timeout")), float(spec.option("connect_timeout"))
+
+
+def source_engine(url: sa.URL, spec: Any) -> sa.Engine:
+    """SQLAlchemy's engine on the source (reflection, checks, samples) with the source's timeouts:
+    PostgreSQL cancels a statement past ``statement_timeout``; MySQL/MariaDB's driver stops waiting
+    for an answer after it (``read_timeout``); both give up connecting after ``connect_timeout``."""
+    statement, connect = source_timeouts(spec)
+    kind = engine_kind(url)
+    args: dict[str, Any] = {}
+    if kind == "postgresql":
+        args = {"options": f"-c statement_timeout={int(statement * 1000)}"}
+    elif kind == "mysql" and statement:
+        args = {"read_timeout": int(statement)}
+    if connect and kind != "sqlite":
+        args["connect_timeout"] = max(1, int(connect))
+    return sa.create_engine(url, connect_args=args)
 
 
 def reflect_columns(
