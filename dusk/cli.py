@@ -74,11 +74,27 @@ def _absolute(path: Path) -> Path:
     return path if path.is_absolute() else Path.cwd() / path
 
 
+class _OneLine(logging.Formatter):
+    """A log record on the terminal as one line: its traceback is left to the run's log file (the
+    summary names each problem and what to do; ``--verbose`` shows the tracebacks too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        kept = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            line = super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = kept
+        return line + (" (traceback in the run's log)" if kept[0] else "")
+
+
 def _logging(verbose: bool) -> None:
-    """The terminal gets warnings (everything with --verbose); the run's log file gets INFO."""
+    """The terminal gets warnings, one line each (everything, tracebacks included, with
+    --verbose); the run's log file gets INFO with tracebacks."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    layout = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    handler.setFormatter(logging.Formatter(layout) if verbose else _OneLine(layout))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 

@@ -106,6 +106,9 @@ def test_a_failing_source_leaves_the_others_built_and_ends_partial(workspace: Wo
     out = ws.cli("run", check=False)
     assert out.returncode == 3, out.stdout + out.stderr
     assert "PARTIAL" in out.stdout and "downstream of the failed source(s) as it was: shop" in out.stdout
+    # the console has one line per problem; the traceback is in the run's log file only
+    assert "Traceback" not in out.stdout + out.stderr and "(traceback in the run's log)" in out.stderr
+    assert "Traceback" in Path(ws.last_run()["log_path"]).read_text()
     record = ws.last_run()
     assert record["status"] == "partial" and record["ok"] is False
     shop_result = next(s for s in record["sources"] if s["source"] == "shop")
