@@ -282,6 +282,30 @@ def migrate(to: params.MigrateTo) -> None:
     typer.echo(f"Every table equals its copy. Set DUSK_TARGET={to} for the next runs; {moved.left} is left as it was.")
 
 
+@app.command()
+def resync(source: params.SourceName, table: params.ResyncTables = None) -> None:
+    """Re-extract a database or API source's tables (--table, repeatable; default all) in full at
+    the next run: their incremental cursors are forgotten, every row is read again and merged on
+    its key (rows key-diff marked deleted stay). After a repair at the source, or a new column
+    whose history you want."""
+    _logging(False)
+    from dusk.lock import run_lock
+    from dusk.warehouse import open_warehouse
+    from ingestion.declaration import load_sources
+    from ingestion.resync import resync as forget
+
+    s = settings()
+    specs = load_sources(s.sources_file)
+    if source not in specs:
+        raise typer.BadParameter(f"no source {source!r} in {s.sources_file or 'ingestion/sources.yml'}")
+    with run_lock(s.data_dir, command="resync"):
+        from dusk.settings import apply_runtime_environment
+
+        apply_runtime_environment(s)
+        names = forget(specs[source], open_warehouse(s).target(), list(table or ()) or None)
+    typer.echo(f"{source}: {', '.join(names)} will be read in full by the next run (dusk run --source {source} now)")
+
+
 cdc_app = typer.Typer(no_args_is_help=True, help="PostgreSQL change data capture: slot and publication.")
 app.add_typer(cdc_app, name="cdc")
 
@@ -344,10 +368,11 @@ def exit_codes() -> Iterator[None]:
             from dusk.warehouse import PublishError, SaltError
             from ingestion.database.cdc import CdcError
             from ingestion.declaration import ConfigError
+            from ingestion.resync import ResyncRefused
 
             if isinstance(exc, ConfigError):
                 code = EXIT_USAGE
-            elif isinstance(exc, LedgerError | SaltError | CdcError | PublishError | MigrateError):
+            elif isinstance(exc, LedgerError | SaltError | CdcError | PublishError | MigrateError | ResyncRefused):
                 code = EXIT_FAILED
             else:
                 raise

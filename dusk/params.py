@@ -83,5 +83,8 @@ Check = Annotated[
         "(DUSK_SLA_HOURS), the last run failed or was killed, or a run is stuck holding the lock.",
     ),
 ]
+ResyncTables = Annotated[
+    list[str] | None, typer.Option("--table", help="A table of the source (repeatable; default: all of them).")
+]
 MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres or spark.")]
 SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]
