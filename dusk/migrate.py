@@ -200,7 +200,7 @@ def _to_lake(settings: Settings, schemas: list[str], moved: Moved) -> None:
                 for schema, table in tables:
                     catalog.create_namespace_if_not_exists(schema)
                     created.append(f"{schema}.{table}")
-                    moved.tables[f"{schema}.{table}"] = _copy_to_lake(con, catalog, schema, table)
+                    moved.tables[f"{schema}.{table}"] = _copy_to_lake(con, catalog, settings, schema, table)
             except BaseException:
                 for name in reversed(created):
                     if catalog.table_exists(name):
@@ -210,7 +210,7 @@ def _to_lake(settings: Settings, schemas: list[str], moved: Moved) -> None:
         catalog.engine.dispose()
 
 
-def _copy_to_lake(con: duckdb.DuckDBPyConnection, catalog: Any, schema: str, table: str) -> int:
+def _copy_to_lake(con: duckdb.DuckDBPyConnection, catalog: Any, settings: Settings, schema: str, table: str) -> int:
     """Copy one table into a new Iceberg table and compare the copy with it both ways; its rows."""
     import pyarrow as pa
 
@@ -218,7 +218,10 @@ def _copy_to_lake(con: duckdb.DuckDBPyConnection, catalog: Any, schema: str, tab
     data = pa.table(
         [_lake_column(col, raw=schema.startswith("raw_")) for col in original.columns], names=original.column_names
     )
-    lake = catalog.create_table(f"{schema}.{table}", schema=data.schema)
+    # a folder of its own: dlt takes an existing folder named after a dataset for one it did not
+    # set up, and refuses it; the catalog, not the folder, is what dlt and Spark find a table by
+    location = f"{settings.iceberg_lake.rstrip('/')}/_migrated/{schema}/{table}"
+    lake = catalog.create_table(f"{schema}.{table}", schema=data.schema, location=location)
     lake.append(data)
     copy = lake.scan().to_arrow()  # noqa: F841 (read by DuckDB)
     for left, right in (("data", "copy"), ("copy", "data")):

@@ -117,7 +117,7 @@ class SourceSpec:
 
     def option(self, name: str) -> Any:
         """A kind-specific setting (its default when sources.yml does not set it)."""
-        return dict(self.options)[name]
+        return {**OPTIONS[self.kind], **dict(self.options)}[name]
 
     @property
     def cdc_slot(self) -> str:
