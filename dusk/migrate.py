@@ -19,7 +19,8 @@ catalog dlt and Spark share (written by pyiceberg, the writer dlt uses); Iceberg
 transaction over several tables, so a failed move drops (purges) what it had created. dlt's own
 tables stay behind there: on a lake dlt keeps its bookkeeping as files of its own layout, and the
 pipeline state the next night needs is in dlt's working folder, which stays; that night's loads
-write it to the lake. Times without a zone outside raw (the ledger's, the snapshots') become UTC
+write it to the lake. A files source's ``_file`` column becomes ``_source_file``, its name on
+Spark (Iceberg reserves ``_file``). Times without a zone outside raw (the ledger's, the snapshots') become UTC
 instants, the type Spark gives its own tables; raw keeps dlt's types.
 
 Exact or loud: a column type the copy could not hold exactly stops the move naming it, and every
@@ -95,7 +96,8 @@ def migrate(settings: Settings, to: str) -> Moved:
     target = open_warehouse(replace(settings, target=to))
     moved = Moved(where=target.describe(), left=str(source))
     if to == "spark":
-        _to_lake(replace(settings, target=to), schemas, moved)
+        files = {spec.dataset for spec in load_sources(settings.sources_file).values() if spec.kind == "files"}
+        _to_lake(replace(settings, target=to), schemas, moved, {s: {"_file": target.file_column} for s in files})
         moved.seconds = time.monotonic() - started
         log.info("migrated %d tables to %s in %.1fs", len(moved.tables), moved.where, moved.seconds)
         return moved
@@ -171,9 +173,11 @@ def _copy(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int:
     return int(rows)
 
 
-def _to_lake(settings: Settings, schemas: list[str], moved: Moved) -> None:
+def _to_lake(settings: Settings, schemas: list[str], moved: Moved, renames: dict[str, dict[str, str]]) -> None:
     """Copy the tables into Iceberg tables of the Spark warehouse's catalog, each read back and
-    compared with its original; on any failure purge what was created and raise."""
+    compared with its original; on any failure purge what was created and raise. ``renames``:
+    per schema, columns that have another name on Spark (a files source's ``_file``, which Iceberg
+    reserves for a metadata column, is ``_source_file`` there)."""
     from dusk.spark import iceberg_catalog, prepare_catalog
 
     prepare_catalog(settings)
@@ -200,7 +204,9 @@ def _to_lake(settings: Settings, schemas: list[str], moved: Moved) -> None:
                 for schema, table in tables:
                     catalog.create_namespace_if_not_exists(schema)
                     created.append(f"{schema}.{table}")
-                    moved.tables[f"{schema}.{table}"] = _copy_to_lake(con, catalog, settings, schema, table)
+                    moved.tables[f"{schema}.{table}"] = _copy_to_lake(
+                        con, catalog, settings, schema, table, renames.get(schema, {})
+                    )
             except BaseException:
                 for name in reversed(created):
                     if catalog.table_exists(name):
@@ -210,11 +216,14 @@ def _to_lake(settings: Settings, schemas: list[str], moved: Moved) -> None:
         catalog.engine.dispose()
 
 
-def _copy_to_lake(con: duckdb.DuckDBPyConnection, catalog: Any, settings: Settings, schema: str, table: str) -> int:
+def _copy_to_lake(
+    con: duckdb.DuckDBPyConnection, catalog: Any, settings: Settings, schema: str, table: str, renames: dict[str, str]
+) -> int:
     """Copy one table into a new Iceberg table and compare the copy with it both ways; its rows."""
     import pyarrow as pa
 
     original = con.execute(f'select * from "{schema}"."{table}"').to_arrow_table()
+    original = original.rename_columns([renames.get(name, name) for name in original.column_names])
     data = pa.table(
         [_lake_column(col, raw=schema.startswith("raw_")) for col in original.columns], names=original.column_names
     )
