@@ -86,5 +86,5 @@ Check = Annotated[
 ResyncTables = Annotated[
     list[str] | None, typer.Option("--table", help="A table of the source (repeatable; default: all of them).")
 ]
-MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres or spark.")]
+MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres.")]
 SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]

@@ -53,5 +53,7 @@ def test_freshness_follows_the_last_successful_read_not_the_last_change(workspac
     assert status["payments.payments"] == "error"  # its last successful read is 80 hours old
 
     with duckdb.connect(str(ws.warehouse)) as wh:
-        wh.execute("update dusk_ledger.runs set started_at = now()::timestamp - interval 30 hour where run_id = 'tonight'")
+        wh.execute(
+            "update dusk_ledger.runs set started_at = now()::timestamp - interval 30 hour where run_id = 'tonight'"
+        )
     assert all(v == "warn" for k, v in freshness(ws).items() if k.startswith("shop.")), freshness(ws)

@@ -31,7 +31,8 @@ def test_a_resynced_table_is_read_in_full_by_the_next_night(workspace: Workspace
     assert tables["orders"]["extracted"] == orders - 1  # every live order, read again
     assert tables["customers"]["extracted"] == 0  # the others: only their changes (none)
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
-        assert wh.execute("select count(*), count(distinct order_id) from raw_shop.orders").fetchone() == (orders, orders)
+        counts = wh.execute("select count(*), count(distinct order_id) from raw_shop.orders").fetchone()
+        assert counts == (orders, orders)
         assert wh.execute("select _is_deleted from raw_shop.orders where order_id = ?", [gone]).fetchone() == (True,)
     ws.cli("run")  # and the cursor is back: the next night reads nothing again
     tables = {t["table"]: t for s in ws.last_run()["sources"] if s["source"] == "shop" for t in s["tables"]}
