@@ -39,7 +39,8 @@ from ingestion.run import Connection
 log = logging.getLogger(__name__)
 
 NOT_WRITTEN = "the run ledger was not written"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+"""What stops a night: a scheduler or a shutdown, Ctrl-C, and its own time limit (an alarm)."""
 
 
 class Stopped(KeyboardInterrupt):
@@ -76,7 +77,7 @@ def _stoppable(timeout: float | None) -> Iterator[_StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = {sig: signal.signal(sig, request) for sig in (*STOP_SIGNALS, signal.SIGALRM)}
+    previous = {sig: signal.signal(sig, request) for sig in STOP_SIGNALS}
     if timeout:
         signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
@@ -109,7 +110,7 @@ def _record_stop(settings: Settings, record: RunResult, sig: str, started: float
     other signal let in meanwhile. Nothing of it is published; what a source or dbt left half done
     is finished or redone by the next night, as after a kill."""
     signal.setitimer(signal.ITIMER_REAL, 0)
-    previous = {each: signal.signal(each, signal.SIG_IGN) for each in (*STOP_SIGNALS, signal.SIGALRM)}
+    previous = {each: signal.signal(each, signal.SIG_IGN) for each in STOP_SIGNALS}
     try:
         _write_stop(settings, record, sig, started)
     finally:
@@ -123,15 +124,17 @@ def _write_stop(settings: Settings, record: RunResult, sig: str, started: float)
         why = (
             "it ran out; raise it or find the slow step in the log"
             if sig.startswith("the time")
-            else ("a scheduler's time limit, a shutdown or Ctrl-C")
+            else "a scheduler's time limit, a shutdown or Ctrl-C"
         )
         record.error = record.error or f"stopped by {sig} ({why})"
     record.seconds = time.monotonic() - started
     log.error("run %s stopped by %s", record.run_id, sig, extra={"event": "run_stopped"})
+    sent = record.alert is not None  # a stop after the alert step: that night was alerted already
     with _guarded(record, NOT_WRITTEN), open_warehouse(settings).connect() as con:
         ledger.close_run(con, record)
-        record.alert = alert(settings, con, record)
-    if record.alert is None:
+        if not sent:
+            record.alert = alert(settings, con, record)
+    if record.alert is None:  # the warehouse could not be opened: alert all the same
         record.alert = send(settings, record)
     record.heartbeat = heartbeat(settings, record)
     write_run_record(settings, record)

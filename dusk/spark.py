@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
-    from pyiceberg.catalog.sql import SqlCatalog
-
     from dusk.settings import Settings
 
 JARS_DIR = Path(sys.prefix) / "spark-jars"
@@ -319,12 +317,11 @@ def down(settings: Settings) -> None:
 
 
 def prepare_catalog(settings: Settings) -> None:
-    """Create the catalog's database (PostgreSQL, when missing; a SQLite file's folder), its tables
-    in the layout dlt's pyiceberg writes, and the ``default`` namespace dbt-spark's Thrift
-    connection selects."""
+    """Create the catalog's database (PostgreSQL, when missing), its tables in the layout dlt's
+    pyiceberg writes, and the ``default`` namespace dbt-spark's Thrift connection selects."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
     config = catalog_config(settings)
-    if config["uri"].startswith("sqlite:///"):
-        Path(config["uri"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if config["uri"].startswith("postgresql"):
         import psycopg
         from psycopg import sql
@@ -335,16 +332,9 @@ def prepare_catalog(settings: Settings) -> None:
         with psycopg.connect(admin, autocommit=True) as con:
             if not con.execute("select 1 from pg_database where datname = %s", [database]).fetchone():
                 con.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
-    catalog = iceberg_catalog(settings)
+    catalog = SqlCatalog(settings.spark.catalog_name, **config)
     catalog.create_namespace_if_not_exists("default")
     catalog.engine.dispose()
-
-
-def iceberg_catalog(settings: Settings) -> SqlCatalog:
-    """pyiceberg's handle on the catalog (the one dlt writes through); dispose of its engine."""
-    from pyiceberg.catalog.sql import SqlCatalog
-
-    return SqlCatalog(settings.spark.catalog_name, **catalog_config(settings))
 
 
 def main(argv: list[str]) -> None:
