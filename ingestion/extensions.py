@@ -71,4 +71,6 @@ def fix_iceberg_upsert() -> None:
         return upsert(self, *args, **kwargs)
 
     aligned_upsert._dusk_fixed = True  # type: ignore[attr-defined]
-    Table.upsert = aligned_upsert  # type: ignore[method-assign]
+    # Through Any: mypy sees pyiceberg's types only where the Spark extra is installed.
+    table_class: Any = Table
+    table_class.upsert = aligned_upsert
