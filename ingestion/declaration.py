@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ingestion.column_types import COLUMN_TYPE, DATABASE_COLUMN_TYPE
+from ingestion.column_types import COLUMN_TYPE, DATABASE_COLUMN_TYPE, TYPES
 
 SOURCES_FILE = Path(__file__).resolve().parent / "sources.yml"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -46,7 +47,8 @@ DeleteStrategy = Literal["none", "key_diff", "cdc"]
 
 
 class ConfigError(ValueError):
-    """sources.yml says something the pipeline cannot do; the message names where."""
+    """sources.yml says something the pipeline cannot do; the message names where (the entry,
+    and the file's line once :func:`load_sources` has placed it) and, where one is known, the fix."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +152,23 @@ def _identifier(value: Any, where: str) -> str:
 
 def _choice(value: Any, allowed: tuple[str, ...], where: str) -> Any:
     if value not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}{_did_you_mean(value, allowed)}")
     return value
+
+
+def _did_you_mean(value: Any, known: Any) -> str:
+    close = difflib.get_close_matches(str(value), sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _refuse_unknown(raw: dict[str, Any], known: set[str], where: str, list_known: bool = False) -> None:
+    """Refuse keys sources.yml does not know, naming the nearest known one (a typo's fix)."""
+    unknown = sorted(set(raw) - known, key=str)
+    if unknown:
+        hint = _did_you_mean(unknown[0], known)
+        listed = f" (known: {', '.join(sorted(known))})" if list_known and not hint else ""
+        named = f"key {unknown[0]!r}" if len(unknown) == 1 else f"keys {unknown}"
+        raise ConfigError(f"{where}.{unknown[0]}: unknown {named}{hint}{listed}")
 
 
 _TABLE_KEYS = {
@@ -196,23 +213,31 @@ def _columns(raw: Any, where: str, kind: str = "files") -> tuple[tuple[str, str]
             if not found or (found.group(2) and not 0 <= int(found.group(3)) <= int(found.group(2)) <= 38):
                 raise ConfigError(
                     f"{where}.{name}: a database column's type may be set to text (the source's exact text) or "
-                    f"decimal(p,s) with s <= p <= 38, got {type_!r}"
+                    f"decimal(p,s) with s <= p <= 38, got {type_!r}{_decimal_hint(name, type_)}"
                 )
             columns.append((_identifier(name, where), type_))
             continue
         if not COLUMN_TYPE.match(type_):
             raise ConfigError(
                 f"{where}.{name}: type {type_!r} is not one of text, integer, bigint, double, boolean, date, "
-                "timestamp, json, decimal(p,s)"
+                f"timestamp, json, decimal(p,s){_decimal_hint(name, type_) or _did_you_mean(type_, TYPES)}"
             )
         columns.append((_identifier(name, where), type_))
     return tuple(columns)
 
 
+def _decimal_hint(name: Any, type_: str) -> str:
+    """The corrected form of a decimal YAML split or mangled: ``{amount: decimal(12, 2)}`` in a
+    flow mapping reads as ``amount: "decimal(12"`` and a second column ``2)``."""
+    if not type_.startswith("decimal"):
+        return ""
+    digits = re.findall(r"\d+", type_)
+    precision, scale = (digits + ["12", "2"][len(digits) :])[:2]
+    return f'; write it quoted, with no space: {name}: "decimal({precision},{scale})"'
+
+
 def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
-    unknown = set(raw) - _TABLE_KEYS[kind]
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    _refuse_unknown(raw, _TABLE_KEYS[kind], where)
     if "primary_key" not in raw and kind != "files":
         raise ConfigError(f"{where}: primary_key is required")
     keys = _keys(raw["primary_key"], f"{where}.primary_key") if "primary_key" in raw else ()
@@ -272,9 +297,7 @@ def _options(kind: str, raw: Any, where: str) -> tuple[tuple[str, Any], ...]:
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a mapping of settings is required")
-    unknown = set(raw) - set(defaults)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(defaults)})")
+    _refuse_unknown(raw, set(defaults), where, list_known=True)
     merged = {**defaults, **raw}
     for key, default in defaults.items():
         value = merged[key]
@@ -290,24 +313,75 @@ def load_sources(path: Path | None = None) -> dict[str, SourceSpec]:
     """Parse sources.yml (``path``, default ingestion/sources.yml) into specs, raising
     ConfigError naming the offending entry."""
     path = path or SOURCES_FILE
-    doc = yaml.safe_load(path.read_text()) or {}
+    text = path.read_text()
+    try:
+        tree = yaml.compose(text)
+        doc = yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as exc:
+        # the context (where a bracket was opened) is the line to fix; the problem is where it showed
+        lines = sorted({m.line + 1 for m in (exc.context_mark, exc.problem_mark) if m})
+        problem = ", ".join(str(p) for p in (exc.context, exc.problem) if p)
+        shown = "\n".join(_excerpt(text, n) for n in lines)
+        line = lines[0] if lines else 0
+        raise ConfigError(
+            f"{path.name}, line {line}: not valid YAML ({problem}){_quote_hint(text, line)}\n{shown}"
+        ) from None
+    try:
+        return _sources(doc)
+    except ConfigError as exc:
+        line = _line_of(tree, str(exc))
+        if not line:
+            raise ConfigError(f"{path.name}: {exc}") from None
+        raise ConfigError(f"{path.name}, line {line}: {exc}\n{_excerpt(text, line)}") from None
+
+
+def _line_of(tree: yaml.Node | None, message: str) -> int:
+    """The line (1-based; 0: not found) of the deepest entry of the dotted path ``sources.a.b...``
+    a message begins with. Keys are matched whole, so a key holding a dot or a space is found."""
+    rest = message.split(": ", 1)[0]
+    node, line = tree, 0
+    while rest and isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            name = str(key.value)
+            if rest == name or rest.startswith(name + "."):
+                node, line, rest = value, key.start_mark.line + 1, rest[len(name) + 1 :]
+                break
+        else:
+            break
+    return line
+
+
+def _excerpt(text: str, line: int) -> str:
+    lines = text.splitlines()
+    return f"  {line:>4} | {lines[line - 1]}" if 0 < line <= len(lines) else ""
+
+
+def _quote_hint(text: str, line: int) -> str:
+    lines = text.splitlines()
+    shown = lines[line - 1] if 0 < line <= len(lines) else ""
+    if re.search(r"[\[{(,]", shown):
+        return '; a value holding brackets, braces or commas must be quoted, e.g. amount: "decimal(12,2)"'
+    return ""
+
+
+def _sources(doc: Any) -> dict[str, SourceSpec]:
+    if not isinstance(doc, dict):
+        raise ConfigError("sources: the file must be a mapping with a sources: entry")
     sources: dict[str, SourceSpec] = {}
     for name, raw in (doc.get("sources") or {}).items():
-        where = f"{path.name}: sources.{name}"
+        where = f"sources.{name}"
         _identifier(name, where)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: a mapping with kind: and tables: is required")
         if not raw.get("tables"):
             raise ConfigError(f"{where}: no tables listed")
         kind = _choice(raw.get("kind"), KINDS, f"{where}.kind")
         known = {"kind", "description", "demo", "optional", "tables", "sla", kind} | (
             {"cdc"} if kind == "database" else set()
         )
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        _refuse_unknown(raw, known, where)
         cdc = raw.get("cdc") or {}
-        unknown = set(cdc) - {"slot", "publication"}
-        if unknown:
-            raise ConfigError(f"{where}.cdc: unknown keys {sorted(unknown)}")
+        _refuse_unknown(cdc, {"slot", "publication"}, f"{where}.cdc")
         sources[name] = SourceSpec(
             name=name,
             kind=kind,
@@ -329,9 +403,7 @@ def _sla(raw: Any, where: str) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a mapping with hours and severity is required")
-    unknown = set(raw) - {"hours", "severity"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: hours, severity)")
+    _refuse_unknown(raw, {"hours", "severity"}, where, list_known=True)
     hours = raw.get("hours")
     if hours is not None and (not isinstance(hours, int | float) or isinstance(hours, bool) or hours <= 0):
         raise ConfigError(f"{where}.hours: a number of hours > 0, got {hours!r}")

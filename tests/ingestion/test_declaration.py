@@ -36,7 +36,10 @@ def test_shipped_sources_file_declares_the_shop() -> None:
             "key_diff needs write_disposition: merge",
         ),
         ("customers:\n        primary_key: id\n        write_disposition: upsert", "write_disposition: 'upsert'"),
-        ("customers:\n        primary_key: id\n        cursro: updated_at", "unknown keys ['cursro']"),
+        (
+            "customers:\n        primary_key: id\n        cursro: updated_at",
+            "customers.cursro: unknown key 'cursro' (did you mean cursor?)",
+        ),
         ("customers:\n        primary_key: id\n        cursor: updated_at\n        lag: -5", "lag: seconds"),
         ("customers:\n        primary_key: id\n        lag: 60", "customers.lag: needs a cursor"),
         (
@@ -79,7 +82,7 @@ def test_cdc_slot_and_publication_default_to_the_source_name(tmp_path: Path) -> 
     path = write(tmp_path, f"sources:\n  crm:\n    kind: database\n    cdc:\n      slot: crm_slot\n{table}")
     assert load_sources(path)["crm"].cdc_slot == "crm_slot"
     path = write(tmp_path, f"sources:\n  crm:\n    kind: database\n    cdc:\n      slto: x\n{table}")
-    with pytest.raises(ConfigError, match=r"sources.crm.cdc: unknown keys \['slto'\]"):
+    with pytest.raises(ConfigError, match=r"line 5: sources.crm.cdc.slto: unknown key 'slto' \(did you mean slot\?\)"):
         load_sources(path)
 
 
@@ -107,7 +110,7 @@ def test_cdc_slot_and_publication_default_to_the_source_name(tmp_path: Path) -> 
         ),
         (
             "kind: api\n    api: {retries: 3}\n    tables:\n      t: {primary_key: id, path: t}",
-            "unknown keys ['retries']",
+            "api.retries: unknown key 'retries' (known: ",
         ),
         ("kind: stream\n    tables:\n      t: {primary_key: id, columns: {id: text}}", "subject is required"),
         (
@@ -135,3 +138,53 @@ def test_the_shipped_demo_declares_an_api_files_and_a_stream() -> None:
     assert sources["marketing"].table("marketing_spend").key_columns == ["spend_date", "channel"]
     assert sources["payments"].option("breaker_failures") == 8
     assert sources["web"].option("ack_wait") == 300
+
+
+@pytest.mark.badinput
+def test_a_mistake_points_at_its_line_and_shows_the_corrected_form(tmp_path: Path) -> None:
+    """A decimal written in a flow mapping with a space is split by YAML into two columns; the
+    error names the line and the quoted form that works."""
+    path = write(
+        tmp_path,
+        "sources:\n  src:\n    kind: files\n    tables:\n      t:\n        pattern: 'x*'\n"
+        "        columns: {id: text, amount: decimal(12, 2)}\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_sources(path)
+    assert str(err.value).splitlines() == [
+        "sources.yml, line 7: sources.src.tables.t.columns.amount: type 'decimal(12' is not one of text, integer, "
+        "bigint, double, boolean, date, timestamp, json, decimal(p,s); write it quoted, with no space: "
+        'amount: "decimal(12,2)"',
+        "     7 |         columns: {id: text, amount: decimal(12, 2)}",
+    ]
+
+
+@pytest.mark.badinput
+def test_broken_yaml_names_the_line_where_the_bracket_opened(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "sources:\n  src:\n    kind: files\n    tables:\n      t:\n        pattern: 'x*'\n"
+        "        columns:\n          amount: [decimal(12,2)\n          id: text\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_sources(path)
+    message = str(err.value)
+    assert message.startswith("sources.yml, line 8: not valid YAML (while parsing a flow sequence")
+    assert 'must be quoted, e.g. amount: "decimal(12,2)"' in message
+    assert "     8 |           amount: [decimal(12,2)" in message
+
+
+@pytest.mark.badinput
+def test_a_mistyped_type_or_choice_is_named_with_the_nearest_known_one(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "sources:\n  src:\n    kind: files\n    tables:\n      t:\n        pattern: 'x*'\n"
+        "        columns: {day: timestmp}\n",
+    )
+    with pytest.raises(ConfigError, match=r"line 7: .*type 'timestmp' .* \(did you mean timestamp\?\)"):
+        load_sources(path)
+    path = write(tmp_path, "sources:\n  src:\n    kind: databse\n    tables:\n      t: {primary_key: id}\n")
+    with pytest.raises(
+        ConfigError, match=r"line 3: sources.src.kind: 'databse' is not one .* \(did you mean database\?\)"
+    ):
+        load_sources(path)
