@@ -84,10 +84,22 @@ def attach(
         con.execute("SET autoinstall_known_extensions = false")
         con.execute("SET autoload_known_extensions = false")
         load_extension(con, module)
+        statement, connect = timeouts or (0.0, 0.0)
         if kind == "mysql":
             # tinyint(1) holds -128..127, not only booleans; TIMESTAMP columns are read in UTC
             con.execute("SET mysql_tinyint1_as_boolean = false")
             con.execute("SET mysql_session_time_zone = '+00:00'")
+            # On MySQL 8 the scanner bounds each query by a MAX_EXECUTION_TIME hint it guesses
+            # from the plan's cost, between 5 s and 300 s: a large table's full scan could be
+            # cut off at a guess. The source's statement_timeout is the bound, as on PostgreSQL.
+            # (MariaDB ignores the hint: its limit is the server's max_statement_time.)
+            limit = int(statement * 1000)
+            con.execute(f"SET mysql_query_timeout_enabled = {'true' if limit else 'false'}")
+            if limit:
+                con.execute(f"SET mysql_query_timeout_max_ms = {limit}")
+                con.execute(f"SET mysql_query_timeout_min_ms = {limit}")
+            if connect:
+                _answers_in_time(url, connect)
         if kind == "sqlite":
             con.execute(f"ATTACH {_quote(url.database)} AS src (TYPE sqlite, READ_ONLY)")
         else:
@@ -104,7 +116,6 @@ def attach(
             # libpq's options join the secret's fields: the session's text forms are pinned
             conninfo = "''"
             if kind == "postgresql":
-                statement, connect = timeouts or (0.0, 0.0)
                 session = f"{POSTGRES_SESSION} -c statement_timeout={int(statement * 1000)}"
                 conninfo = _quote(
                     f"options='{session}'" + (f" connect_timeout={max(1, int(connect))}" if connect else "")
@@ -113,6 +124,36 @@ def attach(
         yield con
     finally:
         con.close()
+
+
+def _answers_in_time(url: sa.URL, connect: float) -> None:
+    """Refuse a MySQL/MariaDB server that does not greet and answer within ``connect`` seconds.
+
+    DuckDB's mysql extension takes no connect or read timeout: its ATTACH would wait for a
+    server that accepts the connection and never answers (a half-open link, a hung proxy) for
+    as long as the operating system keeps the socket. PyMySQL, with both timeouts, asks first."""
+    import pymysql
+
+    try:
+        probe = pymysql.connect(
+            host=url.host or "localhost",
+            port=url.port or 3306,
+            user=url.username or "",
+            password=url.password or "",
+            database=url.database or None,
+            connect_timeout=connect,
+            read_timeout=connect,
+            write_timeout=connect,
+        )
+    except pymysql.err.OperationalError as exc:
+        if "timed out" not in str(exc):
+            raise
+        raise TimeoutError(
+            f"the MySQL/MariaDB server at {url.host}:{url.port or 3306} did not answer within "
+            f"connect_timeout={connect:g} s: check that the server is up and the network path to it"
+        ) from None
+    with probe, probe.cursor() as cursor:
+        cursor.execute("SELECT 1")
 
 
 def source_timeouts(spec: Any) -> tuple[float, float]:

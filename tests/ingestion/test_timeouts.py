@@ -4,7 +4,11 @@ and the timeout, with nothing loaded and its state unmoved."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +55,52 @@ def test_a_query_stuck_behind_a_lock_is_cancelled_after_the_statement_timeout(
         assert again.ok, again.error
         assert again.tables[0].extracted == 1
         engine.dispose()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers (a half-open
+    link, a hung proxy, a server stuck before its greeting). Yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for s in held:
+            s.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql+pymysql"])
+def test_a_server_that_accepts_and_never_answers_is_given_up_after_the_connect_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    configure_dlt()
+    path = tmp_path / "sources.yml"
+    path.write_text(
+        "sources:\n  crm:\n    kind: database\n    database: {statement_timeout: 3, connect_timeout: 2}\n"
+        "    tables:\n      accounts: {primary_key: id, cursor: updated_at}\n"
+    )
+    spec = load_sources(path)["crm"]
+    settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "t", demo=False, demo_seed=1)
+    with silent_server() as port:
+        monkeypatch.setenv("SOURCES__CRM__CREDENTIALS", f"{scheme}://dusk@127.0.0.1:{port}/crm")
+        started = time.monotonic()
+        result = ingest(spec, settings)
+        waited = time.monotonic() - started
+    assert not result.ok
+    assert "source 'crm'" in (result.error or ""), result.error
+    assert "timeout" in (result.error or "").lower() or "timed out" in (result.error or ""), result.error
+    assert waited < 60, waited  # given up by the client, not by the operating system's TCP timeout
