@@ -132,7 +132,7 @@ def _answers_in_time(url: sa.URL, connect: float) -> None:
     DuckDB's mysql extension takes no connect or read timeout: its ATTACH would wait for a
     server that accepts the connection and never answers (a half-open link, a hung proxy) for
     as long as the operating system keeps the socket. PyMySQL, with both timeouts, asks first."""
-    import pymysql
+    import pymysql  # type: ignore[import-untyped]
 
     try:
         probe = pymysql.connect(
