@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from dusk import params
 from dusk.settings import Settings
+
+if TYPE_CHECKING:
+    from dusk.record import RunResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly ELT: dlt sources -> dbt -> docs.")
 
@@ -150,14 +154,29 @@ def _night(plan: object, verbose: bool) -> None:
                 f"started {lock.took_over.get('started_at')}); this run finishes what it left"
             )
         with RunProgress() as progress:
-            result = run_night(s, progress=progress, plan=plan)
-    print_summary(s, result)
+
+            def abandoned(result: RunResult) -> None:  # a stopped step that did not let go
+                progress.progress.stop()
+                lock.vacate()
+                _end_now(s, result)
+
+            result = run_night(s, progress=progress, plan=plan, on_abandoned=abandoned)
     if result.stopped is not None:  # recorded, alerted, lock released: end now, not after the sources' threads
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(EXIT_CODES.get(result.status, EXIT_FAILED))
+        _end_now(s, result)
+    print_summary(s, result)
     raise typer.Exit(EXIT_CODES.get(result.status, EXIT_FAILED))
+
+
+def _end_now(s: Settings, result: RunResult) -> NoReturn:
+    """Print the summary of a stopped night and end the process at once: a thread still held by
+    a source or a dbt node is not waited for."""
+    from dusk.summary import print_summary
+
+    print_summary(s, result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(EXIT_CODES.get(result.status, EXIT_FAILED))
 
 
 @app.command()

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from dusk import ledger
 from dusk.demo import serve_payments_api
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 NOT_WRITTEN = "the run ledger was not written"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
 """What stops a night: a scheduler or a shutdown, Ctrl-C, and its own time limit (an alarm)."""
+STOP_GRACE = 15.0
+"""Seconds a stopped night waits for the running step to let go. dbt, stopped, waits for the
+nodes it runs, and neither a DuckDB or Spark query nor a Python model can be cancelled: past the
+grace the stop is recorded from another thread and the process ends."""
 
 
 class Stopped(KeyboardInterrupt):
@@ -51,35 +57,113 @@ class Stopped(KeyboardInterrupt):
 class _StopRequest:
     """The signal received, if any: raised as :class:`Stopped` in the main thread at once, and
     again at the next step's start (dbt turns what it receives into a failed result). SIGALRM is
-    the night's own time limit (DUSK_RUN_TIMEOUT)."""
+    the night's own time limit (DUSK_RUN_TIMEOUT), or a limit :meth:`expire` names."""
 
     signal: str | None = None
+    expired: str | None = None
+    installed = False
+    """Whether the handler is installed (the night runs in the main thread): only then does a
+    limit that :meth:`expire` names stop it."""
 
-    def __init__(self, timeout: float | None = None) -> None:
-        self.timeout = timeout
+    def __init__(
+        self, timeout: float | None = None, abandon: Callable[[str], None] | None = None, grace: float = STOP_GRACE
+    ) -> None:
+        self.timeout, self.abandon, self.grace = timeout, abandon, grace
+        self._claim = threading.Lock()
+        self.recorded = threading.Event()
 
     def __call__(self, signum: int, frame: object) -> None:
         if self.signal is None:
             name = signal.Signals(signum).name
-            self.signal = f"the time limit (DUSK_RUN_TIMEOUT={self.timeout:g} s)" if name == "SIGALRM" else name
+            if name == "SIGALRM":
+                name = self.expired or f"the time limit (DUSK_RUN_TIMEOUT={self.timeout:g} s)"
+            self.signal = name
+            if self.abandon is not None:
+                threading.Thread(target=self._deadline, name="dusk-stop-grace", daemon=True).start()
             raise Stopped(self.signal)
+
+    def claim(self) -> bool:
+        """True once: for whoever records the stop (the main thread, or the grace's end)."""
+        return self._claim.acquire(blocking=False)
+
+    def _deadline(self) -> None:
+        if self.recorded.wait(self.grace) or not self.claim():
+            return
+        log.error("the running step did not let go within %g s of the stop: recorded without it", self.grace)
+        assert self.abandon is not None and self.signal is not None
+        self.abandon(self.signal)
 
     def check(self) -> None:
         if self.signal is not None:
             raise Stopped(self.signal)
 
+    def expire(self, limit: str) -> None:
+        """Stop the night for the time limit ``limit`` (from any thread: the main thread gets it)."""
+        self.expired = limit
+        if self.installed:
+            os.kill(os.getpid(), signal.SIGALRM)
+        else:
+            log.warning("%s: not stopped, the night does not run in the main thread", limit)
+
+
+class _NodeClock:
+    """A dbt event callback that keeps when each running node started, and a watcher that stops
+    the night when one runs past ``limit`` seconds, naming it (DUSK_MODEL_TIMEOUT). dbt has no
+    time limit of its own on DuckDB or Spark; on every engine, stopping is dbt's Ctrl-C path,
+    which cancels the queries it can (PostgreSQL's), and the stopped night's process ends."""
+
+    def __init__(self, limit: float | None, stop: _StopRequest) -> None:
+        self.limit, self.stop = limit or 0.0, stop  # 0: no limit
+        self.running: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+
+    def __call__(self, event: Any) -> None:
+        name = event.info.name
+        if self.limit and name in ("NodeStart", "NodeFinished"):
+            node = event.data.node_info.unique_id
+            with self._lock:
+                if name == "NodeStart":
+                    self.running[node] = time.monotonic()
+                else:
+                    self.running.pop(node, None)
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        if not self.limit:
+            yield
+            return
+        watcher = threading.Thread(target=self._watch, name="dusk-model-clock", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            self._done.set()
+            watcher.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                late = sorted(node for node, began in self.running.items() if now - began > self.limit)
+            if late:
+                self.stop.expire(
+                    f"the model time limit (DUSK_MODEL_TIMEOUT={self.limit:g} s), reached by {', '.join(late)}"
+                )
+                return
+
 
 @contextmanager
-def _stoppable(timeout: float | None) -> Iterator[_StopRequest]:
+def _stoppable(request: _StopRequest) -> Iterator[_StopRequest]:
     """SIGTERM and SIGINT stop the night cleanly while the block runs, and so does the end of its
-    time limit, ``timeout`` seconds (main thread only)."""
-    request = _StopRequest(timeout)
+    time limit, the request's ``timeout`` seconds (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
     previous = {sig: signal.signal(sig, request) for sig in STOP_SIGNALS}
-    if timeout:
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+    request.installed = True
+    if request.timeout:
+        signal.setitimer(signal.ITIMER_REAL, request.timeout)
     try:
         yield request
     finally:
@@ -88,20 +172,39 @@ def _stoppable(timeout: float | None) -> Iterator[_StopRequest]:
             signal.signal(sig, handler)
 
 
-def run(settings: Settings, progress: RunProgress | None = None, plan: Plan | None = None) -> RunResult:
+def run(
+    settings: Settings,
+    progress: RunProgress | None = None,
+    plan: Plan | None = None,
+    on_abandoned: Callable[[RunResult], None] | None = None,
+) -> RunResult:
     """Run the whole night (or ``plan``) and return what happened; raises nothing for data or
-    tool failures."""
+    tool failures. A stopped night whose running step does not let go within :data:`STOP_GRACE`
+    is recorded from another thread, which then calls ``on_abandoned`` (the CLI ends the process
+    there, as the step cannot be waited for)."""
     plan = plan or Plan()
     record = RunResult(started_at=datetime.now(UTC), mode=plan.mode)
     apply_runtime_environment(settings)
     with run_log(settings.logs_dir / f"{record.run_id}.jsonl", record.run_id) as handler:
         record.log_path = handler.path
         started = time.monotonic()
+
+        def abandon(sig: str) -> None:
+            _record_stop(settings, record, sig, started)
+            stop.recorded.set()
+            if on_abandoned is not None:
+                on_abandoned(record)
+
+        stop = _StopRequest(settings.run_timeout, abandon)
         try:
-            with _stoppable(settings.run_timeout) as stop:
+            with _stoppable(stop):
                 _night(settings, plan, record, progress or RunProgress(enabled=False), stop)
         except Stopped as exc:
-            _record_stop(settings, record, str(exc), started)
+            if stop.claim():
+                _record_stop(settings, record, str(exc), started)
+                stop.recorded.set()
+            else:  # recorded at the grace's end, by the thread that ends the process
+                stop.recorded.wait()
     return record
 
 
@@ -110,7 +213,8 @@ def _record_stop(settings: Settings, record: RunResult, sig: str, started: float
     other signal let in meanwhile. Nothing of it is published; what a source or dbt left half done
     is finished or redone by the next night, as after a kill."""
     signal.setitimer(signal.ITIMER_REAL, 0)
-    previous = {each: signal.signal(each, signal.SIG_IGN) for each in STOP_SIGNALS}
+    main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    previous = {each: signal.signal(each, signal.SIG_IGN) for each in STOP_SIGNALS} if main else {}
     try:
         _write_stop(settings, record, sig, started)
     finally:
@@ -122,7 +226,9 @@ def _write_stop(settings: Settings, record: RunResult, sig: str, started: float)
     record.stopped = sig
     if record.published is None:
         why = (
-            "it ran out; raise it or find the slow step in the log"
+            "it ran out; make that model faster or raise the limit"
+            if sig.startswith("the model time")
+            else "it ran out; raise it or find the slow step in the log"
             if sig.startswith("the time")
             else "a scheduler's time limit, a shutdown or Ctrl-C"
         )
@@ -166,7 +272,11 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
                 ledger.ingested(con, record, record.sources)
             stop.check()
             progress.start("dbt", "dbt build, freshness, docs")
-            dbt = record.dbt = build(settings, con, plan, record, prepared.specs, [progress.dbt_callback("dbt")])
+            clock = _NodeClock(settings.model_timeout, stop)
+            with clock.watching():
+                dbt = record.dbt = build(
+                    settings, con, plan, record, prepared.specs, [progress.dbt_callback("dbt"), clock]
+                )
             progress.finish("dbt", "ok" if dbt.ok else "FAILED")
             stop.check()
             with _guarded(record, NOT_WRITTEN):

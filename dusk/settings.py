@@ -191,6 +191,9 @@ class Settings:
     """Attempts per source when it fails transiently (DUSK_SOURCE_ATTEMPTS)."""
     run_timeout: float | None = None
     """The whole night's time limit in seconds (DUSK_RUN_TIMEOUT; None or 0: none)."""
+    model_timeout: float | None = None
+    """The time limit of each dbt node (model, snapshot, test, seed) in seconds
+    (DUSK_MODEL_TIMEOUT; None or 0: none)."""
     source_backoff: float = 5.0
     """Seconds before the first retry, doubled each time, with jitter (DUSK_SOURCE_BACKOFF)."""
     served: Path | None = None
@@ -301,6 +304,7 @@ class Settings:
             demo_seed=int(os.environ.get("DUSK_DEMO_SEED", "42")),
             source_attempts=max(1, int(os.environ.get("DUSK_SOURCE_ATTEMPTS", "3"))),
             run_timeout=float(os.environ.get("DUSK_RUN_TIMEOUT") or 0) or None,
+            model_timeout=float(os.environ.get("DUSK_MODEL_TIMEOUT") or 0) or None,
             source_backoff=float(os.environ.get("DUSK_SOURCE_BACKOFF", "5")),
             served=_env_path("DUSK_SERVED", data_dir / "served.duckdb") if os.environ.get("DUSK_SERVED") else None,
             publish_schemas=tuple(

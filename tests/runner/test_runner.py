@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -346,6 +347,51 @@ def test_sigterm_stops_the_night_cleanly_and_the_next_one_goes_on(workspace: Wor
     again = workspace.cli("run", check=False)
     assert again.returncode == 0, again.stdout
     assert "took over" not in again.stdout
+
+
+SLEEPING_MODEL = """
+import time
+
+
+def model(dbt, session):
+    dbt.config(materialized="table")
+    time.sleep(600)  # a model that never ends: a runaway query, a lock it waits on
+    return session.sql("select 1 as x")
+"""
+
+
+def test_a_model_that_runs_past_its_time_limit_stops_the_night_naming_it(workspace: Workspace, tmp_path: Path) -> None:
+    """DUSK_MODEL_TIMEOUT: a model that sleeps is stopped after the limit, the night recorded as
+    stopped with the model named, alerted, its lock released, nothing published. The project is
+    a copy of this one with the sleeping model added."""
+    project = tmp_path / "project"
+    tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.splitlines():
+        if (PROJECT_DIR / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_DIR / name, project / name)
+    (project / "models" / "marts" / "zz_sleeps.py").write_text(SLEEPING_MODEL)
+    started = time.monotonic()
+    with WebhookReceiver() as hook:
+        out = subprocess.run(
+            [sys.executable, "-m", "dusk", "run"],
+            cwd=project,  # python -m imports the copy's dusk, whose project is the copy
+            env={**workspace.env(), "DUSK_MODEL_TIMEOUT": "5", "DUSK_ALERT_WEBHOOK": f"{hook.url}/alerts"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert time.monotonic() - started < 300  # not the model's ten minutes
+    record = workspace.last_run()
+    assert record["status"] == "stopped" and record["published"] is None
+    assert record["stopped"] == "the model time limit (DUSK_MODEL_TIMEOUT=5 s), reached by model.dusk.zz_sleeps"
+    assert "make that model faster or raise the limit" in record["error"]
+    assert "Run STOPPED by the model time limit (DUSK_MODEL_TIMEOUT=5 s), reached by model.dusk.zz_sleeps" in out.stdout
+    assert hook.posts and "model.dusk.zz_sleeps" in hook.posts[0]["text"]
+    assert (workspace.data_dir / "run.lock").read_text() == ""
+    with duckdb.connect(str(workspace.warehouse), read_only=True) as wh:
+        assert wh.execute("select status from dusk_ledger.runs").fetchall() == [("stopped",)]
 
 
 def test_the_nights_time_limit_stops_it_cleanly(workspace: Workspace) -> None:
