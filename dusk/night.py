@@ -283,7 +283,7 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
                 ledger.built(con, record, dbt)
             if dbt.nodes:
                 with _guarded(record, "monitoring could not read the warehouse"):
-                    record.findings = audit(settings, con, record, prepared.specs)
+                    record.findings = audit(settings, con, record)
         record.seconds = time.monotonic() - started
         stop.check()
         with _guarded(record, "the publish step failed"):

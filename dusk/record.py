@@ -81,6 +81,9 @@ class DbtResult:
     """Why the build or freshness did not complete (fails the night)."""
     docs_error: str | None = None
     """Why the docs were not generated: reported, never a reason to keep tested data from readers."""
+    freshness_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    """Each source's freshness limits in hours, (warn, error), as its dbt source declares them
+    (the strictest of its tables'); a source without any is not listed."""
 
     def tests(self) -> Counter[str]:
         """Test outcomes (data and unit tests) by status."""

@@ -58,7 +58,7 @@ class MonitorSettings:
     anomaly_window: int = 14
     anomaly_severity: str = "warn"
     sla_hours: float = 26.0
-    sla_severity: str = "warn"
+    """``dusk status --check``: the longest a published night may be old (DUSK_SLA_HOURS)."""
     quarantine_max_share: float = 0.05
     quarantine_severity: str = "warn"
 
@@ -72,7 +72,6 @@ class MonitorSettings:
             anomaly_window=max(2, int(env("DUSK_ANOMALY_WINDOW", "14"))),
             anomaly_severity=_severity("DUSK_ANOMALY_SEVERITY", "warn"),
             sla_hours=float(env("DUSK_SLA_HOURS", "26")),
-            sla_severity=_severity("DUSK_SLA_SEVERITY", "warn"),
             quarantine_max_share=float(env("DUSK_QUARANTINE_MAX_SHARE", "0.05")),
             quarantine_severity=_severity("DUSK_QUARANTINE_SEVERITY", "warn"),
         )

@@ -110,10 +110,6 @@ class SourceSpec:
     publication: str = ""
     options: tuple[tuple[str, Any], ...] = ()
     """Kind-specific settings (api, files, stream), validated; read with :meth:`option`."""
-    sla_hours: float | None = None
-    """Freshness SLA: hours within which the source must load successfully (None: the default)."""
-    sla_severity: str | None = None
-    """``warn`` or ``error`` when the SLA is breached (None: the default)."""
     optional: bool = False
     """A stream source skipped, and named, when its server or stream is not there (``optional: true``)."""
 
@@ -376,9 +372,13 @@ def _sources(doc: Any) -> dict[str, SourceSpec]:
         if not raw.get("tables"):
             raise ConfigError(f"{where}: no tables listed")
         kind = _choice(raw.get("kind"), KINDS, f"{where}.kind")
-        known = {"kind", "description", "demo", "optional", "tables", "sla", kind} | (
-            {"cdc"} if kind == "database" else set()
-        )
+        if "sla" in raw:
+            raise ConfigError(
+                f"{where}.sla: a source's freshness is declared once, in dbt: set freshness: {{warn_after: "
+                f"{{count: 26, period: hour}}, error_after: {{count: 50, period: hour}}}} under config: of source "
+                f"{name} in models/staging/{name}/_{name}__sources.yml, and remove sla: here"
+            )
+        known = {"kind", "description", "demo", "optional", "tables", kind} | ({"cdc"} if kind == "database" else set())
         _refuse_unknown(raw, known, where)
         cdc = raw.get("cdc") or {}
         _refuse_unknown(cdc, {"slot", "publication"}, f"{where}.cdc")
@@ -392,22 +392,5 @@ def _sources(doc: Any) -> dict[str, SourceSpec]:
             options=_options(kind, raw.get(kind), f"{where}.{kind}"),
             slot=_identifier(cdc["slot"], f"{where}.cdc.slot") if "slot" in cdc else "",
             publication=_identifier(cdc["publication"], f"{where}.cdc.publication") if "publication" in cdc else "",
-            **_sla(raw.get("sla"), f"{where}.sla"),
         )
     return sources
-
-
-def _sla(raw: Any, where: str) -> dict[str, Any]:
-    """``sla: {hours: 26, severity: warn|error}`` (both optional)."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: a mapping with hours and severity is required")
-    _refuse_unknown(raw, {"hours", "severity"}, where, list_known=True)
-    hours = raw.get("hours")
-    if hours is not None and (not isinstance(hours, int | float) or isinstance(hours, bool) or hours <= 0):
-        raise ConfigError(f"{where}.hours: a number of hours > 0, got {hours!r}")
-    severity = raw.get("severity")
-    if severity is not None:
-        _choice(severity, ("warn", "error"), f"{where}.severity")
-    return {"sla_hours": float(hours) if hours is not None else None, "sla_severity": severity}

@@ -6,8 +6,9 @@ reported and alerted; ``error`` also fails the run, so nothing is published):
 - **volume**: rows loaded per source table, as a z-score against the same table's previous
   loads (its first, full load left out); ``DUSK_ANOMALY_Z``, ``DUSK_ANOMALY_MIN_HISTORY``,
   ``DUSK_ANOMALY_WINDOW``, ``DUSK_ANOMALY_SEVERITY``;
-- **freshness SLA**: hours since each source last loaded successfully (``sla:`` in sources.yml,
-  default ``DUSK_SLA_HOURS`` with ``DUSK_SLA_SEVERITY``);
+- **freshness SLA**: hours since each source that failed tonight last loaded successfully,
+  against the freshness its dbt source declares (``warn_after``/``error_after``: declared once,
+  in dbt, the same limits ``dbt source freshness`` checks);
 - **quarantine rate**: the share of a table's live rows held in quarantine
   (``DUSK_QUARANTINE_MAX_SHARE``, default 5 %, ``DUSK_QUARANTINE_SEVERITY``).
 """
@@ -23,17 +24,16 @@ from dusk import ledger
 from dusk.record import Finding, RunResult
 from dusk.settings import MonitorSettings, Settings
 from dusk.warehouse import table_names
-from ingestion.declaration import SourceSpec
 
 log = logging.getLogger(__name__)
 
 
-def audit(settings: Settings, con: ledger.Connection, record: RunResult, specs: dict[str, SourceSpec]) -> list[Finding]:
+def audit(settings: Settings, con: ledger.Connection, record: RunResult) -> list[Finding]:
     """Every finding about this run (the ledger holds the previous runs' numbers), recorded in
     the ledger with the audit's step row."""
     started = time.monotonic()
     m = settings.monitor
-    findings = volume(con, record, m) + freshness_sla(con, record, specs, m)
+    findings = volume(con, record, m) + freshness_sla(con, record)
     if record.dbt is not None:
         findings += quarantine_rate(con, m)
     for f in findings:
@@ -74,32 +74,36 @@ def volume(con: ledger.Connection, result: RunResult, m: MonitorSettings) -> lis
     return findings
 
 
-def freshness_sla(
-    con: ledger.Connection, result: RunResult, specs: dict[str, SourceSpec], m: MonitorSettings
-) -> list[Finding]:
-    """Sources whose last successful load is older than their SLA. A source never loaded is in
-    breach once the installation's first run is older than the SLA."""
+def freshness_sla(con: ledger.Connection, result: RunResult) -> list[Finding]:
+    """Sources that failed tonight whose last successful load is older than the freshness their
+    dbt source declares: ``error`` past ``error_after``, ``warn`` past ``warn_after``. A source
+    never loaded is measured from the installation's first run."""
     now = result.started_at.replace(tzinfo=None)
     loaded_now = {s.source for s in result.sources if s.ok and not s.skipped}
+    tried = {s.source for s in result.sources}
+    limits = result.dbt.freshness_limits if result.dbt is not None else {}
     since: datetime = ledger.first_run_started(con) or now
     findings = []
-    for name, spec in specs.items():
-        if name in loaded_now or name not in {s.source for s in result.sources}:
+    for name, (warn, error) in sorted(limits.items()):
+        if name in loaded_now or name not in tried:
             continue
-        hours, severity = spec.sla_hours or m.sla_hours, spec.sla_severity or m.sla_severity
         last_ok = ledger.last_loaded(con, name)
         age = (now - (last_ok or since)).total_seconds() / 3600
-        if age <= hours:
+        breached = [
+            (sev, limit) for sev, limit in (("error", error), ("warn", warn)) if limit is not None and age > limit
+        ]
+        if not breached:
             continue
+        severity, limit = breached[0]
         when = f"last loaded {last_ok:%Y-%m-%d %H:%M} UTC" if last_ok else "never loaded"
         findings.append(
             Finding(
                 "freshness_sla",
                 severity,
                 name,
-                f"{when}, {age:.1f} h ago; the SLA is {hours:g} h",
+                f"{when}, {age:.1f} h ago; its dbt source's {severity}_after is {limit:g} h",
                 round(age, 2),
-                hours,
+                limit,
             )
         )
     return findings

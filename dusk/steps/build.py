@@ -171,8 +171,37 @@ def build(
         exclude=skip,
         callbacks=callbacks,
     )
+    result.freshness_limits = freshness_limits(manifest, specs) if manifest is not None else {}
     result.seconds = time.monotonic() - started
     return result
+
+
+_PERIOD_HOURS = {"minute": 1 / 60, "hour": 1.0, "day": 24.0}
+
+
+def freshness_limits(manifest: Manifest, specs: dict[str, SourceSpec]) -> dict[str, tuple[float | None, float | None]]:
+    """Each declared source's freshness limits in hours, (warn, error), read from dbt, their one
+    home (dbt_project.yml, or the source's own _<source>__sources.yml): the strictest over its
+    tables. The audit's ``freshness_sla`` finding and ``dbt source freshness`` measure the same."""
+
+    def hours(after: Any) -> float | None:
+        if after is None or after.count is None or after.period is None:
+            return None
+        return float(after.count) * _PERIOD_HOURS[str(getattr(after.period, "value", after.period))]
+
+    def strictest(a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else min(a, b)
+
+    limits: dict[str, tuple[float | None, float | None]] = {}
+    for node in manifest.sources.values():
+        if node.source_name not in specs or node.freshness is None:
+            continue
+        warn, error = hours(node.freshness.warn_after), hours(node.freshness.error_after)
+        if warn is None and error is None:
+            continue
+        had_warn, had_error = limits.get(node.source_name, (None, None))
+        limits[node.source_name] = (strictest(had_warn, warn), strictest(had_error, error))
+    return limits
 
 
 def _microbatch(manifest: Manifest) -> list[Any]:

@@ -14,8 +14,6 @@ import pytest
 
 from tests.conftest import PROJECT_DIR, Workspace
 
-pytestmark = pytest.mark.e2e
-
 
 def freshness(ws: Workspace) -> dict[str, str]:
     """`dbt source freshness` on the workspace's warehouse: status per source table."""
@@ -32,6 +30,7 @@ def freshness(ws: Workspace) -> dict[str, str]:
     return {r["unique_id"].removeprefix("source.dusk."): r["status"] for r in sources["results"]}
 
 
+@pytest.mark.e2e
 def test_freshness_follows_the_last_successful_read_not_the_last_change(workspace: Workspace) -> None:
     ws = workspace
     ws.cli("run")
@@ -57,3 +56,17 @@ def test_freshness_follows_the_last_successful_read_not_the_last_change(workspac
             "update dusk_ledger.runs set started_at = now()::timestamp - interval 30 hour where run_id = 'tonight'"
         )
     assert all(v == "warn" for k, v in freshness(ws).items() if k.startswith("shop.")), freshness(ws)
+
+
+def test_the_runner_reads_each_sources_freshness_limits_from_dbt(tmp_path: Path) -> None:
+    """dbt is the one home of the limits: the runner's freshness_sla finding takes them from dbt's
+    parsed project (dbt_project.yml's default; the optional stream source has none)."""
+    from dusk.settings import Settings
+    from dusk.steps.build import freshness_limits, parse
+    from ingestion.declaration import load_sources
+
+    settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=True, demo_seed=1)
+    manifest, error = parse(settings)
+    assert manifest is not None, error
+    limits = freshness_limits(manifest, load_sources())
+    assert limits == {"shop": (26.0, 50.0), "payments": (26.0, 50.0), "marketing": (26.0, 50.0)}

@@ -188,3 +188,16 @@ def test_a_mistyped_type_or_choice_is_named_with_the_nearest_known_one(tmp_path:
         ConfigError, match=r"line 3: sources.src.kind: 'databse' is not one .* \(did you mean database\?\)"
     ):
         load_sources(path)
+
+
+@pytest.mark.badinput
+def test_freshness_is_declared_in_dbt_and_an_sla_here_is_refused_with_the_dbt_form(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "sources:\n  shop:\n    kind: database\n    sla: {hours: 26}\n    tables:\n      t: {primary_key: id}\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_sources(path)
+    message = str(err.value)
+    assert message.startswith("sources.yml, line 4: sources.shop.sla: a source's freshness is declared once, in dbt")
+    assert "warn_after: {count: 26, period: hour}" in message and "models/staging/shop/_shop__sources.yml" in message

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-import yaml
 
 from dusk.record import Finding
 from dusk.steps.audit import volume
@@ -46,9 +45,6 @@ def fake_history(ws: Workspace, nights: int, orders: int) -> None:
 
 def test_anomaly_and_sla_breach_are_alerted_and_reported(workspace: Workspace) -> None:
     ws = workspace
-    spec = yaml.safe_load(ws.sources_file.read_text())
-    spec["sources"]["shop"]["sla"] = {"hours": 0.0005, "severity": "error"}  # 1.8 s: breached by any failure
-    ws.sources_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     with WebhookReceiver(fail_first=1) as hook:
         env = {"DUSK_ALERT_WEBHOOK": hook.url, "DUSK_SOURCE_ATTEMPTS": "1"}
         ws.cli("run", env_extra=env)
@@ -70,8 +66,11 @@ def test_anomaly_and_sla_breach_are_alerted_and_reported(workspace: Workspace) -
         assert "Where to look: report" in alert["text"] and "dusk status" in alert["text"]
         assert alert["blocks"][0]["text"]["type"] == "mrkdwn"
 
-        # the source breaks: the night fails (SLA severity error), is not published, and alerts
+        # the source breaks, and its last good read is 60 hours old (past dbt's error_after, 50 h):
+        # the night fails, is not published, and alerts
         published = published_run(ws.data_dir / "served.duckdb")
+        with duckdb.connect(str(ws.warehouse)) as wh:
+            wh.execute("update dusk_ledger.runs set started_at = started_at - interval 60 hour")
         with sqlite3.connect(ws.shop_db) as shop:
             shop.execute("alter table orders rename to orders_old")
         failed = ws.cli("run", check=False, env_extra=env)
@@ -79,7 +78,8 @@ def test_anomaly_and_sla_breach_are_alerted_and_reported(workspace: Workspace) -
         assert published_run(ws.data_dir / "served.duckdb") == published
         alert = hook.posts[-1]
         assert alert["status"] == "failed"
-        assert "freshness_sla error" in alert["text"] and "`shop`" in alert["text"] and "the SLA is" in alert["text"]
+        assert "freshness_sla error" in alert["text"] and "`shop`" in alert["text"]
+        assert "its dbt source's error_after is 50 h" in alert["text"]
         assert "source `shop` failed" in alert["text"] and "orders" in alert["text"]
         assert "readers still see the last published night" in alert["text"]
 
@@ -133,7 +133,7 @@ def assert_report_renders(ws: Workspace, screenshot: Path) -> None:
     assert "freshness_sla error: <code>shop</code>:" in html and "source <code>shop</code> failed after" in html
     assert html.count("<svg") >= 5
     assert 'id="last-status">FAILED<' in html
-    assert "freshness_sla" in html and "the SLA is" in html
+    assert "freshness_sla" in html and "error_after is 50 h" in html
     subprocess.run(
         [CHROMIUM, *flags, f"--screenshot={screenshot}", "--window-size=1200,2200", page],
         capture_output=True,
