@@ -324,6 +324,27 @@ def resync(source: params.SourceName, table: params.ResyncTables = None) -> None
     typer.echo(f"{source}: {', '.join(names)} will be read in full by the next run (dusk run --source {source} now)")
 
 
+@app.command()
+def prune(dry_run: params.DryRun = False) -> None:
+    """Remove what is older than its retention (DUSK_KEEP_*_DAYS): run records and logs, dlt's
+    completed load packages, archived landing files and ledger history. Every night does it
+    after it is recorded; --dry-run says what would go."""
+    _logging(False)
+    from dusk.lock import run_lock
+    from dusk.settings import apply_runtime_environment
+    from dusk.steps.prune import prune as prune_now
+    from dusk.warehouse import open_warehouse
+    from ingestion.declaration import load_sources
+
+    s = settings()
+    specs = load_sources(s.sources_file)
+    with run_lock(s.data_dir, command="prune"):
+        apply_runtime_environment(s)
+        with open_warehouse(s).connect() as con:
+            pruned = prune_now(s, specs, con, dry_run=dry_run)
+    typer.echo(f"{'Would prune' if dry_run else 'Pruned'}: {pruned.describe()}")
+
+
 cdc_app = typer.Typer(no_args_is_help=True, help="PostgreSQL change data capture: slot and publication.")
 app.add_typer(cdc_app, name="cdc")
 

@@ -31,7 +31,8 @@ from dusk.steps.alert import alert, heartbeat, send
 from dusk.steps.audit import audit
 from dusk.steps.build import build
 from dusk.steps.ingest import ingest
-from dusk.steps.prepare import prepare
+from dusk.steps.prepare import Prepared, prepare
+from dusk.steps.prune import prune
 from dusk.steps.publish import publish
 from dusk.steps.report import report
 from dusk.warehouse import ensure_ledger, open_warehouse
@@ -253,10 +254,11 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
     with _guarded(record, f"the warehouse ({warehouse.describe()}) failed"), warehouse.connect() as con:
         ensure_ledger(con)
         ledger.open_run(con, record)
+        prepared: Prepared | None = None
         with _guarded(record, "the night could not start"):
             prepared = prepare(settings, con, plan, record)
         stop.check()
-        if record.error is None:
+        if prepared is not None and record.error is None:
             warehouse.release(con)
             with _demo_endpoints(settings, prepared.specs) as served:
                 record.sources = ingest(
@@ -293,6 +295,8 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
         with _guarded(record, NOT_WRITTEN):
             ledger.close_run(con, record)
         report(settings, con, record)
+        if prepared is not None:
+            _prune(settings, prepared.specs, con)
     record.seconds = time.monotonic() - started
     record.heartbeat = heartbeat(settings, record)  # also when the warehouse failed: then /fail
     write_run_record(settings, record)
@@ -303,6 +307,14 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
         record.seconds,
         extra={"event": "run_ended", "status": record.status, "seconds": round(record.seconds, 2)},
     )
+
+
+def _prune(settings: Settings, specs: dict[str, SourceSpec], con: Any) -> None:
+    """Retention, after the night is recorded: a failure is logged, never the night's."""
+    try:
+        prune(settings, specs, con)
+    except Exception:
+        log.warning("pruning old run records, logs, packages or ledger rows failed", exc_info=True)
 
 
 def _demo_endpoints(settings: Settings, specs: dict[str, SourceSpec]) -> AbstractContextManager[dict[str, Connection]]:

@@ -88,3 +88,4 @@ ResyncTables = Annotated[
 ]
 MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres.")]
 SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")]

@@ -50,6 +50,32 @@ def _sql_name(name: str, default: str, what: str) -> str:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How many days each kind of history is kept (0: for ever); see dusk/steps/prune.py."""
+
+    runs_days: float = 90.0
+    dlt_days: float = 30.0
+    archive_days: float = 0.0
+    ledger_days: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> Retention:
+        """Read DUSK_KEEP_RUNS_DAYS, DUSK_KEEP_DLT_DAYS, DUSK_KEEP_ARCHIVE_DAYS, DUSK_KEEP_LEDGER_DAYS."""
+        values = {}
+        for name, default in (("runs", "90"), ("dlt", "30"), ("archive", "0"), ("ledger", "0")):
+            variable = f"DUSK_KEEP_{name.upper()}_DAYS"
+            text = os.environ.get(variable, default)
+            try:
+                days = float(text)
+            except ValueError:
+                days = -1.0
+            if days < 0:
+                raise SettingsError(f"{variable}={text!r}: a number of days >= 0 (0 keeps for ever)")
+            values[f"{name}_days"] = days
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class MonitorSettings:
     """Limits of the monitoring checks (dusk/monitor.py) and the severity each one raises."""
 
@@ -190,6 +216,8 @@ class Settings:
     """Attempts per source when it fails transiently (DUSK_SOURCE_ATTEMPTS)."""
     run_timeout: float | None = None
     """The whole night's time limit in seconds (DUSK_RUN_TIMEOUT; None or 0: none)."""
+    retention: Retention = field(default_factory=Retention)
+    """How long run records, logs, dlt's packages, archived files and ledger history are kept."""
     model_timeout: float | None = None
     """The time limit of each dbt node (model, snapshot, test, seed) in seconds
     (DUSK_MODEL_TIMEOUT; None or 0: none)."""
@@ -304,6 +332,7 @@ class Settings:
             source_attempts=max(1, int(os.environ.get("DUSK_SOURCE_ATTEMPTS", "3"))),
             run_timeout=float(os.environ.get("DUSK_RUN_TIMEOUT") or 0) or None,
             model_timeout=float(os.environ.get("DUSK_MODEL_TIMEOUT") or 0) or None,
+            retention=Retention.from_env(),
             source_backoff=float(os.environ.get("DUSK_SOURCE_BACKOFF", "5")),
             served=_env_path("DUSK_SERVED", data_dir / "served.duckdb") if os.environ.get("DUSK_SERVED") else None,
             publish_schemas=tuple(
