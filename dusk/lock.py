@@ -94,10 +94,13 @@ def run_lock(data_dir: Path, command: str = "run") -> Iterator[RunLock]:
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": command,
         }
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(me).encode())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(me).encode())
+            os.fsync(fd)
+        except OSError:
+            pass  # a full disk: the lock is held all the same (flock needs no space), unnamed
         try:
             yield RunLock(path, stale)
         finally:

@@ -7,8 +7,10 @@ salt) and the password part of any URL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +40,8 @@ class JsonLinesHandler(logging.Handler):
         self.secrets = secret_values()
         self._file = path.open("a", encoding="utf-8")
         self._lock_file = threading.Lock()
+        self.lost: str | None = None
+        """Why the file stopped taking lines (a full or unwritable disk): said once, on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -55,15 +59,26 @@ class JsonLinesHandler(logging.Handler):
                     entry[key] = getattr(record, key)
             line = json.dumps(entry, default=str)
             with self._lock_file:
+                if self.lost:
+                    return
                 if self._file.closed:  # a library's logging setup closed every handler: go on
                     self._file = self.path.open("a", encoding="utf-8")
                 self._file.write(line + "\n")
                 self._file.flush()
+        except OSError as exc:  # a full or unwritable disk: the console and the alert still tell
+            self._lose(exc)
         except Exception:
             self.handleError(record)
 
+    def _lose(self, exc: OSError) -> None:
+        if self.lost is None:
+            self.lost = f"{self.path}: {exc.strerror or exc}"
+            sys.stderr.write(f"the run's log stopped at {self.lost}; what follows is on the console only\n")
+        with contextlib.suppress(OSError):
+            self._file.close()
+
     def close(self) -> None:
-        with self._lock_file:
+        with self._lock_file, contextlib.suppress(OSError):  # the last lines did not fit: said already
             self._file.close()
         super().close()
 

@@ -8,9 +8,11 @@ once, at the end. The CLI turns the outcome into an exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -31,11 +33,11 @@ from dusk.steps.alert import alert, heartbeat, send
 from dusk.steps.audit import audit
 from dusk.steps.build import build
 from dusk.steps.ingest import ingest
-from dusk.steps.prepare import Prepared, prepare
+from dusk.steps.prepare import Prepared, check_free_space, prepare
 from dusk.steps.prune import prune
 from dusk.steps.publish import publish
 from dusk.steps.report import report
-from dusk.warehouse import ensure_ledger, open_warehouse
+from dusk.warehouse import Warehouse, ensure_ledger, open_warehouse
 from ingestion.declaration import SourceSpec
 from ingestion.run import Connection
 
@@ -250,53 +252,14 @@ def _write_stop(settings: Settings, record: RunResult, sig: str, started: float)
 def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgress, stop: _StopRequest) -> None:
     started = time.monotonic()
     log.info("run %s started (%s)", record.run_id, record.mode, extra={"event": "run_started"})
+    with _guarded(record, "the night could not start"):
+        check_free_space(settings)
     warehouse = open_warehouse(settings)
-    with _guarded(record, f"the warehouse ({warehouse.describe()}) failed"), warehouse.connect() as con:
-        ensure_ledger(con)
-        ledger.open_run(con, record)
-        prepared: Prepared | None = None
-        with _guarded(record, "the night could not start"):
-            prepared = prepare(settings, con, plan, record)
-        stop.check()
-        if prepared is not None and record.error is None:
-            warehouse.release(con)
-            with _demo_endpoints(settings, prepared.specs) as served:
-                record.sources = ingest(
-                    settings,
-                    warehouse.target(),
-                    prepared.chosen,
-                    {**prepared.connections, **served},
-                    plan.window,
-                    on_start=lambda name: progress.start(f"source:{name}", f"ingest {name}"),
-                    on_end=lambda result: progress.finish(f"source:{result.source}", result.status),
-                )
-            with _guarded(record, NOT_WRITTEN):
-                ledger.ingested(con, record, record.sources)
-            stop.check()
-            progress.start("dbt", "dbt build, freshness, docs")
-            clock = _NodeClock(settings.model_timeout, stop)
-            with clock.watching():
-                dbt = record.dbt = build(
-                    settings, con, plan, record, prepared.specs, [progress.dbt_callback("dbt"), clock]
-                )
-            progress.finish("dbt", "ok" if dbt.ok else "FAILED")
-            stop.check()
-            with _guarded(record, NOT_WRITTEN):
-                ledger.built(con, record, dbt)
-            if dbt.nodes:
-                with _guarded(record, "monitoring could not read the warehouse"):
-                    record.findings = audit(settings, con, record)
-        record.seconds = time.monotonic() - started
-        stop.check()
-        with _guarded(record, "the publish step failed"):
-            publish(settings, warehouse, con, record)
-        record.alert = alert(settings, con, record)
-        record.seconds = time.monotonic() - started
-        with _guarded(record, NOT_WRITTEN):
-            ledger.close_run(con, record)
-        report(settings, con, record)
-        if prepared is not None:
-            _prune(settings, prepared.specs, con)
+    if record.error is None:
+        with _guarded(record, f"the warehouse ({warehouse.describe()}) failed"), warehouse.connect() as con:
+            _in_warehouse(settings, plan, record, progress, stop, warehouse, con, started)
+    if record.alert is None:  # the disk is full, or the warehouse could not be opened: alert all the same
+        record.alert = send(settings, record)
     record.seconds = time.monotonic() - started
     record.heartbeat = heartbeat(settings, record)  # also when the warehouse failed: then /fail
     write_run_record(settings, record)
@@ -307,6 +270,61 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
         record.seconds,
         extra={"event": "run_ended", "status": record.status, "seconds": round(record.seconds, 2)},
     )
+
+
+def _in_warehouse(
+    settings: Settings,
+    plan: Plan,
+    record: RunResult,
+    progress: RunProgress,
+    stop: _StopRequest,
+    warehouse: Warehouse,
+    con: Any,
+    started: float,
+) -> None:
+    ensure_ledger(con)
+    ledger.open_run(con, record)
+    prepared: Prepared | None = None
+    with _guarded(record, "the night could not start"):
+        prepared = prepare(settings, con, plan, record)
+    stop.check()
+    if prepared is not None and record.error is None:
+        warehouse.release(con)
+        with _demo_endpoints(settings, prepared.specs) as served:
+            record.sources = ingest(
+                settings,
+                warehouse.target(),
+                prepared.chosen,
+                {**prepared.connections, **served},
+                plan.window,
+                on_start=lambda name: progress.start(f"source:{name}", f"ingest {name}"),
+                on_end=lambda result: progress.finish(f"source:{result.source}", result.status),
+            )
+        with _guarded(record, NOT_WRITTEN):
+            ledger.ingested(con, record, record.sources)
+        stop.check()
+        progress.start("dbt", "dbt build, freshness, docs")
+        clock = _NodeClock(settings.model_timeout, stop)
+        with clock.watching():
+            dbt = record.dbt = build(settings, con, plan, record, prepared.specs, [progress.dbt_callback("dbt"), clock])
+        progress.finish("dbt", "ok" if dbt.ok else "FAILED")
+        stop.check()
+        with _guarded(record, NOT_WRITTEN):
+            ledger.built(con, record, dbt)
+        if dbt.nodes:
+            with _guarded(record, "monitoring could not read the warehouse"):
+                record.findings = audit(settings, con, record)
+    record.seconds = time.monotonic() - started
+    stop.check()
+    with _guarded(record, "the publish step failed"):
+        publish(settings, warehouse, con, record)
+    record.alert = alert(settings, con, record)
+    record.seconds = time.monotonic() - started
+    with _guarded(record, NOT_WRITTEN):
+        ledger.close_run(con, record)
+    report(settings, con, record)
+    if prepared is not None:
+        _prune(settings, prepared.specs, con)
 
 
 def _prune(settings: Settings, specs: dict[str, SourceSpec], con: Any) -> None:
@@ -337,15 +355,26 @@ def _guarded(record: RunResult, what: str) -> Iterator[None]:
             record.error = f"{what}: {exc}"
 
 
-def write_run_record(settings: Settings, record: RunResult) -> Path:
-    """Write the run as JSON to <data dir>/runs/<run id>.json and last_run.json (atomically)."""
+def write_run_record(settings: Settings, record: RunResult) -> Path | None:
+    """Write the run as JSON to <data dir>/runs/<run id>.json and last_run.json, each whole or
+    not at all (a full disk leaves the earlier last_run.json and no partial file, and is named
+    in the run's error); None when it could not be written."""
     runs = settings.data_dir / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
     fields = {"run_id": record.run_id, "ok": record.ok, "status": record.status, **asdict(record)}
     text = json.dumps(fields, indent=2, default=str)
     path = runs / f"{record.run_id}.json"
-    path.write_text(text)
-    tmp = runs / "last_run.json.tmp"
-    tmp.write_text(text)
-    tmp.replace(runs / "last_run.json")
+    tmp = runs / f".{record.run_id}.json.tmp"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        shutil.copyfile(tmp, runs / ".last_run.json.tmp")
+        tmp.replace(path)
+        (runs / ".last_run.json.tmp").replace(runs / "last_run.json")
+    except OSError as exc:
+        for partial in (tmp, runs / ".last_run.json.tmp"):
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+        log.error("the run record was not written: %s", exc)
+        record.error = record.error or f"the run record was not written to {runs}: {exc.strerror or exc}"
+        return None
     return path

@@ -3,6 +3,7 @@ PII salt), create the demo on first use, and choose tonight's sources."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 
 from dusk.dbt_sources import check_dbt_sources
@@ -23,6 +24,30 @@ class Prepared:
     chosen: list[SourceSpec]
     connections: dict[str, Connection] = field(default_factory=dict)
     """Connections handed to ingestion (the demo's), by source name."""
+
+
+class DiskFull(RuntimeError):
+    """Too little free space to start a night: a write would fail halfway."""
+
+
+def check_free_space(settings: Settings) -> None:
+    """Refuse to start when a folder the night writes to has less than ``min_free_mb`` free: the
+    data dir (run records, logs, dlt's packages), the DuckDB warehouse's and dbt's target folder.
+    A disk that fills later fails the step that met it, naming the device's error."""
+    if not settings.min_free_mb:
+        return
+    folders = {settings.data_dir, settings.target_path}
+    if settings.target == "duckdb":
+        folders.add(settings.warehouse.parent)
+    for folder in sorted(folders):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        free = shutil.disk_usage(existing).free / 1e6
+        if free < settings.min_free_mb:
+            raise DiskFull(
+                f"only {free:.1f} MB free at {existing} (DUSK_MIN_FREE_MB={settings.min_free_mb:g}): free some "
+                "space (dusk prune removes old run records, logs and dlt packages) or move DUSK_DATA_DIR; the "
+                "night did not start, nothing was changed"
+            )
 
 
 def prepare(settings: Settings, con: WarehouseConnection, plan: Plan, record: RunResult) -> Prepared:
