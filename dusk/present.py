@@ -77,6 +77,10 @@ def problems(record: RunResult) -> list[Line]:
     if record.publish_error:
         why = _safe(record.publish_error)
         lines.append(Line("error", f"Not published: {why}; readers still see the last published night"))
+    if dbt is not None and dbt.isolated and record.publish_error is None:
+        for name, reasons in sorted(dbt.withheld.items()):
+            text = f"withheld {{}} ({_safe('; '.join(reasons))}): readers keep last night's copy of what it feeds"
+            lines.append(Line("warn", text + "; the rest of tonight is published", name))
     if record.failed_sources and dbt is not None:
         names = ", ".join(record.failed_sources)
         lines.append(Line("warn", f"dbt left everything downstream of the failed source(s) as it was: {names}"))

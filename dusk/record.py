@@ -81,6 +81,12 @@ class DbtResult:
     """Why the build or freshness did not complete (fails the night)."""
     docs_error: str | None = None
     """Why the docs were not generated: reported, never a reason to keep tested data from readers."""
+    withheld: dict[str, list[str]] = field(default_factory=dict)
+    """When what failed (tests, models, stale source freshness) traces back to some sources only:
+    those sources, each with the reason, and :attr:`withheld_relations` are what readers keep
+    at the last published night; the rest of tonight is published (a ``partial`` night)."""
+    withheld_relations: list[str] = field(default_factory=list)
+    """The ``schema.table`` relations built from the withheld sources."""
     freshness_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     """Each source's freshness limits in hours, (warn, error), as its dbt source declares them
     (the strictest of its tables'); a source without any is not listed."""
@@ -100,6 +106,11 @@ class DbtResult:
     def stale(self) -> list[NodeResult]:
         """Source tables whose freshness is not ``pass``."""
         return [f for f in self.freshness if f.status not in ("pass", "success")]
+
+    @property
+    def isolated(self) -> bool:
+        """dbt failed, but only in what some sources feed: the rest may be published."""
+        return not self.ok and self.error is None and bool(self.withheld)
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,8 @@ class PublishResult:
     seconds: float
     tables: dict[str, int] = field(default_factory=dict)
     """Rows per published ``schema.table``."""
+    kept: list[str] = field(default_factory=list)
+    """The ``schema.table`` relations published as they were (withheld tonight)."""
 
 
 @dataclass
@@ -176,9 +189,10 @@ class RunResult:
     @property
     def status(self) -> str:
         """``success``: everything loaded, built, passed and was published. ``partial``: some
-        sources failed, and everything that does not depend on them was built, passed and was
-        published. ``failed``: otherwise (a failed test or an error-level monitoring finding
-        included: nothing of tonight is published then). ``stopped``: a signal stopped it
+        sources failed, or dbt failed only in what some sources feed, and everything that does not
+        depend on them was built, passed and was published. ``failed``: otherwise (a failed test
+        that traces back to no source, or an error-level monitoring finding, included: nothing of
+        tonight is published then). ``stopped``: a signal stopped it
         (nothing of tonight is published)."""
         if self.stopped is not None and self.published is None:
             return "stopped"
@@ -187,12 +201,15 @@ class RunResult:
         loaded = [s for s in self.sources if s.ok and not s.skipped]
         if self.failed_sources:
             return "partial" if loaded else "failed"
+        if self.dbt is not None and self.dbt.isolated:
+            return "partial"
         return "success"
 
     @property
     def audit_failed(self) -> bool:
-        """The night's own work failed: an error, a dbt failure or an error-level finding."""
-        if self.error is not None or self.dbt is None or not self.dbt.ok:
+        """The night's own work failed: an error, a dbt failure that is not confined to some
+        sources' models (:attr:`DbtResult.isolated`) or an error-level finding."""
+        if self.error is not None or self.dbt is None or not (self.dbt.ok or self.dbt.isolated):
             return True
         return any(f.severity == "error" for f in self.findings)
 

@@ -33,6 +33,8 @@ class Workspace:
     """The PostgreSQL warehouse's database (DUSK_TARGET=postgres); None: the DuckDB file."""
     spark: bool = False
     """Spark with Iceberg tables (DUSK_TARGET=spark), embedded."""
+    project: Path = PROJECT_DIR
+    """The project the CLI runs (a copy with a test's own models: tests.helpers.project_copy)."""
 
     @property
     def engine(self) -> str:
@@ -106,7 +108,7 @@ class Workspace:
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "dusk", *args],
-            cwd=PROJECT_DIR,
+            cwd=self.project,
             env={**self.env(), **(env_extra or {})},
             capture_output=True,
             text=True,

@@ -4,6 +4,7 @@ query the warehouse."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,3 +196,20 @@ class WebhookReceiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def project_copy(into: Path, extra: dict[str, str]) -> Path:
+    """A copy of this project's tracked files in ``into``, with ``extra`` files (path: text)
+    added: a project with a model or test of a test's own. Run ``python -m dusk`` with the copy
+    as its working directory: it imports the copy's dusk, whose project is the copy."""
+    from tests.conftest import PROJECT_DIR
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.splitlines():
+        if (PROJECT_DIR / name).is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_DIR / name, into / name)
+    for name, text in extra.items():
+        (into / name).parent.mkdir(parents=True, exist_ok=True)
+        (into / name).write_text(text)
+    return into

@@ -171,9 +171,54 @@ def build(
         exclude=skip,
         callbacks=callbacks,
     )
-    result.freshness_limits = freshness_limits(manifest, specs) if manifest is not None else {}
+    if manifest is not None:
+        result.freshness_limits = freshness_limits(manifest, specs)
+        if not result.ok and result.error is None:
+            result.withheld, result.withheld_relations = isolate(manifest, result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def isolate(manifest: Manifest, result: DbtResult) -> tuple[dict[str, list[str]], list[str]]:
+    """What tonight's dbt failures trace back to: for every failing test, erroring node and
+    source table whose freshness errored, the sources it is built from; then every relation
+    those sources feed. Empty when a failure traces back to no source (a seed's model, a
+    macro): then nothing can be told apart and the night fails whole."""
+    parents = manifest.parent_map or {}
+    children = manifest.child_map or {}
+    failed = [n for n in result.nodes if n.status in ("fail", "error", "runtime error")]
+    failed += [f for f in result.freshness if f.status in ("error", "runtime error")]
+    guilty: dict[str, list[str]] = {}
+    for node in failed:
+        sources = sorted(
+            {manifest.sources[u].source_name for u in _closure(node.unique_id, parents) if u in manifest.sources}
+        )
+        if not sources:
+            return {}, []
+        what = "stale" if node.unique_id in manifest.sources else f"{node.resource_type} {node.name} {node.status}"
+        for name in sources:
+            guilty.setdefault(name, []).append(what)
+    relations = set()
+    for unique_id, source in manifest.sources.items():
+        if source.source_name not in guilty:
+            continue
+        for fed in _closure(unique_id, children):
+            built = manifest.nodes.get(fed)
+            kind = str(getattr(built, "resource_type", ""))
+            if built is not None and kind in ("model", "snapshot", "seed") and built.config.materialized != "ephemeral":
+                relations.add(f"{built.schema}.{built.alias}")
+    return guilty, sorted(relations)
+
+
+def _closure(start: str, edges: dict[str, list[str]]) -> set[str]:
+    """``start`` and everything reachable from it along ``edges``."""
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), []):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
 
 
 _PERIOD_HOURS = {"minute": 1 / 60, "hour": 1.0, "day": 24.0}

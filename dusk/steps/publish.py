@@ -33,6 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,25 @@ def copy_to_served(
     for leftover in (building, building.with_name(building.name + ".wal")):
         leftover.unlink(missing_ok=True)  # from a run killed while publishing
     result = PublishResult(where=str(served), run_id=record.run_id, seconds=0.0)
+    withheld = set(record.dbt.withheld_relations) if record.dbt is not None else set()
     try:
+        kept = None
+        if withheld and served.exists():
+            con.execute(f"attach '{_quote(served)}' as current_served (read_only)")
+            available = con.execute(
+                "select table_schema || '.' || table_name from information_schema.tables "
+                "where table_catalog = 'current_served'"
+            ).fetchall()
+            kept = Kept(withheld, lambda schema: f'current_served."{schema}"', {str(n) for (n,) in available})
+        elif withheld:
+            kept = Kept(withheld, lambda schema: schema, set())
         con.execute(f"attach '{_quote(building)}' as served")
         try:
-            _fill(con, schemas, record, result, started, lambda schema: f'served."{schema}"')
+            _fill(con, schemas, record, result, started, lambda schema: f'served."{schema}"', kept)
         finally:
             con.execute("detach served")  # checkpoints: the file is complete, no WAL left
+            if withheld and served.exists():
+                con.execute("detach current_served")
         _fsync(building)
         os.replace(building, served)  # readers see the old file or the new one, never a mix
         _fsync(served.parent)
@@ -119,7 +133,8 @@ def swap_schemas(con: Connection, pg: PostgresSettings, schemas: tuple[str, ...]
         for name in served.values():  # a run killed while publishing left its copy: nobody reads it
             con.execute(f'drop schema if exists "{name}{NEXT}" cascade')
         _drop_retired(con, pg)
-        _fill(con, schemas, record, result, started, lambda schema: f'"{served[schema]}{NEXT}"')
+        kept = _kept_on_server(con, record, served)
+        _fill(con, schemas, record, result, started, lambda schema: f'"{served[schema]}{NEXT}"', kept)
         retired = f"{RETIRED}{int(time.time())}"
         existing = {n for (n,) in con.execute("select nspname from pg_namespace").fetchall()}
         con.execute("begin")
@@ -180,7 +195,8 @@ def swap_namespaces(con: Connection, settings: Settings, schemas: tuple[str, ...
     try:
         for name in served.values():  # a run killed while publishing left its copy: nobody reads it
             _drop_namespace(con, f"{name}{NEXT}")
-        _fill(con, schemas, record, result, started, lambda schema: f'"{served[schema]}{NEXT}"')
+        kept = _kept_on_server(con, record, served)
+        _fill(con, schemas, record, result, started, lambda schema: f'"{served[schema]}{NEXT}"', kept)
         retired = f"{RETIRED}{int(time.time())}"
         release = getattr(con, "release", None)
         if callable(release):
@@ -212,6 +228,15 @@ def swap_namespaces(con: Connection, settings: Settings, schemas: tuple[str, ...
         "published run %s to %s: %d tables in %.1fs", record.run_id, result.where, len(result.tables), result.seconds
     )
     return result
+
+
+def _kept_on_server(con: Connection, record: RunResult, served: dict[str, str]) -> Kept | None:
+    """PostgreSQL and Spark: the withheld relations come from the served schemas/namespaces."""
+    withheld = set(record.dbt.withheld_relations) if record.dbt is not None else set()
+    if not withheld:
+        return None
+    available = {f"{schema}.{table}" for schema, name in served.items() for table in table_names(con, name)}
+    return Kept(withheld, lambda schema: f'"{served[schema]}"', available)
 
 
 def _drop_namespace(con: Connection, namespace: str) -> None:
@@ -258,6 +283,16 @@ def _drop_retired(con: Connection, pg: PostgresSettings) -> None:
             return
 
 
+@dataclass
+class Kept:
+    """Relations readers keep at the last published night (a partial dbt night's withheld ones):
+    copied from where readers read now, ``current(schema)``, when ``available`` there."""
+
+    relations: set[str]
+    current: Callable[[str], str]
+    available: set[str]
+
+
 def _fill(
     con: Connection,
     schemas: tuple[str, ...],
@@ -265,10 +300,11 @@ def _fill(
     result: PublishResult,
     started: float,
     into: Callable[[str], str],
+    kept: Kept | None = None,
 ) -> None:
     """Copy ``schemas`` into ``into(schema)``, close the copy's ledger, and say which run it holds
     (``into(ABOUT)``)."""
-    _copy(con, schemas, result, into)
+    _copy(con, schemas, result, into, kept)
     if LEDGER in schemas:
         result.seconds = time.monotonic() - started
         _close_served_ledger(con, record, result, into(LEDGER))
@@ -280,8 +316,16 @@ def _fill(
     )
 
 
-def _copy(con: Connection, schemas: tuple[str, ...], result: PublishResult, into: Callable[[str], str]) -> None:
-    """Copy the schemas' tables and views, as tables, into ``into(schema)`` (created here)."""
+def _copy(
+    con: Connection,
+    schemas: tuple[str, ...],
+    result: PublishResult,
+    into: Callable[[str], str],
+    kept: Kept | None = None,
+) -> None:
+    """Copy the schemas' tables and views, as tables, into ``into(schema)`` (created here); a
+    relation of ``kept`` is copied from what readers have now instead (left out when they have
+    none: it never passed)."""
     found = [(schema, table) for schema in schemas for table in table_names(con, schema)]
     missing = sorted(set(schemas) - {s for s, _ in found})
     if missing:
@@ -289,9 +333,17 @@ def _copy(con: Connection, schemas: tuple[str, ...], result: PublishResult, into
     for schema in sorted({s for s, _ in found}):
         con.execute(f"create schema {into(schema)}")
     for schema, table in found:
-        con.execute(f'create table {into(schema)}."{table}" as select * from "{schema}"."{table}"')
+        name = f"{schema}.{table}"
+        source = f'"{schema}"."{table}"'
+        if kept is not None and name in kept.relations:
+            if name not in kept.available:
+                log.warning("publish: %s is withheld and was never published: readers do not get it", name)
+                continue
+            source = f'{kept.current(schema)}."{table}"'
+            result.kept.append(name)
+        con.execute(f'create table {into(schema)}."{table}" as select * from {source}')
         count = con.execute(f'select count(*) from {into(schema)}."{table}"').fetchone()
-        result.tables[f"{schema}.{table}"] = int(count[0]) if count else 0
+        result.tables[name] = int(count[0]) if count else 0
 
 
 def _close_served_ledger(con: Connection, record: RunResult, result: PublishResult, schema: str) -> None:

@@ -79,21 +79,27 @@ def test_readers_see_only_passed_nights_and_never_block_the_nightly(workspace: W
         run = "select status from dusk_ledger.runs where run_id = ?"
         assert con.execute(run, [second_id]).fetchone() == ("success",) == wh.execute(run, [second_id]).fetchone()
 
-    # A night whose tests fail is not published: an order in a currency without an FX rate
-    # fails the test that every order has an FX rate.
+    # A test that fails withholds what its sources feed: an order in a currency without an FX
+    # rate fails the test that every order has an FX rate (built from the shop and marketing).
+    # Readers keep last night's orders; the night is partial.
     with sqlite3.connect(ws.shop_db) as shop:
         shop.execute(
             "update orders set currency_code = 'CHF', updated_at = '2030-01-01 00:00:00.000000' "
             "where order_id = (select min(order_id) from orders)"
         )
     failing = ws.cli("run", check=False)
-    assert failing.returncode == 1, failing.stdout
+    assert failing.returncode == 3, failing.stdout
+    text = " ".join(failing.stdout.split())
     assert "FAILED test daily_revenue_every_order_has_an_fx_rate" in failing.stdout
-    assert "Not published" in " ".join(failing.stdout.split())
-    assert published_run(served(ws)) == second_id  # readers keep the last night that passed
+    assert "withheld shop (test daily_revenue_every_order_has_an_fx_rate fail)" in text, text
+    third = ws.last_run()
+    assert third["status"] == "partial" and published_run(served(ws)) == third["run_id"]
+    assert "marts.orders" in third["published"]["kept"]
+    with duckdb.connect(str(served(ws)), read_only=True) as con:
+        assert con.execute("select count(*) from marts.orders where currency_code = 'CHF'").fetchone() == (0,)
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
         steps = wh.execute("select status from dusk_ledger.steps where step = 'publish' order by run_id").fetchall()
-    assert [s for (s,) in steps] == ["ok", "ok", "not published"]
+    assert [s for (s,) in steps] == ["ok", "ok", "ok"]
     assert not list(ws.data_dir.glob("served.duckdb.next*"))
 
 

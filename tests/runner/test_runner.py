@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import sqlite3
@@ -22,7 +21,7 @@ from dusk.steps.ingest import ingest_with_retries
 from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.dlt_settings import configure_dlt
 from tests.conftest import PROJECT_DIR, Workspace, _service_missing
-from tests.helpers import WebhookReceiver, target
+from tests.helpers import WebhookReceiver, project_copy, target
 
 pytestmark = pytest.mark.e2e
 
@@ -364,13 +363,7 @@ def test_a_model_that_runs_past_its_time_limit_stops_the_night_naming_it(workspa
     """DUSK_MODEL_TIMEOUT: a model that sleeps is stopped after the limit, the night recorded as
     stopped with the model named, alerted, its lock released, nothing published. The project is
     a copy of this one with the sleeping model added."""
-    project = tmp_path / "project"
-    tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True)
-    for name in tracked.stdout.splitlines():
-        if (PROJECT_DIR / name).is_file():
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT_DIR / name, project / name)
-    (project / "models" / "marts" / "zz_sleeps.py").write_text(SLEEPING_MODEL)
+    project = project_copy(tmp_path / "project", {"models/marts/zz_sleeps.py": SLEEPING_MODEL})
     started = time.monotonic()
     with WebhookReceiver() as hook:
         out = subprocess.run(
