@@ -161,15 +161,15 @@ def _night(plan: object, verbose: bool) -> None:
                 _end_now(s, result)
 
             result = run_night(s, progress=progress, plan=plan, on_abandoned=abandoned)
-    if result.stopped is not None:  # recorded, alerted, lock released: end now, not after the sources' threads
-        _end_now(s, result)
+    if result.stopped is not None or any(r.abandoned for r in result.sources):
+        _end_now(s, result)  # recorded, alerted, lock released: end now, not after a source's thread
     print_summary(s, result)
     raise typer.Exit(EXIT_CODES.get(result.status, EXIT_FAILED))
 
 
 def _end_now(s: Settings, result: RunResult) -> NoReturn:
-    """Print the summary of a stopped night and end the process at once: a thread still held by
-    a source or a dbt node is not waited for."""
+    """Print the summary of a stopped night, or of one that gave up a source, and end the process
+    at once: a thread still held by a source or a dbt node is not waited for."""
     from dusk.summary import print_summary
 
     print_summary(s, result)

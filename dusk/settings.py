@@ -216,6 +216,9 @@ class Settings:
     """Attempts per source when it fails transiently (DUSK_SOURCE_ATTEMPTS)."""
     run_timeout: float | None = None
     """The whole night's time limit in seconds (DUSK_RUN_TIMEOUT; None or 0: none)."""
+    source_timeout: float | None = None
+    """The time limit of each source's ingestion, retries included, in seconds
+    (DUSK_SOURCE_TIMEOUT; None or 0: none): past it the source is given up and the night goes on."""
     min_free_mb: float = 200.0
     """A night does not start when the data dir, the DuckDB warehouse's or dbt's target folder
     has less free space, in MB (DUSK_MIN_FREE_MB; 0: no check)."""
@@ -337,6 +340,7 @@ class Settings:
             model_timeout=float(os.environ.get("DUSK_MODEL_TIMEOUT") or 0) or None,
             retention=Retention.from_env(),
             min_free_mb=float(os.environ.get("DUSK_MIN_FREE_MB", "200")),
+            source_timeout=float(os.environ.get("DUSK_SOURCE_TIMEOUT") or 0) or None,
             source_backoff=float(os.environ.get("DUSK_SOURCE_BACKOFF", "5")),
             served=_env_path("DUSK_SERVED", data_dir / "served.duckdb") if os.environ.get("DUSK_SERVED") else None,
             publish_schemas=tuple(

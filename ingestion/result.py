@@ -39,6 +39,8 @@ class SourceResult:
     """Source schema changes found this run: widenings applied to raw, new source types recorded."""
     notes: list[str] = field(default_factory=list)
     """Columns that land as another type than the obvious one, and why (e.g. a numeric as text)."""
+    abandoned: bool = False
+    """Given up past its time limit while still running: its thread was left behind."""
 
     @property
     def status(self) -> str:

@@ -4,9 +4,10 @@ retried on a transient failure (ingestion's rule, :func:`ingestion.errors.is_tra
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import tenacity
@@ -54,16 +55,73 @@ def ingest(
         )
         return result
 
-    if settings.parallel_sources <= 1 or len(specs) <= 1:
+    if not settings.source_timeout and (settings.parallel_sources <= 1 or len(specs) <= 1):
         return [one(spec) for spec in specs]
-    pool = ThreadPoolExecutor(max_workers=settings.parallel_sources, thread_name_prefix="source")
-    try:
-        results = list(pool.map(one, specs))
-    except BaseException:  # a stop (SIGTERM): waiting for the running sources would hold the night
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return results
+    return _in_threads(specs, one, max(1, settings.parallel_sources), settings.source_timeout, on_end)
+
+
+def _in_threads(
+    specs: list[SourceSpec],
+    one: Callable[[SourceSpec], SourceResult],
+    parallel: int,
+    limit: float | None,
+    on_end: Callable[[SourceResult], None],
+) -> list[SourceResult]:
+    """Run ``one`` for each source in its own daemon thread, ``parallel`` at a time; a source still
+    running ``limit`` seconds after it started (DUSK_SOURCE_TIMEOUT) is given up: failed, named,
+    its slot freed for the next source, its thread left behind (a thread blocked in a driver
+    cannot be stopped; the process ends without waiting for it). A thread pool would wait for
+    it, and its queued sources behind it."""
+    results: dict[str, SourceResult] = {}
+    done: queue.Queue[tuple[str, SourceResult | BaseException]] = queue.Queue()
+    slots = threading.Semaphore(parallel)
+    began: dict[str, float] = {}
+    freed: set[str] = set()
+    lock = threading.Lock()
+
+    def free(name: str) -> None:
+        with lock:
+            if name not in freed:
+                freed.add(name)
+                slots.release()
+
+    def run(spec: SourceSpec) -> None:
+        try:
+            done.put((spec.name, one(spec)))
+        except BaseException as exc:  # handed to the main thread, which raises it
+            done.put((spec.name, exc))
+        finally:
+            free(spec.name)
+
+    waiting = list(specs)
+    while len(results) < len(specs):
+        while waiting and slots.acquire(blocking=False):
+            spec = waiting.pop(0)
+            began[spec.name] = time.monotonic()
+            threading.Thread(target=run, args=(spec,), name=f"source-{spec.name}", daemon=True).start()
+        try:
+            name, outcome = done.get(timeout=0.25)
+        except queue.Empty:
+            pass
+        else:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results.setdefault(name, outcome)  # a source given up keeps its failed result
+        now = time.monotonic()
+        for spec in specs:
+            if limit and spec.name in began and spec.name not in results and now - began[spec.name] > limit:
+                results[spec.name] = SourceResult(
+                    spec.name,
+                    ok=False,
+                    seconds=now - began[spec.name],
+                    error=f"source {spec.name!r} ran past its time limit (DUSK_SOURCE_TIMEOUT={limit:g} s) and "
+                    "was given up; what it had loaded stays in raw, the next night goes on from there",
+                    abandoned=True,
+                )
+                log.error("source=%s given up after %.0fs (DUSK_SOURCE_TIMEOUT)", spec.name, now - began[spec.name])
+                on_end(results[spec.name])
+                free(spec.name)
+    return [results[spec.name] for spec in specs]
 
 
 def ingest_with_retries(
