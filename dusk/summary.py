@@ -97,7 +97,9 @@ def _where(settings: Settings, result: RunResult, console: Console) -> None:
         console.print(f"Alert sent: {result.alert.reason}")
     verdict = {
         "success": "[green]SUCCESS[/green]",
-        "partial": "[yellow]PARTIAL[/yellow] (some sources failed; the rest is built and tested)",
+        "partial": "[yellow]PARTIAL[/yellow] ("
+        + ("some sources failed" if result.failed_sources else "some sources withheld")
+        + "; the rest is built, tested and published)",
         "stopped": f"[red]STOPPED[/red] by {result.stopped} (nothing published; the next night goes on)",
     }.get(result.status, "[red]FAILED[/red]")
     console.print(f"Run {verdict} in {result.seconds:.1f}s")
