@@ -89,24 +89,21 @@ def copy_to_served(
     for leftover in (building, building.with_name(building.name + ".wal")):
         leftover.unlink(missing_ok=True)  # from a run killed while publishing
     result = PublishResult(where=str(served), run_id=record.run_id, seconds=0.0)
-    withheld = set(record.dbt.withheld_relations) if record.dbt is not None else set()
+    withheld = _withheld(record)
+    attached = bool(withheld) and served.exists()  # what readers have now: the withheld come from it
     try:
-        kept = None
-        if withheld and served.exists():
+        if attached:
             con.execute(f"attach '{_quote(served)}' as current_served (read_only)")
-            available = con.execute(
-                "select table_schema || '.' || table_name from information_schema.tables "
-                "where table_catalog = 'current_served'"
-            ).fetchall()
-            kept = Kept(withheld, lambda schema: f'current_served."{schema}"', {str(n) for (n,) in available})
-        elif withheld:
-            kept = Kept(withheld, lambda schema: schema, set())
-        con.execute(f"attach '{_quote(building)}' as served")
         try:
-            _fill(con, schemas, record, result, started, lambda schema: f'served."{schema}"', kept)
+            available = _tables_of(con, "current_served") if attached else set()
+            kept = Kept(withheld, lambda schema: f'current_served."{schema}"', available) if withheld else None
+            con.execute(f"attach '{_quote(building)}' as served")
+            try:
+                _fill(con, schemas, record, result, started, lambda schema: f'served."{schema}"', kept)
+            finally:
+                con.execute("detach served")  # checkpoints: the file is complete, no WAL left
         finally:
-            con.execute("detach served")  # checkpoints: the file is complete, no WAL left
-            if withheld and served.exists():
+            if attached:  # before the served file is replaced, also when the copy failed
                 con.execute("detach current_served")
         _fsync(building)
         os.replace(building, served)  # readers see the old file or the new one, never a mix
@@ -230,9 +227,22 @@ def swap_namespaces(con: Connection, settings: Settings, schemas: tuple[str, ...
     return result
 
 
+def _tables_of(con: duckdb.DuckDBPyConnection, database: str) -> set[str]:
+    """``schema.table`` of every table of an attached DuckDB database."""
+    rows = con.execute(
+        "select table_schema || '.' || table_name from information_schema.tables where table_catalog = ?", [database]
+    ).fetchall()
+    return {str(name) for (name,) in rows}
+
+
+def _withheld(record: RunResult) -> set[str]:
+    """The relations readers keep at the last published night (a partial dbt night's)."""
+    return set(record.dbt.withheld_relations) if record.dbt is not None else set()
+
+
 def _kept_on_server(con: Connection, record: RunResult, served: dict[str, str]) -> Kept | None:
     """PostgreSQL and Spark: the withheld relations come from the served schemas/namespaces."""
-    withheld = set(record.dbt.withheld_relations) if record.dbt is not None else set()
+    withheld = _withheld(record)
     if not withheld:
         return None
     available = {f"{schema}.{table}" for schema, name in served.items() for table in table_names(con, name)}

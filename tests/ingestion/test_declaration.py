@@ -8,6 +8,9 @@ import pytest
 
 from ingestion.declaration import ConfigError, load_sources
 
+FILES_TABLE = "sources:\n  src:\n    kind: files\n    tables:\n      t:\n        pattern: 'x*'\n"
+"""A files source's table, its lines to be followed by the test's own (indented 8)."""
+
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "sources.yml"
@@ -146,8 +149,7 @@ def test_a_mistake_points_at_its_line_and_shows_the_corrected_form(tmp_path: Pat
     error names the line and the quoted form that works."""
     path = write(
         tmp_path,
-        "sources:\n  src:\n    kind: files\n    tables:\n      t:\n        pattern: 'x*'\n"
-        "        columns: {id: text, amount: decimal(12, 2)}\n",
+        FILES_TABLE + "        columns: {id: text, amount: decimal(12, 2)}\n",
     )
     with pytest.raises(ConfigError) as err:
         load_sources(path)
@@ -163,8 +165,7 @@ def test_a_mistake_points_at_its_line_and_shows_the_corrected_form(tmp_path: Pat
 def test_broken_yaml_names_the_line_where_the_bracket_opened(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "sources:\n  src:\n    kind: files\n    tables:\n      t:\n        pattern: 'x*'\n"
-        "        columns:\n          amount: [decimal(12,2)\n          id: text\n",
+        FILES_TABLE + "        columns:\n          amount: [decimal(12,2)\n          id: text\n",
     )
     with pytest.raises(ConfigError) as err:
         load_sources(path)
@@ -178,8 +179,7 @@ def test_broken_yaml_names_the_line_where_the_bracket_opened(tmp_path: Path) -> 
 def test_a_mistyped_type_or_choice_is_named_with_the_nearest_known_one(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "sources:\n  src:\n    kind: files\n    tables:\n      t:\n        pattern: 'x*'\n"
-        "        columns: {day: timestmp}\n",
+        FILES_TABLE + "        columns: {day: timestmp}\n",
     )
     with pytest.raises(ConfigError, match=r"line 7: .*type 'timestmp' .* \(did you mean timestamp\?\)"):
         load_sources(path)
