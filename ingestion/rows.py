@@ -10,7 +10,7 @@ import dlt
 import duckdb
 import pyarrow as pa
 
-from ingestion.column_types import duck_type
+from ingestion.column_types import DECIMAL, duck_type
 from ingestion.declaration import SourceSpec, TableSpec
 
 
@@ -76,6 +76,23 @@ def _value(name: str, declared: str) -> str:
     return f'"{name}"' if declared == "text" else f'trim("{name}")'
 
 
+def _rounds(value: str, declared: str) -> str | None:
+    """SQL that is true where casting ``value`` (text) to the declared number type would round
+    it (DuckDB's cast rounds ``'2.5'`` to an integer 3 and ``'1.005'`` to decimal(12,2) 1.01):
+    plain notation by its significant decimal places, scientific notation by comparing as
+    doubles. None for the other types."""
+    decimal = DECIMAL.match(declared)
+    scale = int(decimal[2]) if decimal else 0 if declared in ("integer", "bigint") else None
+    if scale is None:
+        return None
+    places = f"length(regexp_extract({value}, '\\.([0-9]*?)0*$', 1))"
+    as_double = f"TRY_CAST({value} AS DOUBLE)"
+    return (
+        f"CASE WHEN regexp_full_match({value}, '[+-]?[0-9]*\\.?[0-9]*') THEN {places} > {scale} "
+        f"ELSE {as_double} <> TRY_CAST(TRY_CAST({value} AS {duck_type(declared)}) AS DOUBLE) END"
+    )
+
+
 def typed_rows(
     con: duckdb.DuckDBPyConnection,
     table: TableSpec,
@@ -101,6 +118,12 @@ def typed_rows(
             f'CASE WHEN "{name}" IS NOT NULL AND TRY_CAST({col} AS {duck_type(declared)}) IS NULL '
             f"THEN 'column {name}: ' || to_json(\"{name}\")::VARCHAR || ' is not a {declared}' END"
         )
+        rounds = _rounds(col, declared)
+        if rounds:
+            checks.append(
+                f"CASE WHEN {rounds} THEN 'column {name}: ' || to_json(\"{name}\")::VARCHAR || "
+                f"' has more decimal places than its declared type {declared} holds (it would be rounded)' END"
+            )
     checks += [f"CASE WHEN \"{k}\" IS NULL THEN 'primary key column {k} is empty' END" for k in table.key_columns]
     keys = ", ".join(f'"{k}"' for k in table.key_columns)
     if keys and quarantine_duplicates:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import dlt
@@ -13,7 +14,7 @@ from dlt.extract.source import DltSource
 from dlt.sources.rest_api import rest_api_source
 
 from ingestion.api.paging import GuardedCursorPaginator
-from ingestion.column_types import dlt_column
+from ingestion.column_types import DECIMAL, dlt_column
 from ingestion.declaration import SourceSpec, TableSpec
 
 INITIAL_CURSOR = "1970-01-01T00:00:00Z"
@@ -74,6 +75,42 @@ class Repeats:
         )
 
 
+class ExactNumbers:
+    """Refuses a record whose declared decimal or integer column holds more decimal places than
+    the type keeps: dlt would coerce ``"123.456"`` to decimal(12,2) as 123.46 without a word.
+    The table stops naming the record, and is read again once the declaration is widened."""
+
+    def __init__(self, spec: SourceSpec, table: TableSpec) -> None:
+        self.where = f"source {spec.name!r}, table {table.name!r}"
+        self.table = table
+        self.scales: dict[str, int] = {}
+        for name, declared in table.columns:
+            decimal = DECIMAL.match(declared)
+            if decimal:
+                self.scales[name] = int(decimal[2])
+            elif declared in ("integer", "bigint"):
+                self.scales[name] = 0
+
+    def check(self, item: dict[str, Any]) -> dict[str, Any]:
+        for name, scale in self.scales.items():
+            value = item.get(name)
+            if value is None or isinstance(value, bool | int):
+                continue
+            try:
+                exponent = Decimal(str(value).strip()).normalize().as_tuple().exponent
+            except InvalidOperation:
+                continue  # not a number at all: dlt's coercion names it
+            if isinstance(exponent, int) and -exponent > scale:
+                key = self.table.key_text(tuple(item.get(k) for k in self.table.key_columns))
+                declared = dict(self.table.columns)[name]
+                raise ValueError(
+                    f"{self.where}: record {key}: column {name}: {value!r} has more decimal places than its "
+                    f"declared type {declared} holds (it would be rounded); nothing was loaded. Declare a wider "
+                    "scale in sources.yml: the records are read again next run"
+                )
+        return item
+
+
 def api_source(
     spec: SourceSpec,
     base_url: str,
@@ -89,6 +126,7 @@ def api_source(
     table's :class:`Repeats`."""
     resources: list[Any] = []
     repeats = {} if repeats is None else repeats
+    exact: dict[str, ExactNumbers] = {}
     for table in spec.tables:
         params: dict[str, Any] = {"limit": int(spec.option("page_size"))}
         endpoint: dict[str, Any] = {"path": table.path, "params": params, "data_selector": table.data_selector}
@@ -115,6 +153,7 @@ def api_source(
         if table.key_columns:
             repeats[table.name] = Repeats(spec, table)
             columns[SERVED] = {"data_type": "bigint", "dedup_sort": "desc"}
+        exact[table.name] = ExactNumbers(spec, table)
         resources.append(
             {
                 "name": table.name,
@@ -133,6 +172,9 @@ def api_source(
         client["auth"] = {"type": "bearer", "token": token}
     source = rest_api_source({"client": client, "resources": resources}, name=spec.name)  # type: ignore[typeddict-item]
     source.max_table_nesting = 0
+    for name, numbers in exact.items():
+        if numbers.scales:
+            source.resources[name].add_map(numbers.check)
     for name, seen in repeats.items():
         # after dlt's incremental step: only the records this run loads are stamped and compared
         source.resources[name].add_map(seen.stamp).add_filter(seen.keep)

@@ -316,6 +316,33 @@ def test_a_value_the_warehouse_refuses_aborts_the_load_and_nothing_is_stuck(
 
 
 @pytest.mark.badinput
+@pytest.mark.parametrize("amount", ["123.456", 1.005, "1E-3"])
+def test_a_number_the_declared_type_would_round_stops_the_table(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, amount: object
+) -> None:
+    """dlt coerces "123.456" to decimal(12,2) as 123.46 without a word: the table stops naming the
+    record, column and value instead, the cursor stays, and a wider declaration loads it exactly."""
+    t = "2026-01-0{}T00:00:00Z"
+    declared = "        columns:\n          amount: decimal(12,2)\n"
+    with pages_served(tmp_path, monkeypatch, declared):
+        _Pages.pages = [[_payment(1, t.format(1), "1.50"), _payment(2, t.format(2), amount)]]
+        failed = ingest(spec(), settings)
+    assert not failed.ok
+    assert "source 'payments', table 'payments': record payment_id=2: column amount: " in (failed.error or "")
+    assert "has more decimal places than its declared type decimal(12,2) holds (it would be rounded)" in (
+        failed.error or ""
+    )
+    assert cursor(settings) is None
+    with pages_served(tmp_path, monkeypatch, declared.replace("decimal(12,2)", "decimal(12,4)")):
+        fixed = ingest(spec(), settings)
+    assert fixed.ok, fixed.error
+    assert raw(settings, "select amount from raw_payments.payments order by payment_id") == [
+        (Decimal("1.5000"),),
+        (Decimal(str(amount)),),
+    ]
+
+
+@pytest.mark.badinput
 @pytest.mark.parametrize(
     ("loop_to", "pages", "expected"),
     [

@@ -174,6 +174,37 @@ def test_malformed_rows_go_to_quarantine_with_file_line_and_reason(landing: Path
 
 
 @pytest.mark.badinput
+def test_a_number_the_declared_type_would_round_is_quarantined_not_rounded(landing: Path, settings: Settings) -> None:
+    """DuckDB's cast rounds '1.005' to decimal(12,2) 1.01 and '2.5' to an integer 3: such a value
+    is kept as a dead letter instead (plain and scientific notation); exact ones load."""
+    (landing / "spend_2026-01-06.csv").write_text(
+        "spend_date,channel,amount,clicks\n"
+        "2026-01-06,search,1.005,1\n"  # line 2: three decimal places
+        "2026-01-06,social,2.00,2.5\n"  # line 3: clicks not whole
+        "2026-01-06,email,1e-3,1\n"  # line 4: scientific, rounds to 0.00
+        "2026-01-06,display, 3.1000 ,1.0\n"
+        "2026-01-06,radio,1.5e2,2e1\n" + "".join(f"2026-01-06,c{i},1.00,1\n" for i in range(7))
+    )
+    result = ingest(spec(), settings)
+    assert result.ok, result.error
+    assert raw(settings, "select line, reason from raw_marketing._quarantine order by line") == [
+        (
+            2,
+            'column amount: "1.005" has more decimal places than its declared type decimal(12,2) holds (it would be rounded)',
+        ),
+        (3, 'column clicks: "2.5" has more decimal places than its declared type integer holds (it would be rounded)'),
+        (
+            4,
+            'column amount: "1e-3" has more decimal places than its declared type decimal(12,2) holds (it would be rounded)',
+        ),
+    ]
+    assert raw(
+        settings,
+        "select channel, amount, clicks from raw_marketing.spend where channel in ('display', 'radio') order by 1",
+    ) == [("display", Decimal("3.10"), 1), ("radio", Decimal("150.00"), 20)]
+
+
+@pytest.mark.badinput
 def test_too_many_bad_rows_or_an_unreadable_file_load_nothing_and_name_the_file(
     landing: Path, settings: Settings
 ) -> None:
