@@ -6,6 +6,7 @@ and :func:`main` is the one place that turns a failure into an exit code.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
@@ -325,6 +326,63 @@ def resync(source: params.SourceName, table: params.ResyncTables = None) -> None
 
 
 @app.command()
+def replay(
+    source: params.SourceName,
+    table: params.ResyncTables = None,
+    export: params.ReplayExport = None,
+    fixes: params.ReplayFrom = None,
+) -> None:
+    """Feed a files or stream source's dead letters (rows and messages kept in
+    raw_<source>._quarantine) back through the same checks, after a fix to sources.yml or to the
+    records themselves (--export, correct, --from). Each is marked replayed, still bad or
+    superseded in raw_<source>._replays; replayed rows reach the marts with the next night.
+    Exits 3 when some are still bad."""
+    _logging(False)
+    from dusk.lock import run_lock
+    from dusk.record import format_run_id
+    from dusk.settings import apply_runtime_environment
+    from dusk.warehouse import open_warehouse
+    from ingestion import replay as dead_letters
+    from ingestion.declaration import load_sources
+
+    s = settings()
+    specs = load_sources(s.sources_file)
+    if source not in specs:
+        raise typer.BadParameter(f"no source {source!r} in {s.sources_file or 'ingestion/sources.yml'}")
+    spec, tables = specs[source], list(table or ()) or None
+    with run_lock(s.data_dir, command="replay"):
+        apply_runtime_environment(s)
+        warehouse = open_warehouse(s)
+        target = warehouse.target()
+        with warehouse.connect() as con:
+            letters = dead_letters.pending(con, spec, tables)
+            if export is not None:
+                dead_letters.export(letters, export)
+                typer.echo(f"{source}: {len(letters)} pending dead letter(s) written to {export}")
+                return
+            if fixes is not None:
+                letters = dead_letters.corrected(letters, fixes)
+            if not letters:
+                typer.echo(f"{source}: no pending dead letters")
+                return
+            replay_id = format_run_id(datetime.datetime.now(datetime.UTC))
+            planned = dead_letters.plan(spec, target, con, letters, replay_id)
+        dead_letters.load(spec, target, planned)
+    result = planned.result
+    for name in sorted({t for t, _ in result.outcomes}):
+        counts = ", ".join(
+            f"{result.outcomes[(name, o)]} {o}"
+            for o in (dead_letters.REPLAYED, dead_letters.STILL_BAD, dead_letters.SUPERSEDED)
+        )
+        typer.echo(f"{source}.{name}: {counts} (replay {result.replay_id})")
+    for ident, reason in result.still_bad:
+        typer.echo(f"  still bad: {ident}: {reason}")
+    typer.echo(f"Outcomes are in {spec.dataset}._replays; the next night builds the replayed rows (dusk run).")
+    if result.still_bad:
+        raise SystemExit(EXIT_PARTIAL)
+
+
+@app.command()
 def prune(dry_run: params.DryRun = False) -> None:
     """Remove what is older than its retention (DUSK_KEEP_*_DAYS): run records and logs, dlt's
     completed load packages, archived landing files and ledger history. Every night does it
@@ -407,11 +465,13 @@ def exit_codes() -> Iterator[None]:
             from dusk.warehouse import PublishError, SaltError
             from ingestion.database.cdc import CdcError
             from ingestion.declaration import ConfigError
+            from ingestion.replay import ReplayRefused
             from ingestion.resync import ResyncRefused
 
+            refused = (LedgerError, SaltError, CdcError, PublishError, MigrateError, ResyncRefused, ReplayRefused)
             if isinstance(exc, ConfigError):
                 code = EXIT_USAGE
-            elif isinstance(exc, LedgerError | SaltError | CdcError | PublishError | MigrateError | ResyncRefused):
+            elif isinstance(exc, refused):
                 code = EXIT_FAILED
             else:
                 raise

@@ -88,4 +88,14 @@ ResyncTables = Annotated[
 ]
 MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres.")]
 SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]
+ReplayExport = Annotated[
+    Path | None,
+    typer.Option("--export", help="Write the pending dead letters as JSON lines to correct, and load nothing."),
+]
+ReplayFrom = Annotated[
+    Path | None,
+    typer.Option(
+        "--from", help="Replay only the dead letters of this file (an --export, corrected), with its records."
+    ),
+]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")]

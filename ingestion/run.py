@@ -83,6 +83,21 @@ def make_pipeline(spec: SourceSpec, target: Target) -> dlt.Pipeline:
     )
 
 
+def run_pipeline(pipeline: dlt.Pipeline, target: Target, source: Any) -> Any:
+    """``pipeline.run`` in the target's file and table formats and merge strategy; dlt's load info."""
+    strategy = target.merge_strategy
+    if strategy is not None:
+        resources = source.resources.values() if hasattr(source, "resources") else [source]
+        for resource in resources:
+            if resource.write_disposition == "merge":
+                resource.apply_hints(write_disposition={"disposition": "merge", "strategy": strategy})
+    return pipeline.run(
+        source,
+        loader_file_format=target.loader_file_format,  # type: ignore[arg-type]
+        table_format=target.table_format,  # type: ignore[arg-type]
+    )
+
+
 class BackfillUnsupported(RuntimeError):
     """The source's kind cannot re-read a past window."""
 
@@ -103,17 +118,7 @@ class SourceRun:
 
     def run(self, source: Any) -> Any:
         """``pipeline.run`` in the target's file and table formats; dlt's load info."""
-        strategy = self.target.merge_strategy
-        if strategy is not None:
-            resources = source.resources.values() if hasattr(source, "resources") else [source]
-            for resource in resources:
-                if resource.write_disposition == "merge":
-                    resource.apply_hints(write_disposition={"disposition": "merge", "strategy": strategy})
-        return self.pipeline.run(
-            source,
-            loader_file_format=self.target.loader_file_format,  # type: ignore[arg-type]
-            table_format=self.target.table_format,  # type: ignore[arg-type]
-        )
+        return run_pipeline(self.pipeline, self.target, source)
 
     def load(self, source: Any) -> Any:
         """Run ``source`` and record the load ids; dlt's load info."""

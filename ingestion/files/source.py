@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +115,12 @@ def _table_resource(prepared: PreparedTable, create: bool, file_column: str) -> 
         for part in prepared.parts:
             yield with_load_id(pq.read_table(part))
 
+    return table_resource(table, read, file_column)
+
+
+def table_resource(table: TableSpec, read: Callable[[], Iterator[Any]], file_column: str) -> Any:
+    """A files table's dlt resource: ``read`` yields its rows (Arrow, with ``_line``,
+    ``file_column`` and ``_file_order``)."""
     hints: dict[str, Any] = {"write_disposition": table.write_disposition, "columns": column_hints(table)}
     if table.write_disposition == "merge" and table.key_columns:
         # a key in several files of one run: the last file (in name order) wins

@@ -9,7 +9,7 @@ import dlt
 import pyarrow as pa
 from dlt.extract.source import DltSource
 
-from ingestion.declaration import SourceSpec
+from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.rows import (
     column_hints,
     empty_rows,
@@ -24,6 +24,17 @@ def _rows(rows: pa.Table) -> Iterator[pa.Table]:
     yield with_load_id(rows)
 
 
+def table_resource(table: TableSpec, rows: pa.Table) -> Any:
+    """A stream table's dlt resource: merged on its key, the last message by sequence winning."""
+    return dlt.resource(
+        _rows(rows),
+        name=table.name,
+        write_disposition="merge",
+        primary_key=table.key_columns,
+        columns={**column_hints(table), "_stream_seq": {"dedup_sort": "desc"}},
+    )
+
+
 def stream_source(spec: SourceSpec, batch: Batch, create: tuple[str, ...] = ()) -> DltSource:
     """The dlt source of one micro-batch: a resource per table, merged on its key (a redelivered
     message replaces itself), and the quarantined messages. Tables in ``create`` (which raw
@@ -36,13 +47,7 @@ def stream_source(spec: SourceSpec, batch: Batch, create: tuple[str, ...] = ()) 
             if (rows is None or not rows.num_rows) and table.name in create:
                 rows = empty_rows(table, "_stream_seq BIGINT")
             if rows is not None and (rows.num_rows or table.name in create):
-                yield dlt.resource(
-                    _rows(rows),
-                    name=table.name,
-                    write_disposition="merge",
-                    primary_key=table.key_columns,
-                    columns={**column_hints(table), "_stream_seq": {"dedup_sort": "desc"}},
-                )
+                yield table_resource(table, rows)
         if batch.quarantine:
             yield dlt.resource(
                 batch.quarantine,
