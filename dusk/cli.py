@@ -341,7 +341,7 @@ def replay(
     from dusk.lock import run_lock
     from dusk.record import format_run_id
     from dusk.settings import apply_runtime_environment
-    from dusk.warehouse import open_warehouse
+    from dusk.warehouse import open_warehouse, table_names
     from ingestion import replay as dead_letters
     from ingestion.declaration import load_sources
 
@@ -355,7 +355,7 @@ def replay(
         warehouse = open_warehouse(s)
         target = warehouse.target()
         with warehouse.connect() as con:
-            letters = dead_letters.pending(con, spec, tables)
+            letters = dead_letters.pending(con, spec, table_names(con, spec.dataset), tables)
             if export is not None:
                 dead_letters.export(letters, export)
                 typer.echo(f"{source}: {len(letters)} pending dead letter(s) written to {export}")

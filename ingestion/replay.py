@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,12 +79,10 @@ class ReplayResult:
     """(dead letter id, tonight's reason)."""
 
 
-def pending(con: Any, spec: SourceSpec, tables: list[str] | None = None) -> list[DeadLetter]:
-    """The source's dead letters not yet replayed or superseded (of ``tables``; default all)."""
+def pending(con: Any, spec: SourceSpec, present: Collection[str], tables: list[str] | None = None) -> list[DeadLetter]:
+    """The source's dead letters not yet replayed or superseded (of ``tables``; default all), read
+    on ``con``; ``present`` names the tables the source's raw dataset holds."""
     _check(spec, tables)
-    from dusk.warehouse import table_names  # the connection's engine decides how to list tables
-
-    present = set(table_names(con, spec.dataset))
     if QUARANTINE not in present:
         return []
     done: set[str] = set()

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from dusk.settings import Settings
-from ingestion import stream
+from dusk.warehouse import open_warehouse, table_names
+from ingestion import replay, stream
 from ingestion.declaration import SourceSpec
 from ingestion.dlt_settings import configure_dlt
 from ingestion.result import SourceResult
@@ -238,3 +239,51 @@ def test_an_undeclared_field_reaches_raw_as_text_and_is_named(web: dict[str, str
         f"web_events: declared column(s) ['customer_id', 'occurred_at'] are in no message of this batch on "
         f"subject {web['subject']}: loaded as NULL"
     ]
+
+
+@pytest.mark.badinput
+def test_poison_messages_are_replayed_once_corrected_and_never_over_a_newer_message(
+    tmp_path: Path, web: dict[str, str], settings: Settings
+) -> None:
+    """`dusk replay`'s steps on a stream: corrected poison messages load with their own stream
+    sequence; one whose key a later message already brought is superseded, not loaded over it;
+    an uncorrected one stays pending, still bad."""
+    publish(web["subject"], [event(1), b"{not json", event(2, customer_id="x"), event(3, customer_id="y"), event(3)])
+    assert ingest(spec(), settings).ok
+    wh = open_warehouse(settings)
+    with wh.connect() as con:
+        letters = replay.pending(con, spec(), table_names(con, spec().dataset))
+    assert [(d.id, d.reason) for d in letters] == [
+        ("web_events:2", "not valid JSON (Expecting property name enclosed in double quotes)"),
+        ("web_events:3", 'column customer_id: "x" is not a integer'),
+        ("web_events:4", 'column customer_id: "y" is not a integer'),
+    ]
+    exported = tmp_path / "dead.jsonl"
+    replay.export(letters, exported)
+    lines = {d["dead_letter"]: d for d in map(json.loads, exported.read_text().splitlines())}
+    lines["web_events:3"]["record"]["customer_id"] = "5"
+    lines["web_events:4"]["record"]["customer_id"] = "6"
+    fixed = tmp_path / "fixed.jsonl"
+    fixed.write_text("".join(json.dumps(line) + "\n" for line in lines.values()))
+    with wh.connect() as con:
+        planned = replay.plan(spec(), wh.target(), con, replay.corrected(letters, fixed), "r1")
+    replay.load(spec(), wh.target(), planned)
+    assert dict(planned.result.outcomes) == {
+        ("web_events", "still bad"): 1,
+        ("web_events", "replayed"): 1,
+        ("web_events", "superseded"): 1,
+    }
+    assert raw(settings, "select event_id, customer_id, _stream_seq from raw_web.web_events order by 1") == [
+        ("e1", 1, 1),
+        ("e2", 5, 3),  # the corrected message, with its own sequence
+        ("e3", 3, 5),  # the later message stays
+    ]
+    assert raw(settings, "select dead_letter, outcome, replay_id from raw_web._replays order by 1") == [
+        ("web_events:2", "still bad", "r1"),
+        ("web_events:3", "replayed", "r1"),
+        ("web_events:4", "superseded", "r1"),
+    ]
+    with wh.connect() as con:
+        assert [d.id for d in replay.pending(con, spec(), table_names(con, spec().dataset))] == ["web_events:2"]
+    with pytest.raises(replay.ReplayRefused, match="line 1: names no pending dead letter"):
+        replay.corrected([], fixed)
