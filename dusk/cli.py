@@ -383,6 +383,47 @@ def replay(
 
 
 @app.command()
+def erase(
+    source: params.EraseSource,
+    table: params.EraseTable,
+    key: params.EraseKey = None,
+    keys: params.EraseKeys = None,
+) -> None:
+    """Forget a person (GDPR/CCPA erasure): the subject's rows in raw (dead letters included),
+    snapshots and the served copy are deleted, everything else downstream is rebuilt from raw,
+    the DuckDB files are rewritten and dlt's load packages of the source removed; the ledger
+    records the subject by the salted hash of its key. Erase it in the source system too."""
+    _logging(False)
+    from dusk.erase import erase as forget
+    from dusk.erase import subjects_from
+    from dusk.lock import run_lock
+    from dusk.settings import apply_runtime_environment
+    from ingestion.declaration import load_sources
+
+    s = settings()
+    specs = load_sources(s.sources_file)
+    if source not in specs:
+        raise typer.BadParameter(f"no source {source!r} in {s.sources_file or 'ingestion/sources.yml'}")
+    subjects = subjects_from(list(key or ()), keys)
+    # dbt records its process's command line in target/ and its log: the keys must not be there
+    sys.argv = [sys.argv[0], "erase", "--source", source, "--table", table]
+    with run_lock(s.data_dir, command="erase"):
+        apply_runtime_environment(s)
+        erased = forget(s, specs[source], table, subjects)
+    where = "; ".join(f"{what}: {rows}" for what, rows in erased.scope.items())
+    typer.echo(f"Erased {len(erased.keys)} key(s) of {source}.{table} (erase {erased.erase_id}): {where}")
+    typer.echo(f"Rebuilt from raw: {', '.join(erased.rebuilt) or 'nothing'}")
+    if erased.rewritten:
+        typer.echo(f"Rewritten without the deleted rows' bytes: {', '.join(erased.rewritten)}")
+    for subject in erased.not_found:
+        typer.echo(f"  not found: {subject}")
+    typer.echo(
+        "Recorded in dusk_ledger.erasures by the salted hash of each key. Erase the subject in the source system "
+        "too: a database row still there is read back by the next full read."
+    )
+
+
+@app.command()
 def prune(dry_run: params.DryRun = False) -> None:
     """Remove what is older than its retention (DUSK_KEEP_*_DAYS): run records and logs, dlt's
     completed load packages, archived landing files and ledger history. Every night does it
@@ -460,6 +501,7 @@ def exit_codes() -> Iterator[None]:
         elif isinstance(exc, SettingsError):
             code = EXIT_USAGE
         else:
+            from dusk.erase import EraseIncomplete, EraseRefused
             from dusk.ledger import LedgerError
             from dusk.migrate import MigrateError
             from dusk.warehouse import PublishError, SaltError
@@ -468,7 +510,17 @@ def exit_codes() -> Iterator[None]:
             from ingestion.replay import ReplayRefused
             from ingestion.resync import ResyncRefused
 
-            refused = (LedgerError, SaltError, CdcError, PublishError, MigrateError, ResyncRefused, ReplayRefused)
+            refused = (
+                LedgerError,
+                SaltError,
+                CdcError,
+                PublishError,
+                MigrateError,
+                ResyncRefused,
+                ReplayRefused,
+                EraseRefused,
+                EraseIncomplete,
+            )
             if isinstance(exc, ConfigError):
                 code = EXIT_USAGE
             elif isinstance(exc, refused):

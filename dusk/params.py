@@ -98,4 +98,13 @@ ReplayFrom = Annotated[
         "--from", help="Replay only the dead letters of this file (an --export, corrected), with its records."
     ),
 ]
+EraseSource = Annotated[str, typer.Option("--source", help="The source (its name in sources.yml).")]
+EraseTable = Annotated[str, typer.Option("--table", help="The source table the subject is identified in.")]
+EraseKey = Annotated[
+    list[str] | None,
+    typer.Option("--key", help="column=value naming the subject (repeat for a composite key); compared as text."),
+]
+EraseKeys = Annotated[
+    Path | None, typer.Option("--keys", help="A CSV file: a header of column names, a subject per line.")
+]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")]

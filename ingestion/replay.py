@@ -60,6 +60,7 @@ class DeadLetter:
     line: int | None = None
     seq: int | None = None
     corrected: bool = False
+    sha: str | None = None
 
     def order(self) -> tuple[Any, ...]:
         """Its place among the source's rows: the later wins, as in a night."""
@@ -93,6 +94,14 @@ def pending(con: Any, spec: SourceSpec, present: Collection[str], tables: list[s
                 f'select dead_letter from "{spec.dataset}"."{REPLAYS}" where outcome in (?, ?)', [REPLAYED, SUPERSEDED]
             ).fetchall()
         }
+    letters = [
+        letter for letter in _kept(con, spec) if letter.id not in done and not (tables and letter.table not in tables)
+    ]
+    return sorted(letters, key=lambda d: (d.table, d.order()))
+
+
+def _kept(con: Any, spec: SourceSpec) -> list[DeadLetter]:
+    """Every dead letter ``_quarantine`` holds, once each (the latest copy of one kept twice)."""
     origin = "file, sha256, line" if spec.kind == "files" else "stream_seq"
     query = f'select source_table, reason, record, _dlt_load_id, {origin} from "{spec.dataset}"."{QUARANTINE}"'
     letters: dict[str, DeadLetter] = {}
@@ -100,17 +109,43 @@ def pending(con: Any, spec: SourceSpec, present: Collection[str], tables: list[s
         if spec.kind == "files":
             table, reason, record, load_id, file, sha, line = row
             letter = DeadLetter(
-                f"{table}:{file}:{str(sha)[:12]}:{line}", table, reason, record, load_id, file, int(line)
+                f"{table}:{file}:{str(sha)[:12]}:{line}", table, reason, record, load_id, file, int(line), sha=sha
             )
         else:
             table, reason, record, load_id, seq = row
             letter = DeadLetter(f"{table}:{seq}", table, reason, record, load_id, seq=int(seq))
-        if letter.id in done or (tables and letter.table not in tables):
-            continue
         known = letters.get(letter.id)
         if known is None or float(letter.load_id) > float(known.load_id):
             letters[letter.id] = letter
-    return sorted(letters.values(), key=lambda d: (d.table, d.order()))
+    return list(letters.values())
+
+
+def erase(con: Any, spec: SourceSpec, present: Collection[str], table: TableSpec, keys: list[tuple[Any, ...]]) -> int:
+    """Delete the dead letters of ``table`` whose record carries one of ``keys`` (values of its
+    primary key, compared as text), and their replay outcomes (whose reasons may quote a value):
+    ``dusk erase``. The number of dead letters deleted."""
+    if spec.kind not in REPLAY_KINDS or QUARANTINE not in present or not table.key_columns:
+        return 0
+    wanted = {tuple(str(v) for v in key) for key in keys}
+    found = []
+    for letter in _kept(con, spec):
+        record = json_record(letter.record) if letter.table == table.name else None
+        if isinstance(record, dict) and tuple(str(record.get(k)) for k in table.key_columns) in wanted:
+            found.append(letter)
+    quarantine, replays = f'"{spec.dataset}"."{QUARANTINE}"', f'"{spec.dataset}"."{REPLAYS}"'
+    for letter in found:
+        if letter.seq is not None:
+            con.execute(
+                f"delete from {quarantine} where source_table = ? and stream_seq = ?", [letter.table, letter.seq]
+            )
+        else:
+            con.execute(
+                f"delete from {quarantine} where source_table = ? and file = ? and sha256 = ? and line = ?",
+                [letter.table, letter.file, letter.sha, letter.line],
+            )
+        if REPLAYS in present:
+            con.execute(f"delete from {replays} where dead_letter = ?", [letter.id])
+    return len(found)
 
 
 def export(letters: list[DeadLetter], path: Path) -> None:

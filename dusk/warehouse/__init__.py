@@ -173,6 +173,10 @@ create table if not exists {LEDGER}.freshness (
 create table if not exists {LEDGER}.schema_changes (
     run_id varchar not null, source varchar not null, change varchar not null
 );
+create table if not exists {LEDGER}.erasures (
+    erase_id varchar not null, erased_at timestamp not null, source varchar not null, table_name varchar not null,
+    key_hash varchar not null, scope varchar not null
+);
 create table if not exists {LEDGER}.findings (
     run_id varchar not null, check_name varchar not null, severity varchar not null, target varchar not null,
     message varchar not null, value double precision, limit_value double precision
