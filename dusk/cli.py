@@ -415,6 +415,8 @@ def erase(
     typer.echo(f"Rebuilt from raw: {', '.join(erased.rebuilt) or 'nothing'}")
     if erased.rewritten:
         typer.echo(f"Rewritten without the deleted rows' bytes: {', '.join(erased.rewritten)}")
+    for again in erased.again:
+        typer.echo(f"  erased before, its copies erased again: {again}")
     for subject in erased.not_found:
         typer.echo(f"  not found: {subject}")
     typer.echo(

@@ -70,6 +70,8 @@ class Erased:
     """Relation (or what else) -> rows removed."""
     rebuilt: list[str] = field(default_factory=list)
     rewritten: list[str] = field(default_factory=list)
+    again: list[str] = field(default_factory=list)
+    """Subjects erased before, whose copies were erased again."""
 
 
 def subjects_from(pairs: list[str], batch: Path | None) -> list[dict[str, str]]:
@@ -137,6 +139,7 @@ def erase(settings: Settings, spec: SourceSpec, table_name: str, subjects: list[
     touched_raw = [raw_relation]
     with warehouse.connect() as con:
         erased.keys, erased.not_found = _resolve(con, raw_relation, table, subjects)
+        erased.keys += _erased_before(con, table, erased.not_found, salt, erased)
         if not erased.keys:
             raise EraseRefused(
                 f"no row of {spec.dataset}.{table.name} matches {erased.not_found}: nothing was erased (check the "
@@ -225,6 +228,27 @@ def _resolve(
     return list(keys), not_found
 
 
+def _erased_before(
+    con: Connection, table: TableSpec, not_found: list[dict[str, str]], salt: str, erased: Erased
+) -> list[tuple[Any, ...]]:
+    """Subjects named by their primary key that raw no longer has but the ledger records as erased:
+    an erasure that stopped half-way (or is checked) is run again over every copy. Their keys,
+    removed from ``not_found``."""
+    again = []
+    for subject in list(not_found):
+        if set(subject) != set(table.key_columns):
+            continue
+        key = tuple(subject[k] for k in table.key_columns)
+        found = con.execute(
+            f"select max(erased_at) from {LEDGER}.erasures where key_hash = ?", [key_hash(salt, key)]
+        ).fetchone()
+        if found and found[0] is not None:
+            not_found.remove(subject)
+            erased.again.append(f"{subject} (erased {found[0]:%Y-%m-%d %H:%M} UTC)")
+            again.append(key)
+    return again
+
+
 def _delete(con: Connection, relation: str, columns: Sequence[str], keys: list[tuple[Any, ...]]) -> int:
     """Delete the rows of ``relation`` with one of ``keys``; how many there were."""
     one = "(" + " and ".join(f'"{c}" = ?' for c in columns) + ")"
@@ -264,8 +288,8 @@ def _rebuild(settings: Settings, spec: SourceSpec, table: TableSpec, erased: Era
     if not done.success:
         raise EraseIncomplete(
             f"raw and the snapshots are erased and recorded, but rebuilding what {selector} feeds failed "
-            f"({done.exception or 'see logs/dbt.log'}): fix it and run `dusk run --full-refresh`; readers' "
-            "served copy was not touched yet: run `dusk erase` again with the same key to finish"
+            f"({done.exception or 'see logs/dbt.log'}): fix it, then run `dusk erase` again naming the subjects by "
+            f"their primary key ({', '.join(table.key_columns)}), which finishes the served copy and the files"
         )
 
 
