@@ -11,11 +11,14 @@ e-mail column); dusk finds the subject's primary keys in raw and removes their r
   too) is rebuilt from raw by ``dbt run --full-refresh``, so it equals a rebuild; the stored
   failing rows of the tests downstream are dropped (the next night stores them again);
 - **the served copy** readers use: the subject's rows of every served relation downstream of the
-  table that has the key's columns (its rows of other tables that only reference the key, such
-  as orders, stay there until the next night publishes);
+  table that has the key's columns, in tonight's copy and in the earlier nights' copies a server
+  engine keeps for readers still reading them (its rows of other tables that only reference the
+  key, such as orders, stay there until the next night publishes);
 - **physically**: DuckDB keeps deleted rows in the file's blocks, so the warehouse and the served
   file are rewritten whole (``COPY FROM DATABASE``); PostgreSQL's touched tables get ``VACUUM
-  FULL``; dlt's completed load packages of the source (which hold the rows as loaded) are removed.
+  FULL``; Iceberg's touched and rebuilt tables have their older snapshots expired (their data
+  files deleted); dlt's completed load packages of the source (which hold the rows as loaded)
+  are removed.
 
 The ledger's ``erasures`` table records each subject by the salted hash of its key, when, and
 where its rows were. The source system is the user's to erase: a database row that is still
@@ -31,7 +34,7 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +109,6 @@ def erase(settings: Settings, spec: SourceSpec, table_name: str, subjects: list[
     """Erase the subjects' rows of ``spec``'s table ``table_name`` everywhere dusk keeps them
     (the module's docstring lists where). Run under the run lock."""
     warehouse = open_warehouse(settings)
-    if warehouse.engine == "spark":
-        raise EraseRefused(
-            "dusk erase is not built for the Spark engine yet: Iceberg keeps deleted rows in older snapshots' "
-            "data files until they expire. Delete the rows with Spark SQL, then CALL <catalog>.system.expire_snapshots "
-            "and remove_orphan_files on every table that held them"
-        )
     table = _table(spec, table_name)
     target = warehouse.target()
     if make_pipeline(spec, target).has_pending_data:
@@ -135,44 +132,51 @@ def erase(settings: Settings, spec: SourceSpec, table_name: str, subjects: list[
             )
     erased = Erased(format_run_id(datetime.now(UTC)))
     salt = read_salt(settings)
-    raw_relation = f'"{spec.dataset}"."{table.name}"'
-    touched_raw = [raw_relation]
+    raw: Relation = (spec.dataset, table.name)
+    touched: list[Relation] = [raw]
     with warehouse.connect() as con:
-        erased.keys, erased.not_found = _resolve(con, raw_relation, table, subjects)
+        erased.keys, erased.not_found = _resolve(con, _quoted(raw), table, subjects)
         erased.keys += _erased_before(con, table, erased.not_found, salt, erased)
         if not erased.keys:
             raise EraseRefused(
                 f"no row of {spec.dataset}.{table.name} matches {erased.not_found}: nothing was erased (check the "
                 "column names and values; values are compared as text)"
             )
-        erased.scope[f"{spec.dataset}.{table.name}"] = _delete(con, raw_relation, table.key_columns, erased.keys)
+        erased.scope[f"{spec.dataset}.{table.name}"] = _delete(con, _quoted(raw), table.key_columns, erased.keys)
         staging = f"{spec.dataset}_staging"  # dlt's merge keeps the last batch it merged there
         if table.name in table_names(con, staging):
-            relation = f'"{staging}"."{table.name}"'
-            erased.scope[f"{staging}.{table.name}"] = _delete(con, relation, table.key_columns, erased.keys)
-            touched_raw.append(relation)
-        dead = replay.erase(con, spec, table_names(con, spec.dataset), table, erased.keys)
+            touched.append((staging, table.name))
+            erased.scope[f"{staging}.{table.name}"] = _delete(con, _quoted(touched[-1]), table.key_columns, erased.keys)
+        present = table_names(con, spec.dataset)
+        dead = replay.erase(con, spec, present, table, erased.keys)
         if dead:
             erased.scope[f"{spec.dataset}.{replay.QUARANTINE}"] = dead
+            touched += [(spec.dataset, t) for t in (replay.QUARANTINE, replay.REPLAYS) if t in present]
         for snapshot in snapshots:
-            relation = f'"{snapshot.schema}"."{snapshot.alias or snapshot.name}"'
-            erased.scope[f"{snapshot.schema}.{snapshot.alias or snapshot.name}"] = _delete(
-                con, relation, table.key_columns, erased.keys
-            )
+            touched.append((snapshot.schema, snapshot.alias or snapshot.name))
+            erased.scope[".".join(touched[-1])] = _delete(con, _quoted(touched[-1]), table.key_columns, erased.keys)
         for test in (manifest.nodes[u] for u in downstream if u.startswith("test.")):
             failures = test.alias or test.name
             if failures in table_names(con, test.schema):
-                con.execute(f'drop table if exists "{test.schema}"."{failures}"')
+                con.execute(f'drop table if exists "{test.schema}"."{failures}"{_PURGE[warehouse.engine]}')
                 erased.scope[f"{test.schema}.{failures} (stored test failures, dropped)"] += 1
-        if warehouse.engine == "postgres":
-            touched = [*touched_raw, *(f'"{s.schema}"."{s.alias or s.name}"' for s in snapshots)]
-            _vacuum(con, touched)
+        _purge(con, settings, warehouse.engine, touched)
         _record(con, erased, spec, table, salt)
-    _rebuild(settings, spec, table, erased)
-    _erase_served(settings, warehouse, manifest, downstream, table, erased)
-    if warehouse.engine == "duckdb":
-        _rewrite(settings.warehouse)
-        erased.rewritten.append(str(settings.warehouse))
+    rebuilt = _rebuild(settings, spec, table, erased)
+    try:
+        if warehouse.engine == "spark":
+            with warehouse.connect() as con:
+                _purge(con, settings, "spark", rebuilt)  # Iceberg keeps a replaced table's old files
+        _erase_served(settings, warehouse, manifest, downstream, table, erased)
+        if warehouse.engine == "duckdb":
+            _rewrite(settings.warehouse)
+            erased.rewritten.append(str(settings.warehouse))
+    except Exception as exc:  # a reader's lock past the limit, a full disk: the ledger allows a rerun
+        raise EraseIncomplete(
+            f"raw, the snapshots and the warehouse's models are erased and recorded, but the served copy or the "
+            f"storage behind them is not clean yet ({exc}): run `dusk erase` again naming the subjects by their "
+            f"primary key ({', '.join(table.key_columns)})"
+        ) from exc
     packages = [p for p in (settings.pipelines_dir / spec.name / "load" / "loaded").glob("*") if p.is_dir()]
     for package in packages:
         shutil.rmtree(package)
@@ -264,10 +268,32 @@ def _delete(con: Connection, relation: str, columns: Sequence[str], keys: list[t
     return count
 
 
-def _vacuum(con: Connection, relations: list[str]) -> None:
-    """PostgreSQL keeps deleted rows in the table's pages until VACUUM FULL rewrites it."""
-    for relation in relations:
-        con.execute(f"vacuum full {relation}")
+Relation = tuple[str, str]
+"""(schema or namespace, table)."""
+
+_PURGE = {"duckdb": "", "postgres": "", "spark": " purge"}
+"""What makes a DROP TABLE remove the data files too (Iceberg keeps them otherwise)."""
+
+
+def _quoted(relation: Relation) -> str:
+    return f'"{relation[0]}"."{relation[1]}"'
+
+
+def _purge(con: Any, settings: Settings, engine: str, relations: list[Relation]) -> None:
+    """Make deleted rows unreadable in storage: PostgreSQL keeps them in the table's pages until
+    VACUUM FULL rewrites it; Iceberg in the data files of the table's older snapshots, which
+    ``expire_snapshots`` deletes (keeping only the current one). DuckDB's file is rewritten whole
+    at the end instead."""
+    if engine == "postgres":
+        for relation in relations:
+            con.execute(f"vacuum full {_quoted(relation)}")
+    elif engine == "spark":
+        until = (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+        for schema, name in relations:
+            con.sql(
+                f"CALL {settings.spark.catalog_name}.system.expire_snapshots(table => '{schema}.{name}', "
+                f"older_than => TIMESTAMP '{until}', retain_last => 1)"
+            )
 
 
 def _record(con: Connection, erased: Erased, spec: SourceSpec, table: TableSpec, salt: str) -> None:
@@ -280,17 +306,24 @@ def _record(con: Connection, erased: Erased, spec: SourceSpec, table: TableSpec,
     )
 
 
-def _rebuild(settings: Settings, spec: SourceSpec, table: TableSpec, erased: Erased) -> None:
-    """Everything downstream but the snapshots, rebuilt from raw (``dbt run`` builds no snapshot)."""
+def _rebuild(settings: Settings, spec: SourceSpec, table: TableSpec, erased: Erased) -> list[Relation]:
+    """Everything downstream but the snapshots, rebuilt from raw (``dbt run`` builds no snapshot);
+    the tables it rebuilt."""
     selector = f"source:{spec.name}.{table.name}+"
     done = dbtRunner().invoke(dbt_args(settings, "run", "--select", selector, "--full-refresh"))
-    erased.rebuilt = [r.node.name for r in getattr(done.result, "results", None) or [] if str(r.status) == "success"]
+    results = [r for r in getattr(done.result, "results", None) or [] if str(r.status) == "success"]
+    erased.rebuilt = [r.node.name for r in results]
     if not done.success:
         raise EraseIncomplete(
             f"raw and the snapshots are erased and recorded, but rebuilding what {selector} feeds failed "
             f"({done.exception or 'see logs/dbt.log'}): fix it, then run `dusk erase` again naming the subjects by "
             f"their primary key ({', '.join(table.key_columns)}), which finishes the served copy and the files"
         )
+    return [
+        (r.node.schema, r.node.alias or r.node.name)
+        for r in results
+        if r.node.config.get("materialized") not in ("view", "ephemeral")
+    ]
 
 
 def _erase_served(
@@ -307,16 +340,23 @@ def _erase_served(
         for node in (manifest.nodes[u] for u in downstream if u in manifest.nodes)
         if node.resource_type in ("model", "snapshot", "seed") and node.schema in settings.publish_schemas
     ]
-    if warehouse.engine == "postgres":
-        prefix = settings.postgres.served_prefix
+    if warehouse.engine in ("postgres", "spark"):
+        engine = warehouse.engine
+        prefix = settings.postgres.served_prefix if engine == "postgres" else settings.spark.served_prefix
         with warehouse.connect() as con:
-            con.execute(f"set lock_timeout = {int(settings.postgres.lock_timeout * 1000)}")
+            if engine == "postgres":
+                con.execute(f"set lock_timeout = {int(settings.postgres.lock_timeout * 1000)}")
+            copies = _served_copies(con, engine, prefix)
+            touched: list[Relation] = []
             for schema, name in names:
-                served = prefix + schema
-                if name in table_names(con, served) and _has_columns(con, served, name, table.key_columns):
-                    relation = f'"{served}"."{name}"'
-                    erased.scope[f"{served}.{name}"] += _delete(con, relation, table.key_columns, erased.keys)
-                    _vacuum(con, [relation])
+                # tonight's copy, and last nights' ones a reader may still hold (publish drops them later)
+                for served in (c for c in copies if c == prefix + schema or c.startswith(f"{prefix}{schema}__")):
+                    if name in table_names(con, served) and _has_columns(con, served, name, table.key_columns):
+                        touched.append((served, name))
+                        erased.scope[f"{served}.{name}"] += _delete(
+                            con, _quoted(touched[-1]), table.key_columns, erased.keys
+                        )
+            _purge(con, settings, engine, touched)
         return
     served_path = settings.served_path
     if not served_path.exists():
@@ -337,11 +377,24 @@ def _erase_served(
     erased.rewritten.append(str(served_path))
 
 
-def _has_columns(con: Connection, schema: str, name: str, columns: Sequence[str]) -> bool:
-    rows = con.execute(
-        "select column_name from information_schema.columns where table_schema = ? and table_name = ?", [schema, name]
-    ).fetchall()
-    return set(columns) <= {str(c) for (c,) in rows}
+def _served_copies(con: Any, engine: str, prefix: str) -> list[str]:
+    """The schemas (namespaces) whose names start with the served prefix."""
+    if engine == "spark":
+        names = [str(row[0]) for row in con.sql("show namespaces")]
+    else:
+        names = [str(row[0]) for row in con.execute("select nspname from pg_namespace").fetchall()]
+    return [n for n in names if n.startswith(prefix)]
+
+
+def _has_columns(con: Any, schema: str, name: str, columns: Sequence[str]) -> bool:
+    if callable(getattr(con, "tables", None)):  # Spark: no information_schema
+        rows = con.sql(f"describe table `{schema}`.`{name}`")
+    else:
+        rows = con.execute(
+            "select column_name from information_schema.columns where table_schema = ? and table_name = ?",
+            [schema, name],
+        ).fetchall()
+    return set(columns) <= {str(row[0]) for row in rows}
 
 
 def _alias(con: duckdb.DuckDBPyConnection) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,6 +159,35 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
 
     status = spark.cli("status", env_extra=envs[id(spark)])
     assert second_id in status.stdout and "success" in status.stdout
+    _erase_on_spark(spark, envs[id(spark)])
+
+
+def _erase_on_spark(ws: Workspace, env: dict[str, str]) -> None:
+    """`dusk erase` on the lake: a customer's rows are gone from every table of every namespace
+    (raw, snapshots, models, served and retired copies), and the tables it touched keep no older
+    snapshot whose data files would still hold them."""
+    with sqlite3.connect(ws.shop_db) as shop:
+        cid, email = shop.execute(
+            "select customer_id, email from customers where customer_id not in (select customer_id from orders) "
+            "order by customer_id limit 1"
+        ).fetchone()
+        shop.execute("delete from customers where customer_id = ?", [cid])
+    lake = catalog(ws)
+    staged = lake.load_table("staging.stg_shop__customers").scan(row_filter=f"customer_id == {cid}").to_arrow()
+    (hashed,) = staged["email"].to_pylist()
+    out = ws.cli("erase", "--source", "shop", "--table", "customers", "--key", f"customer_id={cid}", env_extra=env)
+    assert "Erased 1 key(s) of shop.customers" in out.stdout, out.stdout
+    assert "snapshots.customers_snapshot: 1" in out.stdout and "served_marts.customers: 1" in out.stdout, out.stdout
+    lake = catalog(ws)  # the tables as they are now
+    found = []
+    for namespace in lake.list_namespaces():
+        for identifier in lake.list_tables(namespace):
+            text = str(lake.load_table(identifier).scan().to_arrow().to_pylist())
+            where = ".".join(identifier)
+            found += [f"{what} in {where}" for what, v in (("e-mail", email), ("hash", hashed)) if v in text]
+    assert not found, f"the erased customer is still in {found}"
+    for name in ("raw_shop.customers", "snapshots.customers_snapshot", "served_marts.customers", "marts.customers"):
+        assert len(lake.load_table(name).snapshots()) == 1, f"{name} keeps older snapshots"
 
 
 @contextmanager
