@@ -61,10 +61,16 @@ def _transaction(con: Connection) -> Iterator[None]:
     con.execute("commit")
 
 
-def _insert(con: Connection, table: str, rows: Sequence[Sequence[Any]], schema: str = SCHEMA) -> None:
+STEP_COLUMNS = "(run_id, step, target, status, attempts, seconds, sql_seconds)"
+"""A step row's columns, named: an older ledger gains ``sql_seconds`` as its last column."""
+
+
+def _insert(
+    con: Connection, table: str, rows: Sequence[Sequence[Any]], schema: str = SCHEMA, columns: str = ""
+) -> None:
     if rows:
         marks = ", ".join("?" for _ in rows[0])
-        con.executemany(f"insert into {schema}.{table} values ({marks})", [list(r) for r in rows])
+        con.executemany(f"insert into {schema}.{table} {columns} values ({marks})", [list(r) for r in rows])
 
 
 def step(
@@ -76,16 +82,19 @@ def step(
     seconds: float,
     attempts: int | None = None,
     schema: str = SCHEMA,
+    sql_seconds: float | None = None,
 ) -> None:
     """One step's row."""
-    _insert(con, "steps", [[record.run_id, name, target, status, attempts, seconds]], schema)
+    row = [record.run_id, name, target, status, attempts, seconds, sql_seconds]
+    _insert(con, "steps", [row], schema, STEP_COLUMNS)
 
 
 def ingested(con: Connection, record: RunResult, sources: list[SourceResult]) -> None:
     """The ingest step: a row per source, its tables' counts and schema changes (one transaction)."""
     rid = record.run_id
     with _transaction(con):
-        _insert(con, "steps", [[rid, "ingest", s.source, s.status, s.attempts, s.seconds] for s in sources])
+        rows = [[rid, "ingest", s.source, s.status, s.attempts, s.seconds, None] for s in sources]
+        _insert(con, "steps", rows, columns=STEP_COLUMNS)
         _insert(
             con,
             "source_tables",
@@ -102,7 +111,8 @@ def built(con: Connection, record: RunResult, dbt: DbtResult) -> None:
     """The build step: its row, every dbt node, freshness, and the quarantine as dbt left it."""
     rid = record.run_id
     with _transaction(con):
-        step(con, record, "dbt", "build, freshness, docs", "ok" if dbt.ok else "failed", dbt.seconds, 1)
+        status = "ok" if dbt.ok else "failed"
+        step(con, record, "dbt", "build, freshness, docs", status, dbt.seconds, 1, sql_seconds=dbt.sql_seconds)
         fields: tuple[str, ...] = ("unique_id", "name", "resource_type", "layer", "status", "seconds")
         fields += ("rows_affected", "failures", "failures_table", "message")
         nodes = [[rid, *(getattr(n, f) for f in fields)] for n in dbt.nodes]

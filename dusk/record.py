@@ -87,9 +87,17 @@ class DbtResult:
     at the last published night; the rest of tonight is published (a ``partial`` night)."""
     withheld_relations: list[str] = field(default_factory=list)
     """The ``schema.table`` relations built from the withheld sources."""
+    sql_seconds: float = 0.0
+    """Of :attr:`seconds`, the time during which at least one node's SQL was executing (build and
+    freshness); the rest is dbt's own overhead (start-up, parsing, compiling, docs)."""
     freshness_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     """Each source's freshness limits in hours, (warn, error), as its dbt source declares them
     (the strictest of its tables'); a source without any is not listed."""
+
+    @property
+    def overhead(self) -> float:
+        """dbt's wall time in which no SQL ran."""
+        return max(self.seconds - self.sql_seconds, 0.0)
 
     def tests(self) -> Counter[str]:
         """Test outcomes (data and unit tests) by status."""

@@ -77,6 +77,12 @@ def _dbt(dbt: DbtResult, console: Console) -> None:
     )
     stale = dbt.stale()
     console.print(f"Freshness: {len(dbt.freshness) - len(stale)} of {len(dbt.freshness)} source tables fresh")
+    if dbt.seconds:
+        share = 100 * dbt.overhead / dbt.seconds
+        console.print(
+            f"dbt: {dbt.seconds:.1f}s, of which SQL ran {dbt.sql_seconds:.1f}s; dbt's own overhead "
+            f"{dbt.overhead:.1f}s ({share:.0f} %)"
+        )
 
 
 def _where(settings: Settings, result: RunResult, console: Console) -> None:

@@ -33,6 +33,10 @@ SHOP_KEYS = {table: ", ".join(columns) for table, columns in PRIMARY_KEYS.items(
 """Each demo shop table's key columns as a SELECT list (composite keys: several columns)."""
 
 
+LEDGER_STEPS = "(run_id, step, target, status, attempts, seconds)"
+"""A ledger step row's columns but the dbt step's ``sql_seconds``, for rows a test writes."""
+
+
 def sources() -> dict[str, SourceSpec]:
     """The sources of the declaration the test set (DUSK_SOURCES_FILE), else ingestion/sources.yml."""
     path = os.environ.get("DUSK_SOURCES_FILE")

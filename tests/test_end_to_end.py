@@ -87,6 +87,13 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
     tests = [n for n in record["dbt"]["nodes"] if n["resource_type"] in ("test", "unit_test")]
     assert tests and all(n["status"] == "pass" for n in tests)
     assert {n["layer"] for n in record["dbt"]["nodes"]} >= {"staging", "intermediate", "marts", "snapshot", "seed"}
+    # dbt's overhead: the wall time in which no SQL ran, in the summary, the record and the ledger
+    dbt = record["dbt"]
+    assert 0 < dbt["sql_seconds"] < dbt["seconds"]
+    assert "of which SQL ran" in first.stdout and "dbt's own overhead" in first.stdout
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        ledger = wh.execute("select sql_seconds from dusk_ledger.steps where step = 'dbt'").fetchall()
+    assert ledger == [(dbt["sql_seconds"],)]
 
     raw_before = {t: source_keys(ws.shop_db, t) for t in TABLES}
     sim = ws.cli("simulate", "--days", "3")

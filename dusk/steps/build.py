@@ -50,6 +50,30 @@ def _collect(results: Any) -> list[NodeResult]:
     return out
 
 
+def _executing(results: Any) -> list[tuple[datetime, datetime]]:
+    """When each node's SQL ran (dbt's ``execute`` timing)."""
+    spans = []
+    for r in getattr(results, "results", None) or []:
+        for timing in getattr(r, "timing", None) or []:
+            if timing.name == "execute" and timing.started_at and timing.completed_at:
+                spans.append((timing.started_at, timing.completed_at))
+    return spans
+
+
+def busy_seconds(spans: list[tuple[datetime, datetime]]) -> float:
+    """The length of the union of ``spans``: with threads, nodes run at once and their times
+    overlap, so a sum would count the same seconds twice."""
+    total, end = 0.0, None
+    for start, stop in sorted(spans):
+        if end is None or start > end:
+            total += (stop - start).total_seconds()
+            end = stop
+        elif stop > end:
+            total += (stop - end).total_seconds()
+            end = stop
+    return total
+
+
 def _rows(response: Any) -> int | None:
     value = response.get("rows_affected") if isinstance(response, dict) else None
     return int(value) if isinstance(value, int) and value >= 0 else None
@@ -128,6 +152,7 @@ def run_dbt(
     else:
         result.docs_error = f"dbt docs generate failed: {docs.exception or 'see the dbt log'}"
 
+    result.sql_seconds = busy_seconds(_executing(build.result) + _executing(freshness.result))
     stale = [f for f in result.freshness if f.status in ("error", "runtime error")]
     result.ok = build.success and not stale and result.error is None
     result.seconds = time.monotonic() - started

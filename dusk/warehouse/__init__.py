@@ -154,6 +154,7 @@ create table if not exists {LEDGER}.steps (
     run_id varchar not null, step varchar not null, target varchar, status varchar not null,
     attempts integer, seconds double precision not null
 );
+alter table {LEDGER}.steps add column if not exists sql_seconds double precision;
 create table if not exists {LEDGER}.source_tables (
     run_id varchar not null, source varchar not null, table_name varchar not null,
     extracted bigint not null, deleted bigint not null, quarantined bigint not null, loaded bigint not null

@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from tests.conftest import PROJECT_DIR, Workspace
+from tests.helpers import LEDGER_STEPS
 
 
 def freshness(ws: Workspace) -> dict[str, str]:
@@ -42,7 +43,7 @@ def test_freshness_follows_the_last_successful_read_not_the_last_change(workspac
             "values ('tonight', 'success', now()::timestamp, 1)"
         )
         wh.execute(
-            "insert into dusk_ledger.steps values ('tonight', 'ingest', 'shop', 'ok', 1, 1), "
+            f"insert into dusk_ledger.steps {LEDGER_STEPS} values ('tonight', 'ingest', 'shop', 'ok', 1, 1), "
             "('tonight', 'ingest', 'payments', 'failed', 3, 1)"
         )
     status = freshness(ws)

@@ -20,7 +20,7 @@ from dusk.record import Finding
 from dusk.steps.audit import volume
 from dusk.steps.publish import published_run
 from tests.conftest import Workspace
-from tests.helpers import WebhookReceiver
+from tests.helpers import LEDGER_STEPS, WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,8 @@ def fake_history(ws: Workspace, nights: int, orders: int) -> None:
             at = first + timedelta(seconds=i + 1)
             rid = f"{at:%Y%m%dT%H%M%S%fZ}"
             con.execute("insert into dusk_ledger.runs values (?, 'success', ?, 10, null, null, 'run')", [rid, at])
-            con.execute("insert into dusk_ledger.steps values (?, 'ingest', 'shop', 'ok', 1, 1.0)", [rid])
+            step = f"insert into dusk_ledger.steps {LEDGER_STEPS} values (?, 'ingest', 'shop', 'ok', 1, 1.0)"
+            con.execute(step, [rid])
             con.execute(
                 "insert into dusk_ledger.source_tables values (?, 'shop', 'orders', ?, 0, 0, ?)",
                 [rid, orders + i % 3, orders + i % 3],
@@ -169,7 +170,7 @@ def test_volume_needs_history_and_flags_a_silent_table(tmp_path: Path) -> None:
     for night in range(7):
         rid = f"2029010{night}T000000000000Z"
         con.execute("insert into dusk_ledger.runs values (?, 'success', now(), 1, null, null, 'run')", [rid])
-        con.execute("insert into dusk_ledger.steps values (?, 'ingest', 'files', 'ok', 1, 1.0)", [rid])
+        con.execute(f"insert into dusk_ledger.steps {LEDGER_STEPS} values (?, 'ingest', 'files', 'ok', 1, 1.0)", [rid])
         con.execute(
             "insert into dusk_ledger.source_tables values (?, 'files', 'spend', 4, 0, 0, ?)",
             [rid, 400 if night == 0 else 4],

@@ -17,6 +17,7 @@ from dusk.steps.prune import prune
 from dusk.warehouse import ensure_ledger
 from ingestion.declaration import load_sources
 from tests.conftest import Workspace
+from tests.helpers import LEDGER_STEPS
 
 DAY = 86400.0
 
@@ -37,8 +38,8 @@ def aged(path: Path, days: float, text: str = "x", folder: bool = False) -> Path
 def ledger_run(con: duckdb.DuckDBPyConnection, run_id: str, days_ago: float, shop: str = "ok") -> None:
     at = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=days_ago)
     con.execute("insert into dusk_ledger.runs values (?, 'success', ?, 1, null, null, 'run')", [run_id, at])
-    con.execute("insert into dusk_ledger.steps values (?, 'ingest', 'shop', ?, 1, 1)", [run_id, shop])
-    con.execute("insert into dusk_ledger.steps values (?, 'dbt', null, 'ok', 1, 1)", [run_id])
+    con.execute(f"insert into dusk_ledger.steps {LEDGER_STEPS} values (?, 'ingest', 'shop', ?, 1, 1)", [run_id, shop])
+    con.execute(f"insert into dusk_ledger.steps {LEDGER_STEPS} values (?, 'dbt', null, 'ok', 1, 1)", [run_id])
     con.execute("insert into dusk_ledger.findings values (?, 'volume', 'warn', 'shop.orders', 'm', 1, 1)", [run_id])
 
 

@@ -397,3 +397,18 @@ def test_the_nights_time_limit_stops_it_cleanly(workspace: Workspace) -> None:
     assert record["error"].startswith("stopped by the time limit (DUSK_RUN_TIMEOUT=3 s) (it ran out"), record["error"]
     assert "Run STOPPED by the time limit (DUSK_RUN_TIMEOUT=3 s)" in out.stdout
     assert (workspace.data_dir / "run.lock").read_text() == ""
+
+
+def test_dbt_busy_time_counts_overlapping_nodes_once() -> None:
+    from datetime import datetime, timedelta
+
+    from dusk.steps.build import busy_seconds
+
+    t0 = datetime(2026, 1, 1)
+
+    def at(a: float, b: float) -> tuple[datetime, datetime]:
+        return t0 + timedelta(seconds=a), t0 + timedelta(seconds=b)
+
+    # two threads: 0-4 and 1-3 overlap, 2-6 extends it, 8-9 after a gap of dbt's own work
+    assert busy_seconds([at(0, 4), at(1, 3), at(2, 6), at(8, 9)]) == 7.0
+    assert busy_seconds([]) == 0.0
