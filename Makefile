@@ -13,14 +13,14 @@ DBT_TARGET := $(or $(DBT_TARGET_PATH),target)
 DBT_LOGS := $(or $(DBT_LOG_PATH),logs)
 # what `make clean` removes: what rebuilds itself
 REBUILT := $(DBT_TARGET) $(DBT_LOGS) $(DATA)/report $(DATA)/spark
-# what `make reset` removes besides: the warehouse (snapshot history included), dlt's state, the
-# run records and logs, the demo's databases
+# what `make reset` removes besides: the warehouse (snapshot history included), dlt's state, what the
+# nights built (data/state), the run records and logs, the demo's databases
 STATE := $(DATA)/warehouse.duckdb $(DATA)/warehouse.duckdb.wal $(DATA)/served.duckdb $(DATA)/served.duckdb.wal \
-	$(DATA)/served.duckdb.next $(DATA)/iceberg $(DATA)/dlt $(DATA)/runs $(DATA)/logs $(DATA)/demo
+	$(DATA)/served.duckdb.next $(DATA)/iceberg $(DATA)/dlt $(DATA)/state $(DATA)/runs $(DATA)/logs $(DATA)/demo
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 
-.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench clean reset
+.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench bench-night clean reset
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -123,6 +123,9 @@ format: setup-dev ## Apply ruff's and sqlfluff's fixes
 
 bench: setup-dev ## Benchmark a 6M-row PostgreSQL table: COPY limit, full load, 1% incremental, peak memory
 	$(BIN)/python benchmarks/bench_database.py
+
+bench-night: setup-dev ## A full, a quiet and a one-source demo night, as ratios (BENCH_RUNS=3, BENCH_TARGET=duckdb|postgres|spark)
+	$(BIN)/python benchmarks/bench_night.py
 
 docs: setup ## Serve the dbt docs of the last run on http://127.0.0.1:8080
 	$(BIN)/dbt docs serve --port 8080 --host 127.0.0.1 --no-browser

@@ -108,17 +108,18 @@ def run(
     select: params.Select = None,
     source: params.Source = None,
     full_refresh: params.FullRefresh = False,
+    full: params.Full = False,
     verbose: params.Verbose = False,
 ) -> None:
-    """Ingest every source, build and test the warehouse, publish it to readers if it passed,
-    generate the docs and the report, alert, print a summary.
+    """Ingest every source, build and test what tonight's changes reach (everything with --full),
+    publish it to readers if it passed, generate the docs and the report, alert, print a summary.
 
     Exit codes: 0 success; 1 failed; 2 usage; 3 partial (some sources failed, everything else
     built, passed and was published); 4 locked (another run is in progress).
     """
     from dusk.record import Plan
 
-    _night(Plan(sources=tuple(source or ()), select=tuple(select or ()), full_refresh=full_refresh), verbose)
+    _night(Plan(sources=tuple(source or ()), select=tuple(select or ()), full_refresh=full_refresh, full=full), verbose)
 
 
 @app.command()

@@ -53,6 +53,14 @@ FullRefresh = Annotated[
         "--full-refresh", help="Rebuild incremental models and seeds from scratch.", envvar="DUSK_FULL_REFRESH"
     ),
 ]
+Full = Annotated[
+    bool,
+    typer.Option(
+        "--full",
+        help="Build every model, snapshot and test, not only what tonight's changes reach.",
+        envvar="DUSK_FULL",
+    ),
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.", envvar="DUSK_VERBOSE")]
 Start = Annotated[
     datetime,

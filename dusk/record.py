@@ -20,6 +20,11 @@ def format_run_id(started_at: datetime) -> str:
     return f"{started_at:%Y%m%dT%H%M%S%fZ}"
 
 
+UNCHANGED = "unchanged"
+"""The status of a dbt node a state-aware night left as it was: it passed, or was built, on exactly
+the data it would read again (dusk.steps.changes)."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one run does: which sources it ingests, what dbt builds, and, for a backfill, the
@@ -30,6 +35,8 @@ class Plan:
     select: tuple[str, ...] = ()
     """dbt selection (empty: everything, or what depends on ``sources`` when they are given)."""
     full_refresh: bool = False
+    full: bool = False
+    """Build every node, not only what changed since the nights before (dusk.steps.changes)."""
     backfill: tuple[date, date] | None = None
     """First and last day (inclusive) a backfill re-extracts and rebuilds."""
 
@@ -87,6 +94,9 @@ class DbtResult:
     at the last published night; the rest of tonight is published (a ``partial`` night)."""
     withheld_relations: list[str] = field(default_factory=list)
     """The ``schema.table`` relations built from the withheld sources."""
+    full: bool = True
+    """Whether the build selected every node; otherwise what changed and what it reaches, the rest
+    reported as ``unchanged`` (dusk.steps.changes)."""
     sql_seconds: float = 0.0
     """Of :attr:`seconds`, the time during which at least one node's SQL was executing (build and
     freshness); the rest is dbt's own overhead (start-up, parsing, compiling, docs)."""

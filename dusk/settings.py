@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -253,6 +253,14 @@ class Settings:
     """The PostgreSQL warehouse, when ``target`` is ``postgres``."""
     spark: SparkSettings = SparkSettings()
     """The Spark warehouse, when ``target`` is ``spark``."""
+    full_build_every: timedelta | None = timedelta(days=7)
+    """A night builds every node when the last such night is older (DUSK_FULL_BUILD_DAYS; 0: only
+    with ``--full``); the nights between build what changed."""
+
+    @property
+    def state_dir(self) -> Path:
+        """What the last nights built (dbt's manifest, each node's inputs): see dusk.steps.changes."""
+        return self.data_dir / "state"
 
     @property
     def iceberg_catalog(self) -> str:
@@ -355,7 +363,14 @@ class Settings:
             pii_salt=os.environ.get("DUSK_PII_SALT"),
             alert_webhook=os.environ.get("DUSK_ALERT_WEBHOOK", "").strip() or None,
             heartbeat_url=os.environ.get("DUSK_HEARTBEAT_URL", "").strip() or None,
+            full_build_every=_full_build_every(),
         )
+
+
+def _full_build_every() -> timedelta | None:
+    """DUSK_FULL_BUILD_DAYS (default 7; 0: never by itself)."""
+    days = float(os.environ.get("DUSK_FULL_BUILD_DAYS", "").strip() or 7)
+    return timedelta(days=days) if days > 0 else None
 
 
 def _parallel_sources(target: str) -> int:

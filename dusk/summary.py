@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dusk.present import problems
-from dusk.record import DbtResult, RunResult
+from dusk.record import UNCHANGED, DbtResult, RunResult
 from dusk.settings import Settings
 
 LAYER_ORDER = ("seed", "staging", "snapshot", "intermediate", "marts")
@@ -59,7 +59,7 @@ def _sources(result: RunResult, console: Console) -> None:
 def _dbt(dbt: DbtResult, console: Console) -> None:
     """What dbt built per layer, the tests, the freshness."""
     models = Table(title="dbt", title_justify="left")
-    for col in ("layer", "built", "errors", "skipped"):
+    for col in ("layer", "built", "errors", "skipped", "unchanged"):
         models.add_column(col, justify="left" if col == "layer" else "right")
     layers: dict[str, Counter[str]] = {}
     for node in dbt.nodes:
@@ -68,12 +68,13 @@ def _dbt(dbt: DbtResult, console: Console) -> None:
         layers.setdefault(node.layer, Counter())[node.status] += 1
     for layer in sorted(layers, key=lambda x: (LAYER_ORDER.index(x) if x in LAYER_ORDER else 99, x)):
         c = layers[layer]
-        models.add_row(layer, str(c["success"]), str(c["error"]), str(c["skipped"]))
+        models.add_row(layer, str(c["success"]), str(c["error"]), str(c["skipped"]), str(c[UNCHANGED]))
     console.print(models)
     tests = dbt.tests()
     console.print(
         f"Tests: {tests['pass']} passed, {tests['warn']} warned, "
         f"{tests['fail'] + tests['error']} failed, {tests['skipped']} skipped"
+        + (f", {tests[UNCHANGED]} unchanged (passed on the same data before)" if tests[UNCHANGED] else "")
     )
     stale = dbt.stale()
     console.print(f"Freshness: {len(dbt.freshness) - len(stale)} of {len(dbt.freshness)} source tables fresh")

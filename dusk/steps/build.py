@@ -6,21 +6,26 @@ start-up cost once. Results are read from dbt's result objects, never from its t
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from dbt.cli.main import dbtRunner
 from dbt.contracts.graph.manifest import Manifest
 
 from dusk import ledger
-from dusk.record import DbtResult, NodeResult, Plan, RunResult
+from dusk.record import UNCHANGED, DbtResult, NodeResult, Plan, RunResult
 from dusk.settings import PROJECT_DIR, Settings
+from dusk.steps import changes
 from dusk.warehouse import table_names
 from ingestion.declaration import SourceSpec
 from ingestion.result import SourceResult
 
 PROFILES_DIR = PROJECT_DIR / "profiles"
+log = logging.getLogger(__name__)
 
 
 def _layer(node: Any) -> str:
@@ -113,6 +118,8 @@ def run_dbt(
     event_window: tuple[date, date] | None = None,
     exclude: list[str] | None = None,
     callbacks: list[Any] | None = None,
+    state: Path | None = None,
+    docs: Callable[[list[NodeResult]], bool] | None = None,
 ) -> DbtResult:
     """Run build, source freshness and docs generate on the parsed ``manifest``; dbt's own
     failures are captured, not raised.
@@ -120,13 +127,17 @@ def run_dbt(
     ``event_window`` (first day, day after the last) is handed to microbatch models as
     ``--event-time-start/--event-time-end``: they rebuild those days instead of their lookback.
     ``exclude`` leaves nodes out of the build (the descendants of sources that failed tonight).
-    ``callbacks`` receive dbt's events (the progress bar counts finished nodes)."""
+    ``callbacks`` receive dbt's events (the progress bar counts finished nodes). ``state``: the
+    saved manifest a ``state:`` selector compares with. ``docs``: given what the build ran,
+    whether the docs need generating again (default: always)."""
     started = time.monotonic()
     result = DbtResult(ok=False, seconds=0.0)
     runner = dbtRunner(manifest=manifest, callbacks=callbacks or [])
     build_args = ["build"]
     if select:
         build_args += ["--select", *select]
+    if state is not None:
+        build_args += ["--state", str(state)]
     if exclude:
         build_args += ["--exclude", *exclude]
     if full_refresh:
@@ -146,11 +157,14 @@ def run_dbt(
 
     # the build compiled the shared manifest's nodes already: the docs show that SQL. Docs that
     # fail are reported; they never keep data that passed every test from readers.
-    docs = runner.invoke(dbt_args(settings, "docs", "generate", "--static", "--no-compile"))
-    if docs.success:
+    if docs is None or docs(result.nodes) or not settings.docs_path.exists():
+        generated = runner.invoke(dbt_args(settings, "docs", "generate", "--static", "--no-compile"))
+        if generated.success:
+            result.docs_path = settings.docs_path
+        else:
+            result.docs_error = f"dbt docs generate failed: {generated.exception or 'see the dbt log'}"
+    else:  # nothing the docs show changed: last night's are tonight's
         result.docs_path = settings.docs_path
-    else:
-        result.docs_error = f"dbt docs generate failed: {docs.exception or 'see the dbt log'}"
 
     result.sql_seconds = busy_seconds(_executing(build.result) + _executing(freshness.result))
     stale = [f for f in result.freshness if f.status in ("error", "runtime error")]
@@ -167,41 +181,144 @@ def build(
     specs: dict[str, SourceSpec],
     callbacks: list[Any] | None = None,
 ) -> DbtResult:
-    """The build step: what tonight's sources feed (everything by default), microbatch models
-    over the days that received rows, and nothing that depends on a source that failed tonight
-    (it is left as it was, and reported)."""
+    """The build step: what changed since the nights before and everything downstream of it
+    (everything with ``--full``, on a first night, or when the weekly full night is due; see
+    :mod:`dusk.steps.changes`), microbatch models over the days that received rows, and nothing
+    that depends on a source that failed tonight (it is left as it was, and reported). Nodes left
+    as they were are reported as ``unchanged``."""
     started = time.monotonic()
     manifest, error = parse(settings)
-    if error is not None:
-        return DbtResult(ok=False, seconds=time.monotonic() - started, error=error)
+    if error is not None or manifest is None:
+        return DbtResult(ok=False, seconds=time.monotonic() - started, error=error or "dbt parse returned no manifest")
     if plan.backfill is not None:
         first, last = plan.backfill
         window: tuple[date, date] | None = (first, last + timedelta(days=1))
     else:
         # a microbatch table the warehouse lacks (a new model, a warehouse just moved) is built
         # from every loaded day, as on a new installation, not from tonight's alone
-        whole = manifest is not None and any(not _exists(con, node) for node in _microbatch(manifest))
+        whole = any(not _exists(con, node) for node in _microbatch(manifest))
         window = loaded_event_window(con, specs, record.sources, None if whole else ledger.last_built(con))
-    select = list(plan.select)
-    if not select and (plan.sources or plan.backfill is not None):
-        # what the ingested sources feed (a partial selection: the rest is left as it is)
-        select = [f"source:{s.source}+" for s in record.sources]
+    state = changes.load(settings.state_dir, settings.warehouse_label)
+    prints = changes.fingerprints(con, manifest, {spec.dataset for spec in specs.values()})
+    chosen = changes.Selection(select=list(plan.select), state=None, full=False)
+    if plan.select or plan.sources or plan.backfill is not None:
+        if not chosen.select:  # what the ingested sources feed (the rest is left as it is)
+            chosen.select = [f"source:{s.source}+" for s in record.sources]
+    else:
+        chosen = changes.select(
+            manifest,
+            state,
+            prints,
+            _relations(con, manifest),
+            full=plan.full or plan.full_refresh,
+            full_every=settings.full_build_every,
+        )
+        _log_selection(chosen, manifest)
     skip = [f"source:{name}+" for name in record.failed_sources]
     result = run_dbt(
         settings,
         manifest,
-        select=select,
+        select=chosen.select,
         full_refresh=plan.full_refresh,
         event_window=window,
         exclude=skip,
         callbacks=callbacks,
+        state=chosen.state,
+        docs=lambda ran: chosen.full or state.docs_key != changes.project_key() or _built_any(ran),
     )
-    if manifest is not None:
-        result.freshness_limits = freshness_limits(manifest, specs)
-        if not result.ok and result.error is None:
-            result.withheld, result.withheld_relations = isolate(manifest, result)
+    left_out = _fed_by(manifest, record.failed_sources)
+    if result.error is None:  # dbt ran to its end: what it built is recorded
+        _save_state(settings, record, manifest, state, prints, result, left_out, chosen, plan)
+    ran = {n.unique_id for n in result.nodes}
+    kept = changes.unchanged(manifest, state, ran, left_out)
+    result.nodes += [_unchanged(manifest.nodes.get(u) or manifest.unit_tests[u]) for u in kept]
+    result.full = chosen.full
+    result.freshness_limits = freshness_limits(manifest, specs)
+    if not result.ok and result.error is None:
+        result.withheld, result.withheld_relations = isolate(manifest, result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _save_state(
+    settings: Settings,
+    record: RunResult,
+    manifest: Manifest,
+    state: changes.BuildState,
+    prints: dict[str, str | None],
+    result: DbtResult,
+    left_out: set[str],
+    chosen: changes.Selection,
+    plan: Plan,
+) -> None:
+    """Record what tonight built. Tonight's manifest becomes the one ``state:modified`` compares
+    with only after a night that selected everything it changed (not a chosen selection, a
+    backfill or some sources only: a changed node they left out stays changed)."""
+    built = changes.record(manifest, state, prints, [(n.unique_id, n.status) for n in result.nodes], left_out)
+    built.warehouse = settings.warehouse_label
+    whole_night = not (plan.select or plan.sources or plan.backfill is not None)
+    if chosen.full and whole_night:
+        built.full_at = record.started_at
+    if _built_any(result.nodes) or result.docs_path is not None:
+        built.docs_key = changes.project_key()
+    try:
+        changes.save(
+            settings.state_dir,
+            record.run_id,
+            built,
+            settings.target_path / "manifest.json" if whole_night else None,
+        )
+    except OSError as exc:  # the next night builds more than it needs: never a reason to fail this one
+        log.warning("the build state was not saved to %s: %s", settings.state_dir, exc)
+
+
+def _built_any(nodes: list[NodeResult]) -> bool:
+    """Whether a model, snapshot or seed ran (what the docs show could have changed)."""
+    return any(n.resource_type in ("model", "snapshot", "seed") for n in nodes)
+
+
+def _unchanged(node: Any) -> NodeResult:
+    return NodeResult(
+        unique_id=node.unique_id,
+        name=node.name,
+        resource_type=str(node.resource_type),
+        layer=_layer(node),
+        status=UNCHANGED,
+        seconds=0.0,
+    )
+
+
+def _fed_by(manifest: Manifest, sources: list[str]) -> set[str]:
+    """The nodes downstream of the named sources."""
+    children = manifest.child_map or {}
+    fed: set[str] = set()
+    for unique_id, source in manifest.sources.items():
+        if source.source_name in sources:
+            fed |= _closure(unique_id, children) - {unique_id}
+    return fed
+
+
+def _relations(con: Any, manifest: Manifest) -> dict[str, set[str]]:
+    """The relations the warehouse holds in the schemas the project builds, by schema (lower case)."""
+    schemas = {str(n.schema) for n in manifest.nodes.values() if n.resource_type in ("model", "snapshot", "seed")}
+    return {schema.lower(): {t.lower() for t in table_names(con, schema)} for schema in schemas}
+
+
+def _log_selection(chosen: changes.Selection, manifest: Manifest) -> None:
+    if chosen.full:
+        log.info("building every node", extra={"event": "build_selected", "full": True})
+        return
+    by_reason: dict[str, list[str]] = {}
+    for unique_id, why in sorted(chosen.reasons.items()):
+        by_reason.setdefault(why, []).append(manifest.nodes[unique_id].name)
+    for why, names in sorted(by_reason.items()):
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        log.info("building %d nodes (%s): %s", len(names), why, shown)
+    log.info(
+        "building what changed: %d nodes, what is downstream of them, and what was modified",
+        len(chosen.reasons),
+        extra={"event": "build_selected", "full": False, "chosen": len(chosen.reasons)},
+    )
 
 
 def isolate(manifest: Manifest, result: DbtResult) -> tuple[dict[str, list[str]], list[str]]:

@@ -1,8 +1,11 @@
 {#
     Fails when the newest `field` of the model is older than `interval` `datepart`s before now,
-    or when the model has no rows at all: the data stopped arriving.
+    or when the model has no rows at all: the data stopped arriving. Tagged `every_night`: it
+    reads the clock, so a night runs it even when its model got nothing new (then most of all).
 #}
 {% test recency(model, field, datepart, interval) %}
+
+{{ config(tags=['every_night']) }}
 
 with
 

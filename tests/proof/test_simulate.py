@@ -2,7 +2,8 @@
 updates, hard deletes, ties at the watermark, rows committed late, new files, API pages, stream
 events, invalid records, one new source column, a table with a composite key) and after every
 night the invariants hold: reconciliation (the summary's counts included), marts = a from-scratch
-rebuild, snapshot history = ground truth, and re-running the night changes nothing.
+rebuild, snapshot history = ground truth, and re-running the night changes nothing and, as a
+state-aware night with nothing new, builds no model, snapshot or seed.
 `make simulate-check NIGHTS=30 SEED=...`."""
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def test_simulated_nights_keep_every_invariant(
             if t["extracted"] or t["deleted"]
         ]
         assert not moved, f"{where}: re-running the night extracted again: {moved}"
+        rebuilt = [
+            n["name"]
+            for n in ws.last_run()["dbt"]["nodes"]
+            if n["resource_type"] in ("model", "snapshot", "seed") and n["status"] != "unchanged"
+        ]
+        assert not rebuilt, f"{where}: the rerun, with nothing new, built {rebuilt}"
         diff = differences(ws.attach, before, RELATIONS + list(RAW_TABLES))
         assert not diff, f"{where}: re-running the night changed {diff}"
         tally["rerun"] += 1
@@ -133,7 +140,7 @@ def test_simulated_nights_keep_every_invariant(
             f"night {night}: {sim.split(': ', 1)[-1]}; {tables} tables reconciled; "
             f"{len(MARTS)} marts = rebuild; snapshots = truth ({customers} customers, {versions} versions, "
             f"{lines} stock lines); counts reconciled; "
-            "rerun changed nothing"
+            "rerun changed and built nothing"
         )
     line = (
         f"simulate-check on {engine}: {nights} nights (seed {seed}): {tally['reconciled']} reconciled, "

@@ -1,0 +1,132 @@
+"""State-aware nights: a night builds only what changed since the nights before and what it
+reaches, and the result equals a full rebuild.
+
+One project (a copy, with a data test a variable can break) through nights on DuckDB: a first
+night builds everything; a quiet night builds no model and keeps the docs; a change to one source
+table builds exactly that table's downstream, and the marts equal a from-scratch rebuild; a night
+whose state was lost (a kill between the build and the state's save) builds again what the lost
+night built; a test that failed is run again the next night though nothing changed; a changed
+model is built with what is downstream of it, and nothing else; ``--full`` builds every node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Workspace
+from tests.helpers import project_copy
+from tests.proof.invariants import MARTS, SNAPSHOTS, copy_warehouse, differences, rebuild_from_scratch
+
+pytestmark = pytest.mark.e2e
+
+BREAKABLE = "data-tests/assert_not_broken_on_request.sql"
+RELATIONS = [f"marts.{m}" for m in MARTS] + [f"snapshots.{s}" for s in SNAPSHOTS]
+BUILT_KINDS = ("model", "snapshot", "seed")
+
+
+def _ran(ws: Workspace) -> dict[str, str]:
+    """The last night's dbt nodes that ran (exposures have nothing to run), with their status."""
+    nodes = ws.last_run()["dbt"]["nodes"]
+    return {
+        n["unique_id"]: n["status"] for n in nodes if n["status"] != "unchanged" and n["resource_type"] != "exposure"
+    }
+
+
+def _downstream(ws: Workspace, *starts: str) -> set[str]:
+    """The nodes dbt builds downstream of ``starts`` (unique ids; a model among them is built
+    itself), unit tests of the models among them included, from the night's manifest."""
+    manifest = json.loads((ws.root / "target" / "manifest.json").read_text())
+    seen = {u for u in starts if u.startswith("model.")}
+    todo = list(starts)
+    while todo:
+        for child in manifest["child_map"].get(todo.pop(), []):
+            if child not in seen and child.split(".")[0] in (*BUILT_KINDS, "test"):
+                seen.add(child)
+                todo.append(child)
+    return seen | {u for u, t in manifest["unit_tests"].items() if set(t["depends_on"]["nodes"]) & seen}
+
+
+def _always(ws: Workspace) -> set[str]:
+    """What every night runs: the run ledger's tests (the ledger changes every night)."""
+    return _downstream(ws, "source.dusk.ledger.runs")
+
+
+def _reprice(ws: Workspace, product_id: int) -> None:
+    """A change to one row of one source table (the shop's products)."""
+    with sqlite3.connect(ws.shop_db) as shop:
+        shop.execute(
+            "update products set unit_price = unit_price + 1, updated_at = datetime('now') where product_id = ?",
+            [product_id],
+        )
+
+
+def _night(ws: Workspace, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    out = ws.cli("run", *args, check=False, env_extra=env)
+    assert out.returncode in (0, 3), out.stdout[-3000:] + out.stderr[-3000:]
+    return ws.last_run()
+
+
+def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -> None:
+    breakable = (
+        "-- fails when DUSK_TEST_BREAK=yes: a test that fails once, then passes on the same data\n"
+        "select product_id from {{ ref('products') }}\n"
+        "where '{{ env_var('DUSK_TEST_BREAK', 'no') }}' = 'yes'\n"
+    )
+    project = project_copy(tmp_path / "project", {BREAKABLE: breakable})
+    ws = Workspace(tmp_path / "ws", project=project)
+    ws.root.mkdir()
+    test_id = "test.dusk.assert_not_broken_on_request"
+
+    first = _night(ws)
+    assert first["dbt"]["full"] and first["status"] == "success"
+    everything = set(_ran(ws))
+    assert test_id in everything and all(s in ("success", "pass") for s in _ran(ws).values())
+
+    docs = ws.root / "target" / "static_index.html"
+    docs_written = docs.stat().st_mtime_ns
+    quiet = _night(ws)
+    assert not quiet["dbt"]["full"]
+    assert set(_ran(ws)) == _always(ws), "a night with nothing new built more than the ledger's tests"
+    unchanged = {n["unique_id"] for n in quiet["dbt"]["nodes"] if n["status"] == "unchanged"}
+    assert unchanged == everything - _always(ws)
+    assert docs.stat().st_mtime_ns == docs_written, "the docs were generated again though nothing they show changed"
+
+    # one source table changes: exactly what it feeds is built, and the marts equal a full rebuild
+    _reprice(ws, 3)
+    state = ws.data_dir / "state"
+    before = tmp_path / "state-before"
+    shutil.copytree(state, before)
+    _night(ws)
+    built = _ran(ws)
+    assert set(built) == _downstream(ws, "source.dusk.shop.products") | _always(ws)
+    assert "model.dusk.stg_shop__customers" not in built and "model.dusk.marketing_roas" not in built
+    scratch = copy_warehouse(ws, tmp_path / "scratch" / "rebuilt.duckdb")
+    rebuild_from_scratch(ws, scratch)
+    assert differences(ws.attach, scratch, RELATIONS) == {}
+
+    # killed after the build, before the state was saved: the next night builds it all again
+    shutil.rmtree(state)
+    shutil.copytree(before, state)
+    _night(ws)
+    assert set(_ran(ws)) == set(built), "a night that lost its state skipped work"
+
+    # a failing test fails the night's shop part; the next night runs it again, on the same data
+    _reprice(ws, 4)
+    broken = _night(ws, env={"DUSK_TEST_BREAK": "yes"})
+    assert broken["status"] == "partial" and _ran(ws)[test_id] == "fail"
+    fixed = _night(ws)
+    assert fixed["status"] == "success" and _ran(ws) == {test_id: "pass"} | dict.fromkeys(_always(ws), "pass")
+
+    # a changed model: it and what it feeds, nothing else
+    model = next(project.glob("models/marts/**/marketing_roas.sql"))
+    model.write_text(model.read_text() + "\n-- a comment is a change to dbt\n")
+    _night(ws)
+    assert set(_ran(ws)) == _downstream(ws, "model.dusk.marketing_roas") | _always(ws)
+
+    full = _night(ws, "--full")
+    assert full["dbt"]["full"] and set(_ran(ws)) == everything
