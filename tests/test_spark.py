@@ -5,7 +5,8 @@ the embedded DuckDB file and one on Spark (an in-process ``local[2]`` session, I
 a SQLite catalog of its own, raw written by dlt through pyiceberg). Their marts and snapshots are
 compared row for row, read back through Iceberg itself (pyiceberg), not through Spark. Between
 the nights an Iceberg reader plans a read of a served table, the way a long query holds its
-files, and reads it after the second night was published over it.
+files, and reads it after the second night was published over it. The Spark project has one
+more test, a warning on request: only when it warns does Spark keep its failing rows.
 
 Needs ``make setup-spark`` (Java, pyspark, Iceberg's jars): skipped without it on a laptop,
 failed under CI=true.
@@ -26,9 +27,15 @@ import pytest
 
 from dusk.settings import Settings
 from tests.conftest import Workspace, delete_demo_stream
+from tests.helpers import project_copy
 from tests.proof import invariants
 from tests.proof.invariants import MARTS, SNAPSHOTS
 
+WARNS = (
+    "-- warns when DUSK_TEST_WARN=yes: every customer is a failing row\n"
+    "{{ config(severity='warn') }}\n"
+    "select customer_id from {{ ref('customers') }} where '{{ env_var('DUSK_TEST_WARN', 'no') }}' = 'yes'\n"
+)
 SAME_NIGHT = {
     "DUSK_PII_SALT": "engines-suite-salt-0001",
     "DUSK_DETECTED_AT": "2026-01-20T00:00:00Z",
@@ -103,7 +110,8 @@ def test_spark_session_shares_one_catalog_with_dlt(spark_ready: None) -> None:
 
 @pytest.mark.e2e
 def test_nights_on_spark_equal_the_same_nights_on_duckdb(spark_ready: None, tmp_path: Path) -> None:
-    duck, spark = Workspace(tmp_path / "duckdb"), Workspace(tmp_path / "spark")
+    project = project_copy(tmp_path / "project", {"data-tests/warns_on_request.sql": WARNS})
+    duck, spark = Workspace(tmp_path / "duckdb"), Workspace(tmp_path / "spark", project=project)
     try:
         _nights(duck, spark, tmp_path)
     finally:
@@ -122,10 +130,11 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
     assert "Warehouse: spark local[2], iceberg catalog sqlite:///" in out.stdout
     assert spark.last_run()["published"]["where"].endswith("(served_*)")
     assert not spark.warehouse.exists()  # nothing of the night went to a DuckDB file
+    lake = catalog(spark)
+    assert not [t for n in lake.list_namespaces() if n == ("test_failures",) for t in lake.list_tables(n)]
     first = lake_copy(spark, relations, tmp_path / "spark-1.duckdb")
     assert invariants.differences((str(duck.warehouse), "(read_only)"), first, relations, clocks) == {}
 
-    lake = catalog(spark)
     first_id = lake.load_table("served_dusk_published.about").scan().to_arrow()["run_id"].to_pylist()
     assert first_id == [spark.last_run()["run_id"]]
     # a long read: it planned its files before the next night, and reads them after it published
@@ -133,11 +142,16 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
     held_tasks = list(held.plan_files())
     orders_before = sum(t.file.record_count for t in held_tasks)
 
+    envs[id(spark)]["DUSK_TEST_WARN"] = "yes"
     for ws in (duck, spark):
         ws.cli("simulate", "--days", "1", env_extra=envs[id(ws)])
         out = ws.cli("run", env_extra=envs[id(ws)])
         assert "Run SUCCESS" in out.stdout, out.stdout
     second_id = spark.last_run()["run_id"]
+    assert "1 warned" in out.stdout, out.stdout
+    warned = lake.load_table("test_failures.warns_on_request").scan().to_arrow().num_rows
+    assert warned == lake.load_table("marts.customers").scan().to_arrow().num_rows > 0
+    del envs[id(spark)]["DUSK_TEST_WARN"]
     assert held.to_arrow().num_rows == orders_before  # the reader's files outlived the publish
     about = lake.load_table("served_dusk_published.about").scan().to_arrow()
     assert about["run_id"].to_pylist() == [second_id]  # a new read sees tonight's, all of it

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from dusk import ledger
 from dusk.ledger import SCHEMA, Connection, LedgerError, Reading, open_ledger
 from dusk.present import ledger_problems
-from dusk.record import RunResult
+from dusk.record import UNCHANGED, RunResult
 from dusk.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,12 +68,13 @@ def _tests_plot(counts: dict[str, dict[str, int]], run_ids: list[str]) -> str:
     fig = Figure(figsize=(9, 2.8))
     ax = fig.subplots()
     bottom = [0] * len(run_ids)
-    for status, colour in (("pass", "#2e7d32"), ("warn", "#f9a825"), ("fail", "#c62828"), ("error", "#6a1b9a")):
+    outcomes = (("pass", "#2e7d32"), ("warn", "#f9a825"), ("fail", "#c62828"), ("error", "#6a1b9a"))
+    for status, colour in (*outcomes, (UNCHANGED, "#b0bec5")):  # unchanged: passed on the same data before
         values = [counts.get(r, {}).get(status, 0) for r in run_ids]
         ax.bar(range(len(run_ids)), values, bottom=bottom, color=colour, label=status)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xticks(range(len(run_ids)), _labels(run_ids), rotation=60, ha="right", fontsize=7)
-    ax.set_title("dbt tests per run")
+    ax.set_title("dbt tests per run (unchanged: not run, nothing they read changed)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _svg(fig)
 
