@@ -259,8 +259,8 @@ def _save_state(
     whole_night = not (plan.select or plan.sources or plan.backfill is not None)
     if chosen.full and whole_night:
         built.full_at = record.started_at
-    if _built_any(result.nodes) or result.docs_path is not None:
-        built.docs_key = changes.project_key()
+    # the docs are of this project (generated tonight, or last night's still true), or they failed
+    built.docs_key = changes.project_key() if result.docs_error is None else None
     try:
         changes.save(
             settings.state_dir,
