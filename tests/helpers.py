@@ -21,6 +21,7 @@ import psycopg
 import sqlalchemy as sa
 
 from dusk.demo.shop import PRIMARY_KEYS
+from dusk.record import UNCHANGED
 from dusk.settings import PostgresSettings, Settings
 from dusk.warehouse import open_warehouse
 from ingestion.database.scan import load_extension
@@ -34,6 +35,9 @@ SHOP_KEYS = {table: ", ".join(columns) for table, columns in PRIMARY_KEYS.items(
 
 
 LEDGER_STEPS = "(run_id, step, target, status, attempts, seconds)"
+PASSED = ("pass", UNCHANGED)
+"""A data test's statuses that mean it holds tonight: it ran and passed, or a state-aware night
+left it, and what it reads, as they were when it passed."""
 """A ledger step row's columns but the dbt step's ``sql_seconds``, for rows a test writes."""
 
 
