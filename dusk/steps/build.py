@@ -209,12 +209,13 @@ def build(
             manifest,
             state,
             prints,
-            _relations(con, manifest),
+            lambda: _relations(con, manifest),
             full=plan.full or plan.full_refresh,
             full_every=settings.full_build_every,
         )
         _log_selection(chosen, manifest)
     skip = [f"source:{name}+" for name in record.failed_sources]
+    project = changes.project_key()
     result = run_dbt(
         settings,
         manifest,
@@ -224,11 +225,11 @@ def build(
         exclude=skip,
         callbacks=callbacks,
         state=chosen.state,
-        docs=lambda ran: chosen.full or state.docs_key != changes.project_key() or _built_any(ran),
+        docs=lambda ran: chosen.full or state.docs_key != project or _built_any(ran),
     )
     left_out = _fed_by(manifest, record.failed_sources)
     if result.error is None:  # dbt ran to its end: what it built is recorded
-        _save_state(settings, record, manifest, state, prints, result, left_out, chosen, plan)
+        _save_state(settings, record, manifest, state, prints, result, left_out, chosen, plan, project)
     ran = {n.unique_id for n in result.nodes}
     kept = changes.unchanged(manifest, state, ran, left_out)
     result.nodes += [_unchanged(manifest.nodes.get(u) or manifest.unit_tests[u]) for u in kept]
@@ -250,17 +251,19 @@ def _save_state(
     left_out: set[str],
     chosen: changes.Selection,
     plan: Plan,
+    project: str,
 ) -> None:
     """Record what tonight built. Tonight's manifest becomes the one ``state:modified`` compares
     with only after a night that selected everything it changed (not a chosen selection, a
-    backfill or some sources only: a changed node they left out stays changed)."""
+    backfill or some sources only: a changed node they left out stays changed). ``project``: the
+    dbt project's :func:`changes.project_key`, which tonight's docs show unless they failed."""
     built = changes.record(manifest, state, prints, [(n.unique_id, n.status) for n in result.nodes], left_out)
     built.warehouse = settings.warehouse_label
     whole_night = not (plan.select or plan.sources or plan.backfill is not None)
     if chosen.full and whole_night:
         built.full_at = record.started_at
     # the docs are of this project (generated tonight, or last night's still true), or they failed
-    built.docs_key = changes.project_key() if result.docs_error is None else None
+    built.docs_key = project if result.docs_error is None else None
     try:
         changes.save(
             settings.state_dir,

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -208,18 +208,19 @@ def select(
     manifest: Manifest,
     state: BuildState,
     prints: dict[str, str | None],
-    existing: dict[str, set[str]],
+    relations: Callable[[], dict[str, set[str]]],
     full: bool = False,
     full_every: timedelta | None = None,
     now: datetime | None = None,
 ) -> Selection:
-    """Tonight's selection (see the module's description). ``existing``: the relations the
-    warehouse holds, by schema (lower case). ``full_every``: a night builds every node when the
-    last full one is older."""
+    """Tonight's selection (see the module's description). ``relations``: reads the relations
+    the warehouse holds, by schema (lower case), when a node's record is to be checked.
+    ``full_every``: a night builds every node when the last full one is older."""
     now = now or datetime.now(UTC)
     due = full_every is not None and (state.full_at is None or now - state.full_at >= full_every)
     if full or due or state.manifest is None:
         return Selection(select=[], state=None, full=True)
+    existing = relations()
     upstream = _upstream_sources(manifest)
     reasons: dict[str, str] = {}
     for unique_id, node in manifest.nodes.items():

@@ -6,23 +6,26 @@ night builds everything; a quiet night builds no model and keeps the docs; a cha
 table builds exactly that table's downstream, and the marts equal a from-scratch rebuild; a night
 whose state was lost (a kill between the build and the state's save) builds again what the lost
 night built; a test that failed is run again the next night though nothing changed; a changed
-model is built with what is downstream of it, and nothing else; ``--full`` builds every node."""
+model is built with what is downstream of it, and nothing else; ``--full`` builds every node.
+Without a night: the state belongs to one warehouse, a partial night keeps the manifest of the
+last whole one, and the full night falls due after DUSK_FULL_BUILD_DAYS."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dbt.contracts.graph.manifest import Manifest
 
+from dusk.steps import changes
 from tests.conftest import Workspace
 from tests.helpers import project_copy
 from tests.proof.invariants import MARTS, SNAPSHOTS, copy_warehouse, differences, rebuild_from_scratch
-
-pytestmark = pytest.mark.e2e
 
 BREAKABLE = "data-tests/assert_not_broken_on_request.sql"
 RELATIONS = [f"marts.{m}" for m in MARTS] + [f"snapshots.{s}" for s in SNAPSHOTS]
@@ -71,6 +74,42 @@ def _night(ws: Workspace, *args: str, env: dict[str, str] | None = None) -> dict
     return ws.last_run()
 
 
+def test_the_state_belongs_to_its_warehouse_and_keeps_the_manifest_a_partial_night_left(tmp_path: Path) -> None:
+    state_dir, manifest = tmp_path / "state", tmp_path / "manifest.json"
+    manifest.write_text('{"night": 1}')
+    nodes = {"model.dusk.orders": {"source.dusk.shop.orders": "3:1700000000.1"}}
+    changes.save(state_dir, "run1", changes.BuildState(warehouse="duckdb a.duckdb", nodes=nodes), manifest)
+    assert changes.load(state_dir, "duckdb b.duckdb") == changes.BuildState()  # another warehouse: nothing built
+    first = changes.load(state_dir, "duckdb a.duckdb")
+    assert first.nodes == nodes and first.manifest is not None
+
+    changes.save(state_dir, "run2", first, None)  # a --select night: the manifest stays the last whole night's
+    second = changes.load(state_dir, "duckdb a.duckdb")
+    assert second.manifest == state_dir / "run2"
+    assert (state_dir / "run2" / "manifest.json").read_text() == '{"night": 1}'
+    assert sorted(p.name for p in state_dir.iterdir()) == ["current", "run2"]
+
+
+def test_a_full_night_falls_due_after_full_build_days_and_a_full_night_reads_no_relation(tmp_path: Path) -> None:
+    manifest = Manifest()
+    manifest.build_parent_and_child_maps()
+    (tmp_path / "manifest.json").write_text("{}")
+    now = datetime.now(UTC)
+
+    def relations() -> dict[str, set[str]]:
+        raise AssertionError("a full night needs no list of relations")
+
+    for days, full in ((8, True), (6, False)):
+        state = changes.BuildState(folder=tmp_path, full_at=now - timedelta(days=days))
+        chosen = changes.select(manifest, state, {}, relations if full else dict, full_every=timedelta(days=7), now=now)
+        assert chosen.full is full
+        assert chosen.select == ([] if full else ["state:modified+"])
+    never = changes.BuildState(folder=tmp_path, full_at=now - timedelta(days=400))
+    assert not changes.select(manifest, never, {}, dict, full_every=None, now=now).full  # DUSK_FULL_BUILD_DAYS=0
+    assert changes.select(manifest, changes.BuildState(), {}, relations).full  # a first night
+
+
+@pytest.mark.e2e
 def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -> None:
     breakable = (
         "-- fails when DUSK_TEST_BREAK=yes: a test that fails once, then passes on the same data\n"
