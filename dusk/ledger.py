@@ -10,12 +10,13 @@ the ledger: status, the report, the audit's monitoring and the build's event win
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from dusk.record import DbtResult, Finding, RunResult
+from dusk.record import DbtResult, Finding, RelationDiff, RunResult
 from dusk.settings import Settings
 from dusk.warehouse import LEDGER, Connection, LedgerError, Reading, open_warehouse, table_names
 from ingestion.result import SourceResult
@@ -127,6 +128,26 @@ def audited(con: Connection, record: RunResult, findings: list[Finding], seconds
     with _transaction(con):
         failed = any(f.severity == "error" for f in findings)
         step(con, record, "audit", "monitoring", "failed" if failed else "ok", seconds, 1)
+        _insert(con, "findings", [[rid, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in findings])
+
+
+def diffed(
+    con: Connection, record: RunResult, diffs: list[RelationDiff], findings: list[Finding], seconds: float
+) -> None:
+    """The data diff: its step row, a row per relation and the gates' findings (one transaction)."""
+    rid = record.run_id
+    with _transaction(con):
+        failed = any(f.severity == "error" for f in findings)
+        step(con, record, "diff", f"{len(diffs)} relations", "failed" if failed else "ok", seconds, 1)
+        rows = [
+            [
+                rid, d.relation, d.status, ", ".join(d.key) if d.key else None, d.rows_before, d.rows_after,
+                d.added, d.removed, d.changed, json.dumps(d.columns) if d.columns else None,
+                d.max_changed_share, d.severity, d.error,
+            ]
+            for d in diffs
+        ]  # fmt: skip
+        _insert(con, "data_diff", rows)
         _insert(con, "findings", [[rid, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in findings])
 
 
@@ -291,3 +312,28 @@ def last_built(con: Connection) -> datetime:
     ).fetchone()
     since = row[0] if row and row[0] is not None else datetime(1970, 1, 1)
     return since.replace(tzinfo=UTC)
+
+
+def nodes_current_in(con: Connection, run_id: str) -> set[str]:
+    """The models, snapshots and seeds last built by run ``run_id`` or before it, when that run
+    ended ``success``: what readers of its published copy have as the warehouse holds it now
+    (unless rebuilt since). Empty for another run's status (a partial night withheld some)."""
+    status = con.execute(f"select status from {SCHEMA}.runs where run_id = ?", [run_id]).fetchone()
+    if not status or status[0] != "success":
+        return set()
+    rows = con.execute(
+        f"select unique_id from {SCHEMA}.dbt_nodes where resource_type in ('model', 'snapshot', 'seed') "
+        "group by unique_id having max(case when status = 'success' then run_id end) <= ?",
+        [run_id],
+    ).fetchall()
+    return {str(uid) for (uid,) in rows}
+
+
+def diff_of(con: Connection, run_id: str) -> list[tuple[Any, ...]]:
+    """The run's data diff: relation, status, key, rows before and after, added, removed,
+    changed, the changed columns (JSON), the gate and its severity, the error."""
+    return con.execute(
+        "select relation, status, key_columns, rows_before, rows_after, added, removed, changed, changed_columns, "
+        f"max_changed_share, severity, error from {SCHEMA}.data_diff where run_id = ? order by relation",
+        [run_id],
+    ).fetchall()

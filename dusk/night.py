@@ -32,6 +32,7 @@ from dusk.settings import Settings, apply_runtime_environment
 from dusk.steps.alert import alert, heartbeat, send
 from dusk.steps.audit import audit
 from dusk.steps.build import build
+from dusk.steps.diff import diff
 from dusk.steps.ingest import ingest
 from dusk.steps.prepare import Prepared, check_free_space, prepare
 from dusk.steps.prune import prune
@@ -314,6 +315,9 @@ def _in_warehouse(
         if dbt.nodes:
             with _guarded(record, "monitoring could not read the warehouse"):
                 record.findings = audit(settings, con, record)
+            stop.check()
+            with _guarded(record, "the data diff could not read the warehouse"):
+                record.diff = diff(settings, warehouse.engine, con, record)
     record.seconds = time.monotonic() - started
     stop.check()
     with _guarded(record, "the publish step failed"):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dusk.record import RunResult
+from dusk.record import UNCHANGED, RelationDiff, RunResult
 
 SUBJECT = "{}"
 
@@ -107,3 +107,57 @@ def ledger_problems(
     lines += [_stale(status, f"{source}.{table}") for source, table, status in stale]
     lines += [_finding(*f) for f in findings]
     return lines
+
+
+def diff_headline(diffs: Sequence[RelationDiff]) -> str:
+    """One line on what tonight changes for readers (the data diff)."""
+    compared = [d for d in diffs if d.status == "compared"]
+    changed = [d for d in compared if d.different or d.added_columns or d.removed_columns]
+    parts = [f"{len(changed)} changed", f"{len(compared) - len(changed)} identical"]
+    for status, words in (
+        ("new", "new"),
+        (UNCHANGED, "not rebuilt since published"),
+        ("withheld", "withheld"),
+        ("error", "not comparable"),
+    ):
+        count = sum(d.status == status for d in diffs)
+        if count:
+            parts.append(f"{count} {words}")
+    return f"Data diff against what readers have: {len(diffs)} relations: " + ", ".join(parts)
+
+
+def diff_rows(diffs: Sequence[RelationDiff], limit: int = 3) -> list[tuple[str, ...]]:
+    """The relations that change for readers: relation, rows before and after, added, removed,
+    changed, and the columns with the most changed values."""
+    rows: list[tuple[str, ...]] = []
+    for d in diffs:
+        if d.status == "compared" and not (d.different or d.added_columns or d.removed_columns):
+            continue
+        if d.status not in ("compared", "new", "error"):
+            continue
+        top = sorted(d.columns.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        columns = ", ".join(f"{c} ({n:,})" for c, n in top)
+        if d.added_columns:
+            columns = ", ".join(filter(None, [columns, "new: " + ", ".join(d.added_columns)]))
+        if d.removed_columns:
+            columns = ", ".join(filter(None, [columns, "gone: " + ", ".join(d.removed_columns)]))
+        if d.status != "compared":
+            columns = d.status + (f": {d.error}" if d.error else "")
+
+        def n(value: int | None) -> str:
+            return "-" if value is None else f"{value:,}"
+
+        share = d.share
+        rows.append(
+            (
+                d.relation,
+                n(d.rows_before),
+                n(d.rows_after),
+                n(d.added),
+                n(d.removed),
+                n(d.changed) if d.key else "(no key)",
+                "-" if share is None else f"{share:.1%}",
+                columns,
+            )
+        )
+    return rows

@@ -161,6 +161,56 @@ class PublishResult:
 
 
 @dataclass
+class RelationDiff:
+    """How one reader-facing relation built tonight differs from the copy readers have now."""
+
+    relation: str
+    """``schema.table``."""
+    key: list[str] | None = None
+    """The columns rows are matched by (the model's unique key); None: whole rows are compared."""
+    rows_before: int | None = None
+    """Rows readers have now (None: they have no such relation yet)."""
+    rows_after: int | None = None
+    added: int = 0
+    removed: int = 0
+    changed: int | None = None
+    """Rows whose key is on both sides with some other value changed (None: no key, a changed
+    row counts as one removed and one added)."""
+    columns: dict[str, int] = field(default_factory=dict)
+    """Per column, the values changed (rows matched by key; only columns with a change)."""
+    added_columns: list[str] = field(default_factory=list)
+    removed_columns: list[str] = field(default_factory=list)
+    max_changed_share: float | None = None
+    """The gate: the largest :attr:`share` the relation may have (None: no gate)."""
+    severity: str = "warn"
+    """What breaking the gate raises: ``warn`` (alerted, published) or ``error`` (not published)."""
+    status: str = "compared"
+    """``compared``; ``unchanged`` (not rebuilt since readers got it: not compared); ``new``;
+    ``withheld`` (readers keep theirs tonight); ``error`` (the comparison failed: :attr:`error`)."""
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def different(self) -> int:
+        """Rows added, removed or changed."""
+        return self.added + self.removed + (self.changed or 0)
+
+    @property
+    def share(self) -> float | None:
+        """:attr:`different` as a share of the larger side (0..1); None when there is nothing to
+        compare with (a new or empty relation)."""
+        if self.status != "compared" or not self.rows_before:
+            return None
+        return self.different / max(self.rows_before, self.rows_after or 0, 1)
+
+    @property
+    def breached(self) -> bool:
+        """The gate is set and the share is above it."""
+        share = self.share
+        return self.max_changed_share is not None and share is not None and share > self.max_changed_share
+
+
+@dataclass
 class AlertOutcome:
     """Whether tonight's alert was sent (and why not, when it was not)."""
 
@@ -181,6 +231,8 @@ class RunResult:
     error: str | None = None
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
+    diff: list[RelationDiff] = field(default_factory=list)
+    """What tonight changes for readers, per reader-facing relation (compared before publishing)."""
     published: PublishResult | None = None
     publish_error: str | None = None
     """Why tonight was not published (None when it was, or when nothing ran far enough)."""

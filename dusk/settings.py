@@ -41,6 +41,20 @@ def _severity(name: str, default: str) -> str:
     return value
 
 
+def _share(name: str) -> float | None:
+    """A share between 0 and 1 from the environment; None when unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise SettingsError(f"{name} must be a share between 0 and 1 (0.2 is 20 %), got {text!r}")
+    return value
+
+
 def _sql_name(name: str, default: str, what: str) -> str:
     """A setting that becomes part of SQL names, checked (lower-case letters, digits, ``_``)."""
     value = os.environ.get(name, default)
@@ -87,10 +101,17 @@ class MonitorSettings:
     """``dusk status --check``: the longest a published night may be old (DUSK_SLA_HOURS)."""
     quarantine_max_share: float = 0.05
     quarantine_severity: str = "warn"
+    diff: bool = True
+    """Compare what tonight would publish with what readers have (DUSK_DIFF; dusk.steps.diff)."""
+    diff_max_changed_share: float | None = None
+    """The data diff's gate for a relation whose dbt ``meta`` sets none (DUSK_DIFF_MAX_CHANGED_SHARE;
+    unset: no gate)."""
+    diff_severity: str = "warn"
+    """What a relation past its gate raises when its ``meta`` says nothing (DUSK_DIFF_SEVERITY)."""
 
     @classmethod
     def from_env(cls) -> MonitorSettings:
-        """Read DUSK_ANOMALY_*, DUSK_SLA_* and DUSK_QUARANTINE_*."""
+        """Read DUSK_ANOMALY_*, DUSK_SLA_*, DUSK_QUARANTINE_* and DUSK_DIFF*."""
         env = os.environ.get
         return cls(
             anomaly_z=float(env("DUSK_ANOMALY_Z", "3")),
@@ -100,6 +121,9 @@ class MonitorSettings:
             sla_hours=float(env("DUSK_SLA_HOURS", "26")),
             quarantine_max_share=float(env("DUSK_QUARANTINE_MAX_SHARE", "0.05")),
             quarantine_severity=_severity("DUSK_QUARANTINE_SEVERITY", "warn"),
+            diff=env("DUSK_DIFF", "1").strip().lower() not in {"0", "false", "no", "off"},
+            diff_max_changed_share=_share("DUSK_DIFF_MAX_CHANGED_SHARE"),
+            diff_severity=_severity("DUSK_DIFF_SEVERITY", "warn"),
         )
 
 

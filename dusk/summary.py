@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dusk.present import problems
+from dusk.present import diff_headline, diff_rows, problems
 from dusk.record import UNCHANGED, DbtResult, RunResult
 from dusk.settings import Settings
 
@@ -26,6 +26,8 @@ def print_summary(settings: Settings, result: RunResult, console: Console | None
         _sources(result, console)
     if result.dbt is not None:
         _dbt(result.dbt, console)
+    if result.diff:
+        _diff(result, console)
     for line in problems(result):
         colour = {"error": "red", "warn": "yellow"}.get(line.level)
         text = escape(line.render())
@@ -84,6 +86,27 @@ def _dbt(dbt: DbtResult, console: Console) -> None:
             f"dbt: {dbt.seconds:.1f}s, of which SQL ran {dbt.sql_seconds:.1f}s; dbt's own overhead "
             f"{dbt.overhead:.1f}s ({share:.0f} %)"
         )
+
+
+SHOWN_CHANGES = 12
+"""Relations the summary's data diff table shows (the most changed first; the report has all)."""
+
+
+def _diff(result: RunResult, console: Console) -> None:
+    """What tonight changes for readers: the relations that change most."""
+    rows = sorted(diff_rows(result.diff), key=lambda row: row[6] == "-" or -float(row[6].rstrip("%")))
+    if rows:
+        table = Table(title="Changes for readers (+ added, - removed, ~ changed rows)", title_justify="left")
+        shown = [tuple(cell.replace("(no key)", "n/a") for cell in row[:7]) for row in rows[:SHOWN_CHANGES]]
+        table.add_column("relation", overflow="fold")
+        for i, col in enumerate(("before", "after", "+", "-", "~", "share"), start=1):
+            table.add_column(col, justify="right", no_wrap=True, min_width=max(len(r[i]) for r in shown))
+        for row in shown:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        if len(rows) > SHOWN_CHANGES:
+            console.print(f"and {len(rows) - SHOWN_CHANGES} more relations changed (the report lists them all)")
+    console.print(diff_headline(result.diff))
 
 
 def _where(settings: Settings, result: RunResult, console: Console) -> None:

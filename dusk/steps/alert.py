@@ -18,7 +18,7 @@ import requests
 import tenacity
 
 from dusk import ledger
-from dusk.present import problems
+from dusk.present import diff_headline, diff_rows, problems
 from dusk.record import AlertOutcome, RunResult
 from dusk.settings import Settings
 
@@ -62,6 +62,14 @@ def message(settings: Settings, result: RunResult, why: list[str]) -> dict[str, 
     ``blocks`` (the same, laid out)."""
     lines = [f"*dusk run {result.run_id}: {result.status.upper()}* ({', '.join(why)})"]
     lines += ["• " + line.render("`{}`") for line in problems(result)]
+    if result.diff:
+        lines.append("• " + diff_headline(result.diff))
+        rows = diff_rows(result.diff)
+        for relation, before, after, added, removed, changed, share, columns in rows[:5]:
+            counts = f"+{added} -{removed} ~{changed} ({share})"
+            lines.append(f"  ◦ `{relation}`: {before} -> {after} rows, {counts} {columns}")
+        if len(rows) > 5:
+            lines.append(f"  ◦ and {len(rows) - 5} more (see the report)")
     if result.published is not None:
         lines.append(f"• published to {result.published.where}")
     where = [f"report {settings.report_path}", "`dusk status`"]

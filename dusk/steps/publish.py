@@ -44,12 +44,9 @@ import psycopg
 from dusk import ledger
 from dusk.record import PublishResult, RunResult
 from dusk.settings import PostgresSettings, Settings
-from dusk.warehouse import LEDGER, Connection, PublishError, Warehouse, check_schemas, table_names
+from dusk.warehouse import ABOUT, LEDGER, Connection, PublishError, Warehouse, check_schemas, table_names
 
 log = logging.getLogger(__name__)
-
-ABOUT = "dusk_published"
-"""The served file's own schema: which run it holds (table ``about``)."""
 
 
 def publish(settings: Settings, warehouse: Warehouse, con: Connection, record: RunResult) -> None:

@@ -1,10 +1,12 @@
 """The report step, a static HTML report: runs over time, rows per table, durations, tests, quarantine,
-freshness and monitoring findings, from the run ledger. One self-contained file (plots are
-inline SVG, nothing is fetched), rewritten by every run and by ``dusk report``."""
+freshness, monitoring findings and what changed for readers (the data diff), from the run ledger.
+One self-contained file (plots are inline SVG, nothing is fetched), rewritten by every run and by
+``dusk report``."""
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -16,8 +18,8 @@ from matplotlib.figure import Figure
 
 from dusk import ledger
 from dusk.ledger import SCHEMA, Connection, LedgerError, Reading, open_ledger
-from dusk.present import ledger_problems
-from dusk.record import UNCHANGED, RunResult
+from dusk.present import diff_headline, diff_rows, ledger_problems
+from dusk.record import UNCHANGED, RelationDiff, RunResult
 from dusk.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,25 @@ def _durations_plot(steps: list[tuple[str, float]]) -> str:
     return _svg(fig)
 
 
+def _relation_diff(row: tuple[Any, ...]) -> RelationDiff:
+    """A data diff row of the ledger (:func:`dusk.ledger.diff_of`) as the record holds it."""
+    relation, status, key, before, after, added, removed, changed, columns, share, severity, error = row
+    return RelationDiff(
+        relation,
+        key.split(", ") if key else None,
+        before,
+        after,
+        int(added or 0),
+        int(removed or 0),
+        changed,
+        json.loads(columns) if columns else {},
+        max_changed_share=share,
+        severity=severity or "warn",
+        status=status,
+        error=error,
+    )
+
+
 def gather(con: Connection) -> dict[str, Any]:
     """Everything the report shows, read from the ledger."""
     runs = ledger.recent_runs(con, RUNS_SHOWN)[::-1]
@@ -132,6 +153,15 @@ def gather(con: Connection) -> dict[str, Any]:
     findings = ledger.findings_of(con, last)
     quarantine_now = ledger.quarantine_of(con, last)
     stale = [f for f in freshness if f[2] != "pass"]
+    diffs = [_relation_diff(row) for row in ledger.diff_of(con, last)]
+    changes: dict[str, dict[str, float]] = defaultdict(dict)
+    for rid, relation, different in con.execute(
+        f"select run_id, relation, coalesce(added, 0) + coalesce(removed, 0) + coalesce(changed, 0) "
+        f"from {SCHEMA}.data_diff where run_id >= ? and status = 'compared'",
+        [first],
+    ).fetchall():
+        changes[relation][rid] = different
+    busiest = sorted(changes, key=lambda r: -sum(changes[r].values()))[:10]
     problems = ledger_problems(runs[-1], ledger.sources_of(con, last), failing, stale, findings)
     return {
         "runs": runs,
@@ -142,7 +172,15 @@ def gather(con: Connection) -> dict[str, Any]:
             "durations": _durations_plot([(s, float(t)) for s, t in steps + slowest]),
             "tests": _tests_plot(tests, run_ids),
             "quarantine": _lines_plot(quarantine, run_ids, "Rows in quarantine per table", "rows (symlog)"),
+            "changes": _lines_plot(
+                {r: changes[r] for r in busiest if any(changes[r].values())},
+                run_ids,
+                "Rows added, removed or changed for readers per night (the 10 busiest relations)",
+                "rows (symlog)",
+            ),
         },
+        "diff_headline": diff_headline(diffs) if diffs else "",
+        "diff_rows": diff_rows(diffs),
         "steps": last_steps,
         "problems": [(p.level, *p.text.partition("{}"), p.subject) for p in problems],
         "failing": failing,
@@ -194,6 +232,14 @@ figure { margin: 1em 0; } svg { max-width: 100%; height: auto; }
 <td>{{ n[3] if n[3] is not none else '' }}</td><td>{{ n[4] or '' }}</td><td>{{ (n[5] or '')[:200] }}</td></tr>
 {% endfor %}</table>{% else %}<p>Every test of the last run passed.</p>{% endif %}
 <figure>{{ plots.tests }}</figure>
+</section>
+<section id="changes"><h2>What changed for readers</h2>
+{% if diff_headline %}<p>{{ diff_headline }}.</p>{% else %}<p>The last run compared nothing (it was not
+published, or the data diff is off).</p>{% endif %}
+{% if diff_rows %}<table id="diff"><tr><th>relation</th><th>rows before</th><th>after</th><th>added</th>
+<th>removed</th><th>changed</th><th>share</th><th>columns changed</th></tr>
+{% for d in diff_rows %}<tr>{% for cell in d %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
+<figure>{{ plots.changes }}</figure>
 </section>
 <section id="runs"><h2>Runs over time</h2><figure>{{ plots.runs }}</figure></section>
 <section id="rows"><h2>Rows per table</h2><figure>{{ plots.rows }}</figure></section>

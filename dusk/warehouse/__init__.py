@@ -53,6 +53,29 @@ def table_names(con: Connection, schema: str) -> list[str]:
     return [str(name) for (name,) in rows]
 
 
+def column_types(con: Connection, schema: str, table: str, catalog: str | None = None) -> dict[str, str]:
+    """The columns of ``schema.table`` and their types, lower-case, in order (``catalog``: an
+    attached DuckDB database; default the warehouse); empty when it does not exist."""
+    if callable(getattr(con, "tables", None)):  # Spark: no information_schema
+        try:
+            rows = con.sql(f"describe table `{schema}`.`{table}`")  # type: ignore[attr-defined]
+        except Exception:
+            return {}
+        found: dict[str, str] = {}
+        for name, kind, *_ in rows:
+            if not name or str(name).startswith("#"):  # the partitioning section follows a blank row
+                break
+            found[str(name)] = str(kind).lower()
+        return found
+    where = "table_catalog = ?" if catalog else "table_catalog = current_database()"
+    rows = con.execute(
+        f"select column_name, data_type from information_schema.columns where {where} "
+        "and table_schema = ? and table_name = ? order by ordinal_position",
+        [*([catalog] if catalog else []), schema, table],
+    ).fetchall()
+    return {str(name): str(kind).lower() for name, kind in rows}
+
+
 class LedgerError(RuntimeError):
     """No ledger to read (no run yet, or the warehouse cannot be opened)."""
 
@@ -178,12 +201,20 @@ create table if not exists {LEDGER}.erasures (
     erase_id varchar not null, erased_at timestamp not null, source varchar not null, table_name varchar not null,
     key_hash varchar not null, scope varchar not null
 );
+create table if not exists {LEDGER}.data_diff (
+    run_id varchar not null, relation varchar not null, status varchar not null, key_columns varchar,
+    rows_before bigint, rows_after bigint, added bigint, removed bigint, changed bigint,
+    changed_columns varchar, max_changed_share double precision, severity varchar, error varchar
+);
 create table if not exists {LEDGER}.findings (
     run_id varchar not null, check_name varchar not null, severity varchar not null, target varchar not null,
     message varchar not null, value double precision, limit_value double precision
 );
 """
 """The run ledger's tables (dbt declares them as the source ``ledger``, models/ledger/)."""
+
+ABOUT = "dusk_published"
+"""The readers' copy's own schema: which run it holds (table ``about``: run_id, published_at)."""
 
 PRIVATE = "dusk_private"
 SALT_TABLE = f"{PRIVATE}.pii_salt"
