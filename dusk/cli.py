@@ -45,6 +45,7 @@ class _Overrides:
     data_dir: Path | None = None
     warehouse: Path | None = None
     target: str | None = None
+    env: str | None = None
     sources_file: Path | None = None
     demo: bool | None = None
 
@@ -57,17 +58,21 @@ def _installation(
     data_dir: params.DataDir = None,
     warehouse: params.WarehousePath = None,
     target: params.Target = None,
+    env: params.Env = None,
     sources_file: params.SourcesFile = None,
     demo: params.Demo = None,
 ) -> None:
     """Nightly ELT: dlt sources -> dbt -> docs."""
     _overrides.data_dir, _overrides.warehouse, _overrides.target = data_dir, warehouse, target
+    _overrides.env = env
     _overrides.sources_file, _overrides.demo = sources_file, demo
 
 
 def settings() -> Settings:
     """The installation's settings: the environment's, with the command line's overrides."""
-    s = Settings.from_env(data_dir=_overrides.data_dir, warehouse=_overrides.warehouse, target=_overrides.target)
+    s = Settings.from_env(
+        data_dir=_overrides.data_dir, warehouse=_overrides.warehouse, target=_overrides.target, env=_overrides.env
+    )
     if _overrides.sources_file is not None:
         s = replace(s, sources_file=_absolute(_overrides.sources_file))
     if _overrides.demo is not None:
@@ -109,6 +114,7 @@ def run(
     source: params.Source = None,
     full_refresh: params.FullRefresh = False,
     full: params.Full = False,
+    defer: params.Defer = False,
     verbose: params.Verbose = False,
 ) -> None:
     """Ingest every source, build and test what tonight's changes reach (everything with --full),
@@ -117,9 +123,12 @@ def run(
     Exit codes: 0 success; 1 failed; 2 usage; 3 partial (some sources failed, everything else
     built, passed and was published); 4 locked (another run is in progress).
     """
-    from dusk.record import Plan
+    from dusk.record import DEFER_SELECT, Plan
 
-    _night(Plan(sources=tuple(source or ()), select=tuple(select or ()), full_refresh=full_refresh, full=full), verbose)
+    if defer and settings().env == "prod":
+        raise typer.BadParameter("--defer reads prod's data from another environment: add --env dev (or ci)")
+    chosen = tuple(select or ()) or ((DEFER_SELECT,) if defer else ())
+    _night(Plan(sources=tuple(source or ()), select=chosen, full_refresh=full_refresh, full=full, defer=defer), verbose)
 
 
 @app.command()
@@ -201,6 +210,35 @@ def simulate(days: params.Days = 1) -> None:
             f"day {day.day}: " + ", ".join(parts) + f"; {len(day.invalid)} invalid rows; "
             f"{feeds.payments} payments, {feeds.files} files, {stream}"
         )
+
+
+@app.command("diff")
+def diff_command(show: params.Shown = 40) -> None:
+    """Compare this environment's build with what prod's readers have, relation by relation: rows
+    added, removed and changed (by each relation's unique key), values changed per column, and
+    each relation's gate (meta.diff). dusk --env dev diff after dusk --env dev run --defer shows
+    what a change would do to prod's data; in prod, what the next publish would change. Exit 1
+    when a relation is past a gate of severity error."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from dusk.steps.diff import DiffUnavailable, compare_environment, gate_findings
+    from dusk.summary import print_diff
+
+    _logging(False)
+    s = settings()
+    try:
+        diffs = compare_environment(s)
+    except DiffUnavailable as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    console = Console()
+    print_diff(diffs, console, show)
+    findings = gate_findings(diffs)
+    for f in findings:
+        console.print(f"[{'red' if f.severity == 'error' else 'yellow'}]{escape(f.target)}: {escape(f.message)}[/]")
+    if any(f.severity == "error" for f in findings):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -467,9 +505,12 @@ def _cdc(source: str, action: str) -> None:
     if source not in specs:
         typer.echo(f"no source {source!r} in sources.yml (known: {', '.join(sorted(specs))})", err=True)
         raise typer.Exit(EXIT_FAILED)
+    from dusk.steps.prepare import in_environment
+
+    spec = specs[source] if s.env == "prod" else in_environment(specs[source], s.env)  # its own slot
     connection = shop_connections(s, specs).get(source, Connection()) if s.demo else Connection()
-    url = sa.make_url(credentials(specs[source], connection))
-    done = cdc.setup(url, specs[source]) if action == "setup" else cdc.drop(url, specs[source])
+    url = sa.make_url(credentials(spec, connection))
+    done = cdc.setup(url, spec) if action == "setup" else cdc.drop(url, spec)
     for line in done:
         typer.echo(line)
 

@@ -1,9 +1,9 @@
 """Every command-line option, defined once, each with its environment variable.
 
 Options that set where things live or how the installation behaves (``--data-dir``,
-``--warehouse``, ``--target``, ``--sources-file``, ``--demo/--no-demo``) override the ``DUSK_*`` variable that
-:class:`dusk.settings.Settings` reads (its only reader); the others are read by the CLI itself,
-from the option or its variable (the way dbt-core's ``cli/params.py`` does it)."""
+``--warehouse``, ``--target``, ``--env``, ``--sources-file``, ``--demo/--no-demo``) override the
+``DUSK_*`` variable that :class:`dusk.settings.Settings` reads (its only reader); the others are
+read by the CLI itself, from the option or its variable (the way dbt-core's ``cli/params.py`` does it)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ Target = Annotated[
 SourcesFile = Annotated[
     Path | None,
     typer.Option("--sources-file", help="The sources declaration [overrides DUSK_SOURCES_FILE]."),
+]
+Env = Annotated[
+    str | None,
+    typer.Option(
+        "--env", help="The environment: prod, or dev, ci, ... each with a warehouse of its own [overrides DUSK_ENV]."
+    ),
 ]
 Demo = Annotated[
     bool | None,
@@ -61,6 +67,15 @@ Full = Annotated[
         envvar="DUSK_FULL",
     ),
 ]
+Defer = Annotated[
+    bool,
+    typer.Option(
+        "--defer",
+        help="Outside prod: read what this run does not build from prod's published data, as of prod's last "
+        "night (dbt's --defer --state); --select defaults to state:modified+ (what changed against prod).",
+        envvar="DUSK_DEFER",
+    ),
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.", envvar="DUSK_VERBOSE")]
 Start = Annotated[
     datetime,
@@ -71,6 +86,7 @@ End = Annotated[
     typer.Option(formats=["%Y-%m-%d"], help="Last day to re-extract, included (UTC).", envvar="DUSK_BACKFILL_END"),
 ]
 Days = Annotated[int, typer.Option(min=1, help="Days of shop activity to simulate.", envvar="DAYS")]
+Shown = Annotated[int, typer.Option("--show", min=1, help="How many changed relations to list.")]
 Runs = Annotated[int, typer.Option(min=1, help="How many recent runs to list.", envvar="DUSK_STATUS_RUNS")]
 OpenReport = Annotated[
     bool, typer.Option("--open", help="Open the report in the default browser.", envvar="DUSK_REPORT_OPEN")

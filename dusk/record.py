@@ -25,6 +25,11 @@ UNCHANGED = "unchanged"
 the data it would read again (dusk.steps.changes)."""
 
 
+DEFER_SELECT = "state:modified+"
+"""What a deferred run builds when it is given no selection: what changed against prod, and what
+it feeds."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one run does: which sources it ingests, what dbt builds, and, for a backfill, the
@@ -39,6 +44,9 @@ class Plan:
     """Build every node, not only what changed since the nights before (dusk.steps.changes)."""
     backfill: tuple[date, date] | None = None
     """First and last day (inclusive) a backfill re-extracts and rebuilds."""
+    defer: bool = False
+    """Outside prod: what is not selected is read from prod's published data (dbt's ``--defer``),
+    and ``state:`` selectors compare with prod's last night."""
 
     @property
     def mode(self) -> str:

@@ -8,9 +8,10 @@ path from ``DUSK_WAREHOUSE``). Every setting has a default that works on a fresh
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -126,6 +127,9 @@ class MonitorSettings:
             diff_severity=_severity("DUSK_DIFF_SEVERITY", "warn"),
         )
 
+
+PROD = "prod"
+"""The environment readers read (the default); others (``dev``, ``ci``) are for checking changes."""
 
 ENGINES = ("duckdb", "postgres", "spark")
 """The warehouse engines (``DUSK_TARGET``); each is also a target of the dbt profile."""
@@ -280,6 +284,27 @@ class Settings:
     full_build_every: timedelta | None = timedelta(days=7)
     """A night builds every node when the last such night is older (DUSK_FULL_BUILD_DAYS; 0: only
     with ``--full``); the nights between build what changed."""
+    env: str = PROD
+    """The environment (DUSK_ENV or ``--env``): ``prod``, or ``dev``, ``ci`` or another name, each
+    with a warehouse of its own (see :meth:`from_env`)."""
+    installation_dir: Path | None = None
+    """The installation's data dir (DUSK_DATA_DIR): prod's, and the parent of every other
+    environment's; None: ``data_dir``."""
+    prod_warehouse: Path | None = None
+    """Prod's DuckDB warehouse file, from another environment (None: this is prod)."""
+    prod_served: Path | None = None
+    """Prod's served DuckDB file, from another environment (None: this is prod)."""
+
+    @property
+    def base_dir(self) -> Path:
+        """The installation's data dir, shared by its environments (prod's data dir)."""
+        return self.installation_dir or self.data_dir
+
+    @property
+    def prod_state_dir(self) -> Path:
+        """Prod's build state: what ``--defer`` and ``state:`` selectors of another environment
+        compare with (prod's own :attr:`state_dir`)."""
+        return self.base_dir / "state"
 
     @property
     def state_dir(self) -> Path:
@@ -325,8 +350,9 @@ class Settings:
 
     @property
     def secrets_dir(self) -> Path:
-        """Git-ignored secret files (the generated PII salt, optionally the alert webhook URL)."""
-        return self.data_dir / "secrets"
+        """Git-ignored secret files (the generated PII salt, optionally the alert webhook URL),
+        shared by the environments: the same salt hashes the same values the same way in each."""
+        return self.base_dir / "secrets"
 
     @property
     def pipelines_dir(self) -> Path:
@@ -335,13 +361,15 @@ class Settings:
 
     @property
     def landing_dir(self) -> Path:
-        """The default landing folder of file sources (``files.path`` in sources.yml overrides it)."""
-        return self.data_dir / "landing"
+        """The default landing folder of file sources (``files.path`` in sources.yml overrides
+        it), shared by the environments (each keeps its own ledger of the files it loaded)."""
+        return self.base_dir / "landing"
 
     @property
     def demo_dir(self) -> Path:
-        """Where the demo shop keeps its source database and ground truth."""
-        return self.data_dir / "demo"
+        """Where the demo shop keeps its source database and ground truth (the environments'
+        one source system)."""
+        return self.base_dir / "demo"
 
     @property
     def docs_path(self) -> Path:
@@ -350,21 +378,53 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, data_dir: Path | None = None, warehouse: Path | None = None, target: str | None = None
+        cls,
+        data_dir: Path | None = None,
+        warehouse: Path | None = None,
+        target: str | None = None,
+        env: str | None = None,
     ) -> Settings:
-        """Read the settings from DUSK_* environment variables (``data_dir``, ``warehouse`` and
-        ``target``: the command line's, over DUSK_DATA_DIR, DUSK_WAREHOUSE and DUSK_TARGET)."""
-        data_dir = _absolute(data_dir) if data_dir else _env_path("DUSK_DATA_DIR", Path("data"))
+        """Read the settings from DUSK_* environment variables (``data_dir``, ``warehouse``,
+        ``target`` and ``env``: the command line's, over DUSK_DATA_DIR, DUSK_WAREHOUSE, DUSK_TARGET
+        and DUSK_ENV).
+
+        ``prod`` is the installation as it is. Another environment ``<env>`` keeps everything of
+        its own under ``<data dir>/env/<env>/`` (its DuckDB warehouse ``<env>.duckdb``, served
+        copy, dlt state, build state, runs, logs, report) with dbt's target folder
+        ``<target>/env/<env>``, and on PostgreSQL the database ``<database>_<env>``; it shares
+        prod's sources, landing folders and secrets (the PII salt)."""
+        base = _absolute(data_dir) if data_dir else _env_path("DUSK_DATA_DIR", Path("data"))
         target = (target or os.environ.get("DUSK_TARGET") or "duckdb").strip().lower()
         if target not in ENGINES:
             raise SettingsError(f"DUSK_TARGET must be one of {', '.join(ENGINES)}, got {target!r}")
+        env = (env or os.environ.get("DUSK_ENV") or PROD).strip().lower()
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,30}", env):
+            raise SettingsError(f"DUSK_ENV must be prod or a lower-case name such as dev or ci, got {env!r}")
+        prod_warehouse = _absolute(warehouse) if warehouse else _env_path("DUSK_WAREHOUSE", base / "warehouse.duckdb")
+        prod_served = _env_path("DUSK_SERVED", base / "served.duckdb") if os.environ.get("DUSK_SERVED") else None
+        target_path = _env_path("DBT_TARGET_PATH", Path("target"))
+        postgres = PostgresSettings.from_env()
+        data_dir = base
+        if env != PROD:
+            data_dir = base / "env" / env
+            if prod_warehouse.stem == env:
+                raise SettingsError(
+                    f"the environment {env!r} would share its DuckDB database name with prod's {prod_warehouse}: "
+                    "name the environment otherwise"
+                )
+            target_path = target_path / "env" / env
+            postgres = replace(postgres, database=f"{postgres.database}_{env}")
         return cls(
             target=target,
-            postgres=PostgresSettings.from_env(),
+            postgres=postgres,
             spark=SparkSettings.from_env() if target == "spark" else SparkSettings(),
             data_dir=data_dir,
-            warehouse=_absolute(warehouse) if warehouse else _env_path("DUSK_WAREHOUSE", data_dir / "warehouse.duckdb"),
-            target_path=_env_path("DBT_TARGET_PATH", Path("target")),
+            warehouse=prod_warehouse if env == PROD else data_dir / f"{env}.duckdb",
+            target_path=target_path,
+            env=env,
+            installation_dir=None if env == PROD else base,
+            prod_warehouse=None if env == PROD else prod_warehouse,
+            prod_served=None if env == PROD else (prod_served or prod_warehouse.with_name("served.duckdb")),
             demo=os.environ.get("DUSK_DEMO", "1").lower() not in {"0", "false", "no"},
             demo_seed=int(os.environ.get("DUSK_DEMO_SEED", "42")),
             source_attempts=max(1, int(os.environ.get("DUSK_SOURCE_ATTEMPTS", "3"))),
@@ -374,7 +434,7 @@ class Settings:
             min_free_mb=float(os.environ.get("DUSK_MIN_FREE_MB", "200")),
             source_timeout=float(os.environ.get("DUSK_SOURCE_TIMEOUT") or 0) or None,
             source_backoff=float(os.environ.get("DUSK_SOURCE_BACKOFF", "5")),
-            served=_env_path("DUSK_SERVED", data_dir / "served.duckdb") if os.environ.get("DUSK_SERVED") else None,
+            served=prod_served if env == PROD else None,
             publish_schemas=tuple(
                 s.strip()
                 for s in os.environ.get("DUSK_PUBLISH_SCHEMAS", ",".join(cls.publish_schemas)).split(",")
@@ -433,14 +493,25 @@ def runtime_environment(settings: Settings) -> dict[str, str]:
         env |= {"DUSK_PG_DATABASE": pg.database, "DBT_ENV_SECRET_PG_PASSWORD": pg.password or ""}
     if settings.target == "spark":
         env |= _spark_environment(settings)
+    if settings.target == "duckdb":
+        env["DUSK_DBT_ATTACH"] = repr(prod_attachment(settings))  # a Python literal: the profile's as_native reads it
     return env
+
+
+def prod_attachment(settings: Settings) -> list[dict[str, object]]:
+    """Outside prod on DuckDB: prod's served file, attached read-only to dbt's connections under
+    the name of prod's warehouse database, the name prod's manifest gives its relations; so
+    ``--defer`` reads prod's published data (never prod's warehouse, which a night holds).
+    Nothing until prod has published."""
+    served, warehouse = settings.prod_served, settings.prod_warehouse
+    if served is None or warehouse is None or not served.exists():
+        return []
+    return [{"path": str(served), "alias": warehouse.stem, "read_only": True}]
 
 
 def _spark_environment(settings: Settings) -> dict[str, str]:
     """dlt's Iceberg catalog (pyiceberg's SQL catalog, under Spark's catalog name) and the dbt
     profile's ``spark`` target: a Thrift server's address, or the session's Spark configuration."""
-    import json
-
     from dusk.spark import catalog_config, session_conf
 
     spark = settings.spark

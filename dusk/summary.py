@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dusk.present import diff_headline, diff_rows, problems
-from dusk.record import UNCHANGED, DbtResult, RunResult
+from dusk.record import UNCHANGED, DbtResult, RelationDiff, RunResult
 from dusk.settings import Settings
 
 LAYER_ORDER = ("seed", "staging", "snapshot", "intermediate", "marts")
@@ -93,20 +93,26 @@ SHOWN_CHANGES = 12
 
 
 def _diff(result: RunResult, console: Console) -> None:
-    """What tonight changes for readers: the relations that change most."""
-    rows = sorted(diff_rows(result.diff), key=lambda row: row[6] == "-" or -float(row[6].rstrip("%")))
+    print_diff(result.diff, console)
+
+
+def print_diff(diffs: list[RelationDiff], console: Console, shown: int = SHOWN_CHANGES) -> None:
+    """What changes for readers: the relations that change most (those readers lack are counted
+    in the headline)."""
+    changing = [d for d in diffs if d.status != "new"]
+    rows = sorted(diff_rows(changing), key=lambda row: row[6] == "-" or -float(row[6].rstrip("%")))
     if rows:
         table = Table(title="Changes for readers (+ added, - removed, ~ changed rows)", title_justify="left")
-        shown = [tuple(cell.replace("(no key)", "n/a") for cell in row[:7]) for row in rows[:SHOWN_CHANGES]]
+        cells = [tuple(cell.replace("(no key)", "n/a") for cell in row[:7]) for row in rows[:shown]]
         table.add_column("relation", overflow="fold")
         for i, col in enumerate(("before", "after", "+", "-", "~", "share"), start=1):
-            table.add_column(col, justify="right", no_wrap=True, min_width=max(len(r[i]) for r in shown))
-        for row in shown:
+            table.add_column(col, justify="right", no_wrap=True, min_width=max(len(r[i]) for r in cells))
+        for row in cells:
             table.add_row(*(escape(cell) for cell in row))
         console.print(table)
-        if len(rows) > SHOWN_CHANGES:
-            console.print(f"and {len(rows) - SHOWN_CHANGES} more relations changed (the report lists them all)")
-    console.print(diff_headline(result.diff))
+        if len(rows) > shown:
+            console.print(f"and {len(rows) - shown} more relations changed (the report lists them all)")
+    console.print(diff_headline(diffs))
 
 
 def _where(settings: Settings, result: RunResult, console: Console) -> None:

@@ -31,7 +31,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "breaker_failures": 8,
         "max_pages": 10_000,
     },
-    "files": {"path": None, "archive": False, "max_bad_share": 0.1},
+    "files": {"path": None, "archive": False, "max_bad_share": 0.1, "read_archive": False},
     "stream": {
         "servers": "nats://127.0.0.1:4222",
         "stream": None,

@@ -15,10 +15,11 @@ from typing import Any
 
 from dbt.cli.main import dbtRunner
 from dbt.contracts.graph.manifest import Manifest
+from dbt.node_types import NodeType
 
 from dusk import ledger
 from dusk.record import UNCHANGED, DbtResult, NodeResult, Plan, RunResult
-from dusk.settings import PROJECT_DIR, Settings
+from dusk.settings import PROD, PROJECT_DIR, Settings, prod_attachment
 from dusk.steps import changes
 from dusk.warehouse import table_names
 from ingestion.declaration import SourceSpec
@@ -120,6 +121,7 @@ def run_dbt(
     callbacks: list[Any] | None = None,
     state: Path | None = None,
     docs: Callable[[list[NodeResult]], bool] | None = None,
+    defer: bool = False,
 ) -> DbtResult:
     """Run build, source freshness and docs generate on the parsed ``manifest``; dbt's own
     failures are captured, not raised.
@@ -128,8 +130,9 @@ def run_dbt(
     ``--event-time-start/--event-time-end``: they rebuild those days instead of their lookback.
     ``exclude`` leaves nodes out of the build (the descendants of sources that failed tonight).
     ``callbacks`` receive dbt's events (the progress bar counts finished nodes). ``state``: the
-    saved manifest a ``state:`` selector compares with. ``docs``: given what the build ran,
-    whether the docs need generating again (default: always)."""
+    saved manifest a ``state:`` selector compares with (and, with ``defer``, where what is not
+    selected is read). ``docs``: given what the build ran, whether the docs need generating
+    again (default: always)."""
     started = time.monotonic()
     result = DbtResult(ok=False, seconds=0.0)
     runner = dbtRunner(manifest=manifest, callbacks=callbacks or [])
@@ -138,6 +141,8 @@ def run_dbt(
         build_args += ["--select", *select]
     if state is not None:
         build_args += ["--state", str(state)]
+    if defer:
+        build_args.append("--defer")
     if exclude:
         build_args += ["--exclude", *exclude]
     if full_refresh:
@@ -201,9 +206,16 @@ def build(
     state = changes.load(settings.state_dir, settings.warehouse_label)
     prints = changes.fingerprints(con, manifest, {spec.dataset for spec in specs.values()})
     chosen = changes.Selection(select=list(plan.select), state=None, full=False)
-    if plan.select or plan.sources or plan.backfill is not None:
+    if plan.defer:
+        deferred = _deferred(settings, manifest, chosen.select)
+        if isinstance(deferred, str):
+            return DbtResult(ok=False, seconds=time.monotonic() - started, error=deferred)
+        chosen = deferred
+    elif plan.select or plan.sources or plan.backfill is not None:
         if not chosen.select:  # what the ingested sources feed (the rest is left as it is)
             chosen.select = [f"source:{s.source}+" for s in record.sources]
+        if any("state:" in s for s in chosen.select):
+            chosen.state = state.manifest
     else:
         chosen = changes.select(
             manifest,
@@ -225,6 +237,7 @@ def build(
         exclude=skip,
         callbacks=callbacks,
         state=chosen.state,
+        defer=plan.defer,
         docs=lambda ran: chosen.full or state.docs_key != project or _built_any(ran),
     )
     left_out = _fed_by(manifest, record.failed_sources)
@@ -239,6 +252,39 @@ def build(
         result.withheld, result.withheld_relations = isolate(manifest, result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _deferred(settings: Settings, manifest: Manifest, select: list[str]) -> changes.Selection | str:
+    """A run outside prod that reads what it does not build from prod's published data: ``select``
+    against prod's last manifest (dbt's ``--defer --state``), with the unpublished models
+    (intermediate views) upstream of it, which readers' copy lacks and this run builds itself.
+    The reason instead when it cannot defer."""
+    if settings.env == PROD or settings.prod_warehouse is None:
+        return "--defer reads prod's published data from another environment: run it with --env dev (or ci)"
+    if settings.target != "duckdb":
+        return (
+            f"--defer is for DuckDB environments: on {settings.target} each environment is a database or "
+            "catalog of its own, which dbt's deferral cannot read across; build the environment whole instead"
+        )
+    prod = changes.load(settings.prod_state_dir, str(settings.prod_warehouse))
+    if prod.manifest is None or not prod_attachment(settings):
+        return (
+            f"--defer needs prod's last night ({settings.prod_state_dir}) and its published data "
+            f"({settings.prod_served}): run a night in prod first"
+        )
+    published = set(settings.publish_schemas)
+    unpublished = sorted(
+        {
+            f"config.schema:{node.config.schema}" if node.config.schema else node.name
+            for node in manifest.nodes.values()
+            if node.resource_type == NodeType.Model
+            and node.schema not in published
+            and node.config.materialized != "ephemeral"
+        }
+    )
+    upstream = [f"+{s},{kind}" for s in select for kind in unpublished]
+    log.info("deferring to prod's night %s; building %s", prod.manifest.name, " ".join(select + upstream))
+    return changes.Selection(select=select + upstream, state=prod.manifest, full=False)
 
 
 def _save_state(

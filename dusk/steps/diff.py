@@ -37,9 +37,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from dusk import ledger
 from dusk.record import UNCHANGED, Finding, RelationDiff, RunResult
-from dusk.settings import Settings
+from dusk.settings import PROD, Settings
 from dusk.warehouse import ABOUT, LEDGER, Connection, column_types, table_names
 
 log = logging.getLogger(__name__)
@@ -354,3 +356,50 @@ def gate_findings(diffs: list[RelationDiff]) -> list[Finding]:
             )
         )
     return findings
+
+
+class DiffUnavailable(RuntimeError):
+    """``dusk diff`` cannot compare here (the message says why and what to do)."""
+
+
+def compare_environment(settings: Settings) -> list[RelationDiff]:
+    """``dusk diff``: this environment's build against what prod's readers have, relation by
+    relation, the way a night's diff compares (in prod: the warehouse as the last night left it
+    against the served copy, e.g. after a night that was not published). Outside prod, only the
+    relations the environment built are compared (with ``--defer``, what changed). Raises
+    :class:`DiffUnavailable`."""
+    gates = Gates.of(settings, settings.target_path / "manifest.json")
+    schemas = _compared_schemas(settings)
+    if settings.env == PROD:
+        from dusk.warehouse import open_warehouse
+
+        warehouse = open_warehouse(settings)
+        if not warehouse.exists():
+            raise DiffUnavailable(f"no warehouse at {warehouse.describe()} yet: run a night first")
+        try:
+            with warehouse.connect() as con, readers_copy(settings, warehouse.engine, con) as sides:
+                if not sides.published:
+                    raise DiffUnavailable("nothing was published yet: every relation would be new")
+                return compare_schemas(con, sides, schemas, gates)
+        except duckdb.IOException as exc:
+            raise DiffUnavailable(f"the warehouse is in use (a night is running?): {exc}") from exc
+    if settings.target != "duckdb" or settings.prod_served is None:
+        raise DiffUnavailable(
+            f"dusk diff --env {settings.env} compares two DuckDB files; on {settings.target} the environments are "
+            "databases or catalogs of their own, which one query cannot read across"
+        )
+    if not settings.warehouse.exists():
+        raise DiffUnavailable(f"{settings.env} has no warehouse yet: dusk --env {settings.env} run --defer")
+    if not settings.prod_served.exists():
+        raise DiffUnavailable(f"prod has published nothing yet ({settings.prod_served})")
+    with duckdb.connect(str(settings.warehouse), read_only=True) as con, attached(con, settings.prod_served) as alias:
+        assert alias is not None
+        sides = Sides(
+            candidate=lambda schema: f'"{schema}"',
+            served=lambda schema: f'{alias}."{schema}"',
+            candidate_tables=lambda schema: table_names(con, schema),
+            candidate_columns=lambda schema, table: column_types(con, schema, table),
+            served_tables=lambda schema: _duckdb_tables(con, alias, schema),
+            served_columns=lambda schema, table: column_types(con, schema, table, catalog=alias),
+        )
+        return compare_schemas(con, sides, schemas, gates)

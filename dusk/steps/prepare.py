@@ -4,12 +4,12 @@ PII salt), create the demo on first use, and choose tonight's sources."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dusk.dbt_sources import check_dbt_sources
 from dusk.demo import ensure_demo, shop_connections
 from dusk.record import Plan, RunResult
-from dusk.settings import Settings
+from dusk.settings import PROD, Settings
 from dusk.warehouse import Connection as WarehouseConnection
 from dusk.warehouse import check_schemas, ensure_ledger, ensure_salt, read_salt
 from ingestion.declaration import SourceSpec, load_sources
@@ -54,6 +54,8 @@ def prepare(settings: Settings, con: WarehouseConnection, plan: Plan, record: Ru
     """Raise (naming what to fix) when the night cannot start."""
     specs = load_sources(settings.sources_file)
     check_dbt_sources(specs)
+    if settings.env != PROD:
+        specs = {name: in_environment(spec, settings.env) for name, spec in specs.items()}
     check_schemas(settings.publish_schemas)
     chosen = choose(plan, specs)
     ensure_salt(con, read_salt(settings))
@@ -63,6 +65,22 @@ def prepare(settings: Settings, con: WarehouseConnection, plan: Plan, record: Ru
         record.demo_created = ensure_demo(settings, specs)
         prepared.connections = shop_connections(settings, specs)
     return prepared
+
+
+def in_environment(spec: SourceSpec, env: str) -> SourceSpec:
+    """A source as an environment other than prod reads it: what reading takes from the source
+    system is prod's, so the environment keeps its own. A stream has its own durable consumers
+    (``<durable>_<env>``: acknowledging prod's messages would take them from prod); CDC its own
+    replication slot (``<slot>_<env>``, made by ``dusk --env <env> cdc setup``: reading prod's slot
+    would move it past what prod has not read); a files source moves no file (prod archives them)
+    and reads the archive too."""
+    options = dict(spec.options)
+    if spec.kind == "stream":
+        options["durable"] = f"{spec.option('durable') or 'dusk_' + spec.name}_{env}"
+    if spec.kind == "files":
+        options |= {"archive": False, "read_archive": True}
+    slot = f"{spec.cdc_slot}_{env}" if any(t.deletes == "cdc" for t in spec.tables) else spec.slot
+    return replace(spec, options=tuple(options.items()), slot=slot)
 
 
 def choose(plan: Plan, specs: dict[str, SourceSpec]) -> list[SourceSpec]:

@@ -89,9 +89,15 @@ def plan_files(pipeline: dlt.Pipeline, spec: SourceSpec, landing: Path) -> Files
     loaded = _ledger(pipeline)
     plan = FilesPlan(landing)
     claimed: dict[Path, str] = {}
+    archived = spec.option("read_archive")  # another environment of the installation: prod archives them
     for table in spec.tables:
-        for path in sorted(landing.glob(table.pattern)):
-            if not path.is_file() or ARCHIVE in path.relative_to(landing).parts[:1] or in_flight(path):
+        paths = sorted(landing.glob(table.pattern))
+        if archived:
+            paths += sorted((landing / ARCHIVE).glob(table.pattern))
+        for path in paths:
+            if not path.is_file() or in_flight(path):
+                continue
+            if ARCHIVE in path.relative_to(landing).parts[:1] and not archived:
                 continue
             if path in claimed:
                 raise FileError(

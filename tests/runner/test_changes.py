@@ -134,15 +134,26 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -
     unchanged = {n["unique_id"] for n in quiet["dbt"]["nodes"] if n["status"] == "unchanged"}
     assert unchanged == everything - _always(ws)
     assert docs.stat().st_mtime_ns == docs_written, "the docs were generated again though nothing they show changed"
+    assert {d["status"] for d in first["diff"]} == {"new"}, "readers had nothing before the first night"
+    assert {d["status"] for d in quiet["diff"]} == {"unchanged"}, "the diff compared what no night rebuilt"
 
     # one source table changes: exactly what it feeds is built, and the marts equal a full rebuild
     _reprice(ws, 3)
     state = ws.data_dir / "state"
     before = tmp_path / "state-before"
     shutil.copytree(state, before)
-    _night(ws)
+    repriced = _night(ws)
     built = _ran(ws)
     assert set(built) == _downstream(ws, "source.dusk.shop.products") | _always(ws)
+    # the data diff says what readers get: one product's price and what follows from it
+    diff = {d["relation"]: d for d in repriced["diff"]}
+    for relation in ("staging.stg_shop__products", "marts.products"):
+        d = diff[relation]
+        assert (d["status"], d["added"], d["removed"], d["changed"]) == ("compared", 0, 0, 1), d
+        assert d["columns"]["unit_price"] == 1 and d["key"] == ["product_id"]
+    history = diff["snapshots.products_snapshot"]  # the new version, and the old one closed
+    assert (history["added"], history["removed"], history["changed"], history["columns"]) == (1, 0, 1, {"dbt_valid_to": 1})
+    assert diff["marts.customers"]["status"] == "unchanged"
     assert "model.dusk.stg_shop__customers" not in built and "model.dusk.marketing_roas" not in built
     scratch = copy_warehouse(ws, tmp_path / "scratch" / "rebuilt.duckdb")
     rebuild_from_scratch(ws, scratch)
