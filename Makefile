@@ -20,7 +20,7 @@ STATE := $(DATA)/warehouse.duckdb $(DATA)/warehouse.duckdb.wal $(DATA)/served.du
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 
-.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench bench-night clean reset
+.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run ci-slim backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench bench-night clean reset
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -96,6 +96,10 @@ test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=3 processes, each 
 
 proof-spark: setup-dev ## The proof suites (simulate-check, chaos, canary) on Spark at a small size; needs make setup-spark (CI's own step)
 	$(BIN)/python -m pytest -n 2 --dist load -m spark_proof tests/proof
+
+ci-slim: setup ## Slim CI for a change: build and test in the ci environment only what changed against prod's last night, reading the rest from prod's published data, then show what it changes in prod's data
+	$(BIN)/python -m dusk --env ci run --defer
+	$(BIN)/python -m dusk --env ci diff
 
 simulate-check: setup-dev ## N simulated nights on each engine, every invariant checked after each (make simulate-check NIGHTS=30 SEED=7 [TARGET=postgres])
 	$(BIN)/python -m pytest -p no:xdist -m simulate tests/proof --nights $(or $(NIGHTS),30) $(if $(SEED),--seed $(SEED)) $(if $(TARGET),-k $(TARGET))

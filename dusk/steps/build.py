@@ -256,9 +256,9 @@ def build(
 
 def _deferred(settings: Settings, manifest: Manifest, select: list[str]) -> changes.Selection | str:
     """A run outside prod that reads what it does not build from prod's published data: ``select``
-    against prod's last manifest (dbt's ``--defer --state``), with the unpublished models
-    (intermediate views) upstream of it, which readers' copy lacks and this run builds itself.
-    The reason instead when it cannot defer."""
+    against prod's last manifest (dbt's ``--defer --state``), and every unpublished model
+    (the intermediate views): readers' copy lacks them, and what is built or tested may read any
+    of them. The reason instead when it cannot defer."""
     if settings.env == PROD or settings.prod_warehouse is None:
         return "--defer reads prod's published data from another environment: run it with --env dev (or ci)"
     if settings.target != "duckdb":
@@ -282,9 +282,8 @@ def _deferred(settings: Settings, manifest: Manifest, select: list[str]) -> chan
             and node.config.materialized != "ephemeral"
         }
     )
-    upstream = [f"+{s},{kind}" for s in select for kind in unpublished]
-    log.info("deferring to prod's night %s; building %s", prod.manifest.name, " ".join(select + upstream))
-    return changes.Selection(select=select + upstream, state=prod.manifest, full=False)
+    log.info("deferring to prod's night %s; building %s", prod.manifest.name, " ".join(select + unpublished))
+    return changes.Selection(select=select + unpublished, state=prod.manifest, full=False)
 
 
 def _save_state(

@@ -152,7 +152,8 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -
         assert (d["status"], d["added"], d["removed"], d["changed"]) == ("compared", 0, 0, 1), d
         assert d["columns"]["unit_price"] == 1 and d["key"] == ["product_id"]
     history = diff["snapshots.products_snapshot"]  # the new version, and the old one closed
-    assert (history["added"], history["removed"], history["changed"], history["columns"]) == (1, 0, 1, {"dbt_valid_to": 1})
+    counts = (history["added"], history["removed"], history["changed"], history["columns"])
+    assert counts == (1, 0, 1, {"dbt_valid_to": 1})
     assert diff["marts.customers"]["status"] == "unchanged"
     assert "model.dusk.stg_shop__customers" not in built and "model.dusk.marketing_roas" not in built
     scratch = copy_warehouse(ws, tmp_path / "scratch" / "rebuilt.duckdb")

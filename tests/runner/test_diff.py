@@ -100,14 +100,16 @@ def _expected(
     both = new.keys() & old.keys()
     per_column = {c: sum(new[k][i] != old[k][i] for k in both) for i, c in enumerate(columns) if c not in key}
     changed = sum(new[k] != old[k] for k in both)
-    return len(new.keys() - old.keys()), len(old.keys() - new.keys()), changed, {c: n for c, n in per_column.items() if n}
+    columns_changed = {c: n for c, n in per_column.items() if n}
+    return len(new.keys() - old.keys()), len(old.keys() - new.keys()), changed, columns_changed
 
 
 @pytest.mark.e2e
 def test_the_diff_counts_what_changed_and_its_gate_keeps_a_night_from_readers(tmp_path: Path) -> None:
     settings = (PROJECT_DIR / "dbt_project.yml").read_text()
     assert GATED in settings
-    gate = "      +meta: {diff: {max_changed_share: \"{{ env_var('DUSK_TEST_GATE', '1') | float }}\", severity: error}}\n"
+    share = "{{ env_var('DUSK_TEST_GATE', '1') | float }}"
+    gate = f'      +meta: {{diff: {{max_changed_share: "{share}", severity: error}}}}\n'
     project = project_copy(tmp_path / "project", {"dbt_project.yml": settings.replace(GATED, GATED + gate)})
     ws = Workspace(tmp_path / "ws", project=project)
     ws.root.mkdir()
