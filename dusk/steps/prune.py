@@ -31,7 +31,16 @@ from ingestion.files.landing import ARCHIVE, landing_dir
 
 log = logging.getLogger(__name__)
 
-LEDGER_TABLES = ("steps", "source_tables", "dbt_nodes", "quarantine", "freshness", "schema_changes", "findings")
+LEDGER_TABLES = (
+    "steps",
+    "source_tables",
+    "dbt_nodes",
+    "quarantine",
+    "freshness",
+    "schema_changes",
+    "findings",
+    "data_diff",
+)
 """The ledger's tables keyed by ``run_id`` besides ``runs`` itself."""
 
 
