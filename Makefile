@@ -14,9 +14,9 @@ DBT_LOGS := $(or $(DBT_LOG_PATH),logs)
 # what `make clean` removes: what rebuilds itself
 REBUILT := $(DBT_TARGET) $(DBT_LOGS) $(DATA)/report $(DATA)/spark
 # what `make reset` removes besides: the warehouse (snapshot history included), dlt's state, what the
-# nights built (data/state), the run records and logs, the demo's databases
+# nights built (data/state), the run records and logs, the demo's databases, the other environments (data/env)
 STATE := $(DATA)/warehouse.duckdb $(DATA)/warehouse.duckdb.wal $(DATA)/served.duckdb $(DATA)/served.duckdb.wal \
-	$(DATA)/served.duckdb.next $(DATA)/iceberg $(DATA)/dlt $(DATA)/state $(DATA)/runs $(DATA)/logs $(DATA)/demo
+	$(DATA)/served.duckdb.next $(DATA)/iceberg $(DATA)/dlt $(DATA)/state $(DATA)/runs $(DATA)/logs $(DATA)/demo $(DATA)/env
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 
