@@ -143,12 +143,18 @@ def diffed(
             [
                 rid, d.relation, d.status, ", ".join(d.key) if d.key else None, d.rows_before, d.rows_after,
                 d.added, d.removed, d.changed, json.dumps(d.columns) if d.columns else None,
-                d.max_changed_share, d.severity, d.error,
+                d.max_changed_share, d.severity, d.error, _schema_change(d),
             ]
             for d in diffs
         ]  # fmt: skip
         _insert(con, "data_diff", rows)
         _insert(con, "findings", [[rid, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in findings])
+
+
+def _schema_change(d: RelationDiff) -> str | None:
+    """The columns a relation gained, lost or retyped, as JSON (None: none)."""
+    change = {"added": d.added_columns, "removed": d.removed_columns, "retyped": d.retyped_columns}
+    return json.dumps({k: v for k, v in change.items() if v}) if d.reshaped else None
 
 
 def _source_table(unique_id: str) -> tuple[str, str]:
@@ -331,9 +337,11 @@ def nodes_current_in(con: Connection, run_id: str) -> set[str]:
 
 def diff_of(con: Connection, run_id: str) -> list[tuple[Any, ...]]:
     """The run's data diff: relation, status, key, rows before and after, added, removed,
-    changed, the changed columns (JSON), the gate and its severity, the error."""
+    changed, the changed columns (JSON), the gate and its severity, the error, the columns
+    added, removed and retyped (JSON)."""
     return con.execute(
         "select relation, status, key_columns, rows_before, rows_after, added, removed, changed, changed_columns, "
-        f"max_changed_share, severity, error from {SCHEMA}.data_diff where run_id = ? order by relation",
+        f"max_changed_share, severity, error, changed_schema from {SCHEMA}.data_diff where run_id = ? "
+        "order by relation",
         [run_id],
     ).fetchall()

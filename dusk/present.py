@@ -112,7 +112,7 @@ def ledger_problems(
 def diff_headline(diffs: Sequence[RelationDiff]) -> str:
     """One line on what tonight changes for readers (the data diff)."""
     compared = [d for d in diffs if d.status == "compared"]
-    changed = [d for d in compared if d.different or d.added_columns or d.removed_columns]
+    changed = [d for d in compared if not d.identical]
     parts = [f"{len(changed)} changed", f"{len(compared) - len(changed)} identical"]
     for status, words in (
         ("new", "new"),
@@ -131,7 +131,7 @@ def diff_rows(diffs: Sequence[RelationDiff], limit: int = 3) -> list[tuple[str, 
     changed, and the columns with the most changed values."""
     rows: list[tuple[str, ...]] = []
     for d in diffs:
-        if d.status == "compared" and not (d.different or d.added_columns or d.removed_columns):
+        if d.identical:
             continue
         if d.status not in ("compared", "new", "error"):
             continue
@@ -141,6 +141,8 @@ def diff_rows(diffs: Sequence[RelationDiff], limit: int = 3) -> list[tuple[str, 
             columns = ", ".join(filter(None, [columns, "new: " + ", ".join(d.added_columns)]))
         if d.removed_columns:
             columns = ", ".join(filter(None, [columns, "gone: " + ", ".join(d.removed_columns)]))
+        if d.retyped_columns:
+            columns = ", ".join(filter(None, [columns, "new type: " + ", ".join(d.retyped_columns)]))
         if d.status != "compared":
             columns = d.status + (f": {d.error}" if d.error else "")
 

@@ -166,6 +166,9 @@ class PublishResult:
     """Rows per published ``schema.table``."""
     kept: list[str] = field(default_factory=list)
     """The ``schema.table`` relations published as they were (withheld tonight)."""
+    reused: list[str] = field(default_factory=list)
+    """The relations readers had exactly as tonight holds them (the data diff found them identical,
+    or no model rebuilt them): not copied again, on DuckDB and Spark."""
 
 
 @dataclass
@@ -188,6 +191,8 @@ class RelationDiff:
     """Per column, the values changed (rows matched by key; only columns with a change)."""
     added_columns: list[str] = field(default_factory=list)
     removed_columns: list[str] = field(default_factory=list)
+    retyped_columns: list[str] = field(default_factory=list)
+    """Columns whose type changed (their values are compared as text)."""
     max_changed_share: float | None = None
     """The gate: the largest :attr:`share` the relation may have (None: no gate)."""
     severity: str = "warn"
@@ -202,6 +207,16 @@ class RelationDiff:
     def different(self) -> int:
         """Rows added, removed or changed."""
         return self.added + self.removed + (self.changed or 0)
+
+    @property
+    def reshaped(self) -> bool:
+        """Columns were added, removed or retyped."""
+        return bool(self.added_columns or self.removed_columns or self.retyped_columns)
+
+    @property
+    def identical(self) -> bool:
+        """Compared, and readers' copy holds exactly tonight's rows and columns."""
+        return self.status == "compared" and not self.different and not self.reshaped
 
     @property
     def share(self) -> float | None:

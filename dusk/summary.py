@@ -120,7 +120,10 @@ def _where(settings: Settings, result: RunResult, console: Console) -> None:
     dbt = result.dbt
     console.print(f"Warehouse: {settings.warehouse_label}")
     if result.published is not None:
-        console.print(f"Published: {result.published.where} ({len(result.published.tables)} tables)")
+        published = result.published
+        same = len(published.reused) + len(published.kept)
+        as_they_were = f", {same} as readers had them" if same else ""
+        console.print(f"Published: {published.where} ({len(published.tables)} tables{as_they_were})")
     if dbt is not None and dbt.docs_path:
         console.print(f"Docs: {dbt.docs_path}")
     if result.report_path is not None:

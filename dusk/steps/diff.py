@@ -283,6 +283,7 @@ def compare(con: Connection, sides: Sides, schema: str, table: str, result: Rela
     result.added_columns = [c for c in after if c not in before]
     result.removed_columns = [c for c in before if c not in after]
     common = [c for c in after if c in before]
+    result.retyped_columns = [c for c in common if after[c] != before[c]]
     cand = f'{sides.candidate(schema)}."{table}"'
     served = f'{sides.served(schema)}."{table}"'
 

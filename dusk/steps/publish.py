@@ -5,15 +5,19 @@ monitoring checks) are the reader-facing schemas (``DUSK_PUBLISH_SCHEMAS``) copi
 to where readers read, each engine in its own way:
 
 - **DuckDB** (:func:`copy_to_served`): into a new file next to the served one
-  (``DUSK_SERVED``), which then replaces it with one ``rename``;
+  (``DUSK_SERVED``), which then replaces it with one ``rename``; the new file starts as a copy of
+  the served one when tonight leaves some of it as it is, and only what changed is written;
+- **Spark** (:func:`swap_namespaces`): what changed into ``<prefix><schema>__next`` namespaces,
+  whose tables one transaction of the Iceberg catalog then moves in;
 - **PostgreSQL** (:func:`swap_schemas`): into ``<prefix><schema>__next`` schemas of the same
   database, which one transaction then renames to ``<prefix><schema>`` (``DUSK_PG_SERVED_PREFIX``,
   default ``served_``), with a bounded ``lock_timeout`` (``DUSK_PG_LOCK_TIMEOUT``). Renaming a
   schema waits for no reader; the previous night's schemas are dropped when no reader holds
   them any more (a reader's open transaction keeps them until it ends; they are dropped by a
-  later publish).
+  later publish). Every published relation is copied each night: moving a single table into
+  the readers' schema would wait for the readers holding it.
 
-On both:
+On every engine:
 
 - a reader sees yesterday's published data or tonight's tested data, never a mix or a failed
   night's data;
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +47,7 @@ import duckdb
 import psycopg
 
 from dusk import ledger
-from dusk.record import PublishResult, RunResult
+from dusk.record import UNCHANGED, PublishResult, RunResult
 from dusk.settings import PostgresSettings, Settings
 from dusk.warehouse import ABOUT, LEDGER, Connection, PublishError, Warehouse, check_schemas, table_names
 
@@ -78,7 +83,12 @@ def copy_to_served(
 ) -> PublishResult:
     """Copy ``schemas`` of the warehouse (tables and views, as tables) into a new file and swap it
     in for ``served`` atomically. The copy's ledger holds tonight's publish step and the run as
-    it stands once published. Raises PublishError; the served file is then unchanged."""
+    it stands once published. Raises PublishError; the served file is then unchanged.
+
+    When readers have a served file and tonight leaves some of it as it is (withheld relations,
+    and those the data diff found unchanged), the new file starts as a copy of theirs (a file
+    copy, in the kernel), and only what changed is written into it: the publish costs what
+    changed, not the warehouse."""
     started = time.monotonic()
     check_schemas(schemas)
     served.parent.mkdir(parents=True, exist_ok=True)
@@ -86,22 +96,22 @@ def copy_to_served(
     for leftover in (building, building.with_name(building.name + ".wal")):
         leftover.unlink(missing_ok=True)  # from a run killed while publishing
     result = PublishResult(where=str(served), run_id=record.run_id, seconds=0.0)
-    withheld = _withheld(record)
-    attached = bool(withheld) and served.exists()  # what readers have now: the withheld come from it
+    kept = _withheld(record) | _reusable(record)
     try:
-        if attached:
-            con.execute(f"attach '{_quote(served)}' as current_served (read_only)")
+        if kept and served.exists():
+            shutil.copyfile(served, building)  # what readers have; tonight's changes are written over it
+        con.execute(f"attach '{_quote(building)}' as served")
         try:
-            available = _tables_of(con, "current_served") if attached else set()
-            kept = Kept(withheld, lambda schema: f'current_served."{schema}"', available) if withheld else None
-            con.execute(f"attach '{_quote(building)}' as served")
-            try:
-                _fill(con, schemas, record, result, started, lambda schema: f'served."{schema}"', kept)
-            finally:
-                con.execute("detach served")  # checkpoints: the file is complete, no WAL left
+            current = _tables_of(con, "served")
+            for name in sorted(current):  # what is rewritten whole, or no longer published
+                schema, table = name.split(".", 1)
+                if schema in (ABOUT, LEDGER) or name not in kept or schema not in schemas:
+                    con.execute(f'drop table served."{schema}"."{table}"')
+                    current.discard(name)
+            reuse = Kept(kept, lambda schema: f'served."{schema}"', current, _withheld(record), reuse=True)
+            _fill(con, schemas, record, result, started, lambda schema: f'served."{schema}"', reuse)
         finally:
-            if attached:  # before the served file is replaced, also when the copy failed
-                con.execute("detach current_served")
+            con.execute("detach served")  # checkpoints: the file is complete, no WAL left
         _fsync(building)
         os.replace(building, served)  # readers see the old file or the new one, never a mix
         _fsync(served.parent)
@@ -109,7 +119,14 @@ def copy_to_served(
         building.unlink(missing_ok=True)
         raise PublishError(f"publishing to {served} failed, the served data is unchanged: {exc}") from exc
     result.seconds = time.monotonic() - started
-    log.info("published run %s to %s: %d tables in %.1fs", record.run_id, served, len(result.tables), result.seconds)
+    log.info(
+        "published run %s to %s: %d tables (%d as readers had them) in %.1fs",
+        record.run_id,
+        served,
+        len(result.tables),
+        len(result.reused) + len(result.kept),
+        result.seconds,
+    )
     return result
 
 
@@ -163,14 +180,16 @@ RETIRED = "__retired_"
 
 
 def swap_namespaces(con: Connection, settings: Settings, schemas: tuple[str, ...], record: RunResult) -> PublishResult:
-    """Spark with Iceberg: copy ``schemas`` (tables and views, as Iceberg tables) into
-    ``<prefix><schema>__next`` namespaces, then move every table of them to ``<prefix><schema>``
-    in one transaction of the catalog database, the previous night's aside. Raises PublishError;
-    readers then keep what they had.
+    """Spark with Iceberg: copy what changed of ``schemas`` (tables and views, as Iceberg tables)
+    into ``<prefix><schema>__next`` namespaces, then move every table of them to
+    ``<prefix><schema>`` in one transaction of the catalog database, the previous night's copies
+    of them aside. What readers have as tonight holds it (withheld, or found unchanged by the data
+    diff) stays where it is: the publish costs what changed. Raises PublishError; readers then
+    keep what they had.
 
     Iceberg's JDBC catalog keeps one row per table (its namespace, name and current metadata
     file), and renaming a table is an update of that row (as Iceberg's own ``renameTable`` does):
-    updating the rows of every served table in one transaction is an atomic switch of the whole
+    updating the rows of every moved table in one transaction is an atomic switch of the whole
     night, which Iceberg's per-table commits cannot give. Readers never block it (Iceberg readers
     hold no locks); a reader still reading a retired table keeps its files, which are purged
     ``DUSK_SPARK_KEEP_RETIRED`` nights later."""
@@ -189,29 +208,46 @@ def swap_namespaces(con: Connection, settings: Settings, schemas: tuple[str, ...
     try:
         for name in served.values():  # a run killed while publishing left its copy: nobody reads it
             _drop_namespace(con, f"{name}{NEXT}")
-        kept = _kept_on_server(con, record, served)
+        had = {schema: set(table_names(con, name)) for schema, name in served.items()}
+        available = {f"{schema}.{table}" for schema, tables in had.items() for table in tables}
+        kept = Kept(
+            _withheld(record) | _reusable(record),
+            lambda schema: f'"{served[schema]}"',
+            available,
+            _withheld(record),
+            reuse=True,
+        )
         _fill(con, schemas, record, result, started, lambda schema: f'"{served[schema]}{NEXT}"', kept)
+        new = {schema: set(table_names(con, f"{name}{NEXT}")) for schema, name in served.items()}
+        stays = {tuple(relation.split(".", 1)) for relation in result.kept + result.reused}
         retired = f"{RETIRED}{int(time.time())}"
+        moves = []  # (namespace, table, to namespace), in order
+        for schema, name in served.items():
+            for table in sorted(t for t in had[schema] if (schema, t) not in stays):
+                moves.append((name, table, f"{name}{retired}"))  # rewritten tonight, or no longer published
+            moves += [(f"{name}{NEXT}", table, name) for table in sorted(new[schema])]
+        for namespace in sorted({to for _, _, to in moves}):  # where tables move to exists before
+            con.execute(f'create schema if not exists "{namespace}"')
         release = getattr(con, "release", None)
         if callable(release):
             release()  # the embedded SQLite catalog lets one process write: this one, now
-        moves = []
-        for name in served.values():
-            moves += [(name, f"{name}{retired}"), (f"{name}{NEXT}", name)]
         with engine.begin() as catalog:  # one transaction: readers see the old night or the new one
-            for old, new in moves:
-                for table in ("iceberg_tables", "iceberg_namespace_properties"):
-                    column = "table_namespace" if table == "iceberg_tables" else "namespace"
-                    catalog.execute(
-                        sa.text(f"update {table} set {column} = :new where catalog_name = :c and {column} = :old"),
-                        {"new": new, "old": old, "c": spark.catalog_name},
-                    )
+            for namespace, table, to in moves:
+                catalog.execute(
+                    sa.text(
+                        "update iceberg_tables set table_namespace = :to "
+                        "where catalog_name = :c and table_namespace = :ns and table_name = :t"
+                    ),
+                    {"to": to, "ns": namespace, "t": table, "c": spark.catalog_name},
+                )
     except Exception as exc:
         engine.dispose()
         raise PublishError(
             f"publishing to the {spark.served_prefix}* namespaces failed, the served data is unchanged: {exc}"
         ) from exc
-    try:  # published: a retired night that cannot be purged now is purged by a later publish
+    try:  # published: the emptied copies go, a retired night that cannot be purged now goes later
+        for name in served.values():
+            _drop_namespace(con, f"{name}{NEXT}")
         _drop_retired_namespaces(con, engine, spark.catalog_name, spark.served_prefix, spark.keep_retired)
     except Exception as exc:
         log.warning("publish: the retired served tables are purged by a later publish: %s", exc)
@@ -237,13 +273,19 @@ def _withheld(record: RunResult) -> set[str]:
     return set(record.dbt.withheld_relations) if record.dbt is not None else set()
 
 
+def _reusable(record: RunResult) -> set[str]:
+    """The relations readers have as tonight holds them (the data diff found them identical, or
+    not rebuilt since readers got them): not copied again."""
+    return {d.relation for d in record.diff if d.identical or d.status == UNCHANGED}
+
+
 def _kept_on_server(con: Connection, record: RunResult, served: dict[str, str]) -> Kept | None:
     """PostgreSQL and Spark: the withheld relations come from the served schemas/namespaces."""
     withheld = _withheld(record)
     if not withheld:
         return None
     available = {f"{schema}.{table}" for schema, name in served.items() for table in table_names(con, name)}
-    return Kept(withheld, lambda schema: f'"{served[schema]}"', available)
+    return Kept(withheld, lambda schema: f'"{served[schema]}"', available, withheld)
 
 
 def _drop_namespace(con: Connection, namespace: str) -> None:
@@ -292,12 +334,16 @@ def _drop_retired(con: Connection, pg: PostgresSettings) -> None:
 
 @dataclass
 class Kept:
-    """Relations readers keep at the last published night (a partial dbt night's withheld ones):
-    copied from where readers read now, ``current(schema)``, when ``available`` there."""
+    """Relations readers keep as they have them (a partial dbt night's withheld ones, and those
+    tonight left as they were), taken from where readers read now, ``current(schema)``, when
+    ``available`` there: copied, or with ``reuse`` left where they are (the copy being built
+    already holds them)."""
 
     relations: set[str]
     current: Callable[[str], str]
     available: set[str]
+    withheld: set[str]
+    reuse: bool = False
 
 
 def _fill(
@@ -315,7 +361,7 @@ def _fill(
     if LEDGER in schemas:
         result.seconds = time.monotonic() - started
         _close_served_ledger(con, record, result, into(LEDGER))
-    con.execute(f"create schema {into(ABOUT)}")
+    con.execute(f"create schema if not exists {into(ABOUT)}")
     con.execute(
         f"create table {into(ABOUT)}.about as "
         "select cast(? as varchar) as run_id, cast(? as timestamp) as published_at",
@@ -331,25 +377,30 @@ def _copy(
     kept: Kept | None = None,
 ) -> None:
     """Copy the schemas' tables and views, as tables, into ``into(schema)`` (created here); a
-    relation of ``kept`` is copied from what readers have now instead (left out when they have
-    none: it never passed)."""
+    relation of ``kept`` that readers have is taken from their copy instead (a withheld one
+    readers lack is left out: it never passed; any other readers lack is copied from tonight's)."""
     found = [(schema, table) for schema in schemas for table in table_names(con, schema)]
     missing = sorted(set(schemas) - {s for s, _ in found})
     if missing:
         log.warning("publish: the warehouse has no schema %s yet; published without it", ", ".join(missing))
     for schema in sorted({s for s, _ in found}):
-        con.execute(f"create schema {into(schema)}")
+        con.execute(f"create schema if not exists {into(schema)}")
     for schema, table in found:
         name = f"{schema}.{table}"
         source = f'"{schema}"."{table}"'
         if kept is not None and name in kept.relations:
-            if name not in kept.available:
+            if name in kept.available:
+                (result.kept if name in kept.withheld else result.reused).append(name)
+                source = f'{kept.current(schema)}."{table}"'
+            elif name in kept.withheld:
                 log.warning("publish: %s is withheld and was never published: readers do not get it", name)
                 continue
-            source = f'{kept.current(schema)}."{table}"'
-            result.kept.append(name)
-        con.execute(f'create table {into(schema)}."{table}" as select * from {source}')
-        count = con.execute(f'select count(*) from {into(schema)}."{table}"').fetchone()
+        where = f'{into(schema)}."{table}"'
+        if name in result.reused + result.kept and kept is not None and kept.reuse:
+            where = source  # left where readers have it
+        else:
+            con.execute(f"create table {where} as select * from {source}")
+        count = con.execute(f"select count(*) from {where}").fetchone()
         result.tables[name] = int(count[0]) if count else 0
 
 

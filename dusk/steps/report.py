@@ -93,7 +93,8 @@ def _durations_plot(steps: list[tuple[str, float]]) -> str:
 
 def _relation_diff(row: tuple[Any, ...]) -> RelationDiff:
     """A data diff row of the ledger (:func:`dusk.ledger.diff_of`) as the record holds it."""
-    relation, status, key, before, after, added, removed, changed, columns, share, severity, error = row
+    relation, status, key, before, after, added, removed, changed, columns, share, severity, error, schema = row
+    reshaped = json.loads(schema) if schema else {}
     return RelationDiff(
         relation,
         key.split(", ") if key else None,
@@ -103,6 +104,9 @@ def _relation_diff(row: tuple[Any, ...]) -> RelationDiff:
         int(removed or 0),
         changed,
         json.loads(columns) if columns else {},
+        reshaped.get("added", []),
+        reshaped.get("removed", []),
+        reshaped.get("retyped", []),
         max_changed_share=share,
         severity=severity or "warn",
         status=status,

@@ -206,6 +206,7 @@ create table if not exists {LEDGER}.data_diff (
     rows_before bigint, rows_after bigint, added bigint, removed bigint, changed bigint,
     changed_columns varchar, max_changed_share double precision, severity varchar, error varchar
 );
+alter table {LEDGER}.data_diff add column if not exists changed_schema varchar;
 create table if not exists {LEDGER}.findings (
     run_id varchar not null, check_name varchar not null, severity varchar not null, target varchar not null,
     message varchar not null, value double precision, limit_value double precision

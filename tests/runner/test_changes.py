@@ -136,6 +136,8 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -
     assert docs.stat().st_mtime_ns == docs_written, "the docs were generated again though nothing they show changed"
     assert {d["status"] for d in first["diff"]} == {"new"}, "readers had nothing before the first night"
     assert {d["status"] for d in quiet["diff"]} == {"unchanged"}, "the diff compared what no night rebuilt"
+    reused = set(quiet["published"]["reused"])
+    assert reused == {d["relation"] for d in quiet["diff"]}, "a quiet night copied data readers had"
 
     # one source table changes: exactly what it feeds is built, and the marts equal a full rebuild
     _reprice(ws, 3)

@@ -163,3 +163,19 @@ def test_the_diff_counts_what_changed_and_its_gate_keeps_a_night_from_readers(tm
     redone = {d["relation"]: d for d in ws.last_run()["diff"]}
     assert redone["marts.orders"]["changed"] == diffs["marts.orders"]["changed"]
     assert all(f["check"] != "data_diff" for f in ws.last_run()["findings"])
+    # what readers had unchanged was not copied again, and readers have exactly the warehouse's relations
+    published = ws.last_run()["published"]
+    identical = {
+        r
+        for r, d in redone.items()
+        if d["status"] == "unchanged" or not (d["added"] or d["removed"] or d["changed"] or d["added_columns"])
+    }
+    assert set(published["reused"]) == identical and identical, published["reused"]
+    with duckdb.connect(str(ws.warehouse), read_only=True) as con:
+        con.execute(f"attach '{served}' as readers (read_only)")
+        for relation in redone:
+            schema, table = relation.split(".")
+            mine, theirs = f'"{schema}"."{table}"', f'readers."{schema}"."{table}"'
+            for one, other in ((mine, theirs), (theirs, mine)):
+                extra = con.execute(f"select count(*) from (from {one} except all from {other})").fetchone()
+                assert extra == (0,), relation
