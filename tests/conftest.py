@@ -135,8 +135,9 @@ def duckdb_attach(attach: tuple[str, str]) -> tuple[str, str]:
     return attach
 
 
-def lake_mirror(catalog_db: Path) -> Path:
-    """Every table of the Iceberg catalog ``catalog_db`` (but the readers' ``served_*`` copies),
+def lake_mirror(catalog_db: Path, served: bool = False) -> Path:
+    """Every table of the Iceberg catalog ``catalog_db`` (the readers' ``served_*`` copies only
+    with ``served``),
     read by pyiceberg (Iceberg itself, not Spark) into a DuckDB file beside it, made afresh: times
     with a zone as UTC without one, as DuckDB's tables hold them, and dlt's completed loads of a
     dataset (which dlt keeps as files on a lake) as its ``_dlt_loads`` table."""
@@ -151,7 +152,7 @@ def lake_mirror(catalog_db: Path) -> Path:
     with duckdb.connect(str(mirror)) as con:
         for namespace in catalog.list_namespaces():
             schema = ".".join(namespace)
-            if schema.startswith("served_"):
+            if schema.startswith("served_") and (not served or "__" in schema):
                 continue
             con.execute(f'create schema if not exists "{schema}"')
             for identifier in catalog.list_tables(namespace):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import ICEBERG, PROJECT_DIR, Workspace, duckdb_attach, pg_attach, read_warehouse
+from tests.conftest import ICEBERG, PROJECT_DIR, Workspace, duckdb_attach, lake_mirror, pg_attach, read_warehouse
 from tests.helpers import PASSED, SHOP_KEYS, key_set
 
 MARTS = ("orders", "customers", "daily_revenue", "products", "marketing_roas", "cohort_retention", "daily_web_activity")
@@ -49,6 +49,23 @@ def differences(
                 (n,) = con.execute(
                     f"select count(*) from (select {columns} from {left} except all select {columns} from {right})"
                 ).fetchone()
+                if n:
+                    found[f"{left} - {right}"] = int(n)
+    return found
+
+
+def served_differences(ws: Workspace, relations: list[str]) -> dict[str, int]:
+    """:func:`differences` between the warehouse's relations and the copies readers have (the
+    served file on DuckDB, the ``served_*`` schemas or namespaces on PostgreSQL and Spark)."""
+    if ws.engine == "duckdb":
+        return differences(ws.attach, (str(ws.data_dir / "served.duckdb"), "(read_only)"), relations)
+    found = {}
+    attach = (str(lake_mirror(ws.catalog_db, served=True)), "(read_only)") if ws.spark else ws.attach
+    with read_warehouse(attach) as con:
+        for relation in relations:
+            theirs = f"served_{relation}"
+            for left, right in ((relation, theirs), (theirs, relation)):
+                (n,) = con.execute(f"select count(*) from (from {left} except all from {right})").fetchone()
                 if n:
                     found[f"{left} - {right}"] = int(n)
     return found
