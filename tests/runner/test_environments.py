@@ -107,9 +107,10 @@ def test_dev_checks_a_change_against_prod_without_touching_it(tmp_path: Path) ->
     assert "marts.products" in diff.stdout and f"{renamed:,}" in diff.stdout, diff.stdout
 
     # the environment read the sources itself: prod's archived files, the stream through its own consumer
-    for table in ("raw_marketing.marketing_spend", "raw_web.web_events"):
+    streamed = _count(ws.warehouse, "select count(*) from information_schema.tables where table_schema = 'raw_web'")
+    for table in ("raw_marketing.marketing_spend", *(["raw_web.web_events"] if streamed else [])):  # NATS is up
         query = f"select count(*) from {table}"
-        assert _count(dev / "dev.duckdb", query) == _count(ws.warehouse, query), table
+        assert _count(dev / "dev.duckdb", query) == _count(ws.warehouse, query) > 0, table
 
     # slim CI: the same check in ci, as make ci-slim runs it
     ws.cli("--env", "ci", "run", "--defer")
