@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 from dusk import params
-from dusk.settings import Settings
+from dusk.settings import PROD, Settings
 
 if TYPE_CHECKING:
     from dusk.record import RunResult
@@ -125,7 +125,7 @@ def run(
     """
     from dusk.record import DEFER_SELECT, Plan
 
-    if defer and settings().env == "prod":
+    if defer and settings().env == PROD:
         raise typer.BadParameter("--defer reads prod's data from another environment: add --env dev (or ci)")
     chosen = tuple(select or ()) or ((DEFER_SELECT,) if defer else ())
     _night(Plan(sources=tuple(source or ()), select=chosen, full_refresh=full_refresh, full=full, defer=defer), verbose)
@@ -507,7 +507,7 @@ def _cdc(source: str, action: str) -> None:
         raise typer.Exit(EXIT_FAILED)
     from dusk.steps.prepare import in_environment
 
-    spec = specs[source] if s.env == "prod" else in_environment(specs[source], s.env)  # its own slot
+    spec = specs[source] if s.env == PROD else in_environment(specs[source], s.env)  # its own slot
     connection = shop_connections(s, specs).get(source, Connection()) if s.demo else Connection()
     url = sa.make_url(credentials(spec, connection))
     done = cdc.setup(url, spec) if action == "setup" else cdc.drop(url, spec)

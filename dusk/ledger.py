@@ -128,7 +128,11 @@ def audited(con: Connection, record: RunResult, findings: list[Finding], seconds
     with _transaction(con):
         failed = any(f.severity == "error" for f in findings)
         step(con, record, "audit", "monitoring", "failed" if failed else "ok", seconds, 1)
-        _insert(con, "findings", [[rid, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in findings])
+        _findings(con, rid, findings)
+
+
+def _findings(con: Connection, run_id: str, findings: list[Finding]) -> None:
+    _insert(con, "findings", [[run_id, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in findings])
 
 
 def diffed(
@@ -148,7 +152,7 @@ def diffed(
             for d in diffs
         ]  # fmt: skip
         _insert(con, "data_diff", rows)
-        _insert(con, "findings", [[rid, f.check, f.severity, f.target, f.message, f.value, f.limit] for f in findings])
+        _findings(con, rid, findings)
 
 
 def _schema_change(d: RelationDiff) -> str | None:

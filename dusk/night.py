@@ -316,7 +316,7 @@ def _in_warehouse(
             with _guarded(record, "monitoring could not read the warehouse"):
                 record.findings = audit(settings, con, record)
             stop.check()
-            with _guarded(record, "the data diff could not read the warehouse"):
+            with _guarded(record, "the data diff failed"):
                 record.diff = diff(settings, warehouse.engine, con, record)
     record.seconds = time.monotonic() - started
     stop.check()

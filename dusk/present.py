@@ -157,7 +157,7 @@ def diff_rows(diffs: Sequence[RelationDiff], limit: int = 3) -> list[tuple[str, 
                 n(d.rows_after),
                 n(d.added),
                 n(d.removed),
-                n(d.changed) if d.key else "(no key)",
+                n(d.changed) if d.key else "no key",
                 "-" if share is None else f"{share:.1%}",
                 columns,
             )

@@ -27,7 +27,7 @@ def print_summary(settings: Settings, result: RunResult, console: Console | None
     if result.dbt is not None:
         _dbt(result.dbt, console)
     if result.diff:
-        _diff(result, console)
+        print_diff(result.diff, console)
     for line in problems(result):
         colour = {"error": "red", "warn": "yellow"}.get(line.level)
         text = escape(line.render())
@@ -92,18 +92,14 @@ SHOWN_CHANGES = 12
 """Relations the summary's data diff table shows (the most changed first; the report has all)."""
 
 
-def _diff(result: RunResult, console: Console) -> None:
-    print_diff(result.diff, console)
-
-
 def print_diff(diffs: list[RelationDiff], console: Console, shown: int = SHOWN_CHANGES) -> None:
     """What changes for readers: the relations that change most (those readers lack are counted
     in the headline)."""
-    changing = [d for d in diffs if d.status != "new"]
-    rows = sorted(diff_rows(changing), key=lambda row: row[6] == "-" or -float(row[6].rstrip("%")))
+    changing = sorted((d for d in diffs if d.status != "new"), key=lambda d: -(d.share or 0))
+    rows = diff_rows(changing)
     if rows:
         table = Table(title="Changes for readers (+ added, - removed, ~ changed rows)", title_justify="left")
-        cells = [tuple(cell.replace("(no key)", "n/a") for cell in row[:7]) for row in rows[:shown]]
+        cells = [row[:7] for row in rows[:shown]]
         table.add_column("relation", overflow="fold")
         for i, col in enumerate(("before", "after", "+", "-", "~", "share"), start=1):
             table.add_column(col, justify="right", no_wrap=True, min_width=max(len(r[i]) for r in cells))

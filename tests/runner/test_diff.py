@@ -19,7 +19,7 @@ import pytest
 
 from dusk.record import RelationDiff
 from dusk.settings import Settings
-from dusk.steps.diff import Gates, gate_findings
+from dusk.steps.diff import Gate, Gates, compare_schemas, duckdb_sides, gate_findings
 from tests.conftest import PROJECT_DIR, Workspace
 from tests.helpers import project_copy
 
@@ -76,6 +76,25 @@ def test_keys_come_from_the_project_and_gates_from_meta_or_the_default(
     (finding,) = gate_findings([within, past, new])
     assert (finding.check, finding.severity, finding.target) == ("data_diff", "error", "marts.a")
     assert "13.6%" in finding.message and "10.0%" in finding.message
+
+
+def test_a_repeated_key_is_compared_by_whole_rows_and_never_found_identical(tmp_path: Path) -> None:
+    served = tmp_path / "served.duckdb"
+    with duckdb.connect(str(served)) as con:
+        con.execute("create schema marts")
+        con.execute("create table marts.once as select * from (values (1, 'x'), (2, 'y')) v(k, a)")
+        con.execute("create table marts.twice as select * from (values (1, 'x'), (2, 'y')) v(k, a)")
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        con.execute("create schema marts")
+        con.execute("create table marts.once as select * from (values (1, 'x'), (2, 'z')) v(k, a)")
+        con.execute("create table marts.twice as select * from (values (1, 'x'), (1, 'x'), (2, 'y')) v(k, a)")
+        gates = Gates(Gate(), {"marts.once": Gate(["k"]), "marts.twice": Gate(["k"])}, {})
+        with duckdb_sides(con, served) as sides:
+            once, twice = compare_schemas(con, sides, ("marts",), gates)
+    assert (once.key, once.added, once.removed, once.changed, once.columns) == (["k"], 0, 0, 1, {"a": 1})
+    # matched by a key that repeats, the extra row would have gone unseen and readers kept without it
+    assert (twice.key, twice.rows_before, twice.rows_after, twice.added, twice.removed) == (None, 2, 3, 1, 0)
+    assert not twice.identical
 
 
 def _rows(con: duckdb.DuckDBPyConnection, relation: str, columns: list[str]) -> list[tuple[Any, ...]]:
