@@ -15,6 +15,13 @@ A node (model, snapshot, seed, data test) is built again when
 and, through dbt's ``+``, everything downstream of such a node. The rest is left as it is and
 counts as *unchanged*: it passed against exactly the data it would see again.
 
+The run ledger's own tables change every night (the runner writes tonight's row before the
+build) and have no fingerprint. What they feed (the ledger's tests) is built with any night that
+builds something else, but alone it does not make a night build: a night where nothing else
+changed, and whose project files are those of the saved manifest (so ``state:modified`` selects
+nothing), runs no ``dbt build`` at all (an *idle* selection). The runner writes the ledger under
+its primary key, one transaction per step; full nights test it whatever happened.
+
 The state lives in ``<data dir>/state/``: a folder per saved night holding dbt's ``manifest.json``
 and ``nodes.json`` (each node's fingerprints), and ``current``, naming the folder, replaced in one
 step. A night killed before it saved its state leaves the previous one, so the next night builds at
@@ -39,7 +46,7 @@ import yaml
 from dbt.contracts.graph.manifest import Manifest
 
 from dusk.settings import PROJECT_DIR
-from dusk.warehouse import table_names
+from dusk.warehouse import LEDGER, table_names
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,8 @@ class BuildState:
     """When a night last built every node."""
     docs_key: str | None = None
     """The :func:`project_key` of the project the docs were last generated from."""
+    manifest_key: str | None = None
+    """The :func:`project_key` of the project the kept manifest was parsed from."""
 
     @property
     def manifest(self) -> Path | None:
@@ -103,6 +112,7 @@ def load(state_dir: Path, warehouse: str) -> BuildState:
         nodes=dict(saved.get("nodes") or {}),
         full_at=datetime.fromisoformat(full_at) if full_at else None,
         docs_key=saved.get("docs_key"),
+        manifest_key=saved.get("manifest_key"),
     )
 
 
@@ -120,6 +130,7 @@ def save(state_dir: Path, run_id: str, state: BuildState, manifest_json: Path | 
         "warehouse": state.warehouse,
         "full_at": state.full_at.isoformat() if state.full_at else None,
         "docs_key": state.docs_key,
+        "manifest_key": state.manifest_key,
         "nodes": state.nodes,
     }
     _write(folder / "nodes.json", json.dumps(body, indent=1, sort_keys=True))
@@ -202,6 +213,8 @@ class Selection:
     """Every node is built (no state, asked for, or the weekly full night is due)."""
     reasons: dict[str, str] = field(default_factory=dict)
     """Per unique id of a node chosen for itself (not as a descendant): why."""
+    idle: bool = False
+    """Nothing is to be built: no ``dbt build`` runs (``select`` is empty then, not everything)."""
 
 
 def select(
@@ -212,10 +225,12 @@ def select(
     full: bool = False,
     full_every: timedelta | None = None,
     now: datetime | None = None,
+    project: str | None = None,
 ) -> Selection:
     """Tonight's selection (see the module's description). ``relations``: reads the relations
     the warehouse holds, by schema (lower case), when a node's record is to be checked.
-    ``full_every``: a night builds every node when the last full one is older."""
+    ``full_every``: a night builds every node when the last full one is older. ``project``:
+    tonight's :func:`project_key` (None: unknown, ``state:modified`` may select something)."""
     now = now or datetime.now(UTC)
     due = full_every is not None and (state.full_at is None or now - state.full_at >= full_every)
     if full or due or state.manifest is None:
@@ -223,6 +238,7 @@ def select(
     existing = relations()
     upstream = _upstream_sources(manifest)
     reasons: dict[str, str] = {}
+    bookkeeping: dict[str, str] = {}  # chosen for new rows in the run ledger only
     for unique_id, node in manifest.nodes.items():
         if not _recorded_kind(node):
             continue
@@ -238,7 +254,12 @@ def select(
         else:
             changed = sorted(s for s in upstream[unique_id] if prints.get(s) is None or record.get(s) != prints[s])
             if changed:
-                reasons[unique_id] = "new data in " + ", ".join(_source_name(manifest, s) for s in changed)
+                why = "new data in " + ", ".join(_source_name(manifest, s) for s in changed)
+                ledger_only = all(manifest.sources[s].schema == LEDGER for s in changed)
+                (bookkeeping if ledger_only else reasons)[unique_id] = why
+    if not reasons and project is not None and project == state.manifest_key:
+        return Selection(select=[], state=None, full=False, idle=True)
+    reasons |= bookkeeping
     chosen = [f"fqn:{'.'.join(manifest.nodes[u].fqn)}+" for u in sorted(reasons)]
     return Selection(select=[*chosen, "state:modified+"], state=state.manifest, full=False, reasons=reasons)
 
@@ -295,7 +316,12 @@ def record(
     for unique_id in left_out:
         nodes.pop(unique_id, None)
     return BuildState(
-        folder=state.folder, warehouse=state.warehouse, nodes=nodes, full_at=state.full_at, docs_key=state.docs_key
+        folder=state.folder,
+        warehouse=state.warehouse,
+        nodes=nodes,
+        full_at=state.full_at,
+        docs_key=state.docs_key,
+        manifest_key=state.manifest_key,
     )
 
 

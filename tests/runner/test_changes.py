@@ -55,7 +55,8 @@ def _downstream(ws: Workspace, *starts: str) -> set[str]:
 
 
 def _always(ws: Workspace) -> set[str]:
-    """What every night runs: the run ledger's tests (the ledger changes every night)."""
+    """What every night that builds anything runs: the run ledger's tests (the ledger changes
+    every night; alone, that builds nothing)."""
     return _downstream(ws, "source.dusk.ledger.runs")
 
 
@@ -104,6 +105,11 @@ def test_a_full_night_falls_due_after_full_build_days_and_a_full_night_reads_no_
         chosen = changes.select(manifest, state, {}, relations if full else dict, full_every=timedelta(days=7), now=now)
         assert chosen.full is full
         assert chosen.select == ([] if full else ["state:modified+"])
+    # nothing new, and the project the kept manifest was parsed from: no dbt build at all
+    kept = changes.BuildState(folder=tmp_path, full_at=now, manifest_key="project-a")
+    assert changes.select(manifest, kept, {}, dict, project="project-a", now=now).idle
+    edited = changes.select(manifest, kept, {}, dict, project="project-b", now=now)
+    assert not edited.idle and edited.select == ["state:modified+"]
     never = changes.BuildState(folder=tmp_path, full_at=now - timedelta(days=400))
     assert not changes.select(manifest, never, {}, dict, full_every=None, now=now).full  # DUSK_FULL_BUILD_DAYS=0
     assert changes.select(manifest, changes.BuildState(), {}, relations).full  # a first night
@@ -130,9 +136,10 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -
     docs_written = docs.stat().st_mtime_ns
     quiet = _night(ws)
     assert not quiet["dbt"]["full"]
-    assert set(_ran(ws)) == _always(ws), "a night with nothing new built more than the ledger's tests"
+    assert _ran(ws) == {}, "a night with nothing new ran dbt's build (the ledger's new rows alone do not count)"
     unchanged = {n["unique_id"] for n in quiet["dbt"]["nodes"] if n["status"] == "unchanged"}
-    assert unchanged == everything - _always(ws)
+    assert unchanged == everything
+    assert quiet["dbt"]["freshness"], "a night with nothing to build checks its sources' freshness all the same"
     assert docs.stat().st_mtime_ns == docs_written, "the docs were generated again though nothing they show changed"
     assert {d["status"] for d in first["diff"]} == {"new"}, "readers had nothing before the first night"
     assert {d["status"] for d in quiet["diff"]} == {"unchanged"}, "the diff compared what no night rebuilt"
