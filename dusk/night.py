@@ -34,6 +34,7 @@ from dusk.steps.audit import audit
 from dusk.steps.build import build
 from dusk.steps.diff import diff
 from dusk.steps.ingest import ingest
+from dusk.steps.metrics import metrics
 from dusk.steps.prepare import Prepared, check_free_space, prepare
 from dusk.steps.prune import prune
 from dusk.steps.publish import publish
@@ -247,6 +248,7 @@ def _write_stop(settings: Settings, record: RunResult, sig: str, started: float)
     if record.alert is None:  # the warehouse could not be opened: alert all the same
         record.alert = send(settings, record)
     record.heartbeat = heartbeat(settings, record)
+    record.metrics = metrics(settings, record)
     write_run_record(settings, record)
 
 
@@ -263,6 +265,7 @@ def _night(settings: Settings, plan: Plan, record: RunResult, progress: RunProgr
         record.alert = send(settings, record)
     record.seconds = time.monotonic() - started
     record.heartbeat = heartbeat(settings, record)  # also when the warehouse failed: then /fail
+    record.metrics = metrics(settings, record)
     write_run_record(settings, record)
     log.info(
         "run %s ended %s in %.1fs",

@@ -81,6 +81,8 @@ class NodeResult:
     """Where a failing test's rows are kept (store_failures; long test names are shortened there)."""
     rows_affected: int | None = None
     """Rows the adapter reports for a model, seed or snapshot (None where it reports none)."""
+    age_seconds: float | None = None
+    """A source table's freshness check only: the age of its newest row when checked."""
 
 
 @dataclass
@@ -268,6 +270,8 @@ class RunResult:
     log_path: Path | None = None
     report_path: Path | None = None
     report_error: str | None = None
+    metrics: str | None = None
+    """Where the night's Prometheus metrics went (written, pushed, or why not; ``off``)."""
 
     @property
     def run_id(self) -> str:

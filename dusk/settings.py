@@ -275,6 +275,12 @@ class Settings:
     """The alert webhook URL (DUSK_ALERT_WEBHOOK); None: the secret file, if any."""
     heartbeat_url: str | None = field(default=None, repr=False)
     """The dead-man's switch's ping URL (DUSK_HEARTBEAT_URL); None: the secret file, if any."""
+    metrics_file: Path | None = None
+    """Where each night's Prometheus metrics are written (DUSK_METRICS_FILE; default
+    ``<data dir>/metrics/dusk.prom``; None: not written, DUSK_METRICS=0)."""
+    pushgateway_url: str | None = field(default=None, repr=False)
+    """The Prometheus Pushgateway the metrics are pushed to (DUSK_PUSHGATEWAY_URL); None: the
+    secret file, if any."""
     target: str = "duckdb"
     """The warehouse engine (DUSK_TARGET): one of :data:`ENGINES`."""
     postgres: PostgresSettings = PostgresSettings()
@@ -353,6 +359,15 @@ class Settings:
         """Git-ignored secret files (the generated PII salt, optionally the alert webhook URL),
         shared by the environments: the same salt hashes the same values the same way in each."""
         return self.base_dir / "secrets"
+
+    @property
+    def pushgateway(self) -> str | None:
+        """The Pushgateway URL: DUSK_PUSHGATEWAY_URL, else the secret file ``pushgateway_url``
+        (a URL may carry a token); None: no push."""
+        if self.pushgateway_url:
+            return self.pushgateway_url
+        path = self.secrets_dir / "pushgateway_url"
+        return (path.read_text().strip() or None) if path.exists() else None
 
     @property
     def pipelines_dir(self) -> Path:
@@ -447,8 +462,19 @@ class Settings:
             pii_salt=os.environ.get("DUSK_PII_SALT"),
             alert_webhook=os.environ.get("DUSK_ALERT_WEBHOOK", "").strip() or None,
             heartbeat_url=os.environ.get("DUSK_HEARTBEAT_URL", "").strip() or None,
+            metrics_file=_metrics_file(data_dir),
+            pushgateway_url=os.environ.get("DUSK_PUSHGATEWAY_URL", "").strip() or None,
             full_build_every=_full_build_every(),
         )
+
+
+def _metrics_file(data_dir: Path) -> Path | None:
+    """DUSK_METRICS_FILE (default ``<data dir>/metrics/dusk.prom``); None when DUSK_METRICS=0."""
+    if os.environ.get("DUSK_METRICS", "1").strip().lower() in {"0", "false", "no"}:
+        return None
+    if os.environ.get("DUSK_METRICS_FILE", "").strip():
+        return _env_path("DUSK_METRICS_FILE", Path())
+    return data_dir / "metrics" / "dusk.prom"
 
 
 def _full_build_every() -> timedelta | None:

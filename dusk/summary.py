@@ -128,6 +128,8 @@ def _where(settings: Settings, result: RunResult, console: Console) -> None:
         console.print(f"[yellow]Report not written: {result.report_error}[/yellow]")
     if result.log_path is not None:
         console.print(f"Log: {result.log_path}")
+    if result.metrics and result.metrics != "off":
+        console.print(f"Metrics: {result.metrics}")
     if result.alert is not None and result.alert.sent:
         console.print(f"Alert sent: {result.alert.reason}")
     verdict = {

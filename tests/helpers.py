@@ -152,9 +152,9 @@ def kill_ingest_after(settings: Settings, source: str, delay: float | str, env: 
 
 
 class WebhookReceiver:
-    """A local HTTP server that records what is posted to it (a stand-in for Slack's incoming
-    webhook, or a healthchecks-style heartbeat receiver); ``fail_first`` requests are answered
-    503 first."""
+    """A local HTTP server that records what is posted (or put) to it (a stand-in for Slack's
+    incoming webhook, a healthchecks-style heartbeat receiver, or a Prometheus Pushgateway);
+    ``fail_first`` requests are answered 503 first."""
 
     def __init__(self, fail_first: int = 0) -> None:
         import json
@@ -185,6 +185,8 @@ class WebhookReceiver:
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            do_PUT = do_POST  # a Pushgateway receives a night's metrics by PUT
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -235,3 +237,15 @@ def diff_counts(record: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
     assert counts and {c[0] for c in counts.values()} <= {"compared", "unchanged"}, counts
     assert any(c[3] for c in counts.values()), "the night added nothing for readers"
     return counts
+
+
+def prometheus_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus textfile by name and labels (sorted), read with
+    prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

@@ -18,7 +18,7 @@ import duckdb
 import pytest
 
 from tests.conftest import Workspace, delete_demo_stream
-from tests.helpers import SHOP_KEYS, key_set
+from tests.helpers import SHOP_KEYS, key_set, prometheus_samples
 from tests.proof.invariants import assert_snapshot_is_truth
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +70,18 @@ def expected_changes(ws: Workspace, after_day: int, raw_before: dict[str, set[ob
     return out
 
 
+def assert_metrics_written(ws: Workspace, record: dict) -> None:
+    """The night's Prometheus textfile holds its status, rows and freshness ages."""
+    path = ws.data_dir / "metrics" / "dusk.prom"
+    assert record["metrics"] == f"written to {path}"
+    got = prometheus_samples(path.read_text())
+    assert got[("dusk_run_status", (("status", record["status"]),))] == 1
+    loaded = sum(v for (name, labels), v in got.items() if name == "dusk_source_rows" and ("kind", "loaded") in labels)
+    assert loaded == sum(t["loaded"] for s in record["sources"] for t in s["tables"]) > 0
+    ages = [v for (name, _), v in got.items() if name == "dusk_source_freshness_age_seconds"]
+    assert len(ages) == len(record["dbt"]["freshness"]) and all(a >= 0 for a in ages)
+
+
 def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_path: Path) -> None:
     ws = workspace
     first = ws.cli("run")
@@ -94,6 +106,7 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
     with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
         ledger = wh.execute("select sql_seconds from dusk_ledger.steps where step = 'dbt'").fetchall()
     assert ledger == [(dbt["sql_seconds"],)]
+    assert_metrics_written(ws, record)
 
     raw_before = {t: source_keys(ws.shop_db, t) for t in TABLES}
     sim = ws.cli("simulate", "--days", "3")

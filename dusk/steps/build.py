@@ -51,9 +51,16 @@ def _collect(results: Any) -> list[NodeResult]:
                 message=r.message if str(r.status) in ("fail", "error", "warn", "runtime error") else None,
                 failures_table=getattr(node, "relation_name", None) if str(r.status) in ("fail", "warn") else None,
                 rows_affected=_rows(getattr(r, "adapter_response", None)),
+                age_seconds=_age(r),
             )
         )
     return out
+
+
+def _age(result: Any) -> float | None:
+    """A freshness result's age in seconds (None for any other result, or a check that errored)."""
+    age = getattr(result, "age", None)
+    return float(age) if isinstance(age, int | float) else None
 
 
 def _executing(results: Any) -> list[tuple[datetime, datetime]]:
