@@ -34,6 +34,7 @@ from dusk.steps.audit import audit
 from dusk.steps.build import build
 from dusk.steps.diff import diff
 from dusk.steps.ingest import ingest
+from dusk.steps.lineage import lineage
 from dusk.steps.metrics import metrics
 from dusk.steps.prepare import Prepared, check_free_space, prepare
 from dusk.steps.prune import prune
@@ -330,8 +331,18 @@ def _in_warehouse(
     with _guarded(record, NOT_WRITTEN):
         ledger.close_run(con, record)
     report(settings, con, record)
+    record.lineage = _lineage(settings, con, record, prepared.specs if prepared is not None else {})
     if prepared is not None:
         _prune(settings, prepared.specs, con)
+
+
+def _lineage(settings: Settings, con: Any, record: RunResult, specs: dict[str, SourceSpec]) -> str:
+    """The night's OpenLineage events: what went wrong is logged and named, never the night's."""
+    try:
+        return lineage(settings, con, record, specs, datetime.now(UTC))
+    except Exception as exc:
+        log.warning("the lineage events were not emitted", exc_info=True)
+        return f"not emitted ({type(exc).__name__}: {exc})"
 
 
 def _prune(settings: Settings, specs: dict[str, SourceSpec], con: Any) -> None:

@@ -83,6 +83,10 @@ class NodeResult:
     """Rows the adapter reports for a model, seed or snapshot (None where it reports none)."""
     age_seconds: float | None = None
     """A source table's freshness check only: the age of its newest row when checked."""
+    started_at: datetime | None = None
+    """When dbt started the node (compiling it), UTC."""
+    completed_at: datetime | None = None
+    """When dbt finished the node, UTC."""
 
 
 @dataclass
@@ -272,6 +276,8 @@ class RunResult:
     report_error: str | None = None
     metrics: str | None = None
     """Where the night's Prometheus metrics went (written, pushed, or why not; ``off``)."""
+    lineage: str | None = None
+    """Where the night's OpenLineage events went (written, sent, or why not; ``off``)."""
 
     @property
     def run_id(self) -> str:

@@ -281,6 +281,13 @@ class Settings:
     pushgateway_url: str | None = field(default=None, repr=False)
     """The Prometheus Pushgateway the metrics are pushed to (DUSK_PUSHGATEWAY_URL); None: the
     secret file, if any."""
+    lineage_dir: Path | None = None
+    """Where each night's OpenLineage events are written, a file per night (default
+    ``<data dir>/lineage``; None: not written, DUSK_OPENLINEAGE=0 or an OpenLineage URL)."""
+    openlineage_url: str | None = field(default=None, repr=False)
+    """An OpenLineage receiver (Marquez) the events are sent to instead (DUSK_OPENLINEAGE_URL)."""
+    openlineage_api_key: str | None = field(default=None, repr=False)
+    """Its API key, sent as a bearer token (DUSK_OPENLINEAGE_API_KEY)."""
     target: str = "duckdb"
     """The warehouse engine (DUSK_TARGET): one of :data:`ENGINES`."""
     postgres: PostgresSettings = PostgresSettings()
@@ -464,6 +471,9 @@ class Settings:
             heartbeat_url=os.environ.get("DUSK_HEARTBEAT_URL", "").strip() or None,
             metrics_file=_metrics_file(data_dir),
             pushgateway_url=os.environ.get("DUSK_PUSHGATEWAY_URL", "").strip() or None,
+            lineage_dir=_lineage_dir(data_dir),
+            openlineage_url=(os.environ.get("DUSK_OPENLINEAGE_URL", "").strip() or None) if _lineage_on() else None,
+            openlineage_api_key=os.environ.get("DUSK_OPENLINEAGE_API_KEY", "").strip() or None,
             full_build_every=_full_build_every(),
         )
 
@@ -475,6 +485,18 @@ def _metrics_file(data_dir: Path) -> Path | None:
     if os.environ.get("DUSK_METRICS_FILE", "").strip():
         return _env_path("DUSK_METRICS_FILE", Path())
     return data_dir / "metrics" / "dusk.prom"
+
+
+def _lineage_dir(data_dir: Path) -> Path | None:
+    """``<data dir>/lineage``; None when DUSK_OPENLINEAGE=0, or when events go to a receiver."""
+    if not _lineage_on():
+        return None
+    return None if os.environ.get("DUSK_OPENLINEAGE_URL", "").strip() else data_dir / "lineage"
+
+
+def _lineage_on() -> bool:
+    """DUSK_OPENLINEAGE (default on)."""
+    return os.environ.get("DUSK_OPENLINEAGE", "1").strip().lower() not in {"0", "false", "no"}
 
 
 def _full_build_every() -> timedelta | None:

@@ -130,6 +130,8 @@ def _where(settings: Settings, result: RunResult, console: Console) -> None:
         console.print(f"Log: {result.log_path}")
     if result.metrics and result.metrics != "off":
         console.print(f"Metrics: {result.metrics}")
+    if result.lineage and result.lineage != "off":
+        console.print(f"Lineage: {result.lineage}")
     if result.alert is not None and result.alert.sent:
         console.print(f"Alert sent: {result.alert.reason}")
     verdict = {

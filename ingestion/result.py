@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass
@@ -41,6 +42,8 @@ class SourceResult:
     """Columns that land as another type than the obvious one, and why (e.g. a numeric as text)."""
     abandoned: bool = False
     """Given up past its time limit while still running: its thread was left behind."""
+    started_at: datetime | None = None
+    """When the source's first attempt started, UTC."""
 
     @property
     def status(self) -> str:

@@ -249,3 +249,15 @@ def prometheus_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def lineage_events(record: dict) -> list[dict]:
+    """The OpenLineage events a night wrote, from the file its record names."""
+    import json
+    import re
+
+    found = re.fullmatch(r"(\d+) events written to (.+)", record["lineage"] or "")
+    assert found, f"the night wrote no lineage file: {record['lineage']}"
+    events = [json.loads(line) for line in Path(found.group(2)).read_text().splitlines()]
+    assert len(events) == int(found.group(1))
+    return events

@@ -8,6 +8,7 @@ the run and is named in the summary.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -82,6 +83,32 @@ def assert_metrics_written(ws: Workspace, record: dict) -> None:
     assert len(ages) == len(record["dbt"]["freshness"]) and all(a >= 0 for a in ages)
 
 
+def assert_lineage_written(ws: Workspace, record: dict) -> None:
+    """The night's OpenLineage events: a START and an end per source and per node that ran, and a
+    model's output columns as the warehouse has them."""
+    path = ws.data_dir / "lineage" / f"{record['run_id']}.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record["lineage"] == f"{len(events)} events written to {path}"
+    runs = {(e["job"]["name"], e["eventType"]) for e in events}
+    ran = [n for n in record["dbt"]["nodes"] if n["status"] != "unchanged" and n["resource_type"] != "exposure"]
+    expected = {("night", "START"), ("night", "COMPLETE")}
+    expected |= {(f"ingest.{s['source']}", state) for s in record["sources"] for state in ("START", "COMPLETE")}
+    expected |= {(f"dbt.{n['resource_type']}.{n['name']}", state) for n in ran for state in ("START", "COMPLETE")}
+    assert runs == expected
+    (built,) = [e for e in events if e["job"]["name"] == "dbt.model.orders" and e["eventType"] == "COMPLETE"]
+    (orders,) = built["outputs"]
+    with duckdb.connect(str(ws.warehouse), read_only=True) as wh:
+        columns = wh.execute(
+            "select column_name from information_schema.columns where table_schema = 'marts' "
+            "and table_name = 'orders' order by ordinal_position"
+        ).fetchall()
+    assert [f["name"] for f in orders["facets"]["schema"]["fields"]] == [c for (c,) in columns]
+    assert {d["name"] for d in built["inputs"]} == {
+        "intermediate.int_orders_summed",
+        "intermediate.int_orders_customer_as_of",
+    }
+
+
 def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_path: Path) -> None:
     ws = workspace
     first = ws.cli("run")
@@ -107,6 +134,7 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
         ledger = wh.execute("select sql_seconds from dusk_ledger.steps where step = 'dbt'").fetchall()
     assert ledger == [(dbt["sql_seconds"],)]
     assert_metrics_written(ws, record)
+    assert_lineage_written(ws, record)
 
     raw_before = {t: source_keys(ws.shop_db, t) for t in TABLES}
     sim = ws.cli("simulate", "--days", "3")

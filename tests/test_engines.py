@@ -18,7 +18,7 @@ import pytest
 from dusk.settings import PostgresSettings
 from dusk.warehouse.postgres_engine import placeholders
 from tests.conftest import Workspace, delete_demo_stream, pg_databases, read_warehouse
-from tests.helpers import diff_counts
+from tests.helpers import diff_counts, lineage_events
 from tests.proof import invariants
 from tests.proof.invariants import MARTS, SNAPSHOTS
 
@@ -64,6 +64,9 @@ def _nights(duck: Workspace, pg: Workspace, moved_database: str) -> None:
         assert "Run SUCCESS" in out.stdout, out.stdout
     assert f"Warehouse: postgresql://postgres@127.0.0.1:5432/{pg.pg_database}" in out.stdout
     assert pg.last_run()["published"]["where"].endswith("(served_*)")
+    written = [o for e in lineage_events(pg.last_run()) for o in e["outputs"]]
+    assert {o["namespace"] for o in written} == {"postgres://127.0.0.1:5432"}
+    assert all(o["name"].startswith(f"{pg.pg_database}.") and o["facets"]["schema"]["fields"] for o in written)
     assert not pg.warehouse.exists()  # nothing of the night went to a DuckDB file
     assert differences(duck.attach, pg.attach) == {}
 

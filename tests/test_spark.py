@@ -27,7 +27,7 @@ import pytest
 
 from dusk.settings import Settings
 from tests.conftest import Workspace, delete_demo_stream
-from tests.helpers import diff_counts, project_copy
+from tests.helpers import diff_counts, lineage_events, project_copy
 from tests.proof import invariants
 from tests.proof.invariants import MARTS, SNAPSHOTS
 
@@ -129,6 +129,8 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
         assert "Run SUCCESS" in out.stdout, out.stdout
     assert "Warehouse: spark local[2], iceberg catalog sqlite:///" in out.stdout
     assert spark.last_run()["published"]["where"].endswith("(served_*)")
+    written = {o["namespace"] for e in lineage_events(spark.last_run()) for o in e["outputs"]}
+    assert written == {"iceberg://dusk"}
     assert not spark.warehouse.exists()  # nothing of the night went to a DuckDB file
     lake = catalog(spark)
     assert not [t for n in lake.list_namespaces() if n == ("test_failures",) for t in lake.list_tables(n)]

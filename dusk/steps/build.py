@@ -52,6 +52,8 @@ def _collect(results: Any) -> list[NodeResult]:
                 failures_table=getattr(node, "relation_name", None) if str(r.status) in ("fail", "warn") else None,
                 rows_affected=_rows(getattr(r, "adapter_response", None)),
                 age_seconds=_age(r),
+                started_at=_when(r, min),
+                completed_at=_when(r, max),
             )
         )
     return out
@@ -61,6 +63,17 @@ def _age(result: Any) -> float | None:
     """A freshness result's age in seconds (None for any other result, or a check that errored)."""
     age = getattr(result, "age", None)
     return float(age) if isinstance(age, int | float) else None
+
+
+def _when(result: Any, pick: Callable[[list[datetime]], datetime]) -> datetime | None:
+    """The first start (``min``) or the last end (``max``) of a result's timings, UTC."""
+    times = [
+        t for timing in getattr(result, "timing", None) or [] for t in (timing.started_at, timing.completed_at) if t
+    ]
+    if not times:
+        return None
+    at = pick(times)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _executing(results: Any) -> list[tuple[datetime, datetime]]:

@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import tenacity
 
@@ -38,7 +38,9 @@ def ingest(
 
     def one(spec: SourceSpec) -> SourceResult:
         on_start(spec.name)
+        began = datetime.now(UTC)
         result = ingest_with_retries(spec, settings, target, connections.get(spec.name), window)
+        result.started_at = began
         on_end(result)
         log.info(
             "source=%s %s in %.1fs",

@@ -1,8 +1,8 @@
 """Retention: what a long-lived installation would otherwise keep for ever, pruned at the end of
 every night (and by ``dusk prune``), each kind by its own setting in days (0: keep for ever).
 
-- run records (``runs/<run id>.json``, never ``last_run.json``) and run logs (``logs/``):
-  ``DUSK_KEEP_RUNS_DAYS``, default 90;
+- run records (``runs/<run id>.json``, never ``last_run.json``), run logs (``logs/``) and
+  OpenLineage event files (``lineage/``): ``DUSK_KEEP_RUNS_DAYS``, default 90;
 - dlt's completed load packages (``dlt/<source>/load/loaded/``; dlt's state lives in the
   warehouse, not in them): ``DUSK_KEEP_DLT_DAYS``, default 30;
 - archived landing files (``<landing>/archive/``; raw holds their rows, the file ledger their
@@ -80,6 +80,9 @@ def prune(
         dry_run,
     )
     _files(pruned, "run logs", _listed(settings.logs_dir, "*.jsonl"), keep.runs_days, now, dry_run)
+    if settings.lineage_dir is not None:
+        lineage = _listed(settings.lineage_dir, "*.jsonl")
+        _files(pruned, "lineage events", lineage, keep.runs_days, now, dry_run)
     packages = [p for p in settings.pipelines_dir.glob("*/load/loaded/*") if p.is_dir()]
     _files(pruned, "dlt load packages", packages, keep.dlt_days, now, dry_run)
     archives: list[Path] = []

@@ -45,10 +45,13 @@ def ledger_run(con: duckdb.DuckDBPyConnection, run_id: str, days_ago: float, sho
 
 def test_each_kind_is_pruned_by_its_own_retention_and_what_is_still_needed_stays(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    settings = Settings(data, data / "warehouse.duckdb", tmp_path / "target", demo=True, demo_seed=1)
+    settings = Settings(
+        data, data / "warehouse.duckdb", tmp_path / "target", demo=True, demo_seed=1, lineage_dir=data / "lineage"
+    )
     old_record, new_record = aged(data / "runs" / "20250101T000000Z.json", 120), aged(data / "runs" / "x.json", 1)
     last = aged(data / "runs" / "last_run.json", 400)  # the last run's record, whatever its age
     old_log, new_log = aged(data / "logs" / "old.jsonl", 100), aged(data / "logs" / "new.jsonl", 10)
+    old_events, new_events = aged(data / "lineage" / "old.jsonl", 100), aged(data / "lineage" / "new.jsonl", 10)
     old_package = aged(data / "dlt" / "shop" / "load" / "loaded" / "1700000000.1", 45, folder=True)
     new_package = aged(data / "dlt" / "shop" / "load" / "loaded" / "1790000000.1", 2, folder=True)
     state = aged(data / "dlt" / "shop" / "state.json", 400)  # dlt's own files outside loaded/ stay
@@ -63,16 +66,17 @@ def test_each_kind_is_pruned_by_its_own_retention_and_what_is_still_needed_stays
         ledger_run(con, "20261101T000000000000Z", 30, shop="failed")  # recent: kept
 
         dry = prune(settings, specs, con, dry_run=True)
-        assert dry.files == {"run records": 1, "run logs": 1, "dlt load packages": 1, "archived landing files": 0}
+        kinds = {"run records": 1, "run logs": 1, "lineage events": 1, "dlt load packages": 1}
+        assert dry.files == kinds | {"archived landing files": 0}
         assert dry.ledger_runs == 0  # ledger and archive are kept for ever by default
         assert all(p.exists() for p in (old_record, old_log, old_package))
 
         keep = Retention(runs_days=90, dlt_days=30, archive_days=180, ledger_days=365)
         pruned = prune(replace(settings, retention=keep), specs, con)
-        assert pruned.files == {"run records": 1, "run logs": 1, "dlt load packages": 1, "archived landing files": 1}
+        assert pruned.files == kinds | {"archived landing files": 1}
         assert pruned.ledger_runs == 1 and "1 ledger runs" in pruned.describe()
-        gone = (old_record, old_log, old_package, archived)
-        stayed = (new_record, last, new_log, new_package, state, waiting, salt)
+        gone = (old_record, old_log, old_events, old_package, archived)
+        stayed = (new_record, last, new_log, new_events, new_package, state, waiting, salt)
         assert not any(p.exists() for p in gone) and all(p.exists() for p in stayed)
         runs = con.execute("select run_id from dusk_ledger.runs order by 1").fetchall()
         assert runs == [("20250101T000000000000Z",), ("20261101T000000000000Z",)]
