@@ -368,6 +368,11 @@ class Settings:
         return self.base_dir / "secrets"
 
     @property
+    def column_lineage_path(self) -> Path:
+        """Each model column's origins, as the audit last traced them (``columns.json``)."""
+        return self.data_dir / "lineage" / "columns.json"
+
+    @property
     def pushgateway(self) -> str | None:
         """The Pushgateway URL: DUSK_PUSHGATEWAY_URL, else the secret file ``pushgateway_url``
         (a URL may carry a token); None: no push."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dusk import columns as column_lineage
 from tests.conftest import Workspace, delete_demo_stream
 from tests.helpers import SHOP_KEYS, key_set, prometheus_samples
 from tests.proof.invariants import assert_snapshot_is_truth
@@ -103,6 +104,11 @@ def assert_lineage_written(ws: Workspace, record: dict) -> None:
             "and table_name = 'orders' order by ordinal_position"
         ).fetchall()
     assert [f["name"] for f in orders["facets"]["schema"]["fields"]] == [c for (c,) in columns]
+    # column-level lineage: the mart's e-mail derives from raw's, hashed on the way; in the report
+    traced = column_lineage.load(ws.data_dir / "lineage" / "columns.json")
+    email = {(o.relation, o.column, o.hashed) for o in column_lineage.to_sources(traced, "marts.customers", "email")}
+    assert ("raw_shop.customers", "email", True) in email and not any(r.error for r in traced.values())
+    assert "marts.customers" in (ws.data_dir / "report" / "index.html").read_text()
     assert {d["name"] for d in built["inputs"]} == {
         "intermediate.int_orders_summed",
         "intermediate.int_orders_customer_as_of",

@@ -10,17 +10,21 @@ reported and alerted; ``error`` also fails the run, so nothing is published):
   against the freshness its dbt source declares (``warn_after``/``error_after``: declared once,
   in dbt, the same limits ``dbt source freshness`` checks);
 - **quarantine rate**: the share of a table's live rows held in quarantine
-  (``DUSK_QUARANTINE_MAX_SHARE``, default 5 %, ``DUSK_QUARANTINE_SEVERITY``).
+  (``DUSK_QUARANTINE_MAX_SHARE``, default 5 %, ``DUSK_QUARANTINE_SEVERITY``);
+- **unhashed PII** (always ``error``): a reader-facing column whose value derives, through no
+  hash, from a column tagged ``pii`` (column-level lineage, :mod:`dusk.columns`, traced from
+  dbt's compiled SQL; kept in ``<data dir>/lineage/columns.json``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
 from datetime import datetime
 
-from dusk import ledger
+from dusk import columns, ledger
 from dusk.record import Finding, RunResult
 from dusk.settings import MonitorSettings, Settings
 from dusk.warehouse import table_names
@@ -36,10 +40,44 @@ def audit(settings: Settings, con: ledger.Connection, record: RunResult) -> list
     findings = volume(con, record, m) + freshness_sla(con, record)
     if record.dbt is not None:
         findings += quarantine_rate(con, m)
+        findings += unhashed_pii(settings, con)
     for f in findings:
         (log.error if f.severity == "error" else log.warning)("monitor %s %s: %s", f.check, f.target, f.message)
     ledger.audited(con, record, findings, time.monotonic() - started)
     return findings
+
+
+def unhashed_pii(settings: Settings, con: ledger.Connection) -> list[Finding]:
+    """Reader-facing columns that carry a ``pii`` column's value unhashed, from the column-level
+    lineage of the project as dbt last compiled it (traced again only where SQL or columns
+    changed, and kept for the report and for you in ``columns.json``)."""
+    try:
+        manifest = json.loads((settings.target_path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        log.warning("no dbt manifest in %s: column lineage and the PII check are left out", settings.target_path)
+        return []
+    path = settings.column_lineage_path
+    schemas = {
+        str(n.get("schema")) for n in [*manifest.get("nodes", {}).values(), *manifest.get("sources", {}).values()]
+    }
+    traced = columns.trace(
+        manifest, settings.target_path, columns.catalog(con, schemas), settings.target, columns.load(path)
+    )
+    try:
+        columns.save(path, traced)
+    except OSError as exc:
+        log.warning("column lineage not written to %s: %s", path, exc)
+    published = [s for s in settings.publish_schemas if s != ledger.SCHEMA]
+    return [
+        Finding(
+            "pii_unhashed",
+            "error",
+            leak.split(" <- ")[0],
+            f"derives from a column tagged pii with no hash on the way ({leak}): hash it in staging "
+            "(tag the staging column pii, or use the pii() macro) or leave it out of the model",
+        )
+        for leak in columns.unhashed_pii(traced, columns.pii_columns(manifest), published)
+    ]
 
 
 def volume(con: ledger.Connection, result: RunResult, m: MonitorSettings) -> list[Finding]:

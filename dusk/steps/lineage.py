@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
 from openlineage.client.facet_v2 import (
+    column_lineage_dataset,
     data_quality_assertions_dataset,
     error_message_run,
     job_type_job,
@@ -49,6 +50,7 @@ from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, H
 from openlineage.client.transport.http_common import DEFAULT_RETRY_CONFIG
 from openlineage.client.uuid import generate_static_uuid
 
+from dusk import columns as column_lineage
 from dusk.record import UNCHANGED, NodeResult, RunResult
 from dusk.settings import PROD, Settings
 from dusk.warehouse import column_types
@@ -77,7 +79,8 @@ def lineage(settings: Settings, con: Any, record: RunResult, specs: dict[str, So
     if settings.lineage_dir is None and settings.openlineage_url is None:
         return "off"
     manifest = _manifest(settings.target_path / "manifest.json")
-    events = list(night_events(settings, record, specs, manifest, _columns_of(con), ended_at))
+    traced = column_lineage.load(settings.column_lineage_path)
+    events = list(night_events(settings, record, specs, manifest, _columns_of(con), ended_at, traced))
     try:
         transport, where = _transport(settings, record.run_id)
     except OSError as exc:
@@ -158,9 +161,11 @@ def night_events(
     manifest: dict[str, Any],
     columns: Callable[[Relation], list[tuple[str, str | None]]],
     ended_at: datetime,
+    traced: dict[str, column_lineage.Traced] | None = None,
 ) -> Iterator[RunEvent]:
     """The night's events in time order of their runs: the night's START, each source's and each
-    dbt node's START and end, the night's end."""
+    dbt node's START and end, the night's end. ``traced``: the column-level lineage the audit
+    kept, given to each model's output as the ``columnLineage`` facet."""
     jobs, warehouse, prefix = namespaces(settings)
     night_job = Job(namespace=jobs, name="night", facets={"jobType": _job_type("JOB")})
     night_run = _run_id(record.run_id, "night", record.started_at)
@@ -177,6 +182,9 @@ def night_events(
         made = kind(namespace=warehouse, name=f"{prefix}{relation.schema}.{relation.name}")
         made.facets = {"schema": schema_dataset.SchemaDatasetFacet(fields=fields)} if fields else {}
         made.facets.update(facets or {})
+        origins = (traced or {}).get(f"{relation.schema}.{relation.name}".lower()) if output else None
+        if origins is not None and origins.columns:
+            made.facets["columnLineage"] = _column_lineage(origins, warehouse, prefix)
         return made
 
     for source in record.sources:
@@ -250,6 +258,33 @@ def _dbt_events(
         yield _event(
             RunState.COMPLETE if ok else RunState.FAIL, end, run_id, job, parent, inputs, outputs, error=result.message
         )
+
+
+def _column_lineage(
+    traced: column_lineage.Traced, namespace: str, prefix: str
+) -> column_lineage_dataset.ColumnLineageDatasetFacet:
+    """Each output column's direct origins: DIRECT (its value passes, ``masking`` when hashed) or
+    INDIRECT/CONDITIONAL (it only decides the value)."""
+    fields = {}
+    for column, origins in sorted(traced.columns.items()):
+        fields[column] = column_lineage_dataset.Fields(
+            inputFields=[
+                column_lineage_dataset.InputField(
+                    namespace=namespace,
+                    name=f"{prefix}{o.relation}",
+                    field=o.column,
+                    transformations=[
+                        column_lineage_dataset.Transformation(
+                            type="INDIRECT" if o.condition else "DIRECT",
+                            subtype="CONDITIONAL" if o.condition else "TRANSFORMATION",
+                            masking=o.hashed,
+                        )
+                    ],
+                )
+                for o in origins
+            ]
+        )
+    return column_lineage_dataset.ColumnLineageDatasetFacet(fields=fields)
 
 
 def _tests_by_relation(

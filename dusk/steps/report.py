@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 from matplotlib.figure import Figure
 
-from dusk import ledger
+from dusk import columns, ledger
 from dusk.ledger import SCHEMA, Connection, LedgerError, Reading, open_ledger
 from dusk.present import diff_headline, diff_rows, ledger_problems
 from dusk.record import UNCHANGED, RelationDiff, RunResult
@@ -245,6 +245,15 @@ published, or the data diff is off).</p>{% endif %}
 {% for d in diff_rows %}<tr>{% for cell in d %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 <figure>{{ plots.changes }}</figure>
 </section>
+<section id="origins"><h2>Where mart columns come from</h2>
+{% if origins %}<p>Each mart column and the raw columns it derives from, traced from dbt's compiled SQL
+(<code>#</code>: hashed on the way; <code>?</code>: only decides the value, in a condition). The same
+as JSON: <code>lineage/columns.json</code> in the data dir.</p>
+{% for relation, rows in origins %}<details><summary>{{ relation }}</summary><table class="origins">
+<tr><th>column</th><th>derives from</th></tr>
+{% for column, found in rows %}<tr><td>{{ column }}</td><td>{{ found }}</td></tr>{% endfor %}
+</table></details>{% endfor %}{% else %}<p>No column lineage yet (the audit traces it after a build).</p>{% endif %}
+</section>
 <section id="runs"><h2>Runs over time</h2><figure>{{ plots.runs }}</figure></section>
 <section id="rows"><h2>Rows per table</h2><figure>{{ plots.rows }}</figure></section>
 <section id="durations"><h2>Durations</h2><figure>{{ plots.durations }}</figure></section>
@@ -268,6 +277,24 @@ published, or the data diff is off).</p>{% endif %}
 """
 
 
+def column_origins(settings: Settings) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Per mart (the ``marts`` schema), each column and the raw columns it derives from, from the
+    column-level lineage the audit kept (``#`` after a hashed one, ``?`` after one that only
+    decides the value, in a condition); empty before the first audit."""
+    traced = columns.load(settings.column_lineage_path)
+    shown = []
+    for relation in sorted(r for r in traced if r.startswith("marts.")):
+        rows = []
+        for column in sorted(traced[relation].columns):
+            found = sorted(columns.to_sources(traced, relation, column))
+            marks = [f"{o.relation}.{o.column}{'#' if o.hashed else ''}{'?' if o.condition else ''}" for o in found]
+            rows.append((column, ", ".join(marks) or "(computed)"))
+        if traced[relation].error:
+            rows.append(("(not traced)", traced[relation].error or ""))
+        shown.append((relation, rows))
+    return shown
+
+
 def write_report(settings: Settings, con: Connection | None = None) -> Path:
     """Write the report to ``settings.report_path`` (atomically) and return the path; ``con``:
     the night's own connection (else the ledger is opened read-only)."""
@@ -277,6 +304,7 @@ def write_report(settings: Settings, con: Connection | None = None) -> Path:
     else:
         with open_ledger(settings) as (reader, source):
             data = gather(reader)
+    data["origins"] = column_origins(settings)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     plots = {k: jinja2.utils.markupsafe.Markup(v) for k, v in data.pop("plots").items()}
     html = env.from_string(TEMPLATE).render(

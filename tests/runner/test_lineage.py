@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from dusk import columns
 from dusk.record import DbtResult, NodeResult, RunResult
 from dusk.settings import Settings
 from dusk.steps.lineage import lineage
@@ -97,6 +98,16 @@ def test_a_receiver_gets_the_night_its_sources_and_the_dbt_nodes_that_ran(tmp_pa
     specs = {"shop": SourceSpec(name="shop", kind="database", description="", tables=[], demo=False)}
     with WebhookReceiver() as marquez:
         settings = replace(_settings(tmp_path), openlineage_url=f"http://127.0.0.1:{marquez.server.server_address[1]}")
+        traced = {  # what the audit's column-level lineage kept
+            "staging.stg_shop__orders": columns.Traced(
+                key="k",
+                columns={
+                    "order_id": [columns.Origin("raw_shop.orders", "order_id")],
+                    "amount": [columns.Origin("raw_shop.orders", "amount", hashed=True, condition=True)],
+                },
+            )
+        }
+        columns.save(settings.column_lineage_path, traced)
         outcome = lineage(settings, None, _night(), specs, STARTED + timedelta(seconds=30))
         events = marquez.posts
     assert outcome == f"8 events sent to 127.0.0.1:{marquez.server.server_address[1]}"
@@ -131,6 +142,17 @@ def test_a_receiver_gets_the_night_its_sources_and_the_dbt_nodes_that_ran(tmp_pa
     assert staged["name"] == "staging.stg_shop__orders"
     fields = [(f["name"], f["type"]) for f in staged["facets"]["schema"]["fields"]]
     assert fields == [("order_id", "bigint"), ("amount", "decimal(18,2)")]
+    fed = staged["facets"]["columnLineage"]["fields"]
+    (order_id,) = fed["order_id"]["inputFields"]
+    assert (order_id["name"], order_id["field"]) == ("raw_shop.orders", "order_id")
+    assert order_id["transformations"][0] | {"description": None} == {
+        "type": "DIRECT",
+        "subtype": "TRANSFORMATION",
+        "masking": False,
+        "description": None,
+    }
+    (amount,) = fed["amount"]["inputFields"]
+    assert (amount["transformations"][0]["type"], amount["transformations"][0]["masking"]) == ("INDIRECT", True)
     assert built["eventTime"] == (STARTED + timedelta(seconds=6)).isoformat()
     tested = events[6]
     (read,) = tested["inputs"]
