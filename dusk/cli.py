@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 
 from dusk import params
-from dusk.settings import PROD, Settings
+from dusk.settings import PROD, PROJECT_DIR, Settings
 
 if TYPE_CHECKING:
     from dusk.record import RunResult
+    from ingestion.declaration import SourceSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Nightly ELT: dlt sources -> dbt -> docs.")
 
@@ -483,6 +484,155 @@ def prune(dry_run: params.DryRun = False) -> None:
         with open_warehouse(s).connect() as con:
             pruned = prune_now(s, specs, con, dry_run=dry_run)
     typer.echo(f"{'Would prune' if dry_run else 'Pruned'}: {pruned.describe()}")
+
+
+new_app = typer.Typer(no_args_is_help=True, help="Start something new: a source declaration.")
+app.add_typer(new_app, name="new")
+
+TEMPLATES = {
+    "database": """  {name}:
+    kind: database
+    description: (what it is, who owns it)
+    # the connection: SOURCES__{upper}__CREDENTIALS=postgresql://user@host:5432/db (or mysql+pymysql://,
+    # sqlite:///path) in the environment, or [sources.{name}] credentials in .dlt/secrets.toml.
+    # `dusk discover {name}` then proposes its tables, keys and cursors.
+    tables:
+      # orders:
+      #   primary_key: order_id          # a list for a composite key
+      #   cursor: updated_at             # rows whose cursor moved are read again
+      #   write_disposition: merge
+      #   deletes: key_diff              # or cdc (PostgreSQL), or none
+""",
+    "api": """  {name}:
+    kind: api
+    description: (what it is, who owns it)
+    api:
+      base_url: https://api.example.com/v1   # a token: SOURCES__{upper}__TOKEN
+      page_size: 100
+    tables:
+      # payments:
+      #   path: payments
+      #   primary_key: payment_id
+      #   cursor: updated_at
+      #   cursor_param: updated_since
+      #   columns:
+      #     amount: decimal(12,2)
+""",
+    "files": """  {name}:
+    kind: files
+    description: (what it is, who owns it)
+    files:
+      path: data/landing/{name}   # the landing folder; `dusk discover {name}` proposes its tables
+      archive: true
+    tables:
+      # spend:
+      #   pattern: "spend_*.csv*"
+      #   primary_key: [spend_date, channel]
+      #   columns:
+      #     spend_date: date
+      #     amount: decimal(12,2)
+""",
+    "stream": """  {name}:
+    kind: stream
+    description: (what it is, who owns it)
+    stream:
+      servers: nats://127.0.0.1:4222
+      stream: {upper}
+    tables:
+      # events:
+      #   subject: {name}.events
+      #   primary_key: event_id
+      #   columns:
+      #     occurred_at: timestamp
+""",
+}
+
+
+@new_app.command("source")
+def new_source(name: params.NewSourceName, kind: params.SourceKind) -> None:
+    """Add a commented declaration of a new source to sources.yml (nothing is loaded until you
+    fill it in)."""
+    import re
+
+    import yaml
+
+    s = settings()
+    path = s.sources_file or PROJECT_DIR / "ingestion" / "sources.yml"
+    if kind not in TEMPLATES:
+        typer.echo(f"--kind must be one of {', '.join(TEMPLATES)}, got {kind!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", name):
+        typer.echo(f"a source's name is lower case letters, digits and _ (it names raw_{name}): {name!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    if name in ((yaml.safe_load(path.read_text()) or {}).get("sources") or {}):
+        typer.echo(f"{path} already declares a source {name!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    text = path.read_text()
+    path.write_text(text.rstrip("\n") + "\n\n" + TEMPLATES[kind].format(name=name, upper=name.upper()))
+    typer.echo(
+        f"Added source {name!r} ({kind}) to {path}. Until its tables are filled in, sources.yml is a draft "
+        f"that `dusk run` refuses (naming the line); `dusk discover {name}` proposes them."
+    )
+
+
+def _draft(s: Settings, source: str) -> tuple[SourceSpec, dict[str, SourceSpec]]:
+    """The source as sources.yml declares it, or, while its declaration is still a draft (no
+    tables yet, as `dusk new source` writes it), its kind and connection settings alone."""
+    import yaml
+
+    from ingestion.declaration import ConfigError, SourceSpec, load_sources
+
+    path = s.sources_file or PROJECT_DIR / "ingestion" / "sources.yml"
+    try:
+        specs = load_sources(s.sources_file)
+    except ConfigError:
+        specs = {}
+    if source in specs:
+        return specs[source], specs
+    entry = ((yaml.safe_load(path.read_text()) or {}).get("sources") or {}).get(source)
+    if not isinstance(entry, dict) or entry.get("kind") not in TEMPLATES:
+        typer.echo(f"no source {source!r} in {path}; add one with `dusk new source {source} --kind ...`", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    kind = str(entry["kind"])
+    options = tuple((entry.get(kind) or {}).items())
+    return SourceSpec(name=source, kind=kind, description="", demo=False, tables=(), options=options), {}
+
+
+@app.command()
+def discover(source: params.SourceName, schema: params.DiscoverSchema = None) -> None:
+    """Reflect a database source (tables, keys, cursor candidates, rows) or sniff a files source's
+    landing folder, and print the declaration it suggests (nothing is written)."""
+    import sqlalchemy as sa
+
+    from dusk import discover as found
+    from dusk.demo import shop_connections
+    from dusk.settings import apply_runtime_environment
+    from ingestion.database import credentials
+    from ingestion.files.landing import landing_dir
+    from ingestion.run import Connection
+
+    _logging(False)
+    s = settings()
+    apply_runtime_environment(s)
+    spec, specs = _draft(s, source)
+    if spec.kind == "database":
+        connection = shop_connections(s, specs).get(source, Connection()) if s.demo else Connection()
+        try:
+            tables = found.database(sa.make_url(credentials(spec, connection)), schema)
+        except (RuntimeError, sa.exc.SQLAlchemyError) as exc:
+            typer.echo(f"source {source!r} could not be reflected: {str(exc).splitlines()[0]}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+    elif spec.kind == "files":
+        folder = landing_dir(spec, s.landing_dir, PROJECT_DIR)
+        if not folder.is_dir():
+            typer.echo(f"source {source!r}: its landing folder {folder} does not exist", err=True)
+            raise typer.Exit(EXIT_FAILED)
+        tables = found.landing(folder)
+    else:
+        typer.echo(f"source {source!r} is kind {spec.kind}: discover reads databases and landing folders", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"# what {source} holds, as sources.yml could declare it (read it; nothing was written)")
+    typer.echo(found.proposal(source, spec.kind, tables), nl=False)
 
 
 cdc_app = typer.Typer(no_args_is_help=True, help="PostgreSQL change data capture: slot and publication.")

@@ -112,6 +112,14 @@ ResyncTables = Annotated[
 ]
 MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres.")]
 SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]
+NewSourceName = Annotated[
+    str, typer.Argument(help="The new source's name (lower case: its raw dataset is raw_<name>).")
+]
+SourceKind = Annotated[str, typer.Option("--kind", help="database, api, files or stream.")]
+DiscoverSchema = Annotated[
+    str | None,
+    typer.Option("--schema", help="Database sources: the schema (PostgreSQL) or database (MySQL) to reflect."),
+]
 ReplayExport = Annotated[
     Path | None,
     typer.Option("--export", help="Write the pending dead letters as JSON lines to correct, and load nothing."),
