@@ -486,6 +486,39 @@ def prune(dry_run: params.DryRun = False) -> None:
     typer.echo(f"{'Would prune' if dry_run else 'Pruned'}: {pruned.describe()}")
 
 
+generate_app = typer.Typer(no_args_is_help=True, help="Write what sources.yml declares: dbt's sources.")
+app.add_typer(generate_app, name="generate")
+
+
+@generate_app.command("sources")
+def generate_sources(check: params.GenerateCheck = False) -> None:
+    """Write models/staging/<source>/_<source>__sources.yml from sources.yml: dbt's sources, their
+    tables, key tests, declared column types and meta; what else each file holds is kept. A night
+    does this itself when a file is stale."""
+    from dusk import generate
+    from ingestion.declaration import load_sources
+
+    s = settings()
+    specs = load_sources(s.sources_file)
+    stale = [g.path for g in generate.generate(specs) if not g.current]
+    stray = generate.stray(specs)
+    for path in stray:
+        typer.echo(f"{path.relative_to(PROJECT_DIR)}: no source of that name in sources.yml", err=True)
+    if check:
+        for path in stale:
+            typer.echo(f"{path.relative_to(PROJECT_DIR)} is stale: run `dusk generate sources`", err=True)
+        if stale or stray:
+            raise typer.Exit(EXIT_FAILED)
+        typer.echo(f"dbt's sources are as sources.yml declares them ({len(specs)} sources)")
+        return
+    for path in generate.write(specs):
+        typer.echo(f"wrote {path.relative_to(PROJECT_DIR)}")
+    if not stale:
+        typer.echo(f"dbt's sources are as sources.yml declares them ({len(specs)} sources)")
+    if stray:
+        raise typer.Exit(EXIT_FAILED)
+
+
 new_app = typer.Typer(no_args_is_help=True, help="Start something new: a source declaration.")
 app.add_typer(new_app, name="new")
 

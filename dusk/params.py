@@ -115,6 +115,7 @@ SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]
 NewSourceName = Annotated[
     str, typer.Argument(help="The new source's name (lower case: its raw dataset is raw_<name>).")
 ]
+GenerateCheck = Annotated[bool, typer.Option("--check", help="Write nothing: exit 1 when a file is stale (for CI).")]
 SourceKind = Annotated[str, typer.Option("--kind", help="database, api, files or stream.")]
 DiscoverSchema = Annotated[
     str | None,

@@ -1,19 +1,23 @@
-"""The prepare step: read and check the declarations, make the warehouse ready (ledger tables,
-PII salt), create the demo on first use, and choose tonight's sources."""
+"""The prepare step: read and check the declarations (dbt's sources regenerated from sources.yml
+when stale), make the warehouse ready (ledger tables, PII salt), create the demo on first use,
+and choose tonight's sources."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field, replace
 
-from dusk.dbt_sources import check_dbt_sources
+from dusk import generate
 from dusk.demo import ensure_demo, shop_connections
 from dusk.record import Plan, RunResult
-from dusk.settings import PROD, Settings
+from dusk.settings import PROD, PROJECT_DIR, Settings
 from dusk.warehouse import Connection as WarehouseConnection
 from dusk.warehouse import check_schemas, ensure_ledger, ensure_salt, read_salt
-from ingestion.declaration import SourceSpec, load_sources
+from ingestion.declaration import ConfigError, SourceSpec, load_sources
 from ingestion.run import BACKFILL_KINDS, Connection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,7 +57,7 @@ def check_free_space(settings: Settings) -> None:
 def prepare(settings: Settings, con: WarehouseConnection, plan: Plan, record: RunResult) -> Prepared:
     """Raise (naming what to fix) when the night cannot start."""
     specs = load_sources(settings.sources_file)
-    check_dbt_sources(specs)
+    dbt_sources(specs)
     if settings.env != PROD:
         specs = {name: in_environment(spec, settings.env) for name, spec in specs.items()}
     check_schemas(settings.publish_schemas)
@@ -65,6 +69,20 @@ def prepare(settings: Settings, con: WarehouseConnection, plan: Plan, record: Ru
         record.demo_created = ensure_demo(settings, specs)
         prepared.connections = shop_connections(settings, specs)
     return prepared
+
+
+def dbt_sources(specs: dict[str, SourceSpec]) -> None:
+    """dbt's sources as sources.yml declares them: stale files regenerated (dusk generate), and a
+    dbt source that sources.yml no longer declares refused, naming it."""
+    stray = generate.stray(specs)
+    if stray:
+        names = ", ".join(str(p.relative_to(PROJECT_DIR)) for p in stray)
+        raise ConfigError(
+            f"dbt sources without an entry in sources.yml: {names}. Declare the source in sources.yml, "
+            "or remove its folder under models/staging (its models read a source nothing loads)"
+        )
+    for path in generate.write(specs):
+        log.info("regenerated %s from sources.yml", path.relative_to(PROJECT_DIR))
 
 
 def in_environment(spec: SourceSpec, env: str) -> SourceSpec:
