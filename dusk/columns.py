@@ -30,9 +30,12 @@ from sqlglot.lineage import Node, lineage
 log = logging.getLogger(__name__)
 
 DIALECTS = {"duckdb": "duckdb", "postgres": "postgres", "spark": "spark"}
-HASHES = (exp.SHA2, exp.SHA, exp.MD5)
-VERSION = 1
-"""Of the kept file's layout: another version is traced again whole."""
+HASHES = (exp.SHA2, exp.SHA2Digest, exp.SHA, exp.SHA1Digest, exp.MD5, exp.MD5Digest)
+"""What sqlglot parses each engine's hash functions to (PostgreSQL's ``sha256`` is a digest)."""
+HASH_NAMES = {"sha256", "sha512", "sha1", "sha2", "md5", "digest", "hash"}
+"""Hash functions a dialect leaves unparsed (anonymous calls), by name."""
+VERSION = 2
+"""Of the kept file and of the tracing: another version is traced again whole."""
 
 
 @dataclass(frozen=True, order=True)
@@ -167,7 +170,7 @@ def _origins(node: Node, hashed: bool, condition: bool) -> Iterable[Origin]:
     """The leaves under ``node``: table columns, with whether a hash lies on the way and whether
     the way passes through a condition only."""
     expression = node.expression if isinstance(node.expression, exp.Expr) else None
-    hashed = hashed or (expression is not None and expression.find(*HASHES) is not None)
+    hashed = hashed or (expression is not None and _hashes(expression))
     if not node.downstream:
         if isinstance(node.source, exp.Table) and node.source.name:
             relation = f"{node.source.db}.{node.source.name}".lower()
@@ -176,6 +179,13 @@ def _origins(node: Node, hashed: bool, condition: bool) -> Iterable[Origin]:
     for child in node.downstream:
         decides = expression is not None and _only_in_conditions(expression, child.name)
         yield from _origins(child, hashed, condition or decides)
+
+
+def _hashes(expression: exp.Expr) -> bool:
+    """Whether a hash function is applied anywhere in ``expression``."""
+    if expression.find(*HASHES) is not None:
+        return True
+    return any(f.name.lower() in HASH_NAMES for f in expression.find_all(exp.Anonymous))
 
 
 def _only_in_conditions(expression: exp.Expr, name: str) -> bool:

@@ -128,3 +128,19 @@ def test_the_audit_fails_a_reader_facing_column_that_carries_pii_unhashed(tmp_pa
     ]
     assert "raw_shop.customers.email" in findings[0].message and "hash it in staging" in findings[0].message
     assert settings.column_lineage_path.exists()  # kept for the report and for you
+
+
+def test_each_engines_hash_is_recognised(tmp_path: Path) -> None:
+    """PostgreSQL's and Spark's PII hash (macros/pii.sql) count as hashes, as DuckDB's does."""
+    settings, con = _project(tmp_path)
+    warehouse = columns.catalog(con, ["raw_shop", "staging", "marts", "dusk_private"])
+    hashes = {
+        "postgres": "encode(sha256(convert_to((select salt from dusk_private.pii_salt) || email, 'UTF8')), 'hex')",
+        "spark": "sha2((select salt from dusk_private.pii_salt) || email, 256)",
+    }
+    staged = settings.target_path / "compiled" / "dusk" / "models/staging/stg_customers.sql"
+    for engine, hashed in hashes.items():
+        staged.write_text(f"select customer_id, {hashed} as email, name, null as problem from raw_shop.customers")
+        traced = columns.trace(MANIFEST, settings.target_path, warehouse, engine)
+        email = columns.to_sources(traced, "marts.customers", "email_hash")
+        assert {(o.relation, o.hashed) for o in email} >= {("raw_shop.customers", True)}, engine
