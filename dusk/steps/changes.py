@@ -37,7 +37,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -315,14 +315,7 @@ def record(
             nodes.pop(unique_id, None)
     for unique_id in left_out:
         nodes.pop(unique_id, None)
-    return BuildState(
-        folder=state.folder,
-        warehouse=state.warehouse,
-        nodes=nodes,
-        full_at=state.full_at,
-        docs_key=state.docs_key,
-        manifest_key=state.manifest_key,
-    )
+    return replace(state, nodes=nodes)
 
 
 def unchanged(manifest: Manifest, state: BuildState, ran: set[str], left_out: set[str]) -> list[str]:
