@@ -79,6 +79,9 @@ class TableSpec:
     columns: tuple[tuple[str, str], ...] = ()
     """Files and stream: the declared columns and their types, in order. Database: raw types set
     for some source columns (``text`` or ``decimal(p,s)``), overriding the type table."""
+    inferred: bool = False
+    """Files and stream without ``columns:``: the columns are inferred from the data on first load
+    and pinned in raw (``ingestion.infer``); ``columns`` then holds the pinned ones, each run."""
     event_time: str = ""
     """The column dbt's microbatch models read this table by: the runner rebuilds the days of the
     rows each run loaded (late events included)."""
@@ -257,15 +260,16 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
         raise ConfigError(f"{where}.lag: seconds as a number >= 0, got {lag!r}")
     if lag and not raw.get("cursor"):
         raise ConfigError(f"{where}.lag: needs a cursor")
-    required = {"api": ("path",), "files": ("pattern", "columns"), "stream": ("subject", "columns")}.get(kind, ())
+    required = {"api": ("path",), "files": ("pattern",), "stream": ("subject",)}.get(kind, ())
     for key in required:
         if not raw.get(key):
             raise ConfigError(f"{where}: {key} is required for a {kind} source")
     if kind == "api" and raw.get("cursor") and not raw.get("cursor_param"):
         raise ConfigError(f"{where}: cursor_param (the query parameter that takes the cursor) is required")
     columns = _columns(raw["columns"], f"{where}.columns", kind) if "columns" in raw else ()
-    # files and streams declare every column; an API's columns are type hints for some of them
-    missing = [k for k in keys if kind in ("files", "stream") and k not in dict(columns)]
+    # files and streams declare every column or none (inferred); an API's columns are type hints
+    inferred = kind in ("files", "stream") and "columns" not in raw
+    missing = [k for k in keys if kind in ("files", "stream") and not inferred and k not in dict(columns)]
     if missing:
         raise ConfigError(f"{where}.primary_key: {missing} not among the declared columns")
     return TableSpec(
@@ -283,6 +287,7 @@ def _table(kind: str, name: str, raw: dict[str, Any], where: str) -> TableSpec:
         pattern=str(raw.get("pattern", "")),
         subject=str(raw.get("subject", "")),
         columns=columns,
+        inferred=inferred,
         event_time=_identifier(raw["event_time"], f"{where}.event_time") if raw.get("event_time") else "",
         schema=_identifier(raw["schema"], f"{where}.schema") if raw.get("schema") else "",
     )

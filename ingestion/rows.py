@@ -4,6 +4,7 @@ declaration, undeclared columns kept as text and named, absent ones named, JSON 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import dlt
@@ -16,17 +17,15 @@ from ingestion.declaration import SourceSpec, TableSpec
 
 def json_record(text: str, as_json: frozenset[str] = frozenset()) -> dict[str, str | None] | str:
     """The fields of one JSON object, as text (nested values, and every value of the columns
-    ``as_json``, as JSON); or, when the text is not a JSON object, the reason why not."""
+    ``as_json``, as JSON); or, when the text is not a JSON object, the reason why not. Numbers
+    are read as written (a fraction as a Decimal, never a float that would round it)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg})"
     if not isinstance(value, dict):
         return "not a JSON object"
-    return {
-        str(k): json.dumps(v, ensure_ascii=False) if k in as_json and v is not None else cell_text(v)
-        for k, v in value.items()
-    }
+    return {str(k): _json_text(v) if k in as_json and v is not None else cell_text(v) for k, v in value.items()}
 
 
 def json_columns(table: TableSpec) -> frozenset[str]:
@@ -42,8 +41,13 @@ def cell_text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return "\\x" + value.hex()
     if isinstance(value, dict | list | tuple):
-        return json.dumps(value, default=str, ensure_ascii=False)
+        return _json_text(value)
     return str(value)
+
+
+def _json_text(value: Any) -> str:
+    """A nested value as JSON text (its fractions as JSON numbers again)."""
+    return json.dumps(value, default=lambda v: float(v) if isinstance(v, Decimal) else str(v), ensure_ascii=False)
 
 
 def undeclared(table: TableSpec, records: list[tuple[int, dict[str, Any]]]) -> list[str]:
@@ -148,9 +152,9 @@ def empty_rows(table: TableSpec, extra: str) -> pa.Table:
     so that a table with nothing to load yet still exists in raw for dbt."""
     con = duckdb.connect()
     try:
-        columns = ", ".join(f'CAST(NULL AS {duck_type(t)}) AS "{n}"' for n, t in table.columns)
-        extras = ", ".join(f"CAST(NULL AS {e.split()[1]}) AS {e.split()[0]}" for e in extra.split(", "))
-        return con.execute(f"SELECT {columns}, {extras} LIMIT 0").to_arrow_table()
+        columns = [f'CAST(NULL AS {duck_type(t)}) AS "{n}"' for n, t in table.columns]
+        columns += [f"CAST(NULL AS {e.split()[1]}) AS {e.split()[0]}" for e in extra.split(", ")]
+        return con.execute(f"SELECT {', '.join(columns)} LIMIT 0").to_arrow_table()
     finally:
         con.close()
 
@@ -169,6 +173,13 @@ def column_hints(table: TableSpec) -> dict[str, Any]:
     for key in table.key_columns:
         hints.setdefault(key, {})["nullable"] = True
     return hints
+
+
+def contract(table: TableSpec) -> dict[str, Any]:
+    """dlt's schema contract of a table: an inferred table's pinned types are frozen in raw's
+    schema (its rows are already cast to them; a different type would stop the load), new
+    columns evolve it."""
+    return {"schema_contract": {"columns": "evolve", "data_type": "freeze"}} if table.inferred else {}
 
 
 def missing_tables(pipeline: dlt.Pipeline, spec: SourceSpec) -> list[TableSpec]:

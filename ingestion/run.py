@@ -26,6 +26,7 @@ from ingestion import recovery
 from ingestion.declaration import SourceSpec
 from ingestion.errors import describe, innermost, is_transient
 from ingestion.extensions import fix_iceberg_upsert, raw_client
+from ingestion.infer import pinned_spec
 from ingestion.result import SourceResult, TableStats
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,11 @@ class SourceRun:
     only: set[str] | None
     window: tuple[datetime, datetime] | None = None
     detected_at: datetime | None = None
+
+    def pinned(self) -> SourceSpec:
+        """The source's spec with each inferred table's columns as raw's dlt schema holds them."""
+        known: dict[str, Any] = self.pipeline.default_schema.tables if self.pipeline.default_schema_name else {}
+        return pinned_spec(known, self.spec, self.target.file_column)
 
     def run(self, source: Any) -> Any:
         """``pipeline.run`` in the target's file and table formats; dlt's load info."""

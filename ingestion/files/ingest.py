@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def ingest(run: SourceRun) -> None:
     """Load the landing folder's new files."""
-    spec = run.spec
+    spec = run.pinned()
     landing = landing_dir(spec, run.target.landing_dir, run.target.base_dir)
     plan = plan_files(run.pipeline, spec, landing)
     prepared = prepare(spec, plan, run.staging, run.target.file_column)

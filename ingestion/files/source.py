@@ -17,7 +17,17 @@ from dlt.extract.source import DltSource
 from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.files.landing import LEDGER, FilesPlan, LandedFile
 from ingestion.files.parse import FileError, parse
-from ingestion.rows import absent, column_hints, empty_rows, typed_rows, undeclared, undeclared_note, with_load_id
+from ingestion.infer import evolve
+from ingestion.rows import (
+    absent,
+    column_hints,
+    contract,
+    empty_rows,
+    typed_rows,
+    undeclared,
+    undeclared_note,
+    with_load_id,
+)
 
 QUARANTINE = "_quarantine"
 
@@ -36,7 +46,8 @@ class PreparedTable:
 
 
 def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path, file_column: str = "_file") -> dict[str, PreparedTable]:
-    """Parse and check every new file, one at a time (memory: one file). Good rows go to parquet
+    """Parse and check every new file, one at a time (memory: one file), an inferred table's new
+    columns typed from the file that brings them (``spec`` holds the pinned ones). Good rows go to parquet
     under ``staging``, each with its file's name in ``file_column``; bad rows to the plan's
     quarantine; a file that fails as a whole to the plan's failures, with nothing of it kept."""
     max_bad = float(spec.option("max_bad_share"))
@@ -46,11 +57,13 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path, file_column: str =
     con.execute("SET TimeZone = 'UTC'")
     try:
         for order, landed in enumerate(plan.new):
-            table = spec.table(landed.table)
-            where = f"source {spec.name!r}, table {table.name!r}"
+            target = prepared[landed.table]
+            where = f"source {spec.name!r}, table {target.table.name!r}"
             try:
-                records, unparsable = parse(landed.path, table)
-                extra = undeclared(table, records)
+                records, unparsable = parse(landed.path, target.table)
+                parquet = landed.path if landed.path.name.lower().endswith(".parquet") else None
+                table, inferred = evolve(con, target.table, records, f"file {landed.name}", parquet)
+                extra = [] if table.inferred else undeclared(table, records)
                 good, checked = typed_rows(con, table, records, extra=extra)
             except FileError as exc:
                 plan.failures.append(f"{where}: {exc}")
@@ -66,7 +79,8 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path, file_column: str =
             now = datetime.now(UTC)
             good = good.append_column(file_column, pa.array([landed.name] * good.num_rows, pa.string()))
             good = good.append_column("_file_order", pa.array([order] * good.num_rows, pa.int64()))
-            target = prepared[table.name]
+            target.table = table
+            target.notes.extend(inferred)
             if extra:
                 target.notes.append(undeclared_note(table.name, extra, f"file {landed.name}"))
             missing = absent(table, records)
@@ -122,6 +136,7 @@ def table_resource(table: TableSpec, read: Callable[[], Iterator[Any]], file_col
     """A files table's dlt resource: ``read`` yields its rows (Arrow, with ``_line``,
     ``file_column`` and ``_file_order``)."""
     hints: dict[str, Any] = {"write_disposition": table.write_disposition, "columns": column_hints(table)}
+    hints |= contract(table)
     if table.write_disposition == "merge" and table.key_columns:
         # a key in several files of one run: the last file (in name order) wins
         hints["primary_key"] = table.key_columns

@@ -11,6 +11,7 @@ import pyarrow as pa
 from nats.aio.msg import Msg
 
 from ingestion.declaration import TableSpec
+from ingestion.infer import evolve
 from ingestion.rows import (
     absent,
     json_columns,
@@ -21,9 +22,10 @@ from ingestion.rows import (
 )
 
 
-def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[str, Any]], list[str]]:
-    """Typed rows (with ``_stream_seq``) of the good messages, quarantine rows of the poison ones,
-    and the summary's lines about fields the messages carry undeclared (kept as text) or lack."""
+def decode(table: TableSpec, messages: list[Msg]) -> tuple[TableSpec, pa.Table, list[dict[str, Any]], list[str]]:
+    """The table (an inferred one with the fields this batch brings new), typed rows (with
+    ``_stream_seq``) of the good messages, quarantine rows of the poison ones, and the summary's
+    lines about fields the messages carry undeclared (kept as text), lack, or bring new."""
     records: list[tuple[int, dict[str, Any]]] = []
     bad: list[tuple[int, str, str]] = []
     as_json = json_columns(table)
@@ -39,7 +41,8 @@ def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[s
     try:
         con.execute("SET TimeZone = 'UTC'")
         # a message published twice (a producer's retry) is no error: the merge keeps the last
-        extra = undeclared(table, records)
+        table, inferred = evolve(con, table, records, f"subject {table.subject}")
+        extra = [] if table.inferred else undeclared(table, records)
         good, checked = typed_rows(con, table, records, quarantine_duplicates=False, extra=extra)
     finally:
         con.close()
@@ -56,14 +59,14 @@ def decode(table: TableSpec, messages: list[Msg]) -> tuple[pa.Table, list[dict[s
         }
         for seq, reason, record in sorted(bad + checked)
     ]
-    notes = [undeclared_note(table.name, extra, f"subject {table.subject}")] if extra else []
+    notes = inferred + ([undeclared_note(table.name, extra, f"subject {table.subject}")] if extra else [])
     missing = absent(table, records)
     if missing:
         notes.append(
             f"{table.name}: declared column(s) {missing} are in no message of this batch on subject "
             f"{table.subject}: loaded as NULL"
         )
-    return good, quarantine, notes
+    return table, good, quarantine, notes
 
 
 def distinct_keys(rows: pa.Table, table: TableSpec) -> int:

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def ingest(run: SourceRun) -> None:
     """Load the messages pending on the source's consumer."""
-    spec = run.spec
+    spec = run.pinned()
     create = tuple(t.name for t in missing_tables(run.pipeline, spec))
     try:
         reader = StreamReader(spec).open()

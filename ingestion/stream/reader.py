@@ -94,6 +94,8 @@ class Batch:
     """One run's messages and what became of them."""
 
     messages: list[Msg] = field(default_factory=list)
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    """Each table as this batch loads it (an inferred one with the fields it brought new)."""
     rows: dict[str, pa.Table] = field(default_factory=dict)
     quarantine: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -196,7 +198,7 @@ class StreamReader:
         for table in self.spec.tables:
             messages = self._loop.run(self._fetch(table))
             batch.messages.extend(messages)
-            rows, bad, notes = decode(table, messages)
+            batch.tables[table.name], rows, bad, notes = decode(table, messages)
             batch.rows[table.name] = rows
             batch.repeats[table.name] = rows.num_rows - distinct_keys(rows, table)
             batch.quarantine.extend(bad)

@@ -12,6 +12,7 @@ from dlt.extract.source import DltSource
 from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.rows import (
     column_hints,
+    contract,
     empty_rows,
     with_load_id,
 )
@@ -32,6 +33,7 @@ def table_resource(table: TableSpec, rows: pa.Table) -> Any:
         write_disposition="merge",
         primary_key=table.key_columns,
         columns={**column_hints(table), "_stream_seq": {"dedup_sort": "desc"}},
+        **contract(table),
     )
 
 
@@ -42,7 +44,8 @@ def stream_source(spec: SourceSpec, batch: Batch, create: tuple[str, ...] = ()) 
 
     @dlt.source(name=spec.name, max_table_nesting=0)
     def source() -> Iterator[Any]:
-        for table in spec.tables:
+        for declared in spec.tables:
+            table = batch.tables.get(declared.name, declared)
             rows = batch.rows.get(table.name)
             if (rows is None or not rows.num_rows) and table.name in create:
                 rows = empty_rows(table, "_stream_seq BIGINT")

@@ -93,7 +93,7 @@ def test_cdc_slot_and_publication_default_to_the_source_name(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("source_yaml", "message"),
     [
-        ("kind: files\n    tables:\n      t:\n        pattern: 'x*'", "t: columns is required for a files source"),
+        ("kind: files\n    tables:\n      t:\n        primary_key: id", "t: pattern is required for a files source"),
         (
             "kind: files\n    tables:\n      t:\n        pattern: 'x*'\n        columns: {a: money}",
             "t.columns.a: type 'money' is not one of",

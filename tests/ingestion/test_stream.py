@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,32 @@ def test_an_undeclared_field_reaches_raw_as_text_and_is_named(web: dict[str, str
         f"web_events: declared column(s) ['customer_id', 'occurred_at'] are in no message of this batch on "
         f"subject {web['subject']}: loaded as NULL"
     ]
+
+
+def test_fields_without_declared_columns_are_inferred_pinned_and_evolved(
+    tmp_path: Path, web: dict[str, str], settings: Settings
+) -> None:
+    """A stream table declared without columns: the first batch types them (a JSON fraction as an
+    exact decimal), raw pins them, a later field is added, a later misfit is quarantined."""
+    yml = (tmp_path / "sources.yml").read_text()
+    (tmp_path / "sources.yml").write_text(yml[: yml.index("        columns:")])
+    # the amount as a producer writes it: a JSON number with 19 significant digits
+    publish(web["subject"], [event(1)[:-1] + b', "amount": 12345678901234567.89}', event(2, amount=0.5)])
+    first = ingest(spec(), settings)
+    assert first.ok, first.error
+    assert raw(settings, "select event_id, customer_id, amount, occurred_at from raw_web.web_events order by 1")[0][
+        :3
+    ] == ("e1", 1, Decimal("12345678901234567.89"))
+    assert any("(first load)" in n and "amount decimal(19,2)" in n for n in first.notes), first.notes
+    publish(web["subject"], [event(3, amount=1, coupon="X1"), event(4, amount="n/a")])
+    second = ingest(spec(), settings)
+    assert second.ok, second.error
+    assert raw(settings, "select event_id, amount, coupon from raw_web.web_events order by 1") == [
+        ("e1", Decimal("12345678901234567.89"), None),
+        ("e2", Decimal("0.50"), None),
+        ("e3", Decimal("1.00"), "X1"),
+    ]
+    assert raw(settings, "select reason from raw_web._quarantine") == [('column amount: "n/a" is not a decimal(19,2)',)]
 
 
 @pytest.mark.badinput
