@@ -486,7 +486,9 @@ def prune(dry_run: params.DryRun = False) -> None:
     typer.echo(f"{'Would prune' if dry_run else 'Pruned'}: {pruned.describe()}")
 
 
-generate_app = typer.Typer(no_args_is_help=True, help="Write what sources.yml declares: dbt's sources.")
+generate_app = typer.Typer(
+    no_args_is_help=True, help="Write what sources.yml declares: dbt's sources, and staging models to start from."
+)
 app.add_typer(generate_app, name="generate")
 
 
@@ -608,6 +610,63 @@ def new_source(name: params.NewSourceName, kind: params.SourceKind) -> None:
     )
 
 
+def _with_source(source: str) -> tuple[Settings, dict[str, SourceSpec]]:
+    """The settings (runtime environment applied) and the declared sources, which hold ``source``
+    (else the command stops, naming the ones declared)."""
+    from dusk.settings import apply_runtime_environment
+    from ingestion.declaration import load_sources
+
+    _logging(False)
+    s = settings()
+    apply_runtime_environment(s)
+    specs = load_sources(s.sources_file)
+    if source not in specs:
+        typer.echo(f"no source {source!r} in sources.yml (known: {', '.join(sorted(specs))})", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    return s, specs
+
+
+@generate_app.command("staging")
+def generate_staging(source: params.SourceName) -> None:
+    """Write the base_, stg_ and quarantine_ models of the source's tables that have none, and
+    their YAML, the way the project's staging models are written (existing files are never
+    overwritten). Columns: declared, else raw's, else the newest landing file's (files) or the
+    source table's (database)."""
+    from dusk import staging
+    from dusk.demo import shop_connections
+    from dusk.warehouse import column_types, open_warehouse
+    from ingestion.database import credentials
+    from ingestion.files.landing import landing_dir
+    from ingestion.run import Connection
+
+    s, specs = _with_source(source)
+    spec = specs[source]
+    held: dict[str, list[str]] = {}
+    warehouse = open_warehouse(s)
+    if warehouse.exists():
+        with warehouse.connect() as con:
+            held = {t.name: list(column_types(con, spec.dataset, t.name)) for t in spec.tables}
+    url = None
+    if spec.kind == "database":
+        connection = shop_connections(s, specs).get(source, Connection()) if s.demo else Connection()
+        try:
+            url = credentials(spec, connection)
+        except RuntimeError:
+            url = None
+    landing = landing_dir(spec, s.landing_dir, PROJECT_DIR) if spec.kind == "files" else None
+    try:
+        done = staging.generate_staging(spec, staging.known_columns(spec, lambda t: held.get(t, []), landing, url))
+    except staging.NoColumns as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    for path in done.written:
+        typer.echo(f"wrote {path.relative_to(PROJECT_DIR)}")
+    for name in done.kept:
+        typer.echo(f"{name}: has staging models already, left as they are")
+    for note in done.notes:
+        typer.echo(note)
+
+
 def _draft(s: Settings, source: str) -> tuple[SourceSpec, dict[str, SourceSpec]]:
     """The source as sources.yml declares it, or, while its declaration is still a draft (no
     tables yet, as `dusk new source` writes it), its kind and connection settings alone."""
@@ -676,18 +735,10 @@ def _cdc(source: str, action: str) -> None:
     import sqlalchemy as sa
 
     from dusk.demo import shop_connections
-    from dusk.settings import apply_runtime_environment
     from ingestion.database import cdc, credentials
-    from ingestion.declaration import load_sources
     from ingestion.run import Connection
 
-    _logging(False)
-    s = settings()
-    apply_runtime_environment(s)
-    specs = load_sources(s.sources_file)
-    if source not in specs:
-        typer.echo(f"no source {source!r} in sources.yml (known: {', '.join(sorted(specs))})", err=True)
-        raise typer.Exit(EXIT_FAILED)
+    s, specs = _with_source(source)
     from dusk.steps.prepare import in_environment
 
     spec = specs[source] if s.env == PROD else in_environment(specs[source], s.env)  # its own slot

@@ -54,7 +54,7 @@ class Generated:
     """The file on disk already holds ``text``."""
 
 
-def _yaml() -> YAML:
+def round_trip_yaml() -> YAML:
     y = YAML()
     y.preserve_quotes = True
     y.width = 4096  # never fold a line the user wrote
@@ -99,7 +99,7 @@ def write(specs: dict[str, SourceSpec], project_dir: Path = PROJECT_DIR) -> list
 
 def render(spec: SourceSpec, existing: str = "") -> str:
     """The file of ``spec``, keeping what ``existing`` holds beyond what the declaration owns."""
-    y = _yaml()
+    y = round_trip_yaml()
     doc = y.load(existing) if existing.strip() else None
     if not isinstance(doc, CommentedMap):
         doc = CommentedMap()
@@ -155,7 +155,7 @@ def _table(spec: TableSpec, table: CommentedMap) -> CommentedMap:
     tests = CommentedSeq(list(table.get("data_tests") or []))
     if len(spec.primary_key) > 1:
         combination = next((t for t in tests if isinstance(t, dict) and "unique_combination" in t), None)
-        wanted = CommentedMap(arguments=CommentedMap(columns=_flow(list(spec.primary_key))))
+        wanted = CommentedMap(arguments=CommentedMap(columns=flow(list(spec.primary_key))))
         if combination is None:
             tests.insert(0, CommentedMap(unique_combination=wanted))
         else:
@@ -173,7 +173,7 @@ def _table(spec: TableSpec, table: CommentedMap) -> CommentedMap:
             wanted_tests = ["unique", "not_null"] if len(spec.primary_key) == 1 else ["not_null"]
             have = list(column.get("data_tests") or [])
             names = {t if isinstance(t, str) else next(iter(t)) for t in have}
-            column["data_tests"] = _flow(have + [t for t in wanted_tests if t not in names])
+            column["data_tests"] = flow(have + [t for t in wanted_tests if t not in names])
     fresh["columns"] = CommentedSeq(list(columns.values()))
     return _keep_comments(table, fresh)
 
@@ -181,11 +181,11 @@ def _table(spec: TableSpec, table: CommentedMap) -> CommentedMap:
 def _merged(found: Any, ours: dict[str, Any]) -> CommentedMap:
     meta = CommentedMap(found) if isinstance(found, dict) else CommentedMap()
     for key, value in ours.items():
-        meta[key] = _flow(value) if isinstance(value, list) else value
+        meta[key] = flow(value) if isinstance(value, list) else value
     return meta
 
 
-def _flow(items: list[Any]) -> CommentedSeq:
+def flow(items: list[Any]) -> CommentedSeq:
     seq = CommentedSeq(items)
     seq.fa.set_flow_style()
     return seq
