@@ -5,7 +5,7 @@ A table's incremental cursor (dlt's resource state) is forgotten, so the next re
 or API table starts from the beginning. Every row is read again and merged on its key: raw ends
 equal to the source, keeps the rows key-diff marked deleted (a key the source no longer has is
 not read back), and the cursor is stored again at the end of that read. Files and streams have
-no cursor to forget (see the README: a landing file is loaded again by dropping it again, a
+no cursor to forget (see docs/operations.md: a landing file is loaded again by dropping it again, a
 stream replayed from its durable consumer); a ``deletes: cdc`` table follows the server's
 replication slot, whose position a full re-read must not skip: both are refused, naming why.
 """

@@ -14,7 +14,7 @@ A ``columns:`` entry of a database table in sources.yml overrides the raw type: 
 source's own text of the value (always exact), ``decimal(p,s)`` a decimal, checked at the source to
 hold every value exactly.
 
-The README's "Source types" table is this module in prose; keep the two together.
+docs/sources.md's "Source types" table is this module in prose; keep the two together.
 """
 
 from __future__ import annotations
