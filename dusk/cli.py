@@ -610,6 +610,45 @@ def new_source(name: params.NewSourceName, kind: params.SourceKind) -> None:
     )
 
 
+@app.command("spec")
+def spec_command(check: params.GenerateCheck = False) -> None:
+    """Write docs/pipeline.md, the pipeline's specification, from sources.yml, the dbt project,
+    the settings and the run ledger (dbt parses the project first). --check: exit 1 when the
+    committed file says something else (its live blocks, settings and volumes, left out)."""
+    import json
+
+    from dusk.ledger import LedgerError, open_ledger
+    from dusk.steps import spec
+    from dusk.steps.build import parse
+    from dusk.warehouse import open_warehouse
+    from ingestion.declaration import load_sources
+
+    _logging(False)
+    s = settings()
+    specs = load_sources(s.sources_file)
+    _, error = parse(s)
+    if error:
+        typer.echo(error, err=True)
+        raise typer.Exit(EXIT_FAILED)
+    manifest = json.loads((s.target_path / "manifest.json").read_text())
+    volume = None
+    if not check and open_warehouse(s).exists():
+        try:
+            with open_ledger(s) as (con, _where):
+                volume = spec.volumes(con)
+        except LedgerError:
+            volume = None
+    text = spec.render(specs, manifest, s, volume, spec.runbook_of(spec.operations_doc()))
+    path = PROJECT_DIR / spec.SPEC
+    if check:
+        if not path.exists() or spec.stale(path.read_text(), text):
+            typer.echo(f"{spec.SPEC} is stale: run `dusk spec` and commit it", err=True)
+            raise typer.Exit(EXIT_FAILED)
+        typer.echo(f"{spec.SPEC} says what sources.yml, the dbt project and the runbook say")
+        return
+    typer.echo(f"{'wrote' if spec.write(path, text) else 'unchanged:'} {spec.SPEC}")
+
+
 def _with_source(source: str) -> tuple[Settings, dict[str, SourceSpec]]:
     """The settings (runtime environment applied) and the declared sources, which hold ``source``
     (else the command stops, naming the ones declared)."""

@@ -40,6 +40,7 @@ from dusk.steps.prepare import Prepared, check_free_space, prepare
 from dusk.steps.prune import prune
 from dusk.steps.publish import publish
 from dusk.steps.report import report
+from dusk.steps.spec import nightly as spec_nightly
 from dusk.warehouse import Warehouse, ensure_ledger, open_warehouse
 from ingestion.declaration import SourceSpec
 from ingestion.run import Connection
@@ -331,7 +332,9 @@ def _in_warehouse(
     with _guarded(record, NOT_WRITTEN):
         ledger.close_run(con, record)
     report(settings, con, record)
-    record.lineage = _lineage(settings, con, record, prepared.specs if prepared is not None else {})
+    specs = prepared.specs if prepared is not None else {}
+    record.lineage = _lineage(settings, con, record, specs)
+    record.spec = _spec(settings, con, specs)
     if prepared is not None:
         _prune(settings, prepared.specs, con)
 
@@ -343,6 +346,17 @@ def _lineage(settings: Settings, con: Any, record: RunResult, specs: dict[str, S
     except Exception as exc:
         log.warning("the lineage events were not emitted", exc_info=True)
         return f"not emitted ({type(exc).__name__}: {exc})"
+
+
+def _spec(settings: Settings, con: Any, specs: dict[str, SourceSpec]) -> str | None:
+    """The pipeline's specification as of tonight: a failure is logged and named, never the night's."""
+    if not specs:
+        return None
+    try:
+        return spec_nightly(settings, con, specs)
+    except Exception as exc:
+        log.warning("the pipeline's specification was not written", exc_info=True)
+        return f"not written ({type(exc).__name__}: {exc})"
 
 
 def _prune(settings: Settings, specs: dict[str, SourceSpec], con: Any) -> None:

@@ -278,6 +278,8 @@ class RunResult:
     """Where the night's Prometheus metrics went (written, pushed, or why not; ``off``)."""
     lineage: str | None = None
     """Where the night's OpenLineage events went (written, sent, or why not; ``off``)."""
+    spec: str | None = None
+    """Where the night wrote the pipeline's specification (or why it did not)."""
 
     @property
     def run_id(self) -> str:

@@ -362,6 +362,11 @@ class Settings:
         return self.data_dir / "report" / "index.html"
 
     @property
+    def spec_path(self) -> Path:
+        """The pipeline's specification as of the last night (`dusk spec`, with this ledger)."""
+        return self.data_dir / "spec" / "pipeline.md"
+
+    @property
     def secrets_dir(self) -> Path:
         """Git-ignored secret files (the generated PII salt, optionally the alert webhook URL),
         shared by the environments: the same salt hashes the same values the same way in each."""

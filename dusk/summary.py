@@ -132,6 +132,8 @@ def _where(settings: Settings, result: RunResult, console: Console) -> None:
         console.print(f"Metrics: {result.metrics}")
     if result.lineage and result.lineage != "off":
         console.print(f"Lineage: {result.lineage}")
+    if result.spec:
+        console.print(f"Spec: {result.spec}")
     if result.alert is not None and result.alert.sent:
         console.print(f"Alert sent: {result.alert.reason}")
     verdict = {

@@ -117,7 +117,8 @@ def assert_lineage_written(ws: Workspace, record: dict) -> None:
 
 def assert_models_documented_with_an_owner_and_a_working_example(ws: Workspace) -> None:
     """Every model and snapshot names its owner and an example query (in its docs), and each
-    example runs on what readers have, returning rows."""
+    example runs on the warehouse (readers' copy holds the published schemas only), returning
+    rows."""
     manifest = json.loads((ws.root / "target" / "manifest.json").read_text())
     nodes = [
         n
@@ -128,9 +129,9 @@ def assert_models_documented_with_an_owner_and_a_working_example(ws: Workspace) 
     lacking = [n["name"] for n in nodes if not n["meta"].get("owner") or not n["meta"].get("example_query")]
     assert lacking == []
     empty = []
-    with duckdb.connect(str(ws.data_dir / "served.duckdb"), read_only=True) as served:
+    with duckdb.connect(str(ws.warehouse), read_only=True) as warehouse:
         for node in nodes:
-            rows = served.execute(node["meta"]["example_query"]).fetchall()
+            rows = warehouse.execute(node["meta"]["example_query"]).fetchall()
             if not rows and not node["name"].startswith(("quarantine_", "base_")):
                 empty.append(node["name"])
     assert empty == [], "examples that show nothing on the demo"
@@ -163,6 +164,11 @@ def test_nightly_runs_incrementally_and_matches_truth(workspace: Workspace, tmp_
     assert_metrics_written(ws, record)
     assert_lineage_written(ws, record)
     assert_models_documented_with_an_owner_and_a_working_example(ws)
+    # the night writes the pipeline's specification with its ledger's volumes
+    assert f"Spec: written to {ws.data_dir / 'spec' / 'pipeline.md'}" in " ".join(first.stdout.split())
+    spec = (ws.data_dir / "spec" / "pipeline.md").read_text()
+    customers = len(source_keys(ws.shop_db, "customers"))
+    assert f"| shop | customers | {customers:,} | {customers:,} | 1 | {record['run_id']} |" in spec
 
     raw_before = {t: source_keys(ws.shop_db, t) for t in TABLES}
     sim = ws.cli("simulate", "--days", "3")
