@@ -3,8 +3,10 @@ and jitter that honour ``Retry-After``, and a circuit breaker."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -90,9 +92,16 @@ class ResilientSession(requests.Session):
                 log.warning("source=%s attempt failed: %s", self.source, self.last_failure)
             raise
         self.failures_in_a_row = 0
+        # a JSON fraction as written (a Decimal), never a float that would round its 16th digit:
+        # dlt's client reads every page through response.json()
+        response.json = functools.partial(_exact_json, response)  # type: ignore[method-assign]
         if request.method == "GET":
             _check_json(self.source, endpoint, response)
         return response
+
+
+def _exact_json(response: requests.Response, **kwargs: Any) -> Any:
+    return requests.Response.json(response, **{"parse_float": Decimal, **kwargs})
 
 
 def retry_after(header: str, now: datetime | None = None) -> float | None:

@@ -84,14 +84,22 @@ class ExactNumbers:
         self.where = f"source {spec.name!r}, table {table.name!r}"
         self.table = table
         self.scales: dict[str, int] = {}
+        self.decimals: set[str] = set()
         for name, declared in table.columns:
             decimal = DECIMAL.match(declared)
             if decimal:
                 self.scales[name] = int(decimal[2])
+                self.decimals.add(name)
             elif declared in ("integer", "bigint"):
                 self.scales[name] = 0
+                self.decimals.add(name)
 
     def check(self, item: dict[str, Any]) -> dict[str, Any]:
+        # the session reads fractions as Decimals: a declared decimal (or integer) keeps its digits; any other
+        # column gets the float dlt has always inferred for a JSON fraction (double)
+        for name, value in item.items():
+            if name not in self.decimals:
+                item[name] = _floats(value)
         for name, scale in self.scales.items():
             value = item.get(name)
             if value is None or isinstance(value, bool | int):
@@ -109,6 +117,17 @@ class ExactNumbers:
                     "scale in sources.yml: the records are read again next run"
                 )
         return item
+
+
+def _floats(value: Any) -> Any:
+    """``value`` with its Decimals (nested ones too) as floats."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    return value
 
 
 def api_source(
@@ -173,8 +192,7 @@ def api_source(
     source = rest_api_source({"client": client, "resources": resources}, name=spec.name)  # type: ignore[typeddict-item]
     source.max_table_nesting = 0
     for name, numbers in exact.items():
-        if numbers.scales:
-            source.resources[name].add_map(numbers.check)
+        source.resources[name].add_map(numbers.check)
     for name, seen in repeats.items():
         # after dlt's incremental step: only the records this run loads are stamped and compared
         source.resources[name].add_map(seen.stamp).add_filter(seen.keep)

@@ -210,13 +210,18 @@ class _Pages(BaseHTTPRequestHandler):
     loop_to: ClassVar[int | None] = None
     """The page the last page's next cursor leads back to (None: the last page ends the paging)."""
     content_type: ClassVar[str] = "application/json"
+    numbers: ClassVar[dict[str, str]] = {}
+    """Strings of the pages sent as these JSON numbers instead (written as a producer writes them)."""
 
     def do_GET(self) -> None:
         query = parse_qs(urlparse(self.path).query)
         page = int(query.get("cursor", ["0"])[0])
         more = page + 1 < len(self.pages)
         after = str(page + 1) if more else (None if self.loop_to is None else str(self.loop_to))
-        body = json.dumps({"data": self.pages[page], "next_cursor": after}).encode()
+        text = json.dumps({"data": self.pages[page], "next_cursor": after})
+        for placeholder, number in self.numbers.items():
+            text = text.replace(json.dumps(placeholder), number)
+        body = text.encode()
         self.send_response(200)
         self.send_header("Content-Type", self.content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -232,6 +237,7 @@ def pages_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = "
     """``_Pages`` served over HTTP on 127.0.0.1, and sources.yml's payments source pointing at it."""
     monkeypatch.setattr(_Pages, "loop_to", _Pages.loop_to)  # restored after the test
     monkeypatch.setattr(_Pages, "content_type", _Pages.content_type)
+    monkeypatch.setattr(_Pages, "numbers", {})
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -340,6 +346,26 @@ def test_a_number_the_declared_type_would_round_stops_the_table(
         (Decimal("1.5000"),),
         (Decimal(str(amount)),),
     ]
+
+
+def test_a_json_fraction_keeps_every_digit_in_a_declared_decimal(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON number with 19 significant digits: read as written into its declared decimal (a
+    float would make it ...568.00); an undeclared fraction stays a double, as dlt infers it."""
+    declared = "        columns:\n          amount: decimal(20,2)\n"
+    with pages_served(tmp_path, monkeypatch, declared):
+        _Pages.numbers = {"@big": "12345678901234567.89", "@fee": "0.1"}
+        _Pages.pages = [[{**_payment(1, "2026-01-01T00:00:01Z", "@big"), "fee": "@fee"}]]
+        result = ingest(spec(), settings)
+    assert result.ok, result.error
+    assert raw(settings, "select amount, fee from raw_payments.payments") == [(Decimal("12345678901234567.89"), 0.1)]
+    types = raw(
+        settings,
+        "select data_type from information_schema.columns where table_schema = 'raw_payments' "
+        "and table_name = 'payments' and column_name = 'fee'",
+    )
+    assert types == [("DOUBLE",)]
 
 
 @pytest.mark.badinput
