@@ -4,7 +4,10 @@ are current (CI fails otherwise), and regenerating rewrites only what the declar
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -12,7 +15,7 @@ import yaml
 from dusk import generate
 from dusk.settings import PROJECT_DIR
 from ingestion.declaration import load_sources
-from tests.helpers import sources
+from tests.helpers import project_copy, sources
 
 CHANGED = """
 sources:
@@ -89,3 +92,31 @@ def test_stale_files_are_written_and_undeclared_sources_named(tmp_path: Path) ->
     assert "data_type: decimal(12,2)" in payments.read_text()
     assert generate.write(specs, tmp_path) == []
     assert generate.stray(specs, tmp_path) == [tmp_path / "models" / "staging" / "crm" / "_crm__sources.yml"]
+
+
+def test_generate_sources_check_exits_1_on_a_stale_file_and_generate_fixes_it(tmp_path: Path) -> None:
+    """The CI form: `dusk generate sources --check` writes nothing and exits 1 naming the stale
+    file; `dusk generate sources` rewrites it, and the check passes again."""
+    project = project_copy(tmp_path / "project", {})
+    stale = project / "models" / "staging" / "shop" / "_shop__sources.yml"
+    stale.write_text(stale.read_text().replace("schema: raw_shop", "schema: raw_store"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUSK_")}
+    env["DUSK_SOURCES_FILE"] = str(PROJECT_DIR / "ingestion" / "sources.yml")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dusk", "generate", "sources", *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    check = cli("--check")
+    assert check.returncode == 1
+    assert "models/staging/shop/_shop__sources.yml is stale: run `dusk generate sources`" in check.stderr
+    assert "raw_store" in stale.read_text()
+    fixed = cli()
+    assert fixed.returncode == 0 and "wrote models/staging/shop/_shop__sources.yml" in fixed.stdout
+    assert cli("--check").returncode == 0
