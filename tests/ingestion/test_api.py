@@ -348,6 +348,7 @@ def test_a_number_the_declared_type_would_round_stops_the_table(
     ]
 
 
+@pytest.mark.badinput
 def test_a_json_fraction_keeps_every_digit_in_a_declared_decimal(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -112,6 +112,7 @@ def test_columns_are_inferred_exactly_on_first_load(landing: Path, settings: Set
     assert any(first in n and "(first load)" in n for n in result.notes)
 
 
+@pytest.mark.badinput
 def test_pinned_types_hold_new_columns_evolve_and_misfits_are_quarantined(landing: Path, settings: Settings) -> None:
     (landing / "sales_2026-01-01.csv").write_text("sale_id,amount,empty\n1,10.50,\n2,3.25,\n")
     assert ingest(spec(), settings).ok
@@ -158,6 +159,7 @@ def test_pinned_types_hold_new_columns_evolve_and_misfits_are_quarantined(landin
     ]
 
 
+@pytest.mark.badinput
 def test_a_declared_decimal_in_json_arrives_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """JSON numbers are read as their text, not as floats: 19 significant digits stay 19."""
     configure_dlt()
