@@ -20,7 +20,7 @@ STATE := $(DATA)/warehouse.duckdb $(DATA)/warehouse.duckdb.wal $(DATA)/served.du
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 
-.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run ci-slim backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench bench-night clean reset
+.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run ci-slim backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench bench-night bench-scale clean reset
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -130,6 +130,9 @@ bench: setup-dev ## Benchmark a 6M-row PostgreSQL table: COPY limit, full load, 
 
 bench-night: setup-dev ## A full, a quiet and a one-source demo night, as ratios (BENCH_RUNS=3, BENCH_TARGET=duckdb|postgres|spark)
 	$(BIN)/python benchmarks/bench_night.py
+
+bench-scale: setup-dev ## The demo at 1x and 100x: first night, churn nights as a ratio, peak memory (BENCH_SCALE=100, BENCH_RUNS=3)
+	$(BIN)/python benchmarks/bench_scale.py
 
 docs: setup ## Serve the dbt docs of the last run on http://127.0.0.1:8080
 	$(BIN)/dbt docs serve --port 8080 --host 127.0.0.1 --no-browser

@@ -240,6 +240,9 @@ class Settings:
     target_path: Path
     demo: bool
     demo_seed: int
+    demo_scale: int = 1
+    """The demo's size as a multiple of the default (DUSK_DEMO_SCALE): 100 gives ~100k customers,
+    ~300k orders, ~750k order lines, and each simulated day changes as much more."""
     source_attempts: int = 3
     """Attempts per source when it fails transiently (DUSK_SOURCE_ATTEMPTS)."""
     run_timeout: float | None = None
@@ -459,6 +462,7 @@ class Settings:
             prod_served=None if env == PROD else (prod_served or prod_warehouse.with_name("served.duckdb")),
             demo=os.environ.get("DUSK_DEMO", "1").lower() not in {"0", "false", "no"},
             demo_seed=int(os.environ.get("DUSK_DEMO_SEED", "42")),
+            demo_scale=_demo_scale(),
             source_attempts=max(1, int(os.environ.get("DUSK_SOURCE_ATTEMPTS", "3"))),
             run_timeout=float(os.environ.get("DUSK_RUN_TIMEOUT") or 0) or None,
             model_timeout=float(os.environ.get("DUSK_MODEL_TIMEOUT") or 0) or None,
@@ -495,6 +499,14 @@ def _metrics_file(data_dir: Path) -> Path | None:
     if os.environ.get("DUSK_METRICS_FILE", "").strip():
         return _env_path("DUSK_METRICS_FILE", Path())
     return data_dir / "metrics" / "dusk.prom"
+
+
+def _demo_scale() -> int:
+    """DUSK_DEMO_SCALE (default 1), a whole number >= 1."""
+    text = os.environ.get("DUSK_DEMO_SCALE", "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise SettingsError(f"DUSK_DEMO_SCALE={text!r}: a whole number >= 1 (the demo's size as a multiple)")
+    return int(text)
 
 
 def _lineage_dir(data_dir: Path) -> Path | None:

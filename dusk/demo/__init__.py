@@ -49,7 +49,7 @@ def demo_shop(settings: Settings, specs: dict[str, SourceSpec]) -> Shop:
     or the default SQLite file)."""
     demo = [s for s in specs.values() if s.demo and s.kind == "database"]
     url = (_configured_url(demo[0]) if demo else None) or demo_shop_url(settings)
-    return Shop(url, settings.demo_dir / "truth.sqlite", seed=settings.demo_seed)
+    return Shop(url, settings.demo_dir / "truth.sqlite", seed=settings.demo_seed, scale=settings.demo_scale)
 
 
 def ensure_demo(settings: Settings, specs: dict[str, SourceSpec]) -> bool:

@@ -60,6 +60,7 @@ class Feeds:
         from ingestion.files import landing_dir
 
         self.seed = settings.demo_seed
+        self.scale = settings.demo_scale
         self.payments = PaymentsStore(settings.demo_dir / "payments.sqlite")
         files = _demo(specs, "files")
         self.landing = landing_dir(files, settings.landing_dir, PROJECT_DIR) if files else None
@@ -139,14 +140,14 @@ class Feeds:
                 await js.stream_info(stream)
             except NotFoundError:  # not there yet: the demo creates it
                 await js.add_stream(name=stream, subjects=[t.subject for t in self.stream.tables])
-            count = rng.randrange(150, 250)
+            count = rng.randrange(150, 250) * self.scale
             for i in range(count):
                 moment = day_start + timedelta(seconds=rng.randrange(86_400))
                 body: Any = {
                     "event_id": f"{self.seed}-{day}-{i}",
                     "event_type": rng.choice(("page_view", "page_view", "page_view", "add_to_cart")),
-                    "customer_id": rng.randrange(1, 1000),
-                    "product_id": rng.randrange(1, 200),
+                    "customer_id": rng.randrange(1, 1000 * self.scale),
+                    "product_id": rng.randrange(1, 200 * self.scale),
                     "occurred_at": moment.isoformat() + "Z",
                 }
                 payload = json.dumps(body).encode()

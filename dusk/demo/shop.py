@@ -172,11 +172,14 @@ class DayLog:
 class Shop:
     """The demo shop's source database (any SQLAlchemy URL) and its ground-truth file."""
 
-    def __init__(self, url: str, truth_path: Path, seed: int = 42) -> None:
+    def __init__(self, url: str, truth_path: Path, seed: int = 42, scale: int = 1) -> None:
         self.url = url
         self.engine = sa.create_engine(url)
         self.truth_path = truth_path
         self.seed = seed
+        self.scale = max(1, scale)
+        """A shop ``scale`` times the demo's size (DUSK_DEMO_SCALE): its tables on creation and
+        each day's activity, so a day changes the same share of it at every scale."""
 
     # ----------------------------------------------------------------- state
     def is_demo_database(self) -> bool:
@@ -207,7 +210,7 @@ class Shop:
         return self.engine.url.render_as_string(hide_password=True)
 
     def create(self, customers_n: int = 1000, products_n: int = 200, orders_n: int = 3000) -> DayLog:
-        """Create the tables and fill them with day 0.
+        """Create the tables and fill them with day 0 (each count times the shop's scale).
 
         Refuses to touch a database that has shop tables but not the demo's marker table: that
         is somebody's real database, never ours to drop."""
@@ -218,6 +221,7 @@ class Shop:
                 "that the demo did not create. If this is a real database, set DUSK_DEMO=0."
             )
         rng = random.Random(f"{self.seed}:0")
+        customers_n, products_n, orders_n = (n * self.scale for n in (customers_n, products_n, orders_n))
         metadata.drop_all(self.engine)
         metadata.create_all(self.engine)
         self.truth_path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +284,7 @@ class Shop:
                     log,
                     self._deleted_customers(),
                     self._deleted_stock(),
+                    self.scale,
                 ).play()
             self._write_truth(log, day_start)
             logs.append(log)
@@ -367,8 +372,10 @@ class _Day:
         log: DayLog,
         deleted: dict[int, dict[str, Any]] | None = None,
         deleted_stock: dict[str, dict[str, Any]] | None = None,
+        scale: int = 1,
     ) -> None:
         self.con, self.rng, self.start, self.log = con, rng, day_start, log
+        self.scale = scale
         self.deleted_before = deleted or {}
         self.deleted_stock_before = deleted_stock or {}
 
@@ -410,7 +417,7 @@ class _Day:
 
     def new_customers(self) -> None:
         first = self.next_id(customers)
-        rows = [_new_customer(self.rng, first + i, self.at()) for i in range(15)]
+        rows = [_new_customer(self.rng, first + i, self.at()) for i in range(15 * self.scale)]
         if self.rng.random() < 0.6:  # a bad sign-up: no usable e-mail address
             rows[-1]["email"] = self.rng.choice(("unknown", "n/a", " "))
             self.log.invalid.append(("customers", rows[-1]["customer_id"], "invalid_email"))
@@ -425,12 +432,12 @@ class _Day:
     def update_customers(self) -> None:
         pool = self.valid_customer_ids()
         changed: dict[int, dict[str, Any]] = {}
-        for cid in self.rng.sample(pool, 8):
+        for cid in self.rng.sample(pool, 8 * self.scale):
             changed.setdefault(cid, {})["tier"] = self.rng.choice(TIERS)
-        for cid in self.rng.sample(pool, 4):
+        for cid in self.rng.sample(pool, 4 * self.scale):
             country = self.rng.choice(sorted(COUNTRIES))
             changed.setdefault(cid, {}).update(country_code=country, city=self.rng.choice(COUNTRIES[country]))
-        for cid in self.rng.sample(pool, 3):
+        for cid in self.rng.sample(pool, 3 * self.scale):
             changed.setdefault(cid, {})["email"] = f"  Customer.{cid}.{self.start:%m%d}@Example.COM "
         for cid, values in sorted(changed.items()):
             self.con.execute(
@@ -446,7 +453,7 @@ class _Day:
             .where(customers.c.email.like("%@%"))
             .order_by("customer_id")
         )
-        gone = self.rng.sample(never_ordered, min(len(never_ordered), self.rng.randint(1, 2)))
+        gone = self.rng.sample(never_ordered, min(len(never_ordered), self.rng.randint(1, 2) * self.scale))
         rows = self.con.execute(sa.select(customers).where(customers.c.customer_id.in_(gone))).mappings()
         self.deleted_rows = {r["customer_id"]: dict(r) for r in rows}
         self.log.deleted_customers.extend(self.deleted_rows.values())
@@ -471,7 +478,7 @@ class _Day:
     def change_prices(self) -> None:
         # One price batch a day: all its rows share one updated_at, a tie at the watermark.
         batch_at = self.start + timedelta(hours=6)
-        ids = self.rng.sample(self.ids(sa.select(products.c.product_id).order_by("product_id")), 5)
+        ids = self.rng.sample(self.ids(sa.select(products.c.product_id).order_by("product_id")), 5 * self.scale)
         for pid in ids:
             factor = Decimal(self.rng.choice(("0.90", "0.95", "1.05", "1.10")))
             self.con.execute(
@@ -500,13 +507,13 @@ class _Day:
         first_order, first_item = self.next_id(orders), self.next_id(order_items)
         order_rows: list[dict[str, Any]] = []
         item_rows: list[dict[str, Any]] = []
-        for i in range(60):
+        for i in range(60 * self.scale):
             buyer = self.rng.choice(buyers)
             currency = ORDER_CURRENCIES[countries[buyer]]
             order = _new_order(first_order + i, buyer, self.at(), currency, self.rng.choice(CHANNELS))
             order_rows.append(order)
             item_rows.extend(_new_items(self.rng, first_item + len(item_rows), order, catalog))
-        for item in self.rng.sample(item_rows, self.rng.randint(1, 2)):  # bad rows from a buggy client
+        for item in self.rng.sample(item_rows, self.rng.randint(1, 2) * self.scale):  # bad rows from a buggy client
             item["quantity"] = self.rng.choice((0, -1))
             self.log.invalid.append(("order_items", item["order_item_id"], "non_positive_quantity"))
         self.con.execute(orders.insert(), order_rows)
@@ -538,7 +545,7 @@ class _Day:
 
     def delete_orders(self) -> None:
         cancelled = self.ids(sa.select(orders.c.order_id).where(orders.c.status == "cancelled").order_by("order_id"))
-        gone = self.rng.sample(cancelled, min(len(cancelled), self.rng.randint(1, 2)))
+        gone = self.rng.sample(cancelled, min(len(cancelled), self.rng.randint(1, 2) * self.scale))
         items = self.ids(sa.select(order_items.c.order_item_id).where(order_items.c.order_id.in_(gone)))
         self.con.execute(order_items.delete().where(order_items.c.order_id.in_(gone)))
         self.con.execute(orders.delete().where(orders.c.order_id.in_(gone)))
@@ -582,7 +589,7 @@ class _Day:
             )
         ]
         batch_at = self.start + timedelta(hours=20)
-        changed = self.rng.sample(lines, min(len(lines), 12))
+        changed = self.rng.sample(lines, min(len(lines), 12 * self.scale))
         for pid, wh in changed:
             counted = self.rng.randint(0, 400)
             if self.rng.random() < 0.05:

@@ -133,3 +133,29 @@ def test_an_older_shop_gets_the_tables_added_since(tmp_path: Path) -> None:
         con.execute(sa.text("alter table orders rename to purchases"))
     assert shop.add_missing_tables() == []
     shop.dispose()
+
+
+def test_a_scaled_shop_is_that_many_times_larger_and_changes_the_same_share(tmp_path: Path) -> None:
+    """DUSK_DEMO_SCALE: the tables and each day's activity grow together, so a day changes about
+    the same share of the shop at every scale (and scale 1 is the demo as it always was)."""
+    sizes, shares = {}, {}
+    for scale in (1, 4):
+        folder = tmp_path / f"x{scale}"
+        folder.mkdir()
+        shop = Shop(f"sqlite:///{folder / 'shop.sqlite'}", folder / "truth.sqlite", seed=3, scale=scale)
+        shop.create(customers_n=200, products_n=40, orders_n=300)
+        sizes[scale] = shop.row_counts()
+        (day,) = shop.simulate(1)
+        shares[scale] = len(day.changes) / sum(shop.row_counts().values())
+        shop.dispose()
+    assert {t: sizes[4][t] / sizes[1][t] for t in ("customers", "products", "orders")} == {
+        "customers": 4.0,
+        "products": 4.0,
+        "orders": 4.0,
+    }
+    assert 0.5 < shares[4] / shares[1] < 1.5, shares
+    unscaled = make(tmp_path, "plain")
+    unscaled.create(customers_n=200, products_n=40, orders_n=300)
+    unscaled.simulate(1)
+    scaled_once = Shop(f"sqlite:///{tmp_path / 'x1' / 'shop.sqlite'}", tmp_path / "x1" / "truth.sqlite", seed=3)
+    assert dump(unscaled) == dump(scaled_once)

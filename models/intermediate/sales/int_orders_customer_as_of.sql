@@ -1,7 +1,8 @@
 {#
     Each order with the customer's attributes as they were when it was placed: the customer
     snapshot's version whose validity covers `ordered_at`. An order older than the customer's
-    first recorded version (history starts with the first run) takes that first version.
+    first recorded version (history starts with the first run) takes that first version: the
+    first version counts as valid from the beginning.
 #}
 with
 
@@ -24,29 +25,39 @@ customer_versions as (
 
 ),
 
+matched as (
+
+    -- the join on the key alone, the validity as a filter after it: DuckDB plans a join whose
+    -- condition mixes the key with ranges as a range join, 15 s at 100x the demo (300k orders)
+    -- against 0.03 s for this hash join (measured)
+    select
+        orders.order_id,
+        customer_versions.tier,
+        customer_versions.country_code
+    from orders
+    inner join customer_versions
+        on orders.customer_id = customer_versions.customer_id
+    where
+        (
+            customer_versions.version_number = 1
+            or orders.ordered_at >= customer_versions.valid_from
+        )
+        and (
+            orders.ordered_at < customer_versions.valid_to
+            or customer_versions.valid_to is null
+        )
+
+),
+
 final as (
 
     select
         orders.order_id,
-        customer_versions.tier as customer_tier,
-        customer_versions.country_code as customer_country_code
+        matched.tier as customer_tier,
+        matched.country_code as customer_country_code
     from orders
-    left join customer_versions
-        on
-            orders.customer_id = customer_versions.customer_id
-            and (
-                (
-                    orders.ordered_at >= customer_versions.valid_from
-                    and (
-                        orders.ordered_at < customer_versions.valid_to
-                        or customer_versions.valid_to is null
-                    )
-                )
-                or (
-                    customer_versions.version_number = 1
-                    and orders.ordered_at < customer_versions.valid_from
-                )
-            )
+    left join matched
+        on orders.order_id = matched.order_id
 
 )
 
