@@ -23,6 +23,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from dlt.common.normalizers.naming.snake_case import NamingConvention
 
 from ingestion.declaration import SourceSpec, TableSpec
 
@@ -59,6 +60,20 @@ def _declared(column: dict[str, Any]) -> str:
     )
 
 
+def named(table: TableSpec, records: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    """An inferred table's records with their field names as raw names its columns (dlt's
+    snake_case: ``Order Date`` -> ``order_date``), so a name is pinned once, as raw holds it; a
+    declared table's as they are (its names are identifiers already)."""
+    if not table.inferred:
+        return records
+    naming = NamingConvention()
+    names: dict[str, str] = {}
+    out = []
+    for line, record in records:
+        out.append((line, {names.setdefault(k, naming.normalize_identifier(k)): v for k, v in record.items()}))
+    return out
+
+
 def evolve(
     con: duckdb.DuckDBPyConnection,
     table: TableSpec,
@@ -72,12 +87,13 @@ def evolve(
     if not table.inferred:
         return table, []
     held = {n for n, _ in table.columns}
-    new = list(dict.fromkeys(n for _, record in records for n in record if n not in held))
+    keys = [k for k in table.key_columns if k not in held]  # a key always lands (empty: quarantined)
+    new = list(dict.fromkeys([*keys, *(n for _, record in records for n in record if n not in held)]))
     if not new:
         return table, []
     types = _from_arrow(pq.read_schema(parquet), new) if parquet else _from_text(con, records, new)
-    for key in table.key_columns:  # a key always lands, even empty (its rows are quarantined)
-        if key in new and types.get(key) is None:
+    for key in keys:
+        if types.get(key) is None:
             types[key] = "text"
     added = tuple((n, t) for n in new if (t := types.get(n)))
     if not added:
@@ -91,9 +107,11 @@ def evolve(
 
 
 def _from_arrow(schema: pa.Schema, names: list[str]) -> dict[str, str | None]:
+    naming = NamingConvention()
+    fields = {naming.normalize_identifier(f.name): f.type for f in schema}
     types: dict[str, str | None] = {}
     for name in names:
-        kind = schema.field(name).type if name in schema.names else pa.null()
+        kind = fields.get(name, pa.null())
         if pa.types.is_null(kind):
             types[name] = None
         elif pa.types.is_integer(kind):

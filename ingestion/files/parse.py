@@ -49,7 +49,8 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
     """The file's records as (line, {column: text}), undeclared columns included, and its
     unparsable lines as (line, reason, text). Raises FileError when the file as a whole cannot be
     read."""
-    names = [c for c, _ in table.columns]
+    # an inferred table's pinned columns may be missing from a file: they load as NULL, named
+    names = [] if table.inferred else [c for c, _ in table.columns]
     kind = _format(path)
     records: list[tuple[int, dict[str, Any]]] = []
     bad: list[tuple[int, str, str]] = []

@@ -17,7 +17,7 @@ from dlt.extract.source import DltSource
 from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.files.landing import LEDGER, FilesPlan, LandedFile
 from ingestion.files.parse import FileError, parse
-from ingestion.infer import evolve
+from ingestion.infer import evolve, named
 from ingestion.rows import (
     absent,
     column_hints,
@@ -61,6 +61,7 @@ def prepare(spec: SourceSpec, plan: FilesPlan, staging: Path, file_column: str =
             where = f"source {spec.name!r}, table {target.table.name!r}"
             try:
                 records, unparsable = parse(landed.path, target.table)
+                records = named(target.table, records)
                 parquet = landed.path if landed.path.name.lower().endswith(".parquet") else None
                 table, inferred = evolve(con, target.table, records, f"file {landed.name}", parquet)
                 extra = [] if table.inferred else undeclared(table, records)

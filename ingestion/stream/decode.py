@@ -11,7 +11,7 @@ import pyarrow as pa
 from nats.aio.msg import Msg
 
 from ingestion.declaration import TableSpec
-from ingestion.infer import evolve
+from ingestion.infer import evolve, named
 from ingestion.rows import (
     absent,
     json_columns,
@@ -41,6 +41,7 @@ def decode(table: TableSpec, messages: list[Msg]) -> tuple[TableSpec, pa.Table, 
     try:
         con.execute("SET TimeZone = 'UTC'")
         # a message published twice (a producer's retry) is no error: the merge keeps the last
+        records = named(table, records)
         table, inferred = evolve(con, table, records, f"subject {table.subject}")
         extra = [] if table.inferred else undeclared(table, records)
         good, checked = typed_rows(con, table, records, quarantine_duplicates=False, extra=extra)

@@ -176,3 +176,23 @@ def test_a_declared_decimal_in_json_arrives_as_written(tmp_path: Path, monkeypat
     settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
     assert ingest(spec(), settings).ok
     assert raw(settings, "select value from raw_drops.events") == [(Decimal("12345678901234567.89"),)]
+
+
+def test_headers_are_named_as_raw_names_them_and_a_missing_key_is_refused(landing: Path, settings: Settings) -> None:
+    """Field names become raw's (snake_case) before they are pinned, so a later file with the same
+    headers finds them; a file without the key column loads none of its rows."""
+    (landing / "sales_1.csv").write_text("sale_id,Unit Price,Sold On\n1,2.50,2026-01-01\n")
+    assert ingest(spec(), settings).ok
+    (landing / "sales_2.csv").write_text("sale_id,Unit Price,Sold On\n2,3.75,2026-01-02\n")
+    second = ingest(spec(), settings)
+    assert second.ok, second.error
+    assert types(settings, "sales") == {"sale_id": "BIGINT", "unit_price": "DECIMAL(18,2)", "sold_on": "DATE"}
+    assert raw(settings, "select sale_id, unit_price from raw_drops.sales order by 1") == [
+        (1, Decimal("2.50")),
+        (2, Decimal("3.75")),
+    ]
+    assert not [n for n in second.notes if "inferred" in n]  # nothing new the second time
+    (landing / "events_1.jsonl").write_text('{"id": 1, "value": 2}\n')
+    keyless = ingest(spec(), settings)
+    assert not keyless.ok
+    assert "primary key column event_id is empty" in (keyless.error or "")
