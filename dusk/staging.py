@@ -164,7 +164,8 @@ def generate_staging(spec: SourceSpec, columns: Columns, project_dir: Path = PRO
             path.write_text(text)
             done.written.append(path)
     quarantine = folder / f"quarantine_{spec.name}.sql"
-    if quarantine.exists():
+    new_quarantine = not quarantine.exists()
+    if not new_quarantine:
         done.notes.append(
             f"{quarantine.relative_to(project_dir)} exists and was left as it is: add "
             + ", ".join(f"base_{spec.name}__{t.name}" for t, _ in todo)
@@ -174,7 +175,7 @@ def generate_staging(spec: SourceSpec, columns: Columns, project_dir: Path = PRO
         quarantine.write_text(quarantine_sql(spec, [t for t, _ in todo], files))
         done.written.append(quarantine)
     models = folder / f"_{spec.name}__models.yml"
-    models.write_text(models_yml(spec, todo, models.read_text() if models.exists() else "", not quarantine.exists()))
+    models.write_text(models_yml(spec, todo, models.read_text() if models.exists() else "", new_quarantine))
     done.written.append(models)
     sources = path_of(spec.name, project_dir)
     sources.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.conftest import Workspace, delete_demo_stream
 from tests.helpers import project_copy
@@ -74,6 +75,15 @@ def test_a_new_files_source_reaches_raw_staging_and_docs_from_its_entry_alone(tm
             "stg_drops__partner_orders.sql",
             "stg_drops__partner_rates.sql",
         ], out.stdout
+        documented = [m["name"] for m in yaml.safe_load((folder / "_drops__models.yml").read_text())["models"]]
+        assert sorted(documented) == sorted(
+            [
+                f"{layer}_drops__{t}"
+                for t in ("partner_orders", "partner_lines", "partner_rates")
+                for layer in ("base", "stg")
+            ]
+            + ["quarantine_drops"]
+        )
         base = (folder / "base_drops__partner_orders.sql").read_text()
         assert "{{ adapter.quote('order') }}," in base and "when order_id is null then 'missing_key'" in base
         lint = subprocess.run(  # the project's SQL conventions, as `make lint` checks its own models
