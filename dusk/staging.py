@@ -35,90 +35,15 @@ from ingestion.declaration import SourceSpec, TableSpec
 
 INTERNAL = frozenset({"_dlt_load_id", "_dlt_id", "_line", "_file_order", "_stream_seq", "_file", "_source_file"})
 """Raw's columns that the loaders add: the base model names the ones it keeps itself."""
-RESERVED = frozenset(
-    [
-        "all",
-        "and",
-        "any",
-        "array",
-        "as",
-        "asc",
-        "between",
-        "by",
-        "case",
-        "cast",
-        "check",
-        "column",
-        "create",
-        "cross",
-        "current",
-        "date",
-        "default",
-        "delete",
-        "desc",
-        "distinct",
-        "drop",
-        "else",
-        "end",
-        "except",
-        "exists",
-        "false",
-        "fetch",
-        "for",
-        "foreign",
-        "from",
-        "full",
-        "group",
-        "having",
-        "in",
-        "inner",
-        "insert",
-        "interval",
-        "intersect",
-        "into",
-        "is",
-        "join",
-        "key",
-        "lateral",
-        "left",
-        "like",
-        "limit",
-        "natural",
-        "not",
-        "null",
-        "of",
-        "offset",
-        "on",
-        "or",
-        "order",
-        "outer",
-        "over",
-        "partition",
-        "primary",
-        "range",
-        "references",
-        "right",
-        "row",
-        "rows",
-        "select",
-        "session_user",
-        "table",
-        "then",
-        "time",
-        "timestamp",
-        "to",
-        "true",
-        "union",
-        "unique",
-        "user",
-        "using",
-        "values",
-        "when",
-        "where",
-        "window",
-        "with",
-    ]
-)
+_KEYWORDS = """
+    all and any array as asc between by case cast check column create cross current date default
+    delete desc distinct drop else end except exists false fetch for foreign from full group having
+    in inner insert interval intersect into is join key lateral left like limit natural not null of
+    offset on or order outer over partition primary range references right row rows select
+    session_user table then time timestamp to true union unique user using values when where window
+    with
+"""
+RESERVED = frozenset(_KEYWORDS.split())
 """Column names a model must quote (SQL keywords of the engines dusk runs on)."""
 
 
