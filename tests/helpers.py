@@ -118,23 +118,46 @@ def raw(settings: Settings, query: str) -> list[tuple]:
         return con.sql(query).fetchall()
 
 
-PHASES = {"extract": ("normalize", "extracted"), "load": ("load", "normalized")}
-"""Instants to kill an ingest at, by the dlt folder that gains a package when the phase starts."""
+PHASES = {"extract": ("normalize", "extracted", "normalize"), "load": ("load", "normalized", "load")}
+"""Instants to kill an ingest at: the dlt folder that gains a package when the phase is reached,
+and the dlt step that then waits for the kill."""
+
+
+def hold_at_phase(folder: str, step: str) -> None:
+    """In the child that ``kill_ingest_after`` kills: once ``folder`` holds a package it did not
+    hold at start, dlt's ``step`` (``normalize`` or ``load``) waits for the kill instead of running.
+    Without it the kill raced the ingest: a fast machine finished a small batch between two polls
+    and the test failed now and then."""
+    import dlt
+
+    path = Path(folder)
+    before = set(path.glob("*")) if path.exists() else set()
+    original = getattr(dlt.Pipeline, step)
+
+    def held(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if path.exists() and set(path.glob("*")) - before:
+            time.sleep(3600)
+        return original(self, *args, **kwargs)
+
+    setattr(dlt.Pipeline, step, held)
 
 
 def kill_ingest_after(settings: Settings, source: str, delay: float | str, env: dict[str, str] | None = None) -> None:
     """Start ``ingest_source`` of ``source`` in a process of its own and SIGKILL it (and its
-    children) after ``delay`` seconds, or the moment a phase starts (``"extract"``: dlt has an
-    extracted package; ``"load"``: a normalized one). Phases, not late fixed instants: those would
-    be missed on a faster machine. Fails if the ingest finished before the kill."""
+    children) after ``delay`` seconds, or once a phase is reached (``"extract"``: dlt has an
+    extracted package; ``"load"``: a normalized one), where the child waits (``hold_at_phase``).
+    Phases, not late fixed instants: those would be missed on a faster machine. Fails if the ingest
+    finished before the kill."""
+    folder = settings.pipelines_dir.joinpath(source, *PHASES[delay][:2]) if isinstance(delay, str) else None
+    hold = f"hold_at_phase({str(folder)!r}, {PHASES[delay][2]!r}); " if isinstance(delay, str) else ""
     script = (
         "from pathlib import Path; from ingestion.dlt_settings import configure_dlt; "
-        "from dusk.settings import Settings; from tests.helpers import ingest, sources; configure_dlt(); "
+        "from dusk.settings import Settings; from tests.helpers import hold_at_phase, ingest, sources; "
+        f"configure_dlt(); {hold}"
         f"s = Settings(Path({str(settings.data_dir)!r}), Path({str(settings.warehouse)!r}), Path('t'), "
         f"{settings.demo}, {settings.demo_seed}); "
         f"r = ingest(sources()[{source!r}], s); print(r.ok, r.error)"
     )
-    folder = settings.pipelines_dir.joinpath(source, *PHASES[delay]) if isinstance(delay, str) else None
     before = set(folder.glob("*")) if folder is not None and folder.exists() else set()
     proc = subprocess.Popen([sys.executable, "-c", script], env=env or dict(os.environ), start_new_session=True)
     if folder is not None:
