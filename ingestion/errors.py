@@ -7,6 +7,7 @@ import re
 
 import requests
 from dlt.load.exceptions import LoadClientJobFailed
+from dlt.normalize.exceptions import NormalizeJobFailed
 
 from ingestion.declaration import SourceSpec
 
@@ -23,6 +24,9 @@ TRANSIENT_WORDS = (
     "no servers available",
 )
 PERMANENT_WORDS = ("authentication", "password", "permission denied", "does not exist", "access denied")
+JOB_FAILURES = (LoadClientJobFailed, NormalizeJobFailed)
+"""dlt's terminal failures of one job of a load package: a value raw's column cannot hold, found
+when the package is written as files (normalise) or loaded by the warehouse (load)."""
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -60,9 +64,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def innermost(exc: BaseException) -> BaseException:
-    """The cause dlt's step exceptions wrap (down to a refused load job, which is kept whole)."""
+    """The cause dlt's step exceptions wrap (down to a failed job, which is kept whole)."""
     inner: BaseException = exc
-    while not isinstance(inner, LoadClientJobFailed) and (
+    while not isinstance(inner, JOB_FAILURES) and (
         inner.__cause__ is not None or getattr(inner, "exception", None) is not None
     ):
         nxt = inner.__cause__ or getattr(inner, "exception", None)
@@ -75,7 +79,7 @@ def innermost(exc: BaseException) -> BaseException:
 def describe(spec: SourceSpec, exc: BaseException) -> str:
     """One line naming the source and the innermost cause."""
     inner = innermost(exc)
-    if isinstance(inner, LoadClientJobFailed):
+    if isinstance(inner, JOB_FAILURES):
         return refused_by_warehouse(spec, inner)
     text = " ".join(str(inner).split()) or type(inner).__name__
     if len(text) > 600:
@@ -83,15 +87,19 @@ def describe(spec: SourceSpec, exc: BaseException) -> str:
     return f"source {spec.name!r}: {type(inner).__name__}: {text}"
 
 
-def refused_by_warehouse(spec: SourceSpec, exc: LoadClientJobFailed) -> str:
-    """A load job the warehouse refused (a value its column type cannot hold): the table from the
-    job's id, the database's own message (it names the value), and what happened and what to do."""
+def refused_by_warehouse(spec: SourceSpec, exc: LoadClientJobFailed | NormalizeJobFailed) -> str:
+    """A job refused for a value its column's type cannot hold, by the warehouse or while dlt wrote
+    the load files: the table from the job's id, the message it gave (the warehouse's names the
+    value), and what happened and what to do."""
     table = str(exc.job_id).split(".", 1)[0]  # dlt's job ids: <table>.<file id>.<format>
     lines = [line.strip() for line in str(exc.failed_message).splitlines() if line.strip()]
     reason = next((line for line in reversed(lines) if "Error" in line and ":" in line), lines[-1] if lines else "")
     reason = reason.split(": ", 1)[1] if reason.split(": ", 1)[0].endswith(("Exception", "Error")) else reason
+    # a job writing load files can carry several tables, under the name of any one of them
+    where = f"source {spec.name!r}" + (f", table {table!r}" if isinstance(exc, LoadClientJobFailed) else "")
+    refused = "the warehouse refused a value" if isinstance(exc, LoadClientJobFailed) else "dlt refused a value"
     return (
-        f"source {spec.name!r}, table {table!r}: the warehouse refused a value: {' '.join(reason.split())[:400]}. "
+        f"{where}: {refused}: {' '.join(reason.split())[:400]}. "
         "dlt aborted this run's load package and the source's cursor did not move: its rows are read again "
         "next run. Fix the value at the source, or declare the column's type in "
         "sources.yml so that raw holds it (e.g. columns: {<column>: text})."

@@ -20,11 +20,10 @@ from typing import Any
 
 import dlt
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
-from dlt.load.exceptions import LoadClientJobFailed
 
 from ingestion import recovery
 from ingestion.declaration import SourceSpec
-from ingestion.errors import describe, innermost, is_transient
+from ingestion.errors import JOB_FAILURES, describe, innermost, is_transient
 from ingestion.extensions import fix_iceberg_upsert, raw_client
 from ingestion.infer import pinned_spec
 from ingestion.result import SourceResult, TableStats
@@ -184,6 +183,7 @@ def ingest_source(
     cursor. ``detected_at``: the time stamped on rows key-diff finds gone or back (None: now)."""
     started = time.monotonic()
     result = SourceResult(source=spec.name, ok=False, seconds=0.0)
+    pipeline: dlt.Pipeline | None = None
     try:
         if target.table_format == "iceberg":
             fix_iceberg_upsert()
@@ -209,6 +209,8 @@ def ingest_source(
             check_counts(pipeline, result)
     except Exception as exc:  # one source's failure is reported, not raised
         log.exception("source=%s ingest failed", spec.name)
+        if pipeline is not None:
+            abort_refused(pipeline, exc)
         result.error = describe(spec, exc)
         result.transient = is_transient(exc)
     result.seconds = time.monotonic() - started
@@ -220,11 +222,11 @@ def _finish_pending(pipeline: dlt.Pipeline, spec: SourceSpec, result: SourceResu
     return without extracting, so fresh data is extracted after this, in the same night."""
     log.warning("source=%s finishing load packages left by an interrupted run", spec.name)
     recovery.adopt_package_schemas(pipeline)
-    pipeline.normalize()
     try:
+        pipeline.normalize()
         info = pipeline.load()  # None when normalize left nothing to load
     except Exception as exc:
-        if not isinstance(innermost(exc), LoadClientJobFailed) or pipeline.has_pending_data:
+        if not abort_refused(pipeline, exc):
             raise
         # refused and aborted: the cursor is back where raw is, this run reads the rows again
         info = None
@@ -234,6 +236,19 @@ def _finish_pending(pipeline: dlt.Pipeline, spec: SourceSpec, result: SourceResu
     if info is not None:
         result.load_ids.extend(info.loads_ids)
         result.pending_load_ids.extend(info.loads_ids)
+
+
+def abort_refused(pipeline: dlt.Pipeline, exc: BaseException) -> bool:
+    """After a job failed for a value its column cannot hold: whether the run's packages are gone
+    and the local state (the cursors) is back where raw is, so the next run reads the rows again.
+    dlt aborts a package the warehouse refused by itself (``LOAD__AUTO_ABORT_ON_TERMINAL_ERROR``);
+    one refused while it wrote the load files (parquet cannot hold the value) stays pending and
+    would fail again every night, a stuck source: it is aborted here."""
+    if not isinstance(innermost(exc), JOB_FAILURES):
+        return False
+    if pipeline.has_pending_data:
+        pipeline.abort_packages()
+    return not pipeline.has_pending_data
 
 
 def check_counts(pipeline: dlt.Pipeline, result: SourceResult) -> None:

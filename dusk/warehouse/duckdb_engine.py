@@ -32,6 +32,9 @@ class DuckDBWarehouse(Warehouse):
     """The DuckDB warehouse file (``DUSK_WAREHOUSE``)."""
 
     engine = "duckdb"
+    loader_file_format = "parquet"
+    """dlt's default here, SQL insert statements, cost a 100x demo's 300k API records 35 s and
+    0.9 GiB to load; DuckDB reads parquet files in bulk, in bounded memory."""
 
     @property
     def path(self) -> Any:

@@ -77,18 +77,22 @@ class Repeats:
 
 class ExactNumbers:
     """Refuses a record whose declared decimal or integer column holds more decimal places than
-    the type keeps: dlt would coerce ``"123.456"`` to decimal(12,2) as 123.46 without a word.
-    The table stops naming the record, and is read again once the declaration is widened."""
+    the type keeps (dlt would coerce ``"123.456"`` to decimal(12,2) as 123.46 without a word), or a
+    decimal with more digits before the point than the type holds. The table stops naming the
+    record, and is read again once the declaration is widened."""
 
     def __init__(self, spec: SourceSpec, table: TableSpec) -> None:
         self.where = f"source {spec.name!r}, table {table.name!r}"
         self.table = table
         self.scales: dict[str, int] = {}
+        self.whole_digits: dict[str, int] = {}
+        """Per declared decimal(p,s): p - s, the digits it holds before the point."""
         self.decimals: set[str] = set()
         for name, declared in table.columns:
             decimal = DECIMAL.match(declared)
             if decimal:
                 self.scales[name] = int(decimal[2])
+                self.whole_digits[name] = int(decimal[1]) - int(decimal[2])
                 self.decimals.add(name)
             elif declared in ("integer", "bigint"):
                 self.scales[name] = 0
@@ -105,18 +109,26 @@ class ExactNumbers:
             if value is None or isinstance(value, bool | int):
                 continue
             try:
-                exponent = Decimal(str(value).strip()).normalize().as_tuple().exponent
+                number = Decimal(str(value).strip())
+                exponent = number.normalize().as_tuple().exponent
             except InvalidOperation:
                 continue  # not a number at all: dlt's coercion names it
-            if isinstance(exponent, int) and -exponent > scale:
-                key = self.table.key_text(tuple(item.get(k) for k in self.table.key_columns))
-                declared = dict(self.table.columns)[name]
-                raise ValueError(
-                    f"{self.where}: record {key}: column {name}: {value!r} has more decimal places than its "
-                    f"declared type {declared} holds (it would be rounded); nothing was loaded. Declare a wider "
-                    "scale in sources.yml: the records are read again next run"
-                )
+            if not isinstance(exponent, int):
+                continue  # NaN or infinity: the warehouse refuses it, naming it
+            if -exponent > scale:
+                self._refuse(item, name, value, "has more decimal places than {} holds (it would be rounded)", "scale")
+            whole = self.whole_digits.get(name)
+            if whole is not None and number and number.adjusted() + 1 > whole:
+                self._refuse(item, name, value, "has more digits before the point than {} holds", "precision")
         return item
+
+    def _refuse(self, item: dict[str, Any], name: str, value: Any, problem: str, wider: str) -> None:
+        key = self.table.key_text(tuple(item.get(k) for k in self.table.key_columns))
+        declared = f"its declared type {dict(self.table.columns)[name]}"
+        raise ValueError(
+            f"{self.where}: record {key}: column {name}: {value!r} {problem.format(declared)}; "
+            f"nothing was loaded. Declare a wider {wider} in sources.yml: the records are read again next run"
+        )
 
 
 def _floats(value: Any) -> Any:

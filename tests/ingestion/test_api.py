@@ -25,6 +25,7 @@ import pytest
 from dusk.demo.payments_api import Chaos, PaymentsServer, PaymentsStore, serving, stamp
 from dusk.settings import Settings
 from ingestion.api.session import retry_after
+from ingestion.api.source import ExactNumbers
 from ingestion.declaration import SourceSpec
 from ingestion.dlt_settings import configure_dlt
 from ingestion.result import SourceResult
@@ -289,12 +290,12 @@ def test_a_record_served_twice_keeps_its_newest_copy_and_is_counted_once(
 
 
 @pytest.mark.badinput
-def test_a_value_the_warehouse_refuses_aborts_the_load_and_nothing_is_stuck(
+def test_a_value_too_large_for_its_declared_decimal_stops_the_table_and_nothing_is_stuck(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An amount too large for its declared decimal: the warehouse refuses the load. dlt aborts
-    the package and rewinds the cursor, the message names table and value, and once the source is
-    fixed the next run loads every row (nothing pending, nothing skipped)."""
+    """An amount with more digits than its declared decimal holds: the table stops naming record,
+    column and value, the cursor stays, and once the source is fixed the next run loads every row
+    (nothing pending, nothing skipped)."""
     t = "2026-01-0{}T00:00:00Z"
     declared = "        columns:\n          amount: decimal(12,2)\n"
     with pages_served(tmp_path, monkeypatch, declared):
@@ -304,9 +305,11 @@ def test_a_value_the_warehouse_refuses_aborts_the_load_and_nothing_is_stuck(
         failed = ingest(spec(), settings)
         assert not failed.ok
         assert failed.error is not None
-        assert failed.error.startswith("source 'payments', table 'payments': the warehouse refused a value: ")
-        assert '"123456789012345.00"' in failed.error and "DECIMAL(12,2)" in failed.error
-        assert "read again next run" in failed.error
+        assert (
+            "source 'payments', table 'payments': record payment_id=2: column amount: '123456789012345.00' has "
+            "more digits before the point than its declared type decimal(12,2) holds; nothing was loaded."
+        ) in failed.error
+        assert "Declare a wider precision in sources.yml" in failed.error
         assert not make_pipeline(spec(), target(settings)).has_pending_data
         assert cursor(settings) == t.format(1)
         _Pages.pages = [[_payment(2, t.format(2), "12345.00"), _payment(3, t.format(3), "3.00")]]
@@ -314,6 +317,39 @@ def test_a_value_the_warehouse_refuses_aborts_the_load_and_nothing_is_stuck(
     assert fixed.ok, fixed.error
     assert extracted(fixed) == 2
     assert cursor(settings) == t.format(3)
+    assert raw(settings, "select payment_id, amount from raw_payments.payments order by 1") == [
+        (1, Decimal("1.00")),
+        (2, Decimal("12345.00")),
+        (3, Decimal("3.00")),
+    ]
+
+
+@pytest.mark.badinput
+def test_a_value_dlt_cannot_write_aborts_the_package_and_nothing_is_stuck(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net under the check above: a value that reaches dlt and does not fit raw's
+    column fails a job (while the load files are written, or in the warehouse). The run's package
+    is aborted and the cursor rewound, the message says so, and the next run loads every row: a
+    package left pending would fail again every night."""
+    monkeypatch.setattr(ExactNumbers, "check", lambda self, item: item)
+    t = "2026-01-0{}T00:00:00Z"
+    declared = "        columns:\n          amount: decimal(12,2)\n"
+    with pages_served(tmp_path, monkeypatch, declared):
+        _Pages.pages = [[_payment(1, t.format(1), "1.00")]]
+        assert ingest(spec(), settings).ok
+        _Pages.pages = [[_payment(2, t.format(2), "123456789012345.00"), _payment(3, t.format(3), "3.00")]]
+        failed = ingest(spec(), settings)
+        assert not failed.ok
+        assert failed.error is not None
+        assert failed.error.startswith("source 'payments'") and "refused a value: " in failed.error, failed.error
+        assert "its rows are read again next run" in failed.error
+        assert not make_pipeline(spec(), target(settings)).has_pending_data
+        assert cursor(settings) == t.format(1)
+        _Pages.pages = [[_payment(2, t.format(2), "12345.00"), _payment(3, t.format(3), "3.00")]]
+        fixed = ingest(spec(), settings)
+    assert fixed.ok, fixed.error
+    assert extracted(fixed) == 2
     assert raw(settings, "select payment_id, amount from raw_payments.payments order by 1") == [
         (1, Decimal("1.00")),
         (2, Decimal("12345.00")),
