@@ -125,7 +125,7 @@ format: setup-dev ## Apply ruff's and sqlfluff's fixes
 	$(BIN)/ruff format .
 	DUSK_WAREHOUSE=:memory: $(BIN)/sqlfluff fix models data-tests
 
-bench: setup-dev ## Benchmark a 6M-row PostgreSQL table: COPY limit, full load, 1% incremental, peak memory
+bench: setup-dev ## TPC-H lineitem from PostgreSQL (BENCH_SF=1, or e.g. 1,5): COPY limit, full load, 1% churn nights, peak memory, each with its target and PASS/MISS; then the engines
 	$(BIN)/python benchmarks/bench_database.py
 
 bench-night: setup-dev ## A full, a quiet and a one-source demo night, as ratios (BENCH_RUNS=3, BENCH_TARGET=duckdb|postgres|spark)
