@@ -10,7 +10,7 @@ What moves, table by table, in one transaction on the new engine:
 - ``snapshots`` (the SCD2 history: it cannot be rebuilt from sources that keep no history);
 - the run ledger (``dusk_ledger``) and the PII salt (``dusk_private``), so hashes stay the same.
 
-Models (staging views, intermediate, marts, seeds) are not moved: the next night on the new engine
+Models (staging, intermediate, marts, seeds) are not moved: the next night on the new engine
 builds them from raw, and an incremental model equals its rebuild (invariant 2). A stream's
 acknowledgements live in the stream server, and dlt's working folder stays where it is.
 

@@ -295,7 +295,7 @@ def build(
 def _deferred(settings: Settings, manifest: Manifest, select: list[str]) -> changes.Selection | str:
     """A run outside prod that reads what it does not build from prod's published data: ``select``
     against prod's last manifest (dbt's ``--defer --state``), and every unpublished model
-    (the intermediate views): readers' copy lacks them, and what is built or tested may read any
+    (the intermediate models): readers' copy lacks them, and what is built or tested may read any
     of them. The reason instead when it cannot defer."""
     if settings.env == PROD or settings.prod_warehouse is None:
         return "--defer reads prod's published data from another environment: run it with --env dev (or ci)"
