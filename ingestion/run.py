@@ -210,7 +210,10 @@ def ingest_source(
     except Exception as exc:  # one source's failure is reported, not raised
         log.exception("source=%s ingest failed", spec.name)
         if pipeline is not None:
-            abort_refused(pipeline, exc)
+            try:
+                abort_refused(pipeline, exc)
+            except Exception:  # the failure is reported all the same; the next run finds the package
+                log.exception("source=%s aborting the refused package failed", spec.name)
         result.error = describe(spec, exc)
         result.transient = is_transient(exc)
     result.seconds = time.monotonic() - started

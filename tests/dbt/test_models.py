@@ -253,7 +253,7 @@ def test_snapshot_guard_refuses_a_source_that_came_in_empty(night: Workspace) ->
         wh.execute("create table raw_shop.customers_kept as select * from raw_shop.customers")
         wh.execute("update raw_shop.customers set _is_deleted = true, _deleted_at = current_timestamp")
     try:
-        out = dbt(night, "build", "--select", "stg_shop__customers", "customers_snapshot")
+        out = dbt(night, "build", "--select", "base_shop__customers", "stg_shop__customers", "customers_snapshot")
         assert out.returncode == 1
         assert re.search(
             r"customers_snapshot\" refused: its source .* has 0 live rows, the snapshot \d+ live", out.stdout
@@ -264,7 +264,7 @@ def test_snapshot_guard_refuses_a_source_that_came_in_empty(night: Workspace) ->
             wh.execute("delete from raw_shop.customers")
             wh.execute("insert into raw_shop.customers select * from raw_shop.customers_kept")
             wh.execute("drop table raw_shop.customers_kept")
-        assert dbt(night, "build", "--select", "stg_shop__customers").returncode == 0
+        assert dbt(night, "build", "--select", "base_shop__customers", "stg_shop__customers").returncode == 0
 
 
 def test_everything_is_documented(night: Workspace) -> None:
@@ -329,7 +329,7 @@ def test_a_customer_restored_with_its_old_updated_at_reopens_in_the_snapshot(nig
         shop = load_sources(night.sources_file)["shop"]
         result = ingest(shop, replace(settings, detected_at=detected_at.replace(tzinfo=UTC)))
         assert result.ok, result.error
-        out = dbt(night, "build", "--select", "stg_shop__customers", "customers_snapshot")
+        out = dbt(night, "build", "--select", "base_shop__customers", "stg_shop__customers", "customers_snapshot")
         assert out.returncode == 0, out.stdout[-3000:]
 
     def versions(cid: int) -> list[tuple]:
