@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from dusk.record import Plan, RunResult
 from dusk.settings import Settings, apply_runtime_environment
 from dusk.steps.alert import alert, heartbeat, send
 from dusk.steps.audit import audit
-from dusk.steps.build import build
+from dusk.steps.build import build, parse
 from dusk.steps.diff import diff
 from dusk.steps.ingest import ingest
 from dusk.steps.lineage import lineage
@@ -296,23 +297,32 @@ def _in_warehouse(
     stop.check()
     if prepared is not None and record.error is None:
         warehouse.release(con)
-        with _demo_endpoints(settings, prepared.specs) as served:
-            record.sources = ingest(
-                settings,
-                warehouse.target(),
-                prepared.chosen,
-                {**prepared.connections, **served},
-                plan.window,
-                on_start=lambda name: progress.start(f"source:{name}", f"ingest {name}"),
-                on_end=lambda result: progress.finish(f"source:{result.source}", result.status),
-            )
-        with _guarded(record, NOT_WRITTEN):
-            ledger.ingested(con, record, record.sources)
-        stop.check()
-        progress.start("dbt", "dbt build, freshness, docs")
-        clock = _NodeClock(settings.model_timeout, stop)
-        with clock.watching():
-            dbt = record.dbt = build(settings, con, plan, record, prepared.specs, [progress.dbt_callback("dbt"), clock])
+        # dbt parses the project while the sources load: the parse reads neither the sources nor
+        # the warehouse (prepare wrote the sources' YAML). Measured at 1x: 5.9 s on a first night
+        # (no partial parse yet), 1.2 s on the others, off the night's critical path
+        parsing = ThreadPoolExecutor(1, thread_name_prefix="dbt-parse")
+        parsed = parsing.submit(parse, settings)
+        try:
+            with _demo_endpoints(settings, prepared.specs) as served:
+                record.sources = ingest(
+                    settings,
+                    warehouse.target(),
+                    prepared.chosen,
+                    {**prepared.connections, **served},
+                    plan.window,
+                    on_start=lambda name: progress.start(f"source:{name}", f"ingest {name}"),
+                    on_end=lambda result: progress.finish(f"source:{result.source}", result.status),
+                )
+            with _guarded(record, NOT_WRITTEN):
+                ledger.ingested(con, record, record.sources)
+            stop.check()
+            progress.start("dbt", "dbt build, freshness, docs")
+            clock = _NodeClock(settings.model_timeout, stop)
+            with clock.watching():
+                callbacks = [progress.dbt_callback("dbt"), clock]
+                dbt = record.dbt = build(settings, con, plan, record, prepared.specs, callbacks, parsed.result)
+        finally:
+            parsing.shutdown(wait=False)
         progress.finish("dbt", "ok" if dbt.ok else "FAILED")
         stop.check()
         with _guarded(record, NOT_WRITTEN):

@@ -221,14 +221,16 @@ def build(
     record: RunResult,
     specs: dict[str, SourceSpec],
     callbacks: list[Any] | None = None,
+    parsed: Callable[[], tuple[Manifest | None, str | None]] | None = None,
 ) -> DbtResult:
     """The build step: what changed since the nights before and everything downstream of it
     (everything with ``--full``, on a first night, or when the weekly full night is due; see
     :mod:`dusk.steps.changes`), microbatch models over the days that received rows, and nothing
     that depends on a source that failed tonight (it is left as it was, and reported). Nodes left
-    as they were are reported as ``unchanged``."""
+    as they were are reported as ``unchanged``. ``parsed`` gives :func:`parse`'s result when the
+    caller started the parse earlier."""
     started = time.monotonic()
-    manifest, error = parse(settings)
+    manifest, error = parsed() if parsed is not None else parse(settings)
     if error is not None or manifest is None:
         return DbtResult(ok=False, seconds=time.monotonic() - started, error=error or "dbt parse returned no manifest")
     if plan.backfill is not None:
