@@ -6,6 +6,7 @@ and :func:`main` is the one place that turns a failure into an exit code.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -176,7 +177,18 @@ def _night(plan: object, verbose: bool) -> None:
     if result.stopped is not None or any(r.abandoned for r in result.sources):
         _end_now(s, result)  # recorded, alerted, lock released: end now, not after a source's thread
     print_summary(s, result)
-    raise typer.Exit(EXIT_CODES.get(result.status, EXIT_FAILED))
+    _exit(EXIT_CODES.get(result.status, EXIT_FAILED))
+
+
+def _exit(code: int) -> NoReturn:
+    """End a night's process after its exit handlers (dbt-duckdb's closes its connection, and
+    DuckDB then checkpoints the warehouse; logging flushes and closes its files), without
+    Python's teardown: freeing every object of the night, one by one, took ~1.5 s at 1x and at
+    100x the demo alike (measured), for nothing."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _end_now(s: Settings, result: RunResult) -> NoReturn:

@@ -114,8 +114,10 @@ class ExactNumbers:
             if value is None or isinstance(value, bool | int):
                 continue
             try:
-                number = Decimal(str(value).strip())
-                exponent = number.normalize().as_tuple().exponent
+                number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+                exponent = number.as_tuple().exponent
+                if isinstance(exponent, int) and -exponent > scale:  # trailing zeros do not count
+                    exponent = number.normalize().as_tuple().exponent
             except InvalidOperation:
                 continue  # not a number at all: dlt's coercion names it
             if not isinstance(exponent, int):
