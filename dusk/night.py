@@ -315,6 +315,7 @@ def _in_warehouse(
                 )
             with _guarded(record, NOT_WRITTEN):
                 ledger.ingested(con, record, record.sources)
+            warehouse.after_ingest(con)
             stop.check()
             progress.start("dbt", "dbt build, freshness, docs")
             clock = _NodeClock(settings.model_timeout, stop)

@@ -124,6 +124,11 @@ class Warehouse(ABC):
         night's connection holds that would stop it (nothing, but on Spark with SQLite)."""
         del con
 
+    def after_ingest(self, con: Any) -> None:
+        """Once the sources are loaded, before dbt and the steps that read what it builds:
+        settings for that part of the night (none, but on DuckDB)."""
+        del con
+
     loader_file_format: str | None = None
     """The file format dlt loads with (None: the destination's own choice)."""
     table_format: str | None = None
