@@ -79,7 +79,8 @@ class ExactNumbers:
     """Refuses a record whose declared decimal or integer column holds more decimal places than
     the type keeps (dlt would coerce ``"123.456"`` to decimal(12,2) as 123.46 without a word), or a
     decimal with more digits before the point than the type holds. The table stops naming the
-    record, and is read again once the declaration is widened."""
+    record, and is read again once the declaration is widened. Also types what dlt would be slow
+    to: declared timestamps that carry their offset (see :meth:`check`)."""
 
     def __init__(self, spec: SourceSpec, table: TableSpec) -> None:
         self.where = f"source {spec.name!r}, table {table.name!r}"
@@ -225,10 +226,9 @@ def api_source(
     for name, numbers in exact.items():
         resource = source.resources[name]
         # after dlt's incremental step, which add_map would put them before (it keeps itself
-        # last): only the records this run loads are checked, typed, stamped and compared, and
-        # the incremental compares the cursor as the API served it. dlt has no public count of
-        # a resource's steps.
-        # The repeats compare the cursor as served too, before the check types it.
+        # last): only the records this run loads are stamped, compared, checked and typed, and
+        # the incremental and the repeats compare the cursor as the API served it (the check
+        # types it last). dlt has no public count of a resource's steps.
         at = len(resource._pipe)
         if name in repeats:
             resource.add_map(repeats[name].stamp, insert_at=at).add_filter(repeats[name].keep, insert_at=at + 1)

@@ -387,8 +387,8 @@ def test_declared_timestamps_load_the_instant_they_name_in_every_form(
 ) -> None:
     """Declared timestamps are parsed before dlt sees them when they carry an offset (dlt's own
     parse is ~50x slower); the instant is the one the text names, whatever its form, and a text
-    without an offset is left to dlt (UTC). The cursor (a declared timestamp too) is kept as
-    served, and the next night asks from it."""
+    without an offset is left to dlt (UTC). The cursor (a declared timestamp too) is saved as
+    served."""
     declared = "        columns:\n          updated_at: timestamp\n          paid_at: timestamp\n"
     forms = [
         "2026-01-01T00:00:01Z",
