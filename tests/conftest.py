@@ -241,18 +241,25 @@ def pg_databases(count: int) -> Iterator[list[str]]:
                     admin.execute(f'drop database if exists "{found}" with (force)')
 
 
+_OWN_STREAMS: list[Path] = []
+"""Every sources.yml :func:`write_sources_with_own_stream` wrote in this process: the session
+deletes their streams at its end, whether or not the test that made one deleted it."""
+
+
 def write_sources_with_own_stream(path: Path) -> None:
     """The project's sources.yml, with a NATS stream, subject and consumer no other test uses."""
     tag = uuid.uuid4().hex[:12]
     text = (PROJECT_DIR / "ingestion" / "sources.yml").read_text()
     text = text.replace("DUSK_WEB", f"DUSK_TEST_{tag}").replace("dusk.web.events", f"dusk.test.{tag}.events")
     path.write_text(text.replace("durable: dusk_web", f"durable: dusk_test_{tag}"))
+    _OWN_STREAMS.append(path)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def own_demo_stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests that create the demo (it publishes web events when NATS runs) use a stream of their
-    own, deleted at the end, never the demo's DUSK_WEB on the machine's NATS."""
+    own, deleted at the end, never the demo's DUSK_WEB on the machine's NATS. At the end the
+    session also deletes every stream its tests' workspaces made."""
     path = tmp_path_factory.mktemp("sources") / "sources.yml"
     write_sources_with_own_stream(path)
     saved = os.environ.get("DUSK_SOURCES_FILE")
@@ -262,7 +269,10 @@ def own_demo_stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("DUSK_SOURCES_FILE", None)
     else:
         os.environ["DUSK_SOURCES_FILE"] = saved
-    delete_demo_stream(path)
+    # this one, and any a test's workspace left (a run of make test left three)
+    for written in _OWN_STREAMS:
+        if written.exists():
+            delete_demo_stream(written)
 
 
 @pytest.fixture(autouse=True)
