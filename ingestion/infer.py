@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 
+from ingestion.column_types import finer_than_microseconds
 from ingestion.declaration import SourceSpec, TableSpec
 
 INTERNAL = frozenset({"_dlt_load_id", "_dlt_id", "_line", "_file_order", "_stream_seq"})
@@ -137,8 +138,8 @@ def _from_text(
     con: duckdb.DuckDBPyConnection, records: list[tuple[int, dict[str, Any]]], names: list[str]
 ) -> dict[str, str | None]:
     """Each column's narrowest type that holds every value exactly: boolean, bigint, an exact
-    decimal, date, timestamp, JSON (objects and lists), else text; None for a column with no
-    value."""
+    decimal, date, timestamp (to the microsecond: finer ones stay text), JSON (objects and lists),
+    else text; None for a column with no value."""
     values = pa.table({n: pa.array([r.get(n) for _, r in records], pa.string()) for n in names})
     con.register("_infer", values)
     try:
@@ -159,7 +160,8 @@ def _from_text(
                     count(*) filter (where regexp_full_match({c}, '{day}')
                                      and try_cast({c} as date) is not null),
                     count(*) filter (where regexp_full_match({c}, '{day}[T ][0-9]{{2}}:[0-9]{{2}}.*')
-                                     and try_cast({c} as timestamptz) is not null),
+                                     and try_cast({c} as timestamptz) is not null
+                                     and not {finer_than_microseconds(c)}),
                     count(*) filter (where (starts_with({c}, '{{') or starts_with({c}, '[')) and json_valid({c}))
                 from _infer
                 """

@@ -11,7 +11,12 @@ import dlt
 import duckdb
 import pyarrow as pa
 
-from ingestion.column_types import DECIMAL, duck_type
+from ingestion.column_types import (
+    DECIMAL,
+    FINER_THAN_MICROSECONDS_REASON,
+    duck_type,
+    finer_than_microseconds,
+)
 from ingestion.declaration import SourceSpec, TableSpec
 
 
@@ -127,6 +132,11 @@ def typed_rows(
             checks.append(
                 f"CASE WHEN {rounds} THEN 'column {name}: ' || to_json(\"{name}\")::VARCHAR || "
                 f"' has more decimal places than its declared type {declared} holds (it would be rounded)' END"
+            )
+        if declared == "timestamp":
+            checks.append(
+                f"CASE WHEN {finer_than_microseconds(col)} THEN 'column {name}: ' || to_json(\"{name}\")::VARCHAR || "
+                f"' {FINER_THAN_MICROSECONDS_REASON}' END"
             )
     checks += [f"CASE WHEN \"{k}\" IS NULL THEN 'primary key column {k} is empty' END" for k in table.key_columns]
     keys = ", ".join(f'"{k}"' for k in table.key_columns)

@@ -14,7 +14,12 @@ from dlt.extract.source import DltSource
 from dlt.sources.rest_api import rest_api_source
 
 from ingestion.api.paging import GuardedCursorPaginator
-from ingestion.column_types import DECIMAL, dlt_column
+from ingestion.column_types import (
+    DECIMAL,
+    FINER_THAN_MICROSECONDS,
+    FINER_THAN_MICROSECONDS_REASON,
+    dlt_column,
+)
 from ingestion.declaration import SourceSpec, TableSpec
 
 INITIAL_CURSOR = "1970-01-01T00:00:00Z"
@@ -78,9 +83,10 @@ class Repeats:
 class ExactNumbers:
     """Refuses a record whose declared decimal or integer column holds more decimal places than
     the type keeps (dlt would coerce ``"123.456"`` to decimal(12,2) as 123.46 without a word), or a
-    decimal with more digits before the point than the type holds. The table stops naming the
-    record, and is read again once the declaration is widened. Also types what dlt would be slow
-    to: declared timestamps that carry their offset (see :meth:`check`)."""
+    decimal with more digits before the point than the type holds, or a timestamp's text with a
+    digit below the microsecond in any column not declared text (dlt would cut it off). The
+    table stops naming the record, and is read again once the declaration is widened. Also types
+    what dlt would be slow to: declared timestamps that carry their offset (see :meth:`check`)."""
 
     def __init__(self, spec: SourceSpec, table: TableSpec) -> None:
         self.where = f"source {spec.name!r}, table {table.name!r}"
@@ -90,6 +96,7 @@ class ExactNumbers:
         """Per declared decimal(p,s): p - s, the digits it holds before the point."""
         self.decimals: set[str] = set()
         self.timestamps = {name for name, declared in table.columns if declared == "timestamp"}
+        self.texts = {name for name, declared in table.columns if declared == "text"}
         for name, declared in table.columns:
             decimal = DECIMAL.match(declared)
             if decimal:
@@ -106,6 +113,14 @@ class ExactNumbers:
         # is parsed here when it carries its offset (Python's parser, ~0.3 us a value): dlt's normalizer
         # parses text with pendulum at ~15 us a value, 9 s of the 300k payments of a 100x demo
         for name, value in item.items():
+            # the length first: the pattern is tried only on a text long enough for a 7th digit
+            long_text = isinstance(value, str) and len(value) > 26 and name not in self.texts
+            if long_text and FINER_THAN_MICROSECONDS.match(value):
+                key = self.table.key_text(tuple(item.get(k) for k in self.table.key_columns))
+                raise ValueError(
+                    f"{self.where}: record {key}: column {name}: {value!r} {FINER_THAN_MICROSECONDS_REASON}; "
+                    "nothing was loaded. The records are read again next run"
+                )
             if name in self.timestamps:
                 item[name] = _instant(value)
             elif name not in self.decimals and isinstance(value, Decimal | dict | list):

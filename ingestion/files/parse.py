@@ -62,6 +62,7 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
         missing = [n for n in names if n not in data.column_names]
         if missing:
             raise FileError(f"file {path.name}: column(s) {missing} missing; nothing loaded")
+        data = _nanoseconds_as_text(data)
         for i, row in enumerate(data.to_pylist(), start=1):
             records.append((i, {k: cell_text(v) for k, v in row.items()}))
         return records, bad
@@ -94,3 +95,14 @@ def parse(path: Path, table: TableSpec) -> tuple[list[tuple[int, dict[str, Any]]
             continue
         records.append((number, {n: (v if v != "" else None) for n, v in zip(header, fields, strict=True)}))
     return records, bad
+
+
+def _nanoseconds_as_text(data: pa.Table) -> pa.Table:
+    """``data`` with its nanosecond timestamps and times as their full text (Python's datetime
+    holds microseconds: Arrow refuses to convert one with a finer digit). The typing then loads
+    each value to the microsecond, or quarantines the one with a digit below it, naming it."""
+    for i, field in enumerate(data.schema):
+        kind = field.type
+        if (pa.types.is_timestamp(kind) or pa.types.is_time64(kind)) and kind.unit == "ns":
+            data = data.set_column(i, field.name, data.column(i).cast(pa.string()))
+    return data

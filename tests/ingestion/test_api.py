@@ -416,6 +416,41 @@ def test_declared_timestamps_load_the_instant_they_name_in_every_form(
 
 
 @pytest.mark.badinput
+@pytest.mark.parametrize("declared", ["timestamp", None])
+def test_a_timestamp_finer_than_a_microsecond_stops_the_table_and_text_keeps_it(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch, declared: str | None
+) -> None:
+    """Nanoseconds in a column declared timestamp, or in one dlt would infer as a timestamp: every
+    parser on the way would cut them off without a word. The table stops naming the record and
+    the value, the cursor stays; zeros below the microsecond are no loss; declared text keeps
+    the value as served."""
+    stamp = "2026-01-01T00:00:05.123456789Z"
+    columns = "        columns:\n          updated_at: timestamp\n"
+    extra = columns + (f"          paid_at: {declared}\n" if declared else "")
+    _Pages.pages = [
+        [
+            {**_payment(1, "2026-01-02T00:00:01Z", "1.00"), "paid_at": "2026-01-01T00:00:05.123456000Z"},
+            {**_payment(2, "2026-01-02T00:00:02Z", "1.00"), "paid_at": stamp},
+        ]
+    ]
+    with pages_served(tmp_path, monkeypatch, extra):
+        stopped = ingest(spec(), settings)
+    assert not stopped.ok
+    assert (
+        f"source 'payments', table 'payments': record payment_id=2: column paid_at: {stamp!r} has digits below "
+        "the microsecond, which a timestamp does not hold (they would be cut off); declare the column text"
+    ) in (stopped.error or ""), stopped.error
+    assert cursor(settings) is None
+    with pages_served(tmp_path, monkeypatch, columns + "          paid_at: text\n"):
+        kept = ingest(spec(), settings)
+    assert kept.ok, kept.error
+    assert raw(settings, "select paid_at from raw_payments.payments order by payment_id") == [
+        ("2026-01-01T00:00:05.123456000Z",),
+        (stamp,),
+    ]
+
+
+@pytest.mark.badinput
 @pytest.mark.parametrize(
     ("loop_to", "pages", "expected"),
     [

@@ -196,3 +196,53 @@ def test_headers_are_named_as_raw_names_them_and_a_missing_key_is_refused(landin
     keyless = ingest(spec(), settings)
     assert not keyless.ok
     assert "primary key column event_id is empty" in (keyless.error or "")
+
+
+@pytest.mark.badinput
+def test_a_timestamp_finer_than_a_microsecond_is_never_cut_off(landing: Path, settings: Settings) -> None:
+    """Every warehouse timestamp holds microseconds, and DuckDB's cast (like Python's and dlt's
+    parsers) cuts finer digits off without a word. A column first seen with nanoseconds is
+    inferred text (kept as written); a later one in a timestamp column is quarantined with the
+    reason, from CSV text and from a Parquet file's nanosecond timestamps alike; zeros below the
+    microsecond are no loss."""
+    (landing / "sales_2026-01-01.csv").write_text(
+        "sale_id,sold_at,logged_at\n"
+        "1,2026-01-01 10:00:00.123456000Z,2026-01-01 10:00:00.1\n"
+        "2,2026-01-01 10:00:01,2026-01-01 10:00:00.123456789\n"
+    )
+    moments = [1767261600123456000, 1767261600123456789]  # 2026-01-01 10:00:00.123456, and 789 ns later
+    pq.write_table(pa.table({"at": pa.array(moments, pa.timestamp("ns", tz="UTC"))}), landing / "rates_1.parquet")
+    first = ingest(spec(), settings)
+    assert first.ok, first.error
+    assert types(settings, "sales") == {
+        "sale_id": "BIGINT",
+        "sold_at": "TIMESTAMP WITH TIME ZONE",
+        "logged_at": "VARCHAR",
+    }
+    assert raw(settings, "select sold_at::text, logged_at from raw_drops.sales order by sale_id") == [
+        ("2026-01-01 10:00:00.123456+00", "2026-01-01 10:00:00.1"),
+        ("2026-01-01 10:00:01+00", "2026-01-01 10:00:00.123456789"),
+    ]
+    assert types(settings, "rates") == {"at": "TIMESTAMP WITH TIME ZONE"}
+    assert raw(settings, 'select "at"::text from raw_drops.rates') == [("2026-01-01 10:00:00.123456+00",)]
+    (landing / "sales_2026-01-02.csv").write_text(
+        "sale_id,sold_at,logged_at\n3,2026-01-02 00:00:00.0000001,x\n4,2026-01-02 00:00:00.0000010000,y\n"
+    )
+    second = ingest(spec(), settings)
+    assert second.ok, second.error
+    finer = "has digits below the microsecond, which a timestamp does not hold (they would be cut off)"
+    assert raw(settings, "select source_table, line, reason from raw_drops._quarantine order by all") == [
+        (
+            "rates",
+            2,
+            f'column at: "2026-01-01 10:00:00.123456789Z" {finer}; declare the column text to keep it as written',
+        ),
+        (
+            "sales",
+            2,
+            f'column sold_at: "2026-01-02 00:00:00.0000001" {finer}; declare the column text to keep it as written',
+        ),
+    ]
+    assert raw(settings, "select sale_id, sold_at::text from raw_drops.sales where sale_id > 2") == [
+        (4, "2026-01-02 00:00:00.000001+00")
+    ]

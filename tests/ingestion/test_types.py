@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 from collections.abc import Iterator
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -350,32 +350,34 @@ def test_mariadb_zero_dates_stop_the_table_and_text_keeps_them(zoo, tmp_path: Pa
 @pytest.mark.badinput
 def test_sqlite_values_of_another_storage_class_stop_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite lets any column hold any value: a text in an integer column, a float with more
-    digits than a numeric(10,2), a 2 in a boolean are named, never cast into something else."""
+    digits than a numeric(10,2), a 2 in a boolean, a timestamp's text with nanoseconds are named,
+    never cast into something else (zeros below the microsecond are no loss)."""
     configure_dlt()
     db = tmp_path / "src.sqlite"
     with sqlite3.connect(db) as con:
         con.execute(
             "create table zoo (id integer primary key, updated_at timestamp not null, n integer, "
-            "amount numeric(10,2), flag boolean)"
+            "amount numeric(10,2), flag boolean, seen_at timestamp)"
         )
         con.execute(
-            "insert into zoo values (1, '2026-01-01 00:00:00', 5, 1.25, 1), "
-            "(2, '2026-01-01 00:00:00', 'abc', 12.345, 2), (3, '2026-01-01 00:00:00', 7, 3.5, 0)"
+            "insert into zoo values (1, '2026-01-01 00:00:00', 5, 1.25, 1, '2026-01-02 03:04:05.123456000'), "
+            "(2, '2026-01-01 00:00:00', 'abc', 12.345, 2, '2026-01-02 03:04:05.123456789'), "
+            "(3, '2026-01-01 00:00:00', 7, 3.5, 0, null)"
         )
     monkeypatch.setenv("SOURCES__ZOO__CREDENTIALS", f"sqlite:///{db}")
     settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "t", demo=False, demo_seed=1)
     result = ingest(write_sources(tmp_path / "sources.yml"), settings)
     assert not result.ok and result.error is not None
-    for column in ("'n'", "'amount'", "'flag'"):
+    for column in ("'n'", "'amount'", "'flag'", "'seen_at'"):
         assert f"column {column}" in result.error and "at id=2" in result.error
     with sqlite3.connect(db) as con:
-        con.execute("update zoo set n = 6, amount = 12.35, flag = 1 where id = 2")
+        con.execute("update zoo set n = 6, amount = 12.35, flag = 1, seen_at = '2026-01-02 03:04:05.1234' where id = 2")
     result = ingest(write_sources(tmp_path / "sources.yml"), settings)
     assert result.ok, result.error
-    assert raw(settings, "select id, n, amount, flag from raw_zoo.zoo order by id") == [
-        (1, 5, Decimal("1.25"), True),
-        (2, 6, Decimal("12.35"), True),
-        (3, 7, Decimal("3.50"), False),
+    assert raw(settings, "select id, n, amount, flag, seen_at from raw_zoo.zoo order by id") == [
+        (1, 5, Decimal("1.25"), True, datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)),
+        (2, 6, Decimal("12.35"), True, datetime(2026, 1, 2, 3, 4, 5, 123400, tzinfo=UTC)),
+        (3, 7, Decimal("3.50"), False, None),
     ]
 
 
