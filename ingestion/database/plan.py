@@ -123,10 +123,13 @@ def key_pass(
     columns: list[SourceColumn],
     start: Any,
     now: datetime,
+    unique_at_source: bool = False,
 ) -> tuple[pa.Table | None, list[Key], pa.Table | None]:
     """Compare the source's keys (and cursors) with raw's; return raw's rows for vanished keys,
     flagged deleted, the keys of rows committed late below the watermark (or back after a
-    deletion), and the keys back after a deletion (columns ``k0``.., None when there are none)."""
+    deletion), and the keys back after a deletion (columns ``k0``.., None when there are none).
+    ``unique_at_source``: the source's own constraint keeps the key unique, so the source's keys
+    are not grouped to look for duplicates (0.7 s of 6 M keys)."""
     where = _where(spec.name, table.name)
     names = table.key_columns
     by_name = {c.name: c for c in columns}
@@ -142,34 +145,36 @@ def key_pass(
     cursor_sql = cursor.expression if cursor else "NULL"
     source = con.execute(f"SELECT {source_ks}, {cursor_sql} AS c FROM {relation}").to_arrow_table()
     con.register("source_keys", source)
-    _refuse_bad_keys(con, "source_keys", [f"k{i}" for i in range(len(names))], where, table)
+    k_names = [f"k{i}" for i in range(len(names))]
+    if unique_at_source:  # the source's own constraint: NULLs are still counted (a unique key allows them)
+        _refuse_null_keys(con, "source_keys", k_names, where, table)
+    else:
+        _refuse_bad_keys(con, "source_keys", k_names, where, table)
     if raw is None or raw.num_rows == 0:
         con.unregister("source_keys")
         return None, [], None
     con.register("raw_keys", raw)
     live = con.execute("SELECT count(*) FROM raw_keys WHERE NOT d").fetchone()[0]  # type: ignore[index]
-    gone = [
-        tuple(r)
-        for r in con.execute(
-            f"SELECT {ks} FROM raw_keys r WHERE NOT d AND NOT EXISTS (SELECT 1 FROM source_keys s WHERE {match}) "
-            f"ORDER BY {ks}"
-        ).fetchall()
-    ]
-    late: list[Key] = []
-    if start is not None and cursor is not None:
-        late = [
-            tuple(r)
-            for r in con.execute(
-                f"SELECT {', '.join(f's.k{i}' for i in range(len(names)))} FROM source_keys s "
-                f"LEFT JOIN raw_keys r ON {match} WHERE s.c < {sql_literal(start)} "
-                f"AND (r.k0 IS NULL OR r.d OR r.c IS DISTINCT FROM s.c) ORDER BY {ks}"
-            ).fetchall()
-        ]
-    restored = con.execute(
-        f"SELECT {ks} FROM raw_keys r WHERE d AND EXISTS (SELECT 1 FROM source_keys s WHERE {match})"
-    ).to_arrow_table()
+    # one pass over both sides, keeping only the keys that differ: a full join is ~4x faster here
+    # than the three anti/semi joins it replaces (6 M keys: 0.4 s against 1.9 s)
+    moved = f"s.c < {sql_literal(start)}" if start is not None and cursor is not None else "false"
+    either = ", ".join(f"coalesce(r.k{i}, s.k{i}) AS k{i}" for i in range(len(names)))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _key_pass AS SELECT {either}, "
+        "s.in_s IS NULL AND NOT r.d AS gone, "
+        f"s.in_s AND {moved} AND (r.in_r IS NULL OR r.d OR r.c IS DISTINCT FROM s.c) AS late, "
+        "s.in_s AND r.d AS back "
+        "FROM (SELECT *, true AS in_s FROM source_keys) s "
+        f"FULL JOIN (SELECT *, true AS in_r FROM raw_keys) r ON {match} "
+        f"WHERE (s.in_s IS NULL AND NOT r.d) OR (s.in_s AND r.d) "
+        f"OR (s.in_s AND {moved} AND (r.in_r IS NULL OR r.d OR r.c IS DISTINCT FROM s.c))"
+    )
     con.unregister("raw_keys")
     con.unregister("source_keys")
+    gone = [tuple(r) for r in con.execute(f"SELECT {ks} FROM _key_pass WHERE gone ORDER BY {ks}").fetchall()]
+    late: list[Key] = [tuple(r) for r in con.execute(f"SELECT {ks} FROM _key_pass WHERE late ORDER BY {ks}").fetchall()]
+    restored = con.execute(f"SELECT {ks} FROM _key_pass WHERE back").to_arrow_table()
+    con.execute("DROP TABLE _key_pass")
     if len(gone) > table.max_delete_share * live:
         raise DeleteGuardError(
             f"{where}: {len(gone)} of {live} live rows are gone from the source ({len(source)} keys left), "
@@ -191,25 +196,48 @@ def key_pass(
     return rows, late, back
 
 
+def _unique_at_source(engine: sa.Engine, table: TableSpec, schema: str | None) -> bool:
+    """Whether the source's primary key or a unique constraint is the declared key (its columns,
+    in any order). SQLite is never asked: its primary key may hold NULLs, and its values of
+    another storage class may read as one key."""
+    inspector = sa.inspect(engine)
+    declared = set(table.key_columns)
+    keys = [inspector.get_pk_constraint(table.name, schema=schema).get("constrained_columns") or []]
+    keys += [u.get("column_names") or [] for u in inspector.get_unique_constraints(table.name, schema=schema)]
+    return any(set(k) == declared for k in keys)
+
+
 def _refuse_bad_keys(
     con: duckdb.DuckDBPyConnection, relation: str, keys: list[str], where: str, table: TableSpec
 ) -> None:
     """NULL or duplicate primary keys among ``relation``'s rows (its key columns ``keys``) fail
     the table: a merge would silently keep one row. The message names the key and some values."""
-    names = table.key_columns
+    _refuse_null_keys(con, relation, keys, where, table)
     ks = ", ".join(keys)
-    any_null = " OR ".join(f"{k} IS NULL" for k in keys)
-    nulls = con.execute(f"SELECT count(*) FROM {relation} WHERE {any_null}").fetchone()[0]  # type: ignore[index]
-    label = names[0] if len(names) == 1 else f"({', '.join(names)})"
-    if nulls:
-        raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {label!r}")
     duplicated = con.execute(
         f"SELECT {ks}, count(*) - 1 AS extra FROM {relation} GROUP BY {ks} HAVING count(*) > 1 ORDER BY {ks}"
     ).fetchall()
     if duplicated:
         extra = sum(int(r[-1]) for r in duplicated)
         sample = "; ".join(table.key_text(tuple(r[:-1])) for r in duplicated[:5])
-        raise SourceDataError(f"{where}: {extra} duplicate value(s) of primary key {label!r}, e.g. {sample}")
+        raise SourceDataError(
+            f"{where}: {extra} duplicate value(s) of primary key {_key_label(table)!r}, e.g. {sample}"
+        )
+
+
+def _refuse_null_keys(
+    con: duckdb.DuckDBPyConnection, relation: str, keys: list[str], where: str, table: TableSpec
+) -> None:
+    """Rows of ``relation`` with a NULL in a key column (``keys``) fail the table, counted."""
+    any_null = " OR ".join(f"{k} IS NULL" for k in keys)
+    nulls = con.execute(f"SELECT count(*) FROM {relation} WHERE {any_null}").fetchone()[0]  # type: ignore[index]
+    if nulls:
+        raise SourceDataError(f"{where}: {nulls} row(s) with a NULL primary key {_key_label(table)!r}")
+
+
+def _key_label(table: TableSpec) -> str:
+    names = table.key_columns
+    return names[0] if len(names) == 1 else f"({', '.join(names)})"
 
 
 def _incremental(table: TableSpec) -> Any:
@@ -294,8 +322,9 @@ def plan_source(
                     if plan.start is not None and not table.lag_seconds:
                         plan.boundary_keys = _boundary_keys(pipeline, table, plan.start)
                 if table.deletes == "key_diff" and not first:
+                    unique = kind != "sqlite" and _unique_at_source(engine, table, plan.schema)
                     plan.deleted, plan.late_keys, plan.restored = key_pass(
-                        con, kind, plan.schema, pipeline, spec, table, columns, plan.start, now
+                        con, kind, plan.schema, pipeline, spec, table, columns, plan.start, now, unique
                     )
                     if not plan.add_restored_at:
                         plan.restored_kept = _restored_rows(pipeline, table)

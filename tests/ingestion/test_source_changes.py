@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from dusk.demo import ensure_demo
 from dusk.settings import Settings
+from ingestion.database.plan import _unique_at_source, source_schema
 from ingestion.declaration import SourceSpec, TableSpec
 from ingestion.dlt_settings import configure_dlt
 from ingestion.result import SourceResult
@@ -143,6 +144,29 @@ def test_null_and_duplicate_keys_fail_the_table(shop) -> None:
         assert expected in result.error
         assert make_pipeline(visits, target(settings)).state["sources"] == state
     assert raw(settings, "select visit_id from raw_shop.visits order by 1") == [(1,), (2,)]
+
+
+def test_the_key_pass_trusts_only_a_constraint_that_is_the_declared_key(shop) -> None:
+    """Key-diff skips grouping the source's keys for duplicates only where the source's primary
+    key or a unique constraint is the declared key, in any column order; any other table's keys
+    are grouped (the test above shows what that finds)."""
+    _, _, engine = shop
+    sql(
+        engine,
+        "create table pairs (a integer not null, b integer not null, c integer, unique (b, a))",
+        "create table loose_pairs (a integer, b integer)",
+        "create table keyed_on_a (a integer primary key, b integer)",
+    )
+
+    def unique(name: str, key: tuple[str, ...]) -> bool:
+        table = TableSpec(name, key, None, "merge", "key_diff")  # type: ignore[arg-type]
+        return _unique_at_source(engine, table, source_schema(table, engine.url))
+
+    assert unique("customers", ("customer_id",))
+    assert unique("pairs", ("a", "b"))
+    assert not unique("pairs", ("a", "c"))
+    assert not unique("loose_pairs", ("a", "b"))
+    assert not unique("keyed_on_a", ("a", "b"))
 
 
 def load_sources_table(name: str) -> TableSpec:
