@@ -259,10 +259,11 @@ def _sqlite(name: str, type_: Any, base: dict[str, Any]) -> SourceColumn:
     if isinstance(type_, sa.Float):
         return SourceColumn(**base, raw_type="DOUBLE", special=f"typeof({col}) NOT IN ('integer', 'real', 'null')")
     if isinstance(type_, sa.DateTime):
-        # a text with a digit below the microsecond too: the cast would cut it off
+        # a text with a digit below the microsecond too: the cast would cut it off (the length
+        # first: SQLite stops at it for every text too short for a 7th digit, the usual case)
         fraction = f"instr({col}, '.')"
         finer = (
-            f"substr({col}, {fraction} + 1, 6) GLOB '[0-9][0-9][0-9][0-9][0-9][0-9]' "
+            f"length({col}) > 26 AND substr({col}, {fraction} + 1, 6) GLOB '[0-9][0-9][0-9][0-9][0-9][0-9]' "
             f"AND substr(ltrim(substr({col}, {fraction} + 7), '0'), 1, 1) GLOB '[1-9]'"
         )
         return SourceColumn(
