@@ -158,7 +158,7 @@ def ingest_with_retries(
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(settings.source_attempts),
         wait=tenacity.wait_exponential_jitter(
-            initial=settings.source_backoff, max=MAX_PAUSE, jitter=settings.source_backoff
+            multiplier=settings.source_backoff, max=MAX_PAUSE, jitter=settings.source_backoff
         ),
         retry=tenacity.retry_if_result(lambda r: not r.ok and r.transient),
         before_sleep=retried,
