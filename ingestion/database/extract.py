@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,27 @@ def _extract_files(
     """COPY the rows to read into parquet files; return (file, rows) pairs, the schema and the
     highest cursor value read. Raises SourceDataError on NULL or duplicate keys among them, and
     on values their raw type cannot hold."""
+    # the source answers the check for values raw cannot hold while the rows are copied, in a
+    # thread: both read the same rows (at 1 % churn of TPC-H SF1, pages all over the table: the
+    # check took 1.4 s of a 4.7 s night, before the copy), and nothing is handed on before it passed
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        check = pool.submit(refuse_inexact_values, url, spec, plan, start)
+        try:
+            files = _copy_files(url, spec, plan, start, staging, load_id)
+        except BaseException:
+            check.result()  # its error names the rows and values: it comes first
+            raise
+        check.result()
+    return files
+
+
+def _copy_files(
+    url: sa.URL, spec: SourceSpec, plan: TablePlan, start: Any, staging: Path, load_id: str
+) -> tuple[list[tuple[Path, int]], pa.Schema, Any]:
+    """:func:`_extract_files` without the check for values raw cannot hold."""
     table = plan.spec
     where = _where(spec.name, table.name)
     kind = engine_kind(url)
-    refuse_inexact_values(url, spec, plan, start)
     at_source = needs_source_sql(kind, plan.columns)
     predicate = _range_predicate(plan, start, kind if at_source else None)
     staging.mkdir(parents=True, exist_ok=True)
