@@ -60,7 +60,7 @@ def _extract_files(
         check = pool.submit(refuse_inexact_values, url, spec, plan, start)
         try:
             files = _copy_files(url, spec, plan, start, staging, load_id)
-        except BaseException:
+        except Exception:
             check.result()  # its error names the rows and values: it comes first
             raise
         check.result()
