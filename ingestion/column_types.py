@@ -39,7 +39,8 @@ def dlt_column(declared: str) -> dict[str, Any]:
     return {"data_type": TYPES[declared][1]}
 
 
-FINER_THAN_MICROSECONDS = re.compile(r"\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}[.,]\d{6}0*[1-9]")
+_FINER = r"\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}[.,]\d{6}0*[1-9]"
+FINER_THAN_MICROSECONDS = re.compile(_FINER)
 """The start of a timestamp's text with a digit below the microsecond (``...:05.1234567Z``):
 every engine's timestamp holds microseconds, and each parser (Python's, dlt's, DuckDB's) would
 cut the rest off without a word. Such a value stops the table or is quarantined instead."""
@@ -52,8 +53,5 @@ FINER_THAN_MICROSECONDS_REASON = (
 
 def finer_than_microseconds(value: str) -> str:
     """DuckDB SQL that is true where the text ``value`` is a timestamp with a digit below the
-    microsecond (:data:`FINER_THAN_MICROSECONDS`)."""
-    return (
-        f"regexp_matches({value}, "
-        "'^\\s*[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}[.,][0-9]{6}0*[1-9]')"
-    )
+    microsecond: :data:`FINER_THAN_MICROSECONDS`'s pattern (RE2 reads it alike), anchored."""
+    return f"regexp_matches({value}, '^{_FINER}')"

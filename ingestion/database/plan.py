@@ -160,14 +160,13 @@ def key_pass(
     moved = f"s.c < {sql_literal(start)}" if start is not None and cursor is not None else "false"
     either = ", ".join(f"coalesce(r.k{i}, s.k{i}) AS k{i}" for i in range(len(names)))
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _key_pass AS SELECT {either}, "
+        f"CREATE OR REPLACE TEMP TABLE _key_pass AS SELECT * FROM (SELECT {either}, "
         "s.in_s IS NULL AND NOT r.d AS gone, "
         f"s.in_s AND {moved} AND (r.in_r IS NULL OR r.d OR r.c IS DISTINCT FROM s.c) AS late, "
         "s.in_s AND r.d AS back "
         "FROM (SELECT *, true AS in_s FROM source_keys) s "
-        f"FULL JOIN (SELECT *, true AS in_r FROM raw_keys) r ON {match} "
-        f"WHERE (s.in_s IS NULL AND NOT r.d) OR (s.in_s AND r.d) "
-        f"OR (s.in_s AND {moved} AND (r.in_r IS NULL OR r.d OR r.c IS DISTINCT FROM s.c))"
+        f"FULL JOIN (SELECT *, true AS in_r FROM raw_keys) r ON {match}) "
+        "WHERE gone OR late OR back"
     )
     con.unregister("raw_keys")
     con.unregister("source_keys")
