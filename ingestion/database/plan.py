@@ -497,9 +497,11 @@ def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start:
     texts = ", ".join(_text_of(kind, c.name) for c in special)
     names = table.key_columns
     pk = ", ".join(quote(kind, n) for n in names)
+    # no ORDER BY: PostgreSQL then planned a walk of the whole key index for the LIMIT (4.0 s
+    # at 6 M rows, against 1.8 s for a scan); the sample is sorted here
     sql = (
         f"SELECT {pk}, {flags}, {texts} FROM {qualified(kind, table.name, plan.schema)} "
-        f"WHERE {where} ORDER BY {pk} LIMIT {_SAMPLE * len(special)}"
+        f"WHERE {where} LIMIT {_SAMPLE * len(special)}"
     )
     engine = source_engine(url, spec)
     try:
@@ -516,6 +518,7 @@ def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start:
     if not rows:
         return
     n, nk = len(special), len(names)
+    rows = sorted(rows, key=lambda r: [(type(v).__name__, v) for v in r[:nk]])  # SQLite's keys may mix types
     problems = []
     for i, column in enumerate(special):
         found = [(tuple(r[:nk]), r[nk + n + i]) for r in rows if r[nk + i]][:_SAMPLE]
