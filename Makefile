@@ -91,10 +91,10 @@ cdc-drop: setup ## Drop SOURCE's replication slot and publication (the server st
 	@test -n "$(SOURCE)" || { echo "usage: make cdc-drop SOURCE=<name in sources.yml>"; exit 2; }
 	$(BIN)/python -m dusk cdc drop $(SOURCE)
 
-test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=3 processes, each file in one; the proof suites at a small size, on DuckDB and PostgreSQL)
+test: setup-dev ## Run the test suite (pytest in TEST_WORKERS=3 processes, each file in one; the proof suites at a small size, 2 nights and 2 kills, on DuckDB and PostgreSQL)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not spark_proof"
 
-proof-spark: setup-dev ## The proof suites (simulate-check, chaos, canary) on Spark at a small size; needs make setup-spark (CI's own step)
+proof-spark: setup-dev ## The proof suites (simulate-check, chaos, canary) on Spark at a small size (2 nights, 2 kills); needs make setup-spark (CI's own step)
 	$(BIN)/python -m pytest -n 2 --dist load -m spark_proof tests/proof
 
 ci-slim: setup ## Slim CI for a change: build and test in the ci environment only what changed against prod's last night, reading the rest from prod's published data, then show what it changes in prod's data

@@ -451,8 +451,10 @@ pytest-xdist ran the suite in another process)."""
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dusk proof suites")
-    group.addoption("--nights", type=int, default=int(os.environ.get("NIGHTS") or 1), help="simulate-check nights")
-    group.addoption("--kills", type=int, default=int(os.environ.get("KILLS") or 1), help="chaos: SIGKILLs")
+    # the small size `make test` and `make proof-spark` run: two of each, so a second night runs on
+    # what the first left (state-aware, incremental) and a second kill recovers from a recovery
+    group.addoption("--nights", type=int, default=int(os.environ.get("NIGHTS") or 2), help="simulate-check nights")
+    group.addoption("--kills", type=int, default=int(os.environ.get("KILLS") or 2), help="chaos: SIGKILLs")
     group.addoption(
         "--seed",
         type=int,
