@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -250,13 +252,34 @@ def test_an_interrupted_load_is_finished_and_fresh_data_still_extracted(settings
 def test_a_table_split_into_many_parquet_files_loads_every_row(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Large tables are cut into several files; every file reaches raw (counted and loaded)."""
+    """Large tables are cut into several files; every file reaches raw (counted and loaded), at
+    most LOAD_JOBS at a time (dlt's twenty side by side ran out of DuckDB's memory limit on a
+    30 M-row table)."""
+    from dlt.destinations.impl.duckdb.duck import DuckDbCopyJob
+
+    from dusk.warehouse.duckdb_engine import LOAD_JOBS
     from ingestion.database import scan
 
     monkeypatch.setattr(scan, "FILE_SIZE", "1KB")
     monkeypatch.setattr(scan, "ROW_GROUP_SIZE", 500)
+    running, most, lock = [0], [0], threading.Lock()
+    load_file = DuckDbCopyJob.run
+
+    def counted(job: DuckDbCopyJob) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.05)  # long enough for the next job to start beside it, were it allowed
+            load_file(job)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(DuckDbCopyJob, "run", counted)
     result = ingest(sources()["shop"], settings)
     assert result.ok, result.error
+    assert most[0] == LOAD_JOBS
     with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
         (items,) = con.execute("select count(*) from order_items").fetchone()
     assert items > 5000
