@@ -165,10 +165,13 @@ def run_child(workdir: str, deletes: str = "none", engine: str = "duckdb") -> di
 
 
 def touch_one_percent(round_: int) -> int:
-    """Give 1 % of the rows a new updated_at (a different 1 % each round)."""
+    """Give 1 % of the rows a new updated_at (a different 1 % each round), above every one the
+    table holds: the generated ones run a second per row from 2026-01-01, past today's date at
+    scale factor 5 (30 M seconds), where ``now()`` would stamp the changes below the cursor."""
     with psycopg.connect(_url(DB), autocommit=True) as con:
         cur = con.execute(
-            "update lineitem set updated_at = now() at time zone 'utc', l_comment = 'bench ' || %s "
+            "update lineitem set updated_at = greatest(now() at time zone 'utc', "
+            "(select max(updated_at) from lineitem) + interval '1 second'), l_comment = 'bench ' || %s "
             "where l_id %% 100 = %s",
             (round_, round_ % 100),
         )
