@@ -24,8 +24,8 @@ from dusk.warehouse import LedgerError, Reading, Warehouse
 from ingestion.limits import MEMORY_LIMIT
 
 SETTINGS = {"preserve_insertion_order": False, "memory_limit": MEMORY_LIMIT}
-"""DuckDB settings of the warehouse (parquet files load in parallel; memory stays capped, DuckDB
-spills beyond it)."""
+"""DuckDB settings of the warehouse (a parquet file loads on all of DuckDB's threads; memory
+stays capped, DuckDB spills beyond it)."""
 LOAD_JOBS = 2
 """Files of one load package dlt loads into the warehouse side by side (dlt's default is 20).
 Each INSERT already runs on DuckDB's threads: at TPC-H scale factor 5 (30 M rows, 25 parquet

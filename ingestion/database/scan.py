@@ -33,7 +33,8 @@ from ingestion.extensions import load_extension
 from ingestion.limits import MEMORY_LIMIT
 
 FILE_SIZE = "64MB"
-"""Parquet files are cut at about this size (several files load in parallel)."""
+"""Parquet files are cut at about this size (dlt loads a few at a time into the warehouse,
+two on DuckDB: ``dusk.warehouse.duckdb_engine.LOAD_JOBS``)."""
 ROW_GROUP_SIZE = 122_880
 """Rows per parquet row group (DuckDB's default); a file holds whole row groups."""
 POSTGRES_SESSION = "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres"
