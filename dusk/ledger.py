@@ -18,7 +18,7 @@ from typing import Any
 
 from dusk.record import DbtResult, Finding, RelationDiff, RunResult
 from dusk.settings import Settings
-from dusk.warehouse import LEDGER, Connection, LedgerError, Reading, open_warehouse, table_names
+from dusk.warehouse import LEDGER, Connection, LedgerError, Reading, insert_rows, open_warehouse, table_names
 from ingestion.result import SourceResult
 
 SCHEMA = LEDGER
@@ -69,9 +69,7 @@ STEP_COLUMNS = "(run_id, step, target, status, attempts, seconds, sql_seconds)"
 def _insert(
     con: Connection, table: str, rows: Sequence[Sequence[Any]], schema: str = SCHEMA, columns: str = ""
 ) -> None:
-    if rows:
-        marks = ", ".join("?" for _ in rows[0])
-        con.executemany(f"insert into {schema}.{table} {columns} values ({marks})", [list(r) for r in rows])
+    insert_rows(con, f"{schema}.{table}", rows, columns)
 
 
 def step(

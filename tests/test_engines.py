@@ -10,6 +10,7 @@ where a user sees them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -145,6 +146,30 @@ def test_sql_is_written_once_with_question_marks() -> None:
         "select %s from t where a = %s and b like 'x?%%'"
     )
     assert placeholders('select "odd?name" from t where c = ?') == 'select "odd?name" from t where c = %s'
+
+
+def test_rows_insert_exactly_on_duckdb_whether_arrow_can_type_them_or_not() -> None:
+    """The ledger's rows go into DuckDB as one Arrow table; a column Arrow cannot type as one
+    (a number beside a text) goes in row by row, with the same values either way."""
+    import duckdb
+
+    from dusk.warehouse import insert_rows
+
+    con = duckdb.connect()
+    con.execute("create table t (id varchar, stamp timestamp, seconds double, n bigint, note varchar, x varchar)")
+    at = datetime(2026, 12, 4, 13, 52, 1, 123456)
+    rows = [["a", at, 0.1, None, None, "1"], ["b", None, 2, 2**62, "it's", "2"]]
+    insert_rows(con, "t", rows)
+    insert_rows(con, "t", [["c", at, 1.5, 3, "x", 7], ["d", at, 1.5, 4, "y", "text"]])  # x: a number and a text
+    insert_rows(con, "t", [["e", at, 2.5, 5, "z"]], "(id, stamp, seconds, n, note)")
+    insert_rows(con, "t", [])
+    assert con.execute("select * from t order by id").fetchall() == [
+        ("a", at, 0.1, None, None, "1"),
+        ("b", None, 2.0, 2**62, "it's", "2"),
+        ("c", at, 1.5, 3, "x", "7"),
+        ("d", at, 1.5, 4, "y", "text"),
+        ("e", at, 2.5, 5, "z", None),
+    ]
 
 
 @pytest.mark.parametrize("value", ["trino", "sqlite", "Snowflake"])

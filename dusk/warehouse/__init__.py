@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import duckdb
+
 from dusk.settings import PROJECT_DIR, Settings
 
 
@@ -51,6 +53,35 @@ def table_names(con: Connection, schema: str) -> list[str]:
         [schema],
     ).fetchall()
     return [str(name) for (name,) in rows]
+
+
+def insert_rows(con: Connection, table: str, rows: Sequence[Sequence[Any]], columns: str = "") -> None:
+    """INSERT ``rows`` into ``table`` (qualified; ``columns``: a parenthesised column list, or
+    every column in order). On DuckDB as one Arrow table: DuckDB binds a prepared statement's
+    parameters slowly (measured: ~50 us each; a quiet night's 170 dbt-node rows of 11 columns
+    took 0.19-0.44 s with ``executemany``, 0.01-0.06 s as Arrow, and the ledger's writes were a
+    tenth of a quiet night). Elsewhere, and for values Arrow cannot type as one column (say, a
+    number and a text), the engine's ``executemany`` (psycopg pipelines it, Spark makes it one
+    statement)."""
+    if not rows:
+        return
+    if isinstance(con, duckdb.DuckDBPyConnection):
+        import pyarrow as pa
+
+        try:
+            batch = pa.table({f"c{i}": pa.array(values) for i, values in enumerate(zip(*rows, strict=True))})
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            pass
+        else:
+            name = f"_dusk_rows_{secrets.token_hex(4)}"
+            con.register(name, batch)
+            try:
+                con.execute(f"insert into {table} {columns} select * from {name}")
+            finally:
+                con.unregister(name)
+            return
+    marks = ", ".join("?" for _ in rows[0])
+    con.executemany(f"insert into {table} {columns} values ({marks})", [list(r) for r in rows])
 
 
 def column_types(con: Connection, schema: str, table: str, catalog: str | None = None) -> dict[str, str]:
