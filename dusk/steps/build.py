@@ -11,11 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-from dbt.cli.main import dbtRunner
-from dbt.contracts.graph.manifest import Manifest
-from dbt.node_types import NodeType
+from typing import TYPE_CHECKING, Any
 
 from dusk import ledger
 from dusk.record import UNCHANGED, DbtResult, NodeResult, Plan, RunResult
@@ -24,6 +20,9 @@ from dusk.steps import changes
 from dusk.warehouse import table_names
 from ingestion.declaration import SourceSpec
 from ingestion.result import SourceResult
+
+if TYPE_CHECKING:
+    from dbt.contracts.graph.manifest import Manifest
 
 PROFILES_DIR = PROJECT_DIR / "profiles"
 log = logging.getLogger(__name__)
@@ -125,6 +124,11 @@ def dbt_args(settings: Settings, *args: str) -> list[str]:
 def parse(settings: Settings) -> tuple[Manifest | None, str | None]:
     """Parse the project once (the night's later invocations reuse the manifest); the error
     instead when dbt cannot parse it."""
+    # dbt is imported here, not with this module: its import takes ~1 s, which the night's
+    # parse thread spends while the sources load (a quiet night builds nothing after them)
+    from dbt.cli.main import dbtRunner
+    from dbt.contracts.graph.manifest import Manifest
+
     parsed = dbtRunner().invoke(dbt_args(settings, "parse"))
     if not parsed.success:
         return None, f"dbt parse failed: {parsed.exception or 'see the dbt log'}"
@@ -156,6 +160,8 @@ def run_dbt(
     again (default: always). ``idle``: nothing is to be built; no ``dbt build`` runs."""
     started = time.monotonic()
     result = DbtResult(ok=False, seconds=0.0)
+    from dbt.cli.main import dbtRunner
+
     runner = dbtRunner(manifest=manifest, callbacks=callbacks or [])
     build_args = ["build"]
     if select:
@@ -312,6 +318,8 @@ def _deferred(settings: Settings, manifest: Manifest, select: list[str]) -> chan
             f"--defer needs prod's last night ({settings.prod_state_dir}) and its published data "
             f"({settings.prod_served}): run a night in prod first"
         )
+    from dbt.node_types import NodeType
+
     published = set(settings.publish_schemas)
     unpublished = sorted(
         {

@@ -40,13 +40,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from dbt.contracts.graph.manifest import Manifest
 
 from dusk.settings import PROJECT_DIR
 from dusk.warehouse import LEDGER, table_names
+
+if TYPE_CHECKING:
+    from dbt.contracts.graph.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

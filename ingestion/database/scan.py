@@ -29,7 +29,7 @@ import duckdb
 import sqlalchemy as sa
 
 from ingestion.database.types import SourceColumn, quote, raw_column
-from ingestion.extensions import load_extension
+from ingestion.extensions import load_extension, verified_config
 from ingestion.limits import MEMORY_LIMIT
 
 FILE_SIZE = "64MB"
@@ -78,7 +78,7 @@ def attach(
     connection that cannot be made in time fails, so a hung source cannot hold the night."""
     kind = engine_kind(url)
     module, ext_type = _EXTENSIONS[kind]
-    con = duckdb.connect(config={"threads": threads, "memory_limit": MEMORY_LIMIT})
+    con = duckdb.connect(config={"threads": threads, "memory_limit": MEMORY_LIMIT, **verified_config(module)})
     try:
         con.execute("SET TimeZone = 'UTC'")  # naive source timestamps are read as UTC
         con.execute("SET preserve_insertion_order = false")
