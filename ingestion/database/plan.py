@@ -47,6 +47,7 @@ from ingestion.database.schema import (
     apply_key_change,
     as_raw_types,
     check_schema,
+    raw_session,
 )
 from ingestion.database.types import as_text
 from ingestion.declaration import SourceSpec, TableSpec
@@ -297,7 +298,7 @@ def plan_source(
     plans = []
     try:
         kind = engine_kind(url)
-        with attach(url, timeouts=source_timeouts(spec)) as con:
+        with attach(url, timeouts=source_timeouts(spec)) as con, raw_session(pipeline):
             for table in spec.tables:
                 if only is not None and table.name not in only:
                     continue
