@@ -35,8 +35,19 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg") :]  # drop the XML prolog: the SVG is inline in HTML
 
 
-def _labels(run_ids: list[str]) -> list[str]:
-    return [f"{r[4:6]}-{r[6:8]} {r[9:11]}:{r[11:13]}" for r in run_ids]
+LABELLED_RUNS = 20
+"""At most this many runs are labelled on a plot's time axis (every run has its tick): 60 slanted
+labels overlapped at this size, and laying them out was half of the report's time (measured: a
+plot with 60 of them 0.23 s to write, with 20 0.13 s; a night writes six)."""
+
+
+def _run_axis(ax: Any, run_ids: list[str]) -> None:
+    """Ticks for every run on ``ax``'s x axis, every ``n``-th labelled (the last run always)."""
+    ax.set_xticks(range(len(run_ids)), minor=True)
+    every = max(1, -(-len(run_ids) // LABELLED_RUNS))
+    shown = list(range(len(run_ids) - 1, -1, -every))[::-1]
+    labels = [f"{r[4:6]}-{r[6:8]} {r[9:11]}:{r[11:13]}" for r in (run_ids[i] for i in shown)]
+    ax.set_xticks(shown, labels, rotation=60, ha="right", fontsize=7)
 
 
 def _runs_plot(runs: list[tuple[str, str, float]]) -> str:
@@ -44,7 +55,7 @@ def _runs_plot(runs: list[tuple[str, str, float]]) -> str:
     ax = fig.subplots()
     x = range(len(runs))
     ax.bar(x, [r[2] for r in runs], color=[STATUS_COLOURS.get(r[1], "#757575") for r in runs])
-    ax.set_xticks(list(x), _labels([r[0] for r in runs]), rotation=60, ha="right", fontsize=7)
+    _run_axis(ax, [r[0] for r in runs])
     ax.set_ylabel("seconds")
     ax.set_title("Runs over time (colour: success / partial / failed)")
     return _svg(fig)
@@ -55,7 +66,7 @@ def _lines_plot(series: dict[str, dict[str, float]], run_ids: list[str], title: 
     ax = fig.subplots()
     for name in sorted(series):
         ax.plot(range(len(run_ids)), [series[name].get(r, 0) for r in run_ids], marker=".", label=name)
-    ax.set_xticks(range(len(run_ids)), _labels(run_ids), rotation=60, ha="right", fontsize=7)
+    _run_axis(ax, run_ids)
     ax.set_ylabel(ylabel)
     if any(v > 0 for s in series.values() for v in s.values()):
         ax.set_yscale("symlog")
@@ -75,7 +86,7 @@ def _tests_plot(counts: dict[str, dict[str, int]], run_ids: list[str]) -> str:
         values = [counts.get(r, {}).get(status, 0) for r in run_ids]
         ax.bar(range(len(run_ids)), values, bottom=bottom, color=colour, label=status)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xticks(range(len(run_ids)), _labels(run_ids), rotation=60, ha="right", fontsize=7)
+    _run_axis(ax, run_ids)
     ax.set_title("dbt tests per run (unchanged: not run, nothing they read changed)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _svg(fig)
