@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,7 +235,8 @@ _SESSION = threading.local()
 
 @contextmanager
 def raw_session(pipeline: dlt.Pipeline) -> Iterator[None]:
-    """Run this thread's :func:`_raw_arrow` queries of ``pipeline``'s raw on one dlt SQL client:
+    """Run this thread's :func:`_raw_arrow` queries of ``pipeline``'s raw (and :func:`_qualified`'s
+    names) on one dlt SQL client:
     planning asks raw about three times a table, and each client costs ~30 ms to make (measured;
     ~0.5 s of a quiet demo night, most of it holding the GIL while the other sources load). Not
     on a lake, whose client is an in-memory DuckDB with a view per Iceberg table made when first
@@ -251,15 +252,20 @@ def raw_session(pipeline: dlt.Pipeline) -> Iterator[None]:
             _SESSION.client = _SESSION.pipeline = None
 
 
+def _session_client(pipeline: dlt.Pipeline) -> Any | None:
+    """The client :func:`raw_session` holds open for ``pipeline`` in this thread, if any."""
+    return _SESSION.client if getattr(_SESSION, "pipeline", None) is pipeline else None
+
+
 def _raw_arrow(pipeline: dlt.Pipeline, sql: str) -> pa.Table | None:
     """Run ``sql`` on the warehouse; None when the raw table does not exist yet."""
+    session = _session_client(pipeline)
     try:
-        if getattr(_SESSION, "pipeline", None) is pipeline:
-            with _SESSION.client.execute_query(sql) as cur:
-                table = cur.arrow()
-        else:
-            with raw_client(pipeline) as client, client.execute_query(sql) as cur:
-                table = cur.arrow()
+        with (
+            nullcontext(session) if session is not None else raw_client(pipeline) as client,
+            client.execute_query(sql) as cur,
+        ):
+            table = cur.arrow()
     except DestinationUndefinedEntity:
         return None
     if table is None:
@@ -276,7 +282,8 @@ def _qualified(pipeline: dlt.Pipeline, table: str) -> str:
     quiet night's planning spent mostly on names."""
     key = (pipeline.destination.destination_name, pipeline.dataset_name, table)
     if key not in _QUALIFIED:
-        _QUALIFIED[key] = str(raw_client(pipeline).make_qualified_table_name(table))
+        client = _session_client(pipeline) or raw_client(pipeline)
+        _QUALIFIED[key] = str(client.make_qualified_table_name(table))
     return _QUALIFIED[key]
 
 
