@@ -89,8 +89,16 @@ def jdbc_catalog(settings: Settings) -> dict[str, str]:
     else:
         # SQLite has one writer at a time: one catalog connection in Spark (dbt's threads take turns
         # for their commits instead of failing with SQLITE_BUSY), and a wait of up to a minute when
-        # another process holds the file
-        conf |= {"uri": f"jdbc:sqlite:{parts.path}", "clients": "1", "jdbc.busy_timeout": "60000"}
+        # another process holds the file. Iceberg 1.10's check for its catalog tables leaves a
+        # metadata ResultSet open: sqlite-jdbc then holds a read lock for the connection's life,
+        # and pyiceberg (dlt's loads) and the publish's switch cannot commit beside a live
+        # session. The tables are made by :func:`prepare_catalog` before a session starts instead.
+        conf |= {
+            "uri": f"jdbc:sqlite:{parts.path}",
+            "clients": "1",
+            "jdbc.busy_timeout": "60000",
+            "jdbc.init-catalog-tables": "false",
+        }
     return conf
 
 

@@ -289,6 +289,60 @@ def test_spark_settings_name_the_catalog_and_hide_its_password(monkeypatch: pyte
         Settings.from_env()
 
 
+BESIDE_A_SESSION = """
+import json, sys
+import pyarrow as pa
+import sqlalchemy as sa
+from pyiceberg.catalog.sql import SqlCatalog
+from dusk.settings import Settings
+from dusk.spark import catalog_config
+from dusk.warehouse import open_warehouse
+
+settings = Settings.from_env()
+config = catalog_config(settings)
+seen = {}
+with open_warehouse(settings).connect() as con:  # the night's session, alive from here on
+    con.execute("create schema if not exists beside")
+    con.execute("create table beside.t (id int)")
+    con.execute("insert into beside.t values (1)")
+    lake = SqlCatalog("dusk", **config)
+    lake.load_table("beside.t").append(pa.table({"id": pa.array([2], pa.int32())}))  # as dlt loads
+    seen["after the load"] = con.execute("select count(*) from beside.t").fetchall()[0][0]
+    con.execute("create schema if not exists moved")
+    # as the publish switches: the catalog's row, from this process's Python side, at once
+    with sa.create_engine(config["uri"], connect_args={"timeout": 1}).begin() as db:
+        db.execute(sa.text("update iceberg_tables set table_namespace = 'moved' where table_name = 't'"))
+    con.execute("insert into moved.t values (3)")
+    seen["after the switch"] = con.execute("select count(*) from moved.t").fetchall()[0][0]
+    seen["pyiceberg reads"] = len(lake.load_table("moved.t").scan().to_arrow())
+print(json.dumps(seen))
+"""
+
+
+def test_the_embedded_catalog_takes_commits_beside_a_live_spark_session(spark_ready: None, tmp_path: Path) -> None:
+    """One Spark session serves a whole night: it holds no lock on the embedded SQLite catalog, so
+    dlt's loads (pyiceberg commits) and the publish's switch (an update of the catalog's rows) go
+    through beside it at once, and Spark reads what they committed. (Iceberg 1.10's check for its
+    catalog tables would leave a read lock held: dusk makes the tables itself and turns it off.)"""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUSK_")}
+    env |= {
+        "DUSK_TARGET": "spark",
+        "DUSK_DATA_DIR": str(tmp_path / "data"),
+        "DUSK_ICEBERG_CATALOG_URI": f"sqlite:///{tmp_path / 'data' / 'iceberg' / 'catalog.db'}",
+    }
+    out = subprocess.run([sys.executable, "-c", BESIDE_A_SESSION], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "after the load": 2,
+        "after the switch": 3,
+        "pyiceberg reads": 3,
+    }
+
+
 def _free_port() -> int:
     import socket
 

@@ -228,9 +228,6 @@ def swap_namespaces(con: Connection, settings: Settings, schemas: tuple[str, ...
             moves += [(f"{name}{NEXT}", table, name) for table in sorted(new[schema])]
         for namespace in sorted({to for _, _, to in moves}):  # where tables move to exists before
             con.execute(f'create schema if not exists "{namespace}"')
-        release = getattr(con, "release", None)
-        if callable(release):
-            release()  # the embedded SQLite catalog lets one process write: this one, now
         with engine.begin() as catalog:  # one transaction: readers see the old night or the new one
             for namespace, table, to in moves:
                 catalog.execute(

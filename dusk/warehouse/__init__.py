@@ -150,11 +150,6 @@ class Warehouse(ABC):
     def destination(self) -> Any:
         """dlt's destination for this warehouse."""
 
-    def release(self, con: Any) -> None:
-        """Before ingestion writes the warehouse from this process's dlt: let go of what the
-        night's connection holds that would stop it (nothing, but on Spark with SQLite)."""
-        del con
-
     def after_ingest(self, con: Any) -> None:
         """Once the sources are loaded, before dbt and the steps that read what it builds:
         settings for that part of the night (none, but on DuckDB)."""

@@ -30,7 +30,7 @@ import sqlglot
 from sqlglot import exp
 
 from dusk.settings import Settings
-from dusk.spark import catalog_config, session_conf
+from dusk.spark import catalog_config, prepare_catalog, session_conf
 from dusk.warehouse import LedgerError, Reading, Warehouse
 
 log = logging.getLogger(__name__)
@@ -107,17 +107,6 @@ class SparkConnection:
             self._session = spark_session(self.settings)
         return self._session
 
-    def release(self) -> None:
-        """Let go of the embedded SQLite catalog until the next statement: stop this process's
-        Spark (its JVM). Iceberg's JDBC catalog keeps a read lock on the SQLite file once it has
-        read it (seen with sqlite-jdbc 3.40 and Iceberg 1.10), and SQLite then lets no other
-        process commit: dlt's (pyiceberg's) loads and the publish's switch write the catalog
-        from this process's Python side. A catalog on PostgreSQL needs none of this."""
-        if self._session is None or self.settings is None or not self.settings.iceberg_catalog.startswith("sqlite"):
-            return
-        stop_spark()
-        self._session = None
-
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         """Run one Spark SQL statement as is; its rows."""
         log.debug("spark sql: %s", query)
@@ -186,26 +175,6 @@ class SparkConnection:
 _session_lock = threading.Lock()
 
 
-def stop_spark() -> None:
-    """Stop this process's Spark session and its JVM (the next session starts a new one)."""
-    from pyspark import SparkContext
-    from pyspark.sql import SparkSession
-
-    with _session_lock:
-        active = SparkSession.getActiveSession()
-        if active is not None:
-            active.stop()
-        gateway = SparkContext._gateway
-        if gateway is not None:
-            gateway.shutdown()
-            process = getattr(gateway, "proc", None)
-            if process is not None:  # the JVM exits when its stdin closes
-                process.stdin.close()
-                process.wait(timeout=60)
-            SparkContext._gateway = None
-            SparkContext._jvm = None
-
-
 def spark_session(settings: Settings) -> Any:
     """This process's Spark session with the warehouse's configuration (a session made for another
     catalog is stopped first: a catalog's settings are read once, when it is first used)."""
@@ -219,6 +188,9 @@ def spark_session(settings: Settings) -> Any:
             if all(current.get(k) == v for k, v in conf.items() if k.startswith("spark.sql.catalog.")):
                 return active
             active.stop()
+        if settings.iceberg_catalog.startswith("sqlite"):  # Spark's catalog does not make its tables there
+            Path(settings.iceberg_catalog.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            prepare_catalog(settings)
         builder = SparkSession.builder
         for key, value in conf.items():
             builder = builder.config(key, value)
@@ -279,9 +251,6 @@ class SparkWarehouse(Warehouse):
             yield con, Reading(self.describe(), "warehouse")
         finally:
             con.close()
-
-    def release(self, con: Any) -> None:
-        con.release()
 
     def destination(self) -> Any:
         """dlt's filesystem destination on the lake, with Iceberg tables in the shared catalog (the
