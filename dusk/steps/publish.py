@@ -382,6 +382,7 @@ def _copy(
         log.warning("publish: the warehouse has no schema %s yet; published without it", ", ".join(missing))
     for schema in sorted({s for s, _ in found}):
         con.execute(f"create schema if not exists {into(schema)}")
+    published: list[tuple[str, str]] = []  # (schema.table, where readers will read it)
     for schema, table in found:
         name = f"{schema}.{table}"
         source = f'"{schema}"."{table}"'
@@ -397,8 +398,13 @@ def _copy(
             where = source  # left where readers have it
         else:
             con.execute(f"create table {where} as select * from {source}")
-        count = con.execute(f"select count(*) from {where}").fetchone()
-        result.tables[name] = int(count[0]) if count else 0
+        published.append((name, where))
+    # every published table's rows in one statement: on Spark each statement is a job of its own
+    # (~0.1 s apiece on the demo's 46 tables), however small the table
+    counts = [f"select {i} as i, count(*) as n from {where}" for i, (_, where) in enumerate(published)]
+    rows = dict(con.execute(" union all ".join(counts)).fetchall()) if counts else {}
+    for i, (name, _) in enumerate(published):
+        result.tables[name] = int(rows.get(i) or 0)
 
 
 def _close_served_ledger(con: Connection, record: RunResult, result: PublishResult, schema: str) -> None:
