@@ -290,7 +290,7 @@ def test_spark_settings_name_the_catalog_and_hide_its_password(monkeypatch: pyte
 
 
 BESIDE_A_SESSION = """
-import json, sys
+import json
 import pyarrow as pa
 import sqlalchemy as sa
 from pyiceberg.catalog.sql import SqlCatalog
