@@ -325,12 +325,15 @@ def down(settings: Settings) -> None:
 
 
 def prepare_catalog(settings: Settings) -> None:
-    """Create the catalog's database (PostgreSQL, when missing), its tables in the layout dlt's
-    pyiceberg writes, and the ``default`` namespace dbt-spark's Thrift connection selects."""
+    """Create the catalog's database (PostgreSQL, when missing; a SQLite file's folder), its tables
+    in the layout dlt's pyiceberg writes, and the ``default`` namespace dbt-spark's Thrift
+    connection selects."""
     from pyiceberg.catalog.sql import SqlCatalog
 
     config = catalog_config(settings)
-    if config["uri"].startswith("postgresql"):
+    if config["uri"].startswith("sqlite:///"):
+        Path(config["uri"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif config["uri"].startswith("postgresql"):
         import psycopg
         from psycopg import sql
 

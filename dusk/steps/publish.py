@@ -404,7 +404,7 @@ def _copy(
     counts = [f"select {i} as i, count(*) as n from {where}" for i, (_, where) in enumerate(published)]
     rows = dict(con.execute(" union all ".join(counts)).fetchall()) if counts else {}
     for i, (name, _) in enumerate(published):
-        result.tables[name] = int(rows.get(i) or 0)
+        result.tables[name] = int(rows[i])
 
 
 def _close_served_ledger(con: Connection, record: RunResult, result: PublishResult, schema: str) -> None:

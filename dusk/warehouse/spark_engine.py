@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import sqlglot
@@ -189,7 +188,6 @@ def spark_session(settings: Settings) -> Any:
                 return active
             active.stop()
         if settings.iceberg_catalog.startswith("sqlite"):  # Spark's catalog does not make its tables there
-            Path(settings.iceberg_catalog.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             prepare_catalog(settings)
         builder = SparkSession.builder
         for key, value in conf.items():
@@ -222,9 +220,6 @@ class SparkWarehouse(Warehouse):
             engine.dispose()
 
     def _open(self) -> SparkConnection:
-        uri = self.settings.iceberg_catalog
-        if uri.startswith("sqlite:///"):  # the embedded catalog's file: its folder must exist
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         thrift = self.settings.spark.thrift
         if thrift:
             from pyhive import hive
