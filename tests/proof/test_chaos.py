@@ -49,7 +49,31 @@ RAW_RUN_COLUMNS = ("_dlt_load_id", "_dlt_id")
 """dlt's bookkeeping."""
 
 
-def _reached(ws: Workspace, phase: str, dbt_log_start: int) -> bool:
+class DbtLog:
+    """What dbt's log gained since a run started, read as it grows: only the new bytes each time
+    (the log holds megabytes by the tests phase, and the poll below runs every 2 ms)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.tail = b""
+
+    def has(self, marker: str) -> bool:
+        try:
+            f = self.path.open("rb")
+        except FileNotFoundError:
+            return False
+        with f:
+            if os.fstat(f.fileno()).st_size < self.offset:  # dbt rotated its log
+                self.offset = 0
+            f.seek(self.offset)
+            text = self.tail + f.read()
+            self.offset = f.tell()
+        self.tail = text[-len(marker) :]
+        return marker.encode() in text
+
+
+def _reached(ws: Workspace, phase: str, dbt_log: DbtLog) -> bool:
     dlt = ws.data_dir / "dlt" / "shop"
     if phase in ("extract", "normalise"):
         folder = dlt / "normalize" / "extracted"
@@ -66,21 +90,14 @@ def _reached(ws: Workspace, phase: str, dbt_log_start: int) -> bool:
             with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{ws.pg_database}") as con:
                 return bool(con.execute("select 1 from pg_namespace where nspname like '%\\_\\_next'").fetchone())
         return (ws.data_dir / "served.duckdb.next").exists()
-    log = ws.root / "logs" / "dbt.log"
-    if not log.exists():
-        return False
-    with log.open(errors="replace") as f:
-        f.seek(dbt_log_start)
-        text = f.read()
     marker = {"dbt models": "START sql ", "snapshots": "START snapshot", "tests": "START test"}[phase]
-    return marker in text
+    return dbt_log.has(marker)
 
 
 def kill_during(ws: Workspace, phase: str, rng: random.Random, env: dict[str, str]) -> bool:
     """Start `dusk run` and SIGKILL its process group once ``phase`` is reached (plus a random
     few milliseconds). False when the run ended before the kill."""
-    log = ws.root / "logs" / "dbt.log"
-    start = log.stat().st_size if log.exists() else 0
+    dbt_log = DbtLog(ws.root / "logs" / "dbt.log")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dusk", "run"],
         cwd=PROJECT_DIR,
@@ -90,7 +107,7 @@ def kill_during(ws: Workspace, phase: str, rng: random.Random, env: dict[str, st
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline and not _reached(ws, phase, start):
+    while proc.poll() is None and time.monotonic() < deadline and not _reached(ws, phase, dbt_log):
         time.sleep(0.002)
     time.sleep(rng.uniform(0.05, 0.3) if phase == "normalise" else rng.uniform(0, 0.05))
     if proc.poll() is not None:
