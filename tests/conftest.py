@@ -480,11 +480,11 @@ FIRST_FILES = (
     "tests/runner/test_erase.py",
     "tests/runner/test_changes.py",
 )
-"""The files that start first, the longest of `make test` by their tests' durations (CI's of
-2026-12-04: 8-20 minutes each): each process gets one file to run and one to run next, so the
-first three go to the three processes and the next three after them. The canary, shorter, comes
-first for `make proof-spark`, whose two processes share its three tests: there the canary goes
-before the simulation on one process while chaos runs on the other, not after both."""
+"""The files that start first: the canary, then the longest of `make test` by their tests'
+durations (CI's of 2026-12-04: 8-20 minutes each). Each process gets one file to run and one to
+run next, so the canary, chaos and the simulation go to the three processes, and the Spark file
+follows the canary, the shortest of the three. In `make proof-spark`, whose two processes share
+three tests, the canary then goes before the simulation while chaos runs on the other process."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
