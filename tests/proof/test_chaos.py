@@ -50,8 +50,8 @@ RAW_RUN_COLUMNS = ("_dlt_load_id", "_dlt_id")
 
 
 class DbtLog:
-    """What dbt's log gained since a run started, read as it grows: only the new bytes each time
-    (the log holds megabytes by the tests phase, and the poll below runs every 2 ms)."""
+    """What dbt's log gained since a run started, read as it grows: the poll below runs every
+    2 ms, and reads only the new bytes, not the night's log (some 50 kB by its tests) again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
