@@ -337,10 +337,11 @@ def dbt_env() -> None:
 
 @app.command()
 def migrate(to: params.MigrateTo) -> None:
-    """Move this installation's DuckDB warehouse to another engine (an empty PostgreSQL database):
-    raw data with dlt's state (cursors, CDC positions, the file ledger), snapshot history, the run
-    ledger and the PII salt, each table compared with its copy. Marts and views are rebuilt by
-    the next night there. Then set DUSK_TARGET to the new engine."""
+    """Move this installation's DuckDB warehouse to another engine (an empty PostgreSQL database,
+    or an empty Iceberg catalog and lake for Spark): raw data with dlt's state (cursors, CDC
+    positions, the file ledger), snapshot history, the run ledger and the PII salt, each table
+    compared with its copy. Marts and views are rebuilt by the next night there. Then set
+    DUSK_TARGET to the new engine."""
     _logging(False)
     from dusk.lock import run_lock
     from dusk.migrate import migrate as move

@@ -110,7 +110,7 @@ Check = Annotated[
 ResyncTables = Annotated[
     list[str] | None, typer.Option("--table", help="A table of the source (repeatable; default: all of them).")
 ]
-MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres.")]
+MigrateTo = Annotated[str, typer.Option("--to", help="The engine to move the warehouse to: postgres or spark.")]
 SourceName = Annotated[str, typer.Argument(help="Source name in sources.yml.")]
 NewSourceName = Annotated[
     str, typer.Argument(help="The new source's name (lower case: its raw dataset is raw_<name>).")

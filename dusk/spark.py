@@ -22,7 +22,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
@@ -328,8 +328,6 @@ def prepare_catalog(settings: Settings) -> None:
     """Create the catalog's database (PostgreSQL, when missing; a SQLite file's folder), its tables
     in the layout dlt's pyiceberg writes, and the ``default`` namespace dbt-spark's Thrift
     connection selects."""
-    from pyiceberg.catalog.sql import SqlCatalog
-
     config = catalog_config(settings)
     if config["uri"].startswith("sqlite:///"):
         Path(config["uri"].removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -343,9 +341,16 @@ def prepare_catalog(settings: Settings) -> None:
         with psycopg.connect(admin, autocommit=True) as con:
             if not con.execute("select 1 from pg_database where datname = %s", [database]).fetchone():
                 con.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
-    catalog = SqlCatalog(settings.spark.catalog_name, **config)
+    catalog = iceberg_catalog(settings)
     catalog.create_namespace_if_not_exists("default")
     catalog.engine.dispose()
+
+
+def iceberg_catalog(settings: Settings) -> Any:
+    """pyiceberg's handle on the catalog (the one dlt writes through); dispose of its engine."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    return SqlCatalog(settings.spark.catalog_name, **catalog_config(settings))
 
 
 def main(argv: list[str]) -> None:

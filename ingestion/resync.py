@@ -47,8 +47,6 @@ def resync(spec: SourceSpec, target: Target, tables: list[str] | None = None) ->
             "loads the table in full"
         )
     pipeline = make_pipeline(spec, target)
-    if spec.name not in pipeline.state.get("sources", {}):
-        pipeline.sync_destination()  # a new working folder: take the state the warehouse holds first
     with pipeline.managed_state() as state:
         resources = state.get("sources", {}).get(spec.name, {}).get("resources", {})
         for name in names:

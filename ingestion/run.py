@@ -74,13 +74,21 @@ class Connection:
 
 
 def make_pipeline(spec: SourceSpec, target: Target) -> dlt.Pipeline:
-    """The dlt pipeline of one source; its state lives in the warehouse beside the data."""
-    return dlt.pipeline(
+    """The dlt pipeline of one source; its state lives in the warehouse beside the data.
+
+    A working folder that holds no schema of the source (a new machine, a cleared ``data/dlt``,
+    an installation just moved to another engine) first takes the state and schemas the
+    warehouse holds. dlt would do that itself, but only inside ``run``: a database source plans
+    its night (cursors, the key-diff, first load or not) from them before that."""
+    pipeline = dlt.pipeline(
         pipeline_name=spec.name,
         destination=target.destination,
         dataset_name=spec.dataset,
         pipelines_dir=str(target.work_dir),
     )
+    if pipeline.default_schema_name is None:
+        pipeline.sync_destination()
+    return pipeline
 
 
 def run_pipeline(pipeline: dlt.Pipeline, target: Target, source: Any) -> Any:

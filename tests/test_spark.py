@@ -1,12 +1,15 @@
 """The warehouse is a choice: Spark with Iceberg tables gives what DuckDB gives.
 
-Two workspaces with the same demo seed, salt and key-diff clock run the same two nights, one on
-the embedded DuckDB file and one on Spark (an in-process ``local[2]`` session, Iceberg tables in
-a SQLite catalog of its own, raw written by dlt through pyiceberg). Their marts and snapshots are
-compared row for row, read back through Iceberg itself (pyiceberg), not through Spark. Between
-the nights an Iceberg reader plans a read of a served table, the way a long query holds its
-files, and reads it after the second night was published over it. The Spark project has one
-more test, a warning on request: only when it warns does Spark keep its failing rows.
+Two workspaces with the same demo seed, salt and key-diff clock run the same night, one on the
+embedded DuckDB file and one on Spark (an in-process ``local[2]`` session, Iceberg tables in a
+SQLite catalog of its own, raw written by dlt through pyiceberg). Their marts and snapshots are
+compared row for row, read back through Iceberg itself (pyiceberg), not through Spark. Then the
+DuckDB installation moves to Spark (`dusk migrate --to spark`, a lake of its own) and both run
+a second night there, compared again: the moved one read only the night's changes and kept its
+snapshot history and ledger. Between the nights an Iceberg reader plans a read of a served
+table, the way a long query holds its files, and reads it after the second night was published
+over it. The Spark project has one more test, a warning on request: only when it warns does
+Spark keep its failing rows.
 
 Needs ``make setup-spark`` (Java, pyspark, Iceberg's jars): skipped without it on a laptop,
 failed under CI=true.
@@ -109,7 +112,9 @@ def test_spark_session_shares_one_catalog_with_dlt(spark_ready: None) -> None:
 
 
 @pytest.mark.e2e
-def test_nights_on_spark_equal_the_same_nights_on_duckdb(spark_ready: None, tmp_path: Path) -> None:
+def test_nights_on_spark_equal_the_same_nights_on_duckdb_and_a_duckdb_installation_moves_there(
+    spark_ready: None, tmp_path: Path
+) -> None:
     project = project_copy(tmp_path / "project", {"data-tests/warns_on_request.sql": WARNS})
     duck, spark = Workspace(tmp_path / "duckdb"), Workspace(tmp_path / "spark", project=project)
     try:
@@ -144,6 +149,12 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
     held_tasks = list(held.plan_files())
     orders_before = sum(t.file.record_count for t in held_tasks)
 
+    # the DuckDB installation moves to Spark (a catalog and lake of its own) and goes on there
+    moved = duck.cli("migrate", "--to", "spark", env_extra=SAME_NIGHT)
+    assert "Every table equals its copy" in moved.stdout, moved.stdout
+    assert not [p for p in (duck.data_dir / "dlt").iterdir() if p.name != "_staging"]  # dlt's state: on the lake
+    envs[id(duck)] = {**SAME_NIGHT, **spark_env(duck)}
+
     envs[id(spark)]["DUSK_TEST_WARN"] = "yes"
     for ws in (duck, spark):
         ws.cli("simulate", "--days", "1", env_extra=envs[id(ws)])
@@ -167,12 +178,20 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
     night = [
         {(s["source"], t["table"]): t for s in ws.last_run()["sources"] for t in s["tables"]} for ws in (duck, spark)
     ]
-    assert night[0] == night[1]  # both read only the night's changes
-    assert diff_counts(duck.last_run()) == diff_counts(spark.last_run()), "the same night's changes, counted apart"
+    assert night[0] == night[1]  # both read only the night's changes: the moved one's state went along
+    assert sum(t["deleted"] for t in night[0].values()) > 0  # and it was no first load: deletions marked
+    # the data diff: the moved installation's readers had nothing on the lake yet (all new, the same rows)
+    counts = diff_counts(spark.last_run())
+    for d in duck.last_run()["diff"]:
+        assert d["status"] == "new", d
+        if d["relation"] in counts:
+            assert d["rows_after"] == counts[d["relation"]][2], d
     second = lake_copy(spark, relations, tmp_path / "spark-2.duckdb")
-    assert invariants.differences((str(duck.warehouse), "(read_only)"), second, relations, clocks) == {}
-    runs = lake.load_table("dusk_ledger.runs").scan().to_arrow().sort_by("run_id")
-    assert runs["status"].to_pylist() == ["success", "success"]
+    moved_second = lake_copy(duck, relations, tmp_path / "moved-2.duckdb")
+    assert invariants.differences(moved_second, second, relations, clocks) == {}  # snapshot history too
+    for ws in (duck, spark):
+        runs = catalog(ws).load_table("dusk_ledger.runs").scan().to_arrow().sort_by("run_id")
+        assert runs["status"].to_pylist() == ["success", "success"]
 
     status = spark.cli("status", env_extra=envs[id(spark)])
     assert second_id in status.stdout and "success" in status.stdout

@@ -64,6 +64,25 @@ def test_hard_deletes_are_marked_with_last_values(settings: Settings) -> None:
 
 
 @ON_EVERY_ENGINE
+def test_a_new_working_folder_takes_the_warehouse_state_before_the_night_is_planned(settings: Settings) -> None:
+    """dlt's working folder lost (a new machine, a cleared data/dlt, an installation moved to
+    another engine): the next run goes on from the cursors and schema the warehouse holds, reads
+    only what changed and marks deletions; it does not take itself for a first load."""
+    import shutil
+
+    spec = sources()["shop"]
+    assert ingest(spec, settings).ok
+    with sqlite3.connect(settings.demo_dir / "shop.sqlite") as con:
+        con.execute("delete from products where product_id in (3, 4)")
+    shutil.rmtree(settings.pipelines_dir / spec.name)
+    result = ingest(spec, settings)
+    assert result.ok, result.error
+    products = {t.table: t for t in result.tables}["products"]
+    assert (products.extracted, products.deleted) == (0, 2)
+    assert raw(settings, "select count(*) from raw_shop.products where _is_deleted")[0] == (2,)
+
+
+@ON_EVERY_ENGINE
 def test_a_key_back_after_a_deletion_is_stamped_restored_until_it_changes(settings: Settings) -> None:
     """A deleted customer restored with its old updated_at (older than its deletion's detection):
     key-diff re-reads it, stamps _restored_at with this run's detection time, and raw keeps that
