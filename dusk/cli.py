@@ -337,11 +337,11 @@ def dbt_env() -> None:
 
 @app.command()
 def migrate(to: params.MigrateTo) -> None:
-    """Move this installation's DuckDB warehouse to another engine (an empty PostgreSQL database,
-    or an empty Iceberg catalog and lake for Spark): raw data with dlt's state (cursors, CDC
-    positions, the file ledger), snapshot history, the run ledger and the PII salt, each table
-    compared with its copy. Marts and views are rebuilt by the next night there. Then set
-    DUSK_TARGET to the new engine."""
+    """Move this installation's warehouse to another engine (DuckDB to an empty PostgreSQL
+    database, DuckDB or PostgreSQL to an empty Iceberg catalog and lake for Spark): raw data with
+    dlt's state (cursors, CDC positions, the file ledger), snapshot history, the run ledger and
+    the PII salt, each table compared with its copy. Marts and views are rebuilt by the next night
+    there. Then set DUSK_TARGET to the new engine."""
     _logging(False)
     from dusk.lock import run_lock
     from dusk.migrate import migrate as move
@@ -352,6 +352,10 @@ def migrate(to: params.MigrateTo) -> None:
     rows = sum(moved.tables.values())
     typer.echo(f"Moved {len(moved.tables)} tables ({rows:,} rows) to {moved.where} in {moved.seconds:.1f}s")
     typer.echo(f"Every table equals its copy. Set DUSK_TARGET={to} for the next runs; {moved.left} is left as it was.")
+    if to == "spark":
+        typer.echo(
+            "dlt's working folders of the moved sources were cleared: the next night takes dlt's state from the lake."
+        )
 
 
 @app.command()

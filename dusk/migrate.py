@@ -1,5 +1,6 @@
 """`dusk migrate --to postgres|spark`: move an installation's DuckDB warehouse to PostgreSQL or to
-Spark's Iceberg tables, keeping what cannot be rebuilt from the sources.
+Spark's Iceberg tables, or its PostgreSQL warehouse to Spark, keeping what cannot be rebuilt from
+the sources.
 
 What moves, table by table:
 
@@ -27,7 +28,8 @@ schema. The moved sources' dlt working folders are then cleared (a pending load 
 move): the next night takes state and schemas from the lake, as dlt does on a new machine. Times
 without a zone outside raw (the ledger's, the snapshots') become the UTC instants they stand for,
 the type Spark gives its own tables; raw keeps dlt's types. Iceberg has no transaction over
-several tables: a move that fails purges what it had created.
+several tables: a move that fails purges what it had created. A PostgreSQL warehouse is read
+through DuckDB's postgres extension.
 
 Exact or loud: a column type the copy could not hold exactly stops the move naming it, and every
 copied table is compared with its original, row for row, before the move is kept.
@@ -59,7 +61,9 @@ from ingestion.extensions import load_extension
 log = logging.getLogger(__name__)
 
 ENGINES = ("postgres", "spark")
-"""Engines a DuckDB warehouse can move to."""
+"""Engines a warehouse can move to."""
+MOVES = {"duckdb": ("postgres", "spark"), "postgres": ("spark",)}
+"""The engines each engine's warehouse can move to."""
 KEPT = ("snapshots", LEDGER, PRIVATE)
 """The schemas besides raw that hold what cannot be rebuilt."""
 EXACT = re.compile(
@@ -95,37 +99,35 @@ class Moved:
 
 
 def migrate(settings: Settings, to: str) -> Moved:
-    """Copy the DuckDB warehouse's raw datasets, snapshots, ledger and salt into the (empty)
-    warehouse of engine ``to``; raise MigrateError, leaving both as they were, when it cannot."""
+    """Copy the warehouse's raw datasets, snapshots, ledger and salt into the (empty) warehouse of
+    engine ``to``; raise MigrateError, leaving both as they were, when it cannot."""
     started = time.monotonic()
     if to not in ENGINES:
-        raise MigrateError(f"dusk migrate moves a DuckDB warehouse to {', '.join(ENGINES)}, not {to!r}")
-    if settings.target != "duckdb":
+        raise MigrateError(f"dusk migrate moves a warehouse to {', '.join(ENGINES)}, not {to!r}")
+    if to not in MOVES.get(settings.target, ()):
         raise MigrateError(
-            f"dusk migrate moves the DuckDB warehouse (DUSK_TARGET=duckdb); this installation's is {settings.target}"
+            "dusk migrate moves a DuckDB warehouse to PostgreSQL or Spark, and a PostgreSQL one to Spark; "
+            f"this installation's is {settings.target} (DUSK_TARGET)"
         )
-    source = settings.warehouse
+    source = open_warehouse(settings)
     if not source.exists():
-        raise MigrateError(f"no DuckDB warehouse at {source} to move (DUSK_WAREHOUSE)")
+        raise MigrateError(f"no warehouse at {source.describe()} to move")
     specs = list(load_sources(settings.sources_file).values())
     schemas = sorted({spec.dataset for spec in specs} | set(KEPT))
     target = open_warehouse(replace(settings, target=to))
-    moved = Moved(where=target.describe(), left=str(source))
+    moved = Moved(where=target.describe(), left=source.describe())
     if to == "spark":
-        _to_lake(replace(settings, target=to), specs, schemas, moved)
+        _to_lake(settings, replace(settings, target=to), specs, schemas, moved)
         moved.seconds = time.monotonic() - started
         log.info("migrated %d tables to %s in %.1fs", len(moved.tables), moved.where, moved.seconds)
         return moved
     with target.connect():
         pass  # created on first use
     with duckdb.connect() as con:
-        con.execute("attach '" + str(source).replace("'", "''") + "' as wh (read_only)")
-        con.execute("use wh")
+        _attach_source(con, settings)
         load_extension(con, "duckdb_extension_postgres_scanner")
         tables = _tables(con, schemas, EXACT)
-        pg = settings.postgres
-        dsn = make_conninfo(host=pg.host, port=pg.port, user=pg.user, dbname=pg.database, password=pg.password)
-        con.execute("attach '" + dsn.replace("'", "''") + "' as dest (type postgres)")
+        con.execute("attach '" + _dsn(settings).replace("'", "''") + "' as dest (type postgres)")
         try:
             taken = con.execute(
                 "select table_schema || '.' || table_name from information_schema.tables "
@@ -154,6 +156,22 @@ def migrate(settings: Settings, to: str) -> Moved:
     return moved
 
 
+def _dsn(settings: Settings) -> str:
+    """The PostgreSQL warehouse's connection string (quoted by psycopg: a password may hold anything)."""
+    pg = settings.postgres
+    return make_conninfo(host=pg.host, port=pg.port, user=pg.user, dbname=pg.database, password=pg.password)
+
+
+def _attach_source(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Attach the warehouse being moved, read-only, as ``wh``, and use it."""
+    if settings.target == "postgres":
+        load_extension(con, "duckdb_extension_postgres_scanner")
+        con.execute("attach '" + _dsn(settings).replace("'", "''") + "' as wh (type postgres, read_only)")
+    else:
+        con.execute("attach '" + str(settings.warehouse).replace("'", "''") + "' as wh (read_only)")
+    con.execute("use wh")
+
+
 def _tables(con: duckdb.DuckDBPyConnection, schemas: list[str], exact: re.Pattern[str]) -> list[tuple[str, str]]:
     """The tables to move, after checking that every column's type moves exactly."""
     marks = ", ".join("?" for _ in schemas)
@@ -165,6 +183,14 @@ def _tables(con: duckdb.DuckDBPyConnection, schemas: list[str], exact: re.Patter
         schemas,
     ).fetchall()
     inexact = [f"{s}.{t}.{c} ({kind})" for s, t, c, kind in columns if not exact.fullmatch(kind)]
+    if con.execute("select type from duckdb_databases() where database_name = 'wh'").fetchone() == ("postgres",):
+        # DuckDB reads a numeric wider than 38 digits, or one of no declared precision, as a double
+        numeric = con.execute(
+            "select * from postgres_query('wh', 'select table_schema, table_name, column_name, "
+            "coalesce(numeric_precision::text, ''none'') from information_schema.columns "
+            "where data_type = ''numeric'' and (numeric_precision is null or numeric_precision > 38)')"
+        ).fetchall()
+        inexact += [f"{s}.{t}.{c} (NUMERIC, precision {p})" for s, t, c, p in numeric if s in schemas]
     if inexact:
         raise MigrateError(
             f"these columns have types the other engine would not hold exactly: {', '.join(inexact)}. Nothing was "
@@ -188,10 +214,11 @@ def _copy(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int:
     return int(rows)
 
 
-def _to_lake(settings: Settings, specs: list[SourceSpec], schemas: list[str], moved: Moved) -> None:
-    """Copy the tables into Iceberg tables of the Spark warehouse's catalog, each read back and
-    compared with its original, and dlt's bookkeeping of each raw dataset into its files; then
-    clear the moved sources' dlt working folders. On any failure purge what was created and raise."""
+def _to_lake(source: Settings, settings: Settings, specs: list[SourceSpec], schemas: list[str], moved: Moved) -> None:
+    """Copy the tables of the ``source`` warehouse into Iceberg tables of the Spark warehouse's
+    catalog (``settings``), each read back and compared with its original, and dlt's bookkeeping
+    of each raw dataset into its files; then clear the moved sources' dlt working folders. On any
+    failure purge what was created and raise."""
     from dusk.spark import iceberg_catalog, prepare_catalog
 
     warehouse = open_warehouse(settings)
@@ -206,8 +233,7 @@ def _to_lake(settings: Settings, specs: list[SourceSpec], schemas: list[str], mo
         with ExitStack() as stack:
             con = stack.enter_context(duckdb.connect())
             con.execute("set TimeZone = 'UTC'")
-            con.execute("attach '" + str(settings.warehouse).replace("'", "''") + "' as wh (read_only)")
-            con.execute("use wh")
+            _attach_source(con, source)
             tables = _tables(con, schemas, ICEBERG_EXACT)
             present = {s for s, _ in tables}
             # dlt's view of each raw dataset on the lake, from a working folder of the move's own

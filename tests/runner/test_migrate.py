@@ -57,12 +57,14 @@ def test_a_database_that_holds_a_warehouse_already_is_refused(tmp_path: Path) ->
         assert tables_in(database) == [("raw_shop", "customers")]
 
 
-def test_only_postgres_and_spark_are_destinations_and_only_duckdb_a_source(tmp_path: Path) -> None:
+def test_the_moves_offered_are_duckdb_to_postgres_or_spark_and_postgres_to_spark(tmp_path: Path) -> None:
     settings = duckdb_warehouse(tmp_path)
     with pytest.raises(MigrateError, match="to postgres, spark, not 'bigquery'"):
         migrate(settings, "bigquery")
     with pytest.raises(MigrateError, match="this installation's is postgres"):
         migrate(replace(settings, target="postgres"), "postgres")
+    with pytest.raises(MigrateError, match="a PostgreSQL one to Spark; this installation's is spark"):
+        migrate(replace(settings, target="spark"), "postgres")
 
 
 def lake_tables(settings: Settings) -> list[str]:
@@ -151,3 +153,62 @@ def test_a_source_with_an_unfinished_load_is_refused_before_anything_moves(tmp_p
     with pytest.raises(MigrateError, match=r"source\(s\) shop have a load dlt has not finished.*run `dusk run`"):
         migrate(settings, "spark")
     assert not (settings.data_dir / "iceberg").exists() and pipeline.has_pending_data  # nothing written
+
+
+def test_a_postgres_installation_moves_to_spark_and_its_next_load_reads_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL to Spark, at the level of one source (no dbt): the load after the move takes
+    its cursors and schema from the lake, reads nothing unchanged and marks the deletions."""
+    require_spark()
+    import sqlite3
+
+    from dusk.demo import ensure_demo
+    from dusk.settings import runtime_environment
+    from dusk.spark import iceberg_catalog
+    from ingestion.dlt_settings import configure_dlt
+    from tests.helpers import ingest, on_engine, sources
+
+    configure_dlt()
+    settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=True, demo_seed=5)
+    ensure_demo(settings, sources())
+    spec = sources()["shop"]
+    with on_engine(settings, "postgres") as pg:
+        assert ingest(spec, pg).ok
+        with sqlite3.connect(pg.demo_dir / "shop.sqlite") as con:
+            con.execute("delete from products where product_id in (3, 4)")
+        moved = migrate(pg, "spark")
+        assert moved.tables["raw_shop.products"] == 200 and moved.where.startswith("spark")
+        lake = replace(pg, target="spark")
+    for key, value in runtime_environment(lake).items():
+        monkeypatch.setenv(key, value)
+    result = ingest(spec, lake)
+    assert result.ok, result.error
+    tables = {t.table: (t.extracted, t.deleted) for t in result.tables}
+    assert tables == {t: (0, 2 if t == "products" else 0) for t in tables}
+    catalog = iceberg_catalog(lake)
+    try:
+        products = catalog.load_table("raw_shop.products").scan().to_arrow()
+    finally:
+        catalog.engine.dispose()
+    assert sorted(r["product_id"] for r in products.to_pylist() if r["_is_deleted"]) == [3, 4]
+    assert products.num_rows == 200
+
+
+def test_a_postgres_numeric_iceberg_would_round_is_named_and_nothing_moves(tmp_path: Path) -> None:
+    """DuckDB reads a numeric of no declared precision, or of more than 38 digits, as a double."""
+    require_spark()
+    from tests.helpers import on_engine
+
+    settings = Settings(tmp_path, tmp_path / "wh.duckdb", tmp_path / "target", demo=False, demo_seed=1)
+    with on_engine(settings, "postgres") as pg, psycopg.connect(pg.postgres.url()) as con:
+        con.execute("create schema raw_shop")
+        con.execute("create table raw_shop.customers (customer_id bigint, credit numeric, wei numeric(78, 0))")
+        con.commit()
+        with pytest.raises(
+            MigrateError,
+            match=r"raw_shop\.customers\.credit \(NUMERIC, precision none\), "
+            r"raw_shop\.customers\.wei \(NUMERIC, precision 78\)",
+        ):
+            migrate(pg, "spark")
+        assert lake_tables(pg) == []
