@@ -5,8 +5,9 @@ embedded DuckDB file and one on Spark (an in-process ``local[2]`` session, Icebe
 SQLite catalog of its own, raw written by dlt through pyiceberg). Their marts and snapshots are
 compared row for row, read back through Iceberg itself (pyiceberg), not through Spark. Then the
 DuckDB installation moves to Spark (`dusk migrate --to spark`, a lake of its own) and both run
-a second night there, compared again: the moved one read only the night's changes and kept its
-snapshot history and ledger. Between the nights an Iceberg reader plans a read of a served
+a second night there, compared again: the moved one read only the night's changes, kept its
+snapshot history and ledger, and holds simulate-check's invariants (raw = the source, counts
+reconciled, the snapshot = the truth). Between the nights an Iceberg reader plans a read of a served
 table, the way a long query holds its files, and reads it after the second night was published
 over it. The Spark project has one more test, a warning on request: only when it warns does
 Spark keep its failing rows.
@@ -32,7 +33,7 @@ from dusk.settings import Settings
 from tests.conftest import Workspace, delete_demo_stream
 from tests.helpers import diff_counts, lineage_events, project_copy
 from tests.proof import invariants
-from tests.proof.invariants import MARTS, SNAPSHOTS
+from tests.proof.invariants import MARTS, SNAPSHOTS, assert_reconciled, assert_snapshot_is_truth
 
 WARNS = (
     "-- warns when DUSK_TEST_WARN=yes: every customer is a failing row\n"
@@ -154,6 +155,7 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
     assert "Every table equals its copy" in moved.stdout, moved.stdout
     assert not [p for p in (duck.data_dir / "dlt").iterdir() if p.name != "_staging"]  # dlt's state: on the lake
     envs[id(duck)] = {**SAME_NIGHT, **spark_env(duck)}
+    duck.spark = True  # read through its lake from now on
 
     envs[id(spark)]["DUSK_TEST_WARN"] = "yes"
     for ws in (duck, spark):
@@ -192,6 +194,10 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
     for ws in (duck, spark):
         runs = catalog(ws).load_table("dusk_ledger.runs").scan().to_arrow().sort_by("run_id")
         assert runs["status"].to_pylist() == ["success", "success"]
+    # simulate-check's invariants across the move: raw = the source (deletions marked), the
+    # summary's counts = what raw received, the snapshot = the truth of both nights' days
+    assert_reconciled(duck, duck.last_run())
+    assert_snapshot_is_truth(duck, [0, 1])
 
     status = spark.cli("status", env_extra=envs[id(spark)])
     assert second_id in status.stdout and "success" in status.stdout
