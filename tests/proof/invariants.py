@@ -244,7 +244,7 @@ def assert_stock_snapshot_is_source(ws: Workspace) -> int:
 
 
 def assert_snapshot_is_truth(
-    ws: Workspace, run_days: list[int], detected_at: dict[int, datetime] | None = None
+    ws: Workspace, run_days: list[int], detected_at: dict[int, datetime] | None = None, salt: str | None = None
 ) -> tuple[int, int]:
     """customers_snapshot holds, per customer, its distinct versions as each run saw them (the
     ground truth's last version of each run's day), one current row per key, no overlap or gap;
@@ -253,7 +253,7 @@ def assert_snapshot_is_truth(
     rowid to the next insert) starts a new version. A live version is valid from its updated_at;
     a deletion from the time its run found it gone, and a return from the later of its updated_at
     and the time its run found it back: checked when ``detected_at`` gives each run's detection
-    time (UTC, naive), else not.
+    time (UTC, naive), else not. Emails are hashed with ``salt`` (None: the workspace's salt file).
     Returns (customers, versions) checked."""
     with sqlite3.connect(ws.truth_db) as truth:
         versions = truth.execute(
@@ -272,7 +272,8 @@ def assert_snapshot_is_truth(
     snap: dict[int, list[tuple]] = {}
     for cid, *values in rows:
         snap.setdefault(cid, []).append(tuple(values))
-    salt = (ws.data_dir / "secrets" / "pii_salt").read_text().strip()
+    if salt is None:
+        salt = (ws.data_dir / "secrets" / "pii_salt").read_text().strip()
 
     def norm(v: tuple) -> tuple:
         tier, email, country, city, is_deleted, updated_at = v
