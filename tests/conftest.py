@@ -491,6 +491,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """:data:`FIRST_FILES` first, then the rest of the files that run whole nights: `make test`
     hands each file to one process, and a long file started last would leave the others idle at
     the end (the Spark file, the longest in CI's run, came last by name)."""
+    gone = [name for name in FIRST_FILES if not (PROJECT_DIR / name).is_file()]
+    if gone:  # a renamed file would silently lose its place
+        raise pytest.UsageError(f"FIRST_FILES in tests/conftest.py names files that do not exist: {', '.join(gone)}")
     rank = {name: i for i, name in enumerate(FIRST_FILES)}
 
     def order(item: pytest.Item) -> tuple[int, bool]:
