@@ -189,6 +189,15 @@ def _nights(duck: Workspace, spark: Workspace, tmp_path: Path) -> None:
         if d["relation"] in counts:
             assert d["rows_after"] == counts[d["relation"]][2], d
     second = lake_copy(spark, relations, tmp_path / "spark-2.duckdb")
+    # what the diff told readers on the lake: their rows before and after, as the two nights' copies hold them
+    with duckdb.connect() as con:
+        con.execute(f"attach '{first[0]}' as night1 (read_only)")
+        con.execute(f"attach '{second[0]}' as night2 (read_only)")
+        for relation, (_, before, after, added, removed, _) in counts.items():
+            if relation in relations:
+                (rows1,) = con.execute(f"select count(*) from night1.{relation}").fetchone()  # type: ignore[misc]
+                (rows2,) = con.execute(f"select count(*) from night2.{relation}").fetchone()  # type: ignore[misc]
+                assert (before, after) == (rows1, rows2) and after - before == added - removed, relation
     moved_second = lake_copy(duck, relations, tmp_path / "moved-2.duckdb")
     assert invariants.differences(moved_second, second, relations, clocks) == {}  # snapshot history too
     for ws in (duck, spark):
