@@ -54,7 +54,7 @@ import duckdb
 from psycopg.conninfo import make_conninfo
 
 from dusk.settings import Settings
-from dusk.warehouse import LEDGER, PRIVATE, open_warehouse
+from dusk.warehouse import LEDGER, PRIVATE, Warehouse, open_warehouse
 from ingestion.declaration import SourceSpec, load_sources
 from ingestion.extensions import load_extension
 
@@ -117,12 +117,19 @@ def migrate(settings: Settings, to: str) -> Moved:
     target = open_warehouse(replace(settings, target=to))
     moved = Moved(where=target.describe(), left=source.describe())
     if to == "spark":
-        _to_lake(settings, replace(settings, target=to), specs, schemas, moved)
-        moved.seconds = time.monotonic() - started
-        log.info("migrated %d tables to %s in %.1fs", len(moved.tables), moved.where, moved.seconds)
-        return moved
-    with target.connect():
-        pass  # created on first use
+        _to_lake(settings, target, specs, schemas, moved)
+    else:
+        with target.connect():
+            pass  # created on first use
+        _to_postgres(settings, schemas, moved)
+    moved.seconds = time.monotonic() - started
+    log.info("migrated %d tables to %s in %.1fs", len(moved.tables), moved.where, moved.seconds)
+    return moved
+
+
+def _to_postgres(settings: Settings, schemas: list[str], moved: Moved) -> None:
+    """Copy the tables into the PostgreSQL warehouse (``settings.postgres``, empty) in one
+    transaction, each compared with its original before it commits."""
     with duckdb.connect() as con:
         _attach_source(con, settings)
         load_extension(con, "duckdb_extension_postgres_scanner")
@@ -134,11 +141,7 @@ def migrate(settings: Settings, to: str) -> Moved:
                 f"where table_catalog = 'dest' and table_schema in ({', '.join('?' for _ in schemas)}) order by 1",
                 schemas,
             ).fetchall()
-            if taken:
-                raise MigrateError(
-                    f"{moved.where} already holds {', '.join(t for (t,) in taken[:5])}"
-                    f"{' and more' if len(taken) > 5 else ''}: migrate into an empty database (DUSK_PG_DATABASE)"
-                )
+            _refuse_taken(moved.where, [t for (t,) in taken], "an empty database (DUSK_PG_DATABASE)")
             con.execute("begin")
             try:
                 for schema in sorted({s for s, _ in tables}):
@@ -151,9 +154,23 @@ def migrate(settings: Settings, to: str) -> Moved:
             con.execute("commit")
         finally:
             con.execute("detach dest")
-    moved.seconds = time.monotonic() - started
-    log.info("migrated %d tables to %s in %.1fs", len(moved.tables), moved.where, moved.seconds)
-    return moved
+
+
+def _refuse_taken(where: str, taken: list[str], fix: str) -> None:
+    """Refuse a move into a warehouse that already holds some of what would move."""
+    if taken:
+        more = " and more" if len(taken) > 5 else ""
+        raise MigrateError(f"{where} already holds {', '.join(taken[:5])}{more}: migrate into {fix}")
+
+
+def _same(con: duckdb.DuckDBPyConnection, schema: str, table: str, original: str, copy: str) -> None:
+    """Compare a copy with its original both ways (as multisets of rows); raise if any row differs."""
+    for left, right in ((original, copy), (copy, original)):
+        (differ,) = con.execute(  # type: ignore[misc]
+            f"select count(*) from (select * from {left} except all select * from {right})"
+        ).fetchone()
+        if differ:
+            raise MigrateError(f"{schema}.{table}: {differ} row(s) differ after the copy; nothing was moved")
 
 
 def _dsn(settings: Settings) -> str:
@@ -204,24 +221,19 @@ def _copy(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int:
     name = f'"{schema}"."{table}"'
     original = f"wh.{name}"
     con.execute(f"create table dest.{name} as select * from {original}")
-    for left, right in ((original, f"dest.{name}"), (f"dest.{name}", original)):
-        (differ,) = con.execute(  # type: ignore[misc]
-            f"select count(*) from (select * from {left} except all select * from {right})"
-        ).fetchone()
-        if differ:
-            raise MigrateError(f"{schema}.{table}: {differ} row(s) differ after the copy; nothing was moved")
+    _same(con, schema, table, original, f"dest.{name}")
     (rows,) = con.execute(f"select count(*) from {original}").fetchone()  # type: ignore[misc]
     return int(rows)
 
 
-def _to_lake(source: Settings, settings: Settings, specs: list[SourceSpec], schemas: list[str], moved: Moved) -> None:
-    """Copy the tables of the ``source`` warehouse into Iceberg tables of the Spark warehouse's
-    catalog (``settings``), each read back and compared with its original, and dlt's bookkeeping
-    of each raw dataset into its files; then clear the moved sources' dlt working folders. On any
-    failure purge what was created and raise."""
+def _to_lake(source: Settings, warehouse: Warehouse, specs: list[SourceSpec], schemas: list[str], moved: Moved) -> None:
+    """Copy the tables of the ``source`` warehouse into Iceberg tables of the Spark ``warehouse``'s
+    catalog, each read back and compared with its original, and dlt's bookkeeping of each raw
+    dataset into its files; then clear the moved sources' dlt working folders. On any failure
+    purge what was created and raise."""
     from dusk.spark import iceberg_catalog, prepare_catalog
 
-    warehouse = open_warehouse(settings)
+    settings = warehouse.settings
     work_dir = settings.pipelines_dir
     _refuse_pending(work_dir, specs)
     prepare_catalog(settings)
@@ -250,11 +262,9 @@ def _to_lake(source: Settings, settings: Settings, specs: list[SourceSpec], sche
                 if (schema,) in catalog.list_namespaces()
                 for identifier in catalog.list_tables(schema)
             ] + [client.dataset_path for _, client in lakes.values() if client.is_storage_initialized()]
-            if taken:
-                raise MigrateError(
-                    f"{moved.where} already holds {', '.join(taken[:5])}{' and more' if len(taken) > 5 else ''}: "
-                    "migrate into an empty catalog and lake (DUSK_ICEBERG_CATALOG_URI, DUSK_ICEBERG_WAREHOUSE)"
-                )
+            _refuse_taken(
+                moved.where, taken, "an empty catalog and lake (DUSK_ICEBERG_CATALOG_URI, DUSK_ICEBERG_WAREHOUSE)"
+            )
             for _, client in lakes.values():
                 client.initialize_storage()
                 datasets.append(client)
@@ -333,13 +343,13 @@ def _copy_to_lake(
     )
     lake = catalog.create_table(f"{schema}.{table}", schema=data.schema, location=location)
     lake.append(data)
-    copy = lake.scan().to_arrow()  # noqa: F841 (read by DuckDB)
-    for left, right in (("data", "copy"), ("copy", "data")):
-        (differ,) = con.execute(
-            f"select count(*) from (select * from {left} except all select * from {right})"
-        ).fetchone()  # type: ignore[misc]
-        if differ:
-            raise MigrateError(f"{schema}.{table}: {differ} row(s) differ after the copy; nothing was moved")
+    con.register("moved_original", data)
+    con.register("moved_copy", lake.scan().to_arrow())
+    try:
+        _same(con, schema, table, "moved_original", "moved_copy")
+    finally:
+        con.unregister("moved_original")
+        con.unregister("moved_copy")
     return data.num_rows
 
 
