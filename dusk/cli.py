@@ -151,9 +151,17 @@ def backfill(
 
 def _night(plan: object, verbose: bool) -> None:
     _logging(verbose)
+    s = settings()
+    result = locked_night(s, plan)
+    _exit(EXIT_CODES.get(result.status, EXIT_FAILED))
+
+
+def locked_night(s: Settings, plan: object) -> RunResult:
+    """One night under the run lock (:class:`dusk.lock.Locked` when another run holds it), its
+    summary printed. A stopped night, or one that gave up a source, ends the process here: a thread
+    still held by a source or a dbt node cannot be waited for."""
     from dusk.lock import run_lock
 
-    s = settings()
     with run_lock(s.data_dir) as lock:  # before the heavy imports: a locked-out run exits at once
         from dusk.night import run as run_night
         from dusk.progress import RunProgress
@@ -177,7 +185,7 @@ def _night(plan: object, verbose: bool) -> None:
     if result.stopped is not None or any(r.abandoned for r in result.sources):
         _end_now(s, result)  # recorded, alerted, lock released: end now, not after a source's thread
     print_summary(s, result)
-    _exit(EXIT_CODES.get(result.status, EXIT_FAILED))
+    return result
 
 
 def _exit(code: int) -> NoReturn:
@@ -302,6 +310,45 @@ def watch_landing(interval: params.Interval = 30.0, max_runs: params.MaxRuns = N
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_OK) from None
     raise typer.Exit(code)
+
+
+@app.command("serve")
+def serve_nights(
+    schedule: params.Schedule = None,
+    now: params.Now = False,
+    nights: params.Nights = None,
+    verbose: params.Verbose = False,
+) -> None:
+    """Run the night on a schedule in this one process (instead of cron starting `dusk run` each
+    night): each night is `dusk run`'s, with its lock, ledger, alerts and summary, but only the
+    first pays for loading Python, dlt and dbt. SIGTERM or Ctrl-C between nights ends it (exit 0);
+    during a night they stop the night, as for `dusk run`, and end the process with its exit code."""
+    _logging(verbose)
+    from dusk.lock import Locked
+    from dusk.record import Plan
+    from dusk.serve import DEFAULT_SCHEDULE, ScheduleError, Shutdown, next_due, serve, shutdown_on_sigterm
+
+    cron = schedule or DEFAULT_SCHEDULE
+    try:
+        next_due(cron, datetime.datetime.now().astimezone())
+    except ScheduleError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--schedule") from None
+
+    def night() -> int | None:
+        try:
+            result = locked_night(settings(), Plan())
+        except Locked as exc:
+            typer.echo(str(exc))
+            return None
+        return EXIT_CODES.get(result.status, EXIT_FAILED)
+
+    try:
+        with shutdown_on_sigterm():
+            code = serve(cron, night, nights=nights, now=now, echo=typer.echo)
+    except KeyboardInterrupt as exc:
+        typer.echo(f"{'SIGTERM' if isinstance(exc, Shutdown) else 'Ctrl-C'} between nights: the server ends")
+        _exit(EXIT_OK)
+    _exit(code)
 
 
 @app.command("pii-salt")

@@ -99,6 +99,18 @@ MaxRuns = Annotated[
     int | None,
     typer.Option(min=1, help="Stop after this many runs (default: never).", envvar="DUSK_WATCH_MAX_RUNS"),
 ]
+Schedule = Annotated[
+    str | None,
+    typer.Option(
+        help="When nights run: a cron expression in this machine's local time (default '0 2 * * *', 02:00 daily).",
+        envvar="DUSK_SCHEDULE",
+    ),
+]
+Now = Annotated[bool, typer.Option("--now", help="Run a night at once, then keep to the schedule.")]
+Nights = Annotated[
+    int | None,
+    typer.Option(min=1, help="End after this many nights (default: never).", envvar="DUSK_SERVE_NIGHTS"),
+]
 Check = Annotated[
     bool,
     typer.Option(
