@@ -324,8 +324,6 @@ def serve_nights(
     first pays for loading Python, dlt and dbt. SIGTERM or Ctrl-C between nights ends it (exit 0);
     during a night they stop the night, as for `dusk run`, and end the process with its exit code."""
     _logging(verbose)
-    from dusk.lock import Locked
-    from dusk.record import Plan
     from dusk.serve import DEFAULT_SCHEDULE, ScheduleError, Shutdown, next_due, serve, shutdown_on_sigterm
 
     cron = schedule or DEFAULT_SCHEDULE
@@ -334,21 +332,27 @@ def serve_nights(
     except ScheduleError as exc:
         raise typer.BadParameter(str(exc), param_hint="--schedule") from None
 
-    def night() -> int | None:
-        try:
-            result = locked_night(settings(), Plan())
-        except Locked as exc:
-            typer.echo(str(exc))
-            return None
-        return EXIT_CODES.get(result.status, EXIT_FAILED)
-
     try:
         with shutdown_on_sigterm():
-            code = serve(cron, night, nights=nights, now=now, echo=typer.echo)
+            code = serve(cron, scheduled_night, nights=nights, now=now, echo=typer.echo)
     except KeyboardInterrupt as exc:
         typer.echo(f"{'SIGTERM' if isinstance(exc, Shutdown) else 'Ctrl-C'} between nights: the server ends")
         _exit(EXIT_OK)
     _exit(code)
+
+
+def scheduled_night() -> int | None:
+    """A night of `dusk serve`: `dusk run`'s, its settings read again; its exit code, or None when
+    another run holds the lock."""
+    from dusk.lock import Locked
+    from dusk.record import Plan
+
+    try:
+        result = locked_night(settings(), Plan())
+    except Locked as exc:
+        typer.echo(str(exc))
+        return None
+    return EXIT_CODES.get(result.status, EXIT_FAILED)
 
 
 @app.command("pii-salt")

@@ -7,6 +7,7 @@ table builds exactly that table's downstream, and the marts equal a from-scratch
 whose state was lost (a kill between the build and the state's save) builds again what the lost
 night built; a test that failed is run again the next night though nothing changed; a changed
 model is built with what is downstream of it, and nothing else; ``--full`` builds every node.
+The same, night after night in one ``dusk serve`` process (a day, a changed model, a quiet night).
 Without a night: the state belongs to one warehouse, a partial night keeps the manifest of the
 last whole one, and the full night falls due after DUSK_FULL_BUILD_DAYS."""
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ import pytest
 from dbt.contracts.graph.manifest import Manifest
 
 from dusk.steps import changes
-from tests.conftest import Workspace
+from tests.conftest import Workspace, delete_demo_stream
 from tests.helpers import project_copy
 from tests.proof.invariants import MARTS, SNAPSHOTS, copy_warehouse, differences, rebuild_from_scratch
 
@@ -116,7 +119,7 @@ def test_a_full_night_falls_due_after_full_build_days_and_a_full_night_reads_no_
 
 
 @pytest.mark.e2e
-def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -> None:
+def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     breakable = (
         "-- fails when DUSK_TEST_BREAK=yes: a test that fails once, then passes on the same data\n"
         "select product_id from {{ ref('products') }}\n"
@@ -125,6 +128,7 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -
     project = project_copy(tmp_path / "project", {BREAKABLE: breakable})
     ws = Workspace(tmp_path / "ws", project=project)
     ws.root.mkdir()
+    request.addfinalizer(lambda: delete_demo_stream(ws.sources_file))
     test_id = "test.dusk.assert_not_broken_on_request"
 
     first = _night(ws)
@@ -190,3 +194,84 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path) -
 
     full = _night(ws, "--full")
     assert full["dbt"]["full"] and set(_ran(ws)) == everything
+
+
+SERVER = """
+import subprocess, sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from dusk import cli
+from dusk.serve import serve
+
+cli._logging(False)
+waits = sys.argv[1:]  # what happens while the server waits for each night
+at, waiting = [datetime(2026, 3, 1, 1, 0, tzinfo=UTC)], [False]
+
+
+def night():
+    waiting[0] = False
+    return cli.scheduled_night()
+
+
+def sleep(seconds):
+    if not waiting[0]:  # the wait before a night begins: the day's events, once
+        waiting[0] = True
+        what = waits.pop(0)
+        if what == "day":
+            subprocess.run([sys.executable, "-m", "dusk", "simulate", "--days", "1"], check=True)
+        elif what == "edit":
+            model = next(Path("models").glob("marts/**/marketing_roas.sql"))
+            model.write_text(model.read_text() + "\\n-- a comment is a change to dbt\\n")
+    at[0] += timedelta(seconds=seconds)
+
+
+nights = len(waits)
+sys.exit(serve("0 2 * * *", night, nights=nights, clock=lambda: at[0], sleep=sleep))
+"""
+"""`dusk serve`'s loop with its real nights, its clock and waits faked: each wait before a night
+does what its argument says (``day``: a simulated day; ``edit``: a change to a model; ``none``)."""
+
+
+@pytest.mark.e2e
+def test_nights_in_one_resident_process_build_what_changed_and_equal_a_full_rebuild(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    project = project_copy(tmp_path / "project", {})
+    ws = Workspace(tmp_path / "ws", project=project)
+    ws.root.mkdir()
+    request.addfinalizer(lambda: delete_demo_stream(ws.sources_file))
+    waits = ["none", "day", "edit", "none"]
+    out = subprocess.run(
+        [sys.executable, "-c", SERVER, *waits],
+        cwd=project,
+        env=ws.env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("night ended with exit code 0") == len(waits)
+    records = [json.loads(p.read_text()) for p in sorted((ws.data_dir / "runs").glob("2*.json"))]
+    first, day, edited, quiet = records
+    assert [r["status"] for r in records] == ["success"] * 4 and first["dbt"]["full"]
+    everything = {n["unique_id"] for n in first["dbt"]["nodes"] if n["resource_type"] != "exposure"}
+
+    def ran(record: dict[str, Any]) -> set[str]:
+        return {
+            n["unique_id"]
+            for n in record["dbt"]["nodes"]
+            if n["status"] != "unchanged" and n["resource_type"] != "exposure"
+        }
+
+    # the day's new rows were read, and built, by the warm process
+    assert sum(t["loaded"] for s in day["sources"] for t in s["tables"]) > 0
+    built = {u for u in ran(day) if u.split(".")[0] in BUILT_KINDS}
+    assert "model.dusk.orders" in built and "snapshot.dusk.customers_snapshot" in built
+    # the model changed between two nights of one process: dbt's parse in that process saw it
+    assert ran(edited) == _downstream(ws, "model.dusk.marketing_roas") | _always(ws)
+    assert ran(quiet) == set() and {n["status"] for n in quiet["dbt"]["nodes"]} <= {"unchanged"}
+    assert {n["unique_id"] for n in quiet["dbt"]["nodes"]} == everything
+    scratch = copy_warehouse(ws, tmp_path / "scratch" / "rebuilt.duckdb")
+    rebuild_from_scratch(ws, scratch)
+    assert differences(ws.attach, scratch, RELATIONS) == {}
