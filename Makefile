@@ -20,7 +20,7 @@ STATE := $(DATA)/warehouse.duckdb $(DATA)/warehouse.duckdb.wal $(DATA)/served.du
 
 export DBT_PROFILES_DIR := $(CURDIR)/profiles
 
-.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run ci-slim backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench bench-night bench-scale clean reset
+.PHONY: help setup setup-dev setup-browser setup-spark spark-up spark-down run serve ci-slim backfill watch status report simulate simulate-check chaos proof-spark badinput canary proof cdc-setup cdc-drop test lint format docs bench bench-night bench-scale clean reset
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ backfill: setup ## Re-extract and rebuild START..END (days, UTC) without moving 
 
 status: setup ## The last runs, sources, freshness, failing tests and quarantine (from the run ledger)
 	$(BIN)/python -m dusk status
+
+serve: setup ## Run the nights on a schedule in one resident process (SCHEDULE="0 2 * * *", cron syntax, local time; Ctrl-C stops)
+	$(BIN)/python -m dusk serve $(if $(SCHEDULE),--schedule "$(SCHEDULE)")
 
 watch: setup ## Run the night whenever a new file lands in a landing folder (polls every 30 s; Ctrl-C stops)
 	$(BIN)/python -m dusk watch
