@@ -14,6 +14,7 @@ import duckdb
 import pyarrow as pa
 from dlt.common.destination.exceptions import DestinationUndefinedEntity
 from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
+from dlt.common.schema import Schema
 
 from ingestion.database.columns import (
     is_bookkeeping,
@@ -31,11 +32,22 @@ def _where(source: str, table: str) -> str:
     return f"source {source!r}, table {table!r}"
 
 
+def _schema(pipeline: dlt.Pipeline) -> Schema:
+    """dlt's default schema of ``pipeline``, as the pipeline holds it in memory. On every access,
+    ``pipeline.default_schema`` reads the schema's file again when the copy in memory is unchanged
+    (dlt's ``LiveSchemaStorage``): ~6 ms each, and planning asks several times a table (a quiet
+    demo night 25 times). While planning, nothing but this pipeline writes that file (the run lock
+    is held, and dlt's own run comes after), and what planning changes it saves through the
+    pipeline, which keeps the copy in memory the same object, so the copy is the file."""
+    live = pipeline.schemas.live_schemas.get(pipeline.default_schema_name)
+    return live if live is not None else pipeline.default_schema
+
+
 def _stored_columns(pipeline: dlt.Pipeline, table: str) -> dict[str, Any]:
     """The columns raw holds for ``table`` (from dlt's schema), without dlt's and our bookkeeping."""
     if not pipeline.default_schema_name:
         return {}
-    stored = pipeline.default_schema.tables.get(table, {}).get("columns", {})
+    stored = _schema(pipeline).tables.get(table, {}).get("columns", {})
     return {n: c for n, c in stored.items() if not is_bookkeeping(n)}
 
 
@@ -43,7 +55,7 @@ def _has_column(pipeline: dlt.Pipeline, table: str, column: str) -> bool:
     """True when dlt's schema has ``column`` in ``table``."""
     if not pipeline.default_schema_name:
         return False
-    return column in pipeline.default_schema.tables.get(table, {}).get("columns", {})
+    return column in _schema(pipeline).tables.get(table, {}).get("columns", {})
 
 
 def check_schema(
@@ -206,7 +218,7 @@ def apply_changes(pipeline: dlt.Pipeline, table: str, changes: list[SchemaChange
                     client.execute_sql(
                         f'ALTER TABLE {target} ALTER COLUMN "{column.name}" SET DATA TYPE {column.raw_type}'
                     )
-    schema = pipeline.default_schema
+    schema = _schema(pipeline)
     stored: dict[str, dict[str, Any]] = schema.tables[table]["columns"]  # type: ignore[assignment]
     now = raw_schema([c.column for c in changes])
     for change in changes:
@@ -312,7 +324,7 @@ def apply_key_change(pipeline: dlt.Pipeline, spec: SourceSpec, table: TableSpec)
                 "would keep one of them). Nothing was loaded. Fix: declare the key back, or reload the table "
                 "(drop it from raw and its state from dlt's pipeline folder) so it is loaded under the new key."
             )
-    schema = pipeline.default_schema
+    schema = _schema(pipeline)
     hints: dict[str, dict[str, Any]] = schema.tables[table.name]["columns"]  # type: ignore[assignment]
     for name in old:
         hints[name].pop("primary_key", None)
