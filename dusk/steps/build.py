@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,6 +252,8 @@ def build(
     prints = changes.fingerprints(con, manifest, {spec.dataset for spec in specs.values()})
     project = changes.project_key()
     chosen = changes.Selection(select=list(plan.select), state=None, full=False)
+    catalog: list[str | None] = []  # what tonight's docs show of the warehouse, when generated
+    read_catalog = partial(changes.catalog_key, con, settings.target, manifest)
     if plan.defer:
         deferred = _deferred(settings, manifest, chosen.select)
         if isinstance(deferred, str):
@@ -283,12 +286,12 @@ def build(
         callbacks=callbacks,
         state=chosen.state,
         defer=plan.defer,
-        docs=lambda ran: chosen.full or state.docs_key != project or _built_any(ran),
+        docs=lambda ran: _docs_needed(ran, chosen, state, project, catalog, read_catalog),
         idle=chosen.idle,
     )
     left_out = _fed_by(manifest, record.failed_sources)
     if result.error is None:  # dbt ran to its end: what it built is recorded
-        _save_state(settings, record, manifest, state, prints, result, left_out, chosen, plan, project)
+        _save_state(settings, record, manifest, state, prints, result, left_out, chosen, plan, project, catalog)
     ran = {n.unique_id for n in result.nodes}
     kept = changes.unchanged(manifest, state, ran, left_out)
     result.nodes += [_unchanged(manifest.nodes.get(u) or manifest.unit_tests[u]) for u in kept]
@@ -345,11 +348,13 @@ def _save_state(
     chosen: changes.Selection,
     plan: Plan,
     project: str,
+    catalog: list[str | None],
 ) -> None:
     """Record what tonight built. Tonight's manifest becomes the one ``state:modified`` compares
     with only after a night that selected everything it changed (not a chosen selection, a
     backfill or some sources only: a changed node they left out stays changed). ``project``: the
-    dbt project's :func:`changes.project_key`, which tonight's docs show unless they failed."""
+    dbt project's :func:`changes.project_key`, and ``catalog`` the warehouse's
+    :func:`changes.catalog_key` when tonight generated the docs (else last night's docs stand)."""
     built = changes.record(manifest, state, prints, [(n.unique_id, n.status) for n in result.nodes], left_out)
     built.warehouse = settings.warehouse_label
     whole_night = not (plan.select or plan.sources or plan.backfill is not None)
@@ -357,6 +362,10 @@ def _save_state(
         built.full_at = record.started_at
     # the docs are of this project (generated tonight, or last night's still true), or they failed
     built.docs_key = project if result.docs_error is None else None
+    if result.docs_error is not None:
+        built.catalog_key = None
+    elif catalog:
+        built.catalog_key = catalog[-1]
     built.manifest_key = project if whole_night else state.manifest_key
     try:
         changes.save(
@@ -369,9 +378,31 @@ def _save_state(
         log.warning("the build state was not saved to %s: %s", settings.state_dir, exc)
 
 
-def _built_any(nodes: list[NodeResult]) -> bool:
-    """Whether a model, snapshot or seed ran (what the docs show could have changed)."""
-    return any(n.resource_type in ("model", "snapshot", "seed") for n in nodes)
+def _docs_needed(
+    ran: list[NodeResult],
+    chosen: changes.Selection,
+    state: changes.BuildState,
+    project: str,
+    catalog: list[str | None],
+    read_catalog: Callable[[], str | None],
+) -> bool:
+    """Whether tonight's docs must be generated again, given what the build ran: on a full night,
+    when the project's files changed, or when a model, snapshot or seed ran and the warehouse's
+    relations or columns (the docs' catalog) are not those the last docs showed. A night that
+    rebuilt tables with new rows only keeps last night's docs (0.2-0.4 s of dbt on the demo).
+    When they are generated, appends the catalog key they show to ``catalog`` (for the state)."""
+    everything = chosen.full or state.docs_key != project
+    if not everything and not any(n.resource_type in ("model", "snapshot", "seed") for n in ran):
+        return False
+    try:
+        key = read_catalog()
+    except Exception:  # never a reason to fail the night: the docs are generated
+        log.warning("the warehouse's catalog could not be read; the docs are generated again", exc_info=True)
+        key = None
+    if everything or key is None or key != state.catalog_key:
+        catalog.append(key)
+        return True
+    return False
 
 
 def _unchanged(node: Any) -> NodeResult:

@@ -86,6 +86,8 @@ class BuildState:
     """When a night last built every node."""
     docs_key: str | None = None
     """The :func:`project_key` of the project the docs were last generated from."""
+    catalog_key: str | None = None
+    """The :func:`catalog_key` of the warehouse the docs show (None: unknown, or on Spark)."""
     manifest_key: str | None = None
     """The :func:`project_key` of the project the kept manifest was parsed from."""
 
@@ -114,6 +116,7 @@ def load(state_dir: Path, warehouse: str) -> BuildState:
         nodes=dict(saved.get("nodes") or {}),
         full_at=datetime.fromisoformat(full_at) if full_at else None,
         docs_key=saved.get("docs_key"),
+        catalog_key=saved.get("catalog_key"),
         manifest_key=saved.get("manifest_key"),
     )
 
@@ -132,6 +135,7 @@ def save(state_dir: Path, run_id: str, state: BuildState, manifest_json: Path | 
         "warehouse": state.warehouse,
         "full_at": state.full_at.isoformat() if state.full_at else None,
         "docs_key": state.docs_key,
+        "catalog_key": state.catalog_key,
         "manifest_key": state.manifest_key,
         "nodes": state.nodes,
     }
@@ -164,6 +168,33 @@ def project_key(project_dir: Path = PROJECT_DIR) -> str:
                 if path.is_file():
                     digest.update(str(path.relative_to(project_dir)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+CATALOG_QUERY = """
+select c.table_schema, c.table_name, t.table_type, c.column_name, c.ordinal_position, c.data_type,
+    c.character_maximum_length, c.numeric_precision, c.numeric_scale
+from information_schema.columns as c
+join information_schema.tables as t
+    on c.table_catalog = t.table_catalog and c.table_schema = t.table_schema and c.table_name = t.table_name
+where c.table_catalog = current_database() and c.table_schema not in ('pg_catalog', 'information_schema')
+order by 1, 2, 5
+"""
+
+
+def catalog_key(con: Any, target: str, manifest: Manifest) -> str | None:
+    """A hash of the relations the docs show (the project's models, seeds and snapshots, and its
+    sources), each with its kind and its columns' names, places and types: what dbt's docs catalog
+    shows besides the project (on DuckDB and PostgreSQL it holds no row counts or other
+    statistics). None on Spark, whose catalog carries table statistics."""
+    if target == "spark":
+        return None
+    shown = {
+        (str(n.schema).lower(), str(n.alias or n.name).lower())
+        for n in manifest.nodes.values()
+        if _recorded_kind(n) and n.resource_type != "test"
+    } | {(str(s.schema).lower(), str(s.identifier or s.name).lower()) for s in manifest.sources.values()}
+    rows = [r for r in con.execute(CATALOG_QUERY).fetchall() if (str(r[0]).lower(), str(r[1]).lower()) in shown]
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
 
 
 def fingerprints(con: Any, manifest: Manifest, datasets: Iterable[str]) -> dict[str, str | None]:

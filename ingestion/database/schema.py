@@ -39,7 +39,7 @@ def _schema(pipeline: dlt.Pipeline) -> Schema:
     demo night 25 times). While planning, nothing but this pipeline writes that file (the run lock
     is held, and dlt's own run comes after), and what planning changes it saves through the
     pipeline, which keeps the copy in memory the same object, so the copy is the file."""
-    live = pipeline.schemas.live_schemas.get(pipeline.default_schema_name)
+    live = getattr(pipeline.schemas, "live_schemas", {}).get(pipeline.default_schema_name)
     return live if live is not None else pipeline.default_schema
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from dbt.contracts.graph.manifest import Manifest
 
@@ -118,6 +119,35 @@ def test_a_full_night_falls_due_after_full_build_days_and_a_full_night_reads_no_
     assert changes.select(manifest, changes.BuildState(), {}, relations).full  # a first night
 
 
+def test_the_docs_are_generated_again_only_when_what_they_show_changed() -> None:
+    from dusk.record import NodeResult
+    from dusk.steps.build import _docs_needed
+
+    model = [NodeResult("model.dusk.orders", "orders", "model", "marts", "success", 1.0)]
+    test = [NodeResult("test.dusk.t", "t", "test", "tests", "pass", 1.0)]
+    last = changes.BuildState(docs_key="project-a", catalog_key="catalog-a")
+    night = changes.Selection(select=[], state=None, full=False)
+
+    def decide(ran: list[NodeResult], chosen: changes.Selection, project: str, read: Any) -> tuple[bool, list]:
+        catalog: list[str | None] = []
+        return _docs_needed(ran, chosen, last, project, catalog, read), catalog
+
+    def unread() -> str:
+        raise AssertionError("nothing was built: the catalog need not be read")
+
+    def broken() -> str:
+        raise RuntimeError("information_schema unreadable")
+
+    assert decide(test, night, "project-a", unread) == (False, [])  # no relation rebuilt
+    assert decide(model, night, "project-a", lambda: "catalog-a") == (False, [])  # new rows only
+    assert decide(model, night, "project-a", lambda: "catalog-b") == (True, ["catalog-b"])
+    assert decide(test, night, "project-b", lambda: "catalog-a") == (True, ["catalog-a"])  # the project changed
+    full = changes.Selection(select=[], state=None, full=True)
+    assert decide([], full, "project-a", lambda: "catalog-a") == (True, ["catalog-a"])
+    assert decide(model, night, "project-a", lambda: None) == (True, [None])  # Spark: no catalog key
+    assert decide(model, night, "project-a", broken) == (True, [None])
+
+
 @pytest.mark.e2e
 def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     breakable = (
@@ -169,6 +199,7 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path, r
     assert counts == (1, 0, 1, {"dbt_valid_to": 1})
     assert diff["marts.customers"]["status"] == "unchanged"
     assert "model.dusk.stg_shop__customers" not in built and "model.dusk.marketing_roas" not in built
+    assert docs.stat().st_mtime_ns == docs_written, "only rows changed, yet the docs were generated again"
     scratch = copy_warehouse(ws, tmp_path / "scratch" / "rebuilt.duckdb")
     rebuild_from_scratch(ws, scratch)
     assert differences(ws.attach, scratch, RELATIONS) == {}
@@ -179,18 +210,25 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path, r
     _night(ws)
     assert set(_ran(ws)) == set(built), "a night that lost its state skipped work"
 
-    # a failing test fails the night's shop part; the next night runs it again, on the same data
+    # a failing test fails the night's shop part; the next night runs it again, on the same data.
+    # A column added by hand meanwhile to a mart that night does not rebuild: what the docs show
+    # of the warehouse changed, so a night that builds anything generates them again
+    with duckdb.connect(str(ws.warehouse)) as con:
+        con.execute("alter table marts.customers add column note varchar")
     _reprice(ws, 4)
     broken = _night(ws, env={"DUSK_TEST_BREAK": "yes"})
     assert broken["status"] == "partial" and _ran(ws)[test_id] == "fail"
+    assert docs.stat().st_mtime_ns != docs_written, "the warehouse's catalog changed, the docs were kept"
     fixed = _night(ws)
     assert fixed["status"] == "success" and _ran(ws) == {test_id: "pass"} | dict.fromkeys(_always(ws), "pass")
 
     # a changed model: it and what it feeds, nothing else
     model = next(project.glob("models/marts/**/marketing_roas.sql"))
     model.write_text(model.read_text() + "\n-- a comment is a change to dbt\n")
+    docs_written = docs.stat().st_mtime_ns
     _night(ws)
     assert set(_ran(ws)) == _downstream(ws, "model.dusk.marketing_roas") | _always(ws)
+    assert docs.stat().st_mtime_ns != docs_written, "the project changed, the docs were kept"
 
     full = _night(ws, "--full")
     assert full["dbt"]["full"] and set(_ran(ws)) == everything
