@@ -113,4 +113,4 @@ def serve_payments_api(settings: Settings, specs: dict[str, SourceSpec]) -> Iter
     try:
         yield {spec.name: Connection(base_url=server.url, token=server.token)}
     finally:
-        server.stop()
+        server.stop(wait=False)  # the night goes on while it closes (~0.2 s)
