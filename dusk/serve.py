@@ -5,8 +5,9 @@ Why: a `dusk run` process spends its first seconds loading Python, dlt, DuckDB, 
 dbt (``import dbt.cli.main`` alone takes 1.7 s here) and starting dbt: a quiet demo night takes
 6.8 s as a process and 2.8 s in a resident one (``make bench-night`` measures both ways). That
 is most of a night with nothing new. A resident process pays it once: every night after its
-first begins warm. Each night is exactly a `dusk run` night: the run lock, the ledger, the alert, the report,
-the summary; its status is printed with the exit code `dusk run` would have ended with.
+first begins warm. Each night is exactly a `dusk run` night: the run lock, the ledger, the alert,
+the report, the summary; its status is printed with the exit code `dusk run` would have ended
+with.
 
 The schedule is a cron expression (croniter, the library dlt itself uses), in the machine's local
 time, as cron reads it. A due time that passes while a night runs is skipped, not queued, and said;
