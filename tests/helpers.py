@@ -3,6 +3,7 @@ query the warehouse."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import psycopg
@@ -24,6 +25,9 @@ from dusk.demo.shop import PRIMARY_KEYS
 from dusk.record import UNCHANGED
 from dusk.settings import PostgresSettings, Settings
 from dusk.warehouse import open_warehouse
+
+if TYPE_CHECKING:
+    from tests.conftest import Workspace
 from ingestion.database.scan import load_extension
 from ingestion.declaration import SourceSpec, load_sources
 from ingestion.result import SourceResult
@@ -284,3 +288,27 @@ def lineage_events(record: dict) -> list[dict]:
     events = [json.loads(line) for line in Path(found.group(2)).read_text().splitlines()]
     assert len(events) == int(found.group(1))
     return events
+
+
+BUILT_KINDS = ("model", "snapshot", "seed")
+"""The dbt node kinds a night builds into relations."""
+
+
+def downstream(ws: Workspace, *starts: str) -> set[str]:
+    """The nodes dbt builds downstream of ``starts`` (unique ids; a model among them is built
+    itself), unit tests of the models among them included, from the last night's manifest."""
+    manifest = json.loads((ws.root / "target" / "manifest.json").read_text())
+    seen = {u for u in starts if u.startswith("model.")}
+    todo = list(starts)
+    while todo:
+        for child in manifest["child_map"].get(todo.pop(), []):
+            if child not in seen and child.split(".")[0] in (*BUILT_KINDS, "test"):
+                seen.add(child)
+                todo.append(child)
+    return seen | {u for u, t in manifest["unit_tests"].items() if set(t["depends_on"]["nodes"]) & seen}
+
+
+def always_built(ws: Workspace) -> set[str]:
+    """What every night that builds anything runs: the run ledger's tests (the ledger changes
+    every night; alone, that builds nothing)."""
+    return downstream(ws, "source.dusk.ledger.runs")

@@ -3,21 +3,19 @@ reaches, and the result equals a full rebuild.
 
 One project (a copy, with a data test a variable can break) through nights on DuckDB: a first
 night builds everything; a quiet night builds no model and keeps the docs; a change to one source
-table builds exactly that table's downstream, and the marts equal a from-scratch rebuild; a night
-whose state was lost (a kill between the build and the state's save) builds again what the lost
-night built; a test that failed is run again the next night though nothing changed; a changed
-model is built with what is downstream of it, and nothing else; ``--full`` builds every node.
-The same, night after night in one ``dusk serve`` process (a day, a changed model, a quiet night).
-Without a night: the state belongs to one warehouse, a partial night keeps the manifest of the
-last whole one, and the full night falls due after DUSK_FULL_BUILD_DAYS."""
+table builds exactly that table's downstream, keeps the docs (only rows changed), and the marts
+equal a from-scratch rebuild; a night whose state was lost (a kill between the build and the
+state's save) builds again what the lost night built; a test that failed is run again the next
+night though nothing changed (and a column added by hand meanwhile makes it generate the docs); a
+changed model is built with what is downstream of it, and nothing else, and the docs again;
+``--full`` builds every node. Without a night: the state belongs to one warehouse, a partial night
+keeps the manifest of the last whole one, the full night falls due after DUSK_FULL_BUILD_DAYS, and
+the docs are generated again only when what they show changed."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,12 +26,11 @@ from dbt.contracts.graph.manifest import Manifest
 
 from dusk.steps import changes
 from tests.conftest import Workspace, delete_demo_stream
-from tests.helpers import project_copy
+from tests.helpers import always_built, downstream, project_copy
 from tests.proof.invariants import MARTS, SNAPSHOTS, copy_warehouse, differences, rebuild_from_scratch
 
 BREAKABLE = "data-tests/assert_not_broken_on_request.sql"
 RELATIONS = [f"marts.{m}" for m in MARTS] + [f"snapshots.{s}" for s in SNAPSHOTS]
-BUILT_KINDS = ("model", "snapshot", "seed")
 
 
 def _ran(ws: Workspace) -> dict[str, str]:
@@ -42,26 +39,6 @@ def _ran(ws: Workspace) -> dict[str, str]:
     return {
         n["unique_id"]: n["status"] for n in nodes if n["status"] != "unchanged" and n["resource_type"] != "exposure"
     }
-
-
-def _downstream(ws: Workspace, *starts: str) -> set[str]:
-    """The nodes dbt builds downstream of ``starts`` (unique ids; a model among them is built
-    itself), unit tests of the models among them included, from the night's manifest."""
-    manifest = json.loads((ws.root / "target" / "manifest.json").read_text())
-    seen = {u for u in starts if u.startswith("model.")}
-    todo = list(starts)
-    while todo:
-        for child in manifest["child_map"].get(todo.pop(), []):
-            if child not in seen and child.split(".")[0] in (*BUILT_KINDS, "test"):
-                seen.add(child)
-                todo.append(child)
-    return seen | {u for u, t in manifest["unit_tests"].items() if set(t["depends_on"]["nodes"]) & seen}
-
-
-def _always(ws: Workspace) -> set[str]:
-    """What every night that builds anything runs: the run ledger's tests (the ledger changes
-    every night; alone, that builds nothing)."""
-    return _downstream(ws, "source.dusk.ledger.runs")
 
 
 def _reprice(ws: Workspace, product_id: int) -> None:
@@ -187,7 +164,7 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path, r
     shutil.copytree(state, before)
     repriced = _night(ws)
     built = _ran(ws)
-    assert set(built) == _downstream(ws, "source.dusk.shop.products") | _always(ws)
+    assert set(built) == downstream(ws, "source.dusk.shop.products") | always_built(ws)
     # the data diff says what readers get: one product's price and what follows from it
     diff = {d["relation"]: d for d in repriced["diff"]}
     for relation in ("staging.stg_shop__products", "marts.products"):
@@ -213,6 +190,7 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path, r
     # a failing test fails the night's shop part; the next night runs it again, on the same data.
     # A column added by hand meanwhile to a mart that night does not rebuild: what the docs show
     # of the warehouse changed, so a night that builds anything generates them again
+    docs_written = docs.stat().st_mtime_ns
     with duckdb.connect(str(ws.warehouse)) as con:
         con.execute("alter table marts.customers add column note varchar")
     _reprice(ws, 4)
@@ -220,96 +198,15 @@ def test_a_night_builds_what_changed_and_equals_a_full_rebuild(tmp_path: Path, r
     assert broken["status"] == "partial" and _ran(ws)[test_id] == "fail"
     assert docs.stat().st_mtime_ns != docs_written, "the warehouse's catalog changed, the docs were kept"
     fixed = _night(ws)
-    assert fixed["status"] == "success" and _ran(ws) == {test_id: "pass"} | dict.fromkeys(_always(ws), "pass")
+    assert fixed["status"] == "success" and _ran(ws) == {test_id: "pass"} | dict.fromkeys(always_built(ws), "pass")
 
     # a changed model: it and what it feeds, nothing else
     model = next(project.glob("models/marts/**/marketing_roas.sql"))
     model.write_text(model.read_text() + "\n-- a comment is a change to dbt\n")
     docs_written = docs.stat().st_mtime_ns
     _night(ws)
-    assert set(_ran(ws)) == _downstream(ws, "model.dusk.marketing_roas") | _always(ws)
+    assert set(_ran(ws)) == downstream(ws, "model.dusk.marketing_roas") | always_built(ws)
     assert docs.stat().st_mtime_ns != docs_written, "the project changed, the docs were kept"
 
     full = _night(ws, "--full")
     assert full["dbt"]["full"] and set(_ran(ws)) == everything
-
-
-SERVER = """
-import subprocess, sys
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-from dusk import cli
-from dusk.serve import serve
-
-cli._logging(False)
-waits = sys.argv[1:]  # what happens while the server waits for each night
-at, waiting = [datetime(2026, 3, 1, 1, 0, tzinfo=UTC)], [False]
-
-
-def night():
-    waiting[0] = False
-    return cli.scheduled_night()
-
-
-def sleep(seconds):
-    if not waiting[0]:  # the wait before a night begins: the day's events, once
-        waiting[0] = True
-        what = waits.pop(0)
-        if what == "day":
-            subprocess.run([sys.executable, "-m", "dusk", "simulate", "--days", "1"], check=True)
-        elif what == "edit":
-            model = next(Path("models").glob("marts/**/marketing_roas.sql"))
-            model.write_text(model.read_text() + "\\n-- a comment is a change to dbt\\n")
-    at[0] += timedelta(seconds=seconds)
-
-
-nights = len(waits)
-sys.exit(serve("0 2 * * *", night, nights=nights, clock=lambda: at[0], sleep=sleep))
-"""
-"""`dusk serve`'s loop with its real nights, its clock and waits faked: each wait before a night
-does what its argument says (``day``: a simulated day; ``edit``: a change to a model; ``none``)."""
-
-
-@pytest.mark.e2e
-def test_nights_in_one_resident_process_build_what_changed_and_equal_a_full_rebuild(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    project = project_copy(tmp_path / "project", {})
-    ws = Workspace(tmp_path / "ws", project=project)
-    ws.root.mkdir()
-    request.addfinalizer(lambda: delete_demo_stream(ws.sources_file))
-    waits = ["none", "day", "edit", "none"]
-    out = subprocess.run(
-        [sys.executable, "-c", SERVER, *waits],
-        cwd=project,
-        env=ws.env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert out.stdout.count("night ended with exit code 0") == len(waits)
-    records = [json.loads(p.read_text()) for p in sorted((ws.data_dir / "runs").glob("2*.json"))]
-    first, day, edited, quiet = records
-    assert [r["status"] for r in records] == ["success"] * 4 and first["dbt"]["full"]
-    everything = {n["unique_id"] for n in first["dbt"]["nodes"] if n["resource_type"] != "exposure"}
-
-    def ran(record: dict[str, Any]) -> set[str]:
-        return {
-            n["unique_id"]
-            for n in record["dbt"]["nodes"]
-            if n["status"] != "unchanged" and n["resource_type"] != "exposure"
-        }
-
-    # the day's new rows were read, and built, by the warm process
-    assert sum(t["loaded"] for s in day["sources"] for t in s["tables"]) > 0
-    built = {u for u in ran(day) if u.split(".")[0] in BUILT_KINDS}
-    assert "model.dusk.orders" in built and "snapshot.dusk.customers_snapshot" in built
-    # the model changed between two nights of one process: dbt's parse in that process saw it
-    assert ran(edited) == _downstream(ws, "model.dusk.marketing_roas") | _always(ws)
-    assert ran(quiet) == set() and {n["status"] for n in quiet["dbt"]["nodes"]} <= {"unchanged"}
-    assert {n["unique_id"] for n in quiet["dbt"]["nodes"]} == everything
-    scratch = copy_warehouse(ws, tmp_path / "scratch" / "rebuilt.duckdb")
-    rebuild_from_scratch(ws, scratch)
-    assert differences(ws.attach, scratch, RELATIONS) == {}
