@@ -22,7 +22,6 @@ waited for: run it under a supervisor that starts it again (systemd's ``Restart=
 
 from __future__ import annotations
 
-import logging
 import resource
 import signal
 import time
@@ -31,8 +30,6 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from croniter import croniter
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULE = "0 2 * * *"
 """Every day at 02:00, local time."""
