@@ -94,6 +94,7 @@ def fix_iceberg_upsert() -> None:
         return
     upsert = Table.upsert
 
+    @functools.wraps(upsert)
     def aligned_upsert(self: Table, *args: Any, **kwargs: Any) -> Any:
         snapshot = self.current_snapshot()
         if snapshot is not None and snapshot.schema_id != self.metadata.current_schema_id:
