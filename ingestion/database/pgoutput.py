@@ -9,8 +9,12 @@ Formats" (protocol chapter 55.9).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -84,7 +88,9 @@ Message = Begin | Commit | Relation | Insert | Update | Delete | Truncate | None
 
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
+_UINT32 = struct.Struct("!I")
 _T, _N, _U = ord("t"), ord("n"), ord("u")
+_INSERT, _UPDATE, _NEW = ord("I"), ord("U"), ord("N")
 _STRUCTS: dict[str, struct.Struct] = {}
 
 
@@ -187,6 +193,85 @@ def decode(data: bytes) -> Message:
     if kind in ("Y", "O", "M"):
         return None
     raise DecodeError(f"unknown pgoutput message kind {kind!r}")
+
+
+def new_tuple(data: bytes) -> tuple[str, int, int] | None:
+    """For an insert, or an update that carries only its new row (the key did not change and the
+    table's replica identity is not FULL): ``("I" or "U", relation id, where the tuple starts)``,
+    for :func:`tuples` to decode in bulk. None for every other message (:func:`decode` reads it)."""
+    kind = data[0]
+    if (kind != _INSERT and kind != _UPDATE) or len(data) < 6 or data[5] != _NEW:
+        return None
+    return ("I" if kind == _INSERT else "U"), _UINT32.unpack_from(data, 1)[0], 6
+
+
+_GATHER_BYTES = 8 << 20
+"""Up to this many bytes a column's values are gathered with one index array (8 bytes an entry);
+beyond, value by value (a column of huge values must not cost eight times its size in memory)."""
+
+
+def tuples(datas: Sequence[bytes], starts: Sequence[int], count: int) -> tuple[list[pa.Array], np.ndarray]:
+    """The tuples of ``count`` values that begin at ``starts[i]`` of each message ``datas[i]``,
+    decoded together: an Arrow string array per value position (NULL for a NULL and for an
+    unchanged TOASTed value), and a rows x ``count`` mask of the unchanged ones.
+
+    Column by column over all rows with numpy, not value by value: ``_Reader.tuple``'s loop costs
+    about 1.5 us a value in Python, about 1.5 s for 60k changed rows of lineitem's 17 columns,
+    which was most of a CDC night's own work (tests/ingestion/test_pgoutput.py proves both give
+    the same values)."""
+    rows = len(datas)
+    sizes = np.fromiter(map(len, datas), dtype=np.int64, count=rows)
+    ends = np.cumsum(sizes)
+    buf = np.frombuffer(b"".join(datas) + bytes(5), dtype=np.uint8)  # padded: a length is read after every kind
+    pos = ends - sizes + np.asarray(starts, dtype=np.int64)
+    if rows and ((buf[pos].astype(np.int64) << 8) | buf[pos + 1] != count).any():
+        raise DecodeError(f"a tuple without the {count} values its relation message announced")
+    pos = pos + 2
+    arrays: list[pa.Array] = []
+    unchanged = np.zeros((rows, count), dtype=bool)
+    for column in range(count):
+        kind = buf[pos]
+        text = kind == _T
+        unchanged[:, column] = kind == _U
+        if not (text | (kind == _N) | unchanged[:, column]).all():
+            bad = int(kind[~(text | (kind == _N) | unchanged[:, column])][0])
+            raise DecodeError(f"unknown tuple value kind {chr(bad)!r} (binary mode is not supported)")
+        size = np.zeros(rows, dtype=np.int64)
+        size[text] = (
+            (buf[pos[text] + 1].astype(np.int64) << 24)
+            | (buf[pos[text] + 2].astype(np.int64) << 16)
+            | (buf[pos[text] + 3].astype(np.int64) << 8)
+            | buf[pos[text] + 4]
+        )
+        first = pos + 5
+        pos = pos + 1 + np.where(text, 4 + size, 0)
+        if (pos > ends).any():
+            raise DecodeError("a tuple value runs past the end of its message")
+        arrays.append(_strings(buf, first, size, text))
+    return arrays, unchanged
+
+
+def _strings(buf: np.ndarray, first: np.ndarray, size: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """An Arrow string array of the values ``buf[first[i] : first[i] + size[i]]`` (NULL where not
+    ``valid``), checked to be UTF-8 as the server's text is."""
+    offsets = np.zeros(len(size) + 1, dtype=np.int64)
+    np.cumsum(size, out=offsets[1:])
+    total = int(offsets[-1])
+    if total <= _GATHER_BYTES:
+        # every byte's place in buf: its value's first byte plus its place within the value
+        data = buf[np.repeat(first - offsets[:-1], size) + np.arange(total)].tobytes()
+    else:
+        raw = buf.data
+        data = b"".join([raw[s : s + n] for s, n in zip(first.tolist(), size.tolist(), strict=True)])
+    kind = pa.string() if total < 2**31 else pa.large_string()
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    width = np.int32 if kind == pa.string() else np.int64
+    array = pa.Array.from_buffers(kind, len(size), [validity, pa.py_buffer(offsets.astype(width)), pa.py_buffer(data)])
+    try:
+        array.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        raise DecodeError(f"a value that is not UTF-8 text ({exc}); dusk's CDC needs a UTF8 server encoding") from None
+    return array
 
 
 def lsn_text(lsn: int) -> str:

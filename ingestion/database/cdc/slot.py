@@ -1,15 +1,17 @@
 """The server side of CDC: the publication and the replication slot (setup, drop, checks), and
-reading the changes up to the run's bound into parquet parts (pgoutput decoded per value)."""
+reading the changes up to the run's bound into parquet parts (inserts' and updates' new rows
+decoded in bulk)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +25,9 @@ PART_ROWS = 50_000
 """Changes buffered in memory per table before they are written to a parquet part."""
 
 _META = ("_seq", "_op", "_lsn", "_ts", "_unknown")
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class CdcError(RuntimeError):
@@ -170,6 +175,28 @@ def check_ready(url: sa.URL, spec: SourceSpec, tables: list[TableSpec]) -> int:
 
 
 @dataclass
+class _Tuples:
+    """Inserts and updates whose new rows are still pgoutput bytes, decoded together at a flush
+    (:func:`pgoutput.tuples`): one relation layout's."""
+
+    index: tuple[int, ...]
+    """Per column of the table, its position in the relation's tuples (-1: not sent)."""
+    count: int
+    """The relation's number of columns."""
+    seq: list[int] = field(default_factory=list)
+    op: list[str] = field(default_factory=list)
+    lsn: list[int] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    """Commit times, microseconds since 1970."""
+    datas: list[bytes] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+
+
+_PENDING_BYTES = 64 << 20
+"""Bytes of undecoded tuples a table buffers before they are decoded and written to a part."""
+
+
+@dataclass
 class TableChanges:
     """The decoded changes of one table: parquet parts of text values, and truncates."""
 
@@ -186,6 +213,9 @@ class TableChanges:
     moved_unknown: bool = False
     """Some update changed the key and left values out of the stream (see ``_fill_moves`` in :mod:`.resolve`)."""
     _rows: list[list[Any]] = field(default_factory=list)
+    _tuples: dict[tuple[tuple[int, ...], int], _Tuples] = field(default_factory=dict)
+    _buffered: int = 0
+    _pending_bytes: int = 0
 
     def add(self, seq: int, op: str, lsn: int, ts: datetime, values: list[Any]) -> None:
         """One change; ``values`` (in the order of ``columns``) are text, None (NULL) or
@@ -199,22 +229,83 @@ class TableChanges:
             values = [None if v is pgoutput.UNCHANGED else v for v in values]
             self.moved_unknown = self.moved_unknown or op == "M"
         self._rows.append([seq, op, lsn, ts, unknown, *values])
+        self._added(0)
+
+    def add_tuple(
+        self, seq: int, op: str, lsn: int, ts_us: int, data: bytes, start: int, index: tuple[int, ...], count: int
+    ) -> None:
+        """One insert or update whose new row is the pgoutput tuple at ``start`` of ``data``, of a
+        relation of ``count`` columns laid out as ``index`` (see :class:`_Tuples`)."""
+        pending = self._tuples.get((index, count))
+        if pending is None:
+            pending = self._tuples[(index, count)] = _Tuples(index, count)
+        pending.seq.append(seq)
+        pending.op.append(op)
+        pending.lsn.append(lsn)
+        pending.ts.append(ts_us)
+        pending.datas.append(data)
+        pending.starts.append(start)
+        self._added(len(data))
+
+    def _added(self, size: int) -> None:
         self.count += 1
-        if len(self._rows) >= PART_ROWS:
+        self._buffered += 1
+        self._pending_bytes += size
+        if self._buffered >= PART_ROWS or self._pending_bytes >= _PENDING_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered changes to a parquet part."""
-        if not self._rows:
-            return
-        types = [pa.int64(), pa.string(), pa.int64(), pa.timestamp("us", tz="UTC"), pa.list_(pa.string())]
-        types += [pa.string()] * len(self.columns)
-        arrays = [pa.array(column, type=t) for column, t in zip(zip(*self._rows, strict=True), types, strict=True)]
+        """Write the buffered changes to parquet parts."""
+        if self._rows:
+            types = [pa.int64(), pa.string(), pa.int64(), _TIMESTAMP, pa.list_(pa.string())]
+            types += [pa.string()] * len(self.columns)
+            rows = zip(*self._rows, strict=True)
+            self._write([pa.array(column, type=t) for column, t in zip(rows, types, strict=True)])
+            self._rows = []
+        for pending in self._tuples.values():
+            try:
+                decoded = self._decoded(pending)
+            except pgoutput.DecodeError as exc:
+                raise pgoutput.DecodeError(f"the log's changes of table {self.spec.name!r}: {exc}") from None
+            self._write(decoded)
+        self._tuples = {}
+        self._buffered = self._pending_bytes = 0
+
+    def _decoded(self, pending: _Tuples) -> list[pa.Array]:
+        """The columns of a part from undecoded tuples, as :meth:`add` would have made them."""
+        values, unchanged = pgoutput.tuples(pending.datas, pending.starts, pending.count)
+        rows = len(pending.seq)
+        columns: list[pa.Array] = []
+        unknown = np.zeros((rows, len(self.columns)), dtype=bool)
+        for j, i in enumerate(pending.index):
+            if i < 0:  # a column the relation does not send (added since): unknown, not NULL
+                columns.append(pa.nulls(rows, pa.string()))
+                unknown[:, j] = True
+                continue
+            column = values[i]
+            convert = self.convert.get(j)
+            if convert is not None:
+                column = pa.array([None if v is None else convert(v) for v in column.to_pylist()], pa.string())
+            columns.append(column)
+            unknown[:, j] = unchanged[:, i]
+        which, where = np.nonzero(unknown)  # row by row, each row's columns in order
+        names = pa.array(np.asarray(self.columns, dtype=object)[where], pa.string())
+        offsets = np.zeros(rows + 1, dtype=np.int32)
+        np.cumsum(np.bincount(which, minlength=rows), out=offsets[1:])
+        meta = [
+            pa.array(pending.seq, pa.int64()),
+            pa.array(pending.op, pa.string()),
+            pa.array(pending.lsn, pa.int64()),
+            pa.array(pending.ts, pa.int64()).cast(_TIMESTAMP),
+            pa.ListArray.from_arrays(pa.array(offsets), names),
+        ]
+        return meta + columns
+
+    def _write(self, arrays: list[pa.Array]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"part-{len(self.parts):05d}.parquet"
         pq.write_table(pa.table(arrays, names=[*_META, *self.columns]), path)
         self.parts.append(path)
-        self._rows = []
 
 
 @dataclass
@@ -370,13 +461,22 @@ def _money_parser(conn: psycopg.Connection[Any]) -> Callable[[str], str]:
 
 
 def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
-    relations: dict[int, tuple[pgoutput.Relation, TableChanges | None, list[int], list[int]]] = {}
-    seq, lsn, ts = 0, 0, None
+    relations: dict[int, tuple[pgoutput.Relation, TableChanges | None, tuple[int, ...], list[int]]] = {}
+    seq, lsn, ts, ts_us = 0, 0, None, 0
     unknown = pgoutput.UNCHANGED
     for data in messages:
+        row = pgoutput.new_tuple(data)
+        if row is not None:  # an insert or an update of a row's values: decoded in bulk at the flush
+            assert ts is not None, "a change outside a transaction"
+            relation, changes, index, _ = relations[row[1]]
+            if changes is not None:
+                seq += 1
+                changes.add_tuple(seq, row[0], lsn, ts_us, data, row[2], index, len(relation.columns))
+            continue
         message = pgoutput.decode(data)
         if isinstance(message, pgoutput.Begin):
             lsn, ts = message.final_lsn, message.commit_time
+            ts_us = (ts - _UNIX_EPOCH) // _MICROSECOND
         elif isinstance(message, pgoutput.Commit):
             batch.end_lsn = max(batch.end_lsn, message.end_lsn)
         elif isinstance(message, pgoutput.Relation):
@@ -395,10 +495,10 @@ def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
             _, changes, index, key_index = relations[message.relation_id]
             if changes is None:
                 continue
-            if isinstance(message, pgoutput.Insert):
+            if isinstance(message, pgoutput.Insert):  # (new_tuple takes every insert pgoutput writes)
                 seq += 1
                 changes.add(seq, "I", lsn, ts, [message.new[i] if i >= 0 else unknown for i in index])
-            elif isinstance(message, pgoutput.Update):
+            elif isinstance(message, pgoutput.Update):  # with its old key or old row
                 new = [message.new[i] if i >= 0 else unknown for i in index]
                 if message.old is not None:
                     old = _old_values(message.old, index, key_index if message.old_is_key else None)
@@ -421,19 +521,19 @@ def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
 
 def _route(
     batch: ChangeBatch, relation: pgoutput.Relation
-) -> tuple[pgoutput.Relation, TableChanges | None, list[int], list[int]]:
+) -> tuple[pgoutput.Relation, TableChanges | None, tuple[int, ...], list[int]]:
     """Where a relation's changes go: its table (None if not captured), and for each of the
     table's columns its position in the relation's tuples (-1: not sent, e.g. added since)."""
     changes = batch.tables.get(relation.name) if relation.namespace == "public" else None
     if changes is None:
-        return relation, None, [], []
+        return relation, None, (), []
     positions = {name: i for i, name in enumerate(relation.columns)}
-    index = [positions.get(c, -1) for c in changes.columns]
+    index = tuple(positions.get(c, -1) for c in changes.columns)
     keys = [positions[c] for c in relation.key_columns]
     return relation, changes, index, keys
 
 
-def _old_values(old: pgoutput.Tuple, index: list[int], key_index: list[int] | None) -> list[Any]:
+def _old_values(old: pgoutput.Tuple, index: tuple[int, ...], key_index: list[int] | None) -> list[Any]:
     """An old tuple's values in the table's column order. With a key-only tuple ('K'), the other
     columns are unknown, not NULL."""
     return [old[i] if i >= 0 and (key_index is None or i in key_index) else pgoutput.UNCHANGED for i in index]
