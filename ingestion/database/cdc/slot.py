@@ -495,10 +495,8 @@ def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
             _, changes, index, key_index = relations[message.relation_id]
             if changes is None:
                 continue
-            if isinstance(message, pgoutput.Insert):  # (new_tuple takes every insert pgoutput writes)
-                seq += 1
-                changes.add(seq, "I", lsn, ts, [message.new[i] if i >= 0 else unknown for i in index])
-            elif isinstance(message, pgoutput.Update):  # with its old key or old row
+            # (every insert, and every update without an old key or row, went to new_tuple above)
+            if isinstance(message, pgoutput.Update):  # with its old key or old row
                 new = [message.new[i] if i >= 0 else unknown for i in index]
                 if message.old is not None:
                     old = _old_values(message.old, index, key_index if message.old_is_key else None)
