@@ -128,8 +128,9 @@ format: setup-dev ## Apply ruff's and sqlfluff's fixes
 	$(BIN)/ruff format .
 	DUSK_WAREHOUSE=:memory: $(BIN)/sqlfluff fix models data-tests
 
-bench: setup-dev ## TPC-H lineitem from PostgreSQL (BENCH_SF=1, or e.g. 1,5): COPY limit, full load, 1% churn nights, peak memory, each with its target and PASS/MISS; then the engines
+bench: setup-dev ## Every speed figure with its target and PASS/MISS: TPC-H lineitem from PostgreSQL (BENCH_SF=1, or e.g. 1,5: COPY limit, full load, 1% churn nights, peak memory), the engines, then the demo at 1x and 100x (bench-scale; BENCH_SCALE=0 leaves it out)
 	$(BIN)/python benchmarks/bench_database.py
+	@if [ "$${BENCH_SCALE:-100}" != 0 ]; then $(BIN)/python benchmarks/bench_scale.py; fi
 
 bench-night: setup-dev ## A full, a quiet and a one-source demo night, as ratios (BENCH_RUNS=3, BENCH_TARGET=duckdb|postgres|spark)
 	$(BIN)/python benchmarks/bench_night.py

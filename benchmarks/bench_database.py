@@ -136,7 +136,7 @@ def child(workdir: str, deletes: str, engine: str) -> None:
     root = Path(workdir)
     settings = Settings(root, root / "bench.duckdb", root / "target", demo=False, demo_seed=0, target=engine)
     if engine == "postgres":
-        settings = replace(settings, postgres=PostgresSettings(database=WAREHOUSE_DB))
+        settings = replace(settings, postgres=PostgresSettings.from_env())  # warehouse_env()
         with open_warehouse(settings).connect():
             pass  # created
     cursor = None if deletes == "cdc" else "updated_at"
@@ -152,7 +152,7 @@ def child(workdir: str, deletes: str, engine: str) -> None:
 
 
 def run_child(workdir: str, deletes: str = "none", engine: str = "duckdb") -> dict[str, Any]:
-    env = {**os.environ, "SOURCES__BENCH__CREDENTIALS": _url(DB)}
+    env = {**os.environ, "SOURCES__BENCH__CREDENTIALS": _url(DB), **warehouse_env()}
     out = subprocess.run(
         [sys.executable, __file__, "--child", workdir, deletes, engine],
         env=env,
@@ -206,6 +206,24 @@ def cdc_round(work: str, round_: int) -> tuple[float, float]:
         cdc.drop(url, spec)
 
 
+def warehouse_env() -> dict[str, str]:
+    """DUSK_PG_* for the PostgreSQL warehouse of the engine figures: database WAREHOUSE_DB on the
+    server BENCH_PG names, where :func:`drop_warehouse_db` drops it (a warehouse left on another
+    server kept its PII salt, and the next demo night there refused to start)."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(PG)
+    env = {
+        "DUSK_PG_HOST": url.host or "127.0.0.1",
+        "DUSK_PG_PORT": str(url.port or 5432),
+        "DUSK_PG_USER": url.username or "postgres",
+        "DUSK_PG_DATABASE": WAREHOUSE_DB,
+    }
+    if url.password:
+        env["DUSK_PG_PASSWORD"] = url.password
+    return env
+
+
 def drop_warehouse_db() -> None:
     with psycopg.connect(_url("postgres"), autocommit=True) as con:
         con.execute(f"drop database if exists {WAREHOUSE_DB} with (force)")
@@ -224,18 +242,22 @@ def pg_full_load() -> float:
 def demo_night(engine: str) -> dict[str, float]:
     """A demo night (``dusk run`` on a new demo) on ``engine``: its seconds, and the ingest's and
     dbt's (parse, build, freshness, docs) from the run record."""
+    from bench_scale import delete_stream, demo_env
+
     drop_warehouse_db()
     try:
-        with tempfile.TemporaryDirectory(prefix="dusk-bench-night-") as work:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("DUSK_", "SOURCES__"))}
-            env |= {"DUSK_DATA_DIR": work, "DBT_TARGET_PATH": f"{work}/target", "DBT_LOG_PATH": f"{work}/logs"}
-            env |= {"DUSK_TARGET": engine, "DUSK_PG_DATABASE": WAREHOUSE_DB, "DUSK_DEMO_SEED": "42"}
-            started = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "dusk", "run"], env=env, capture_output=True, text=True)
-            seconds = time.perf_counter() - started
+        with tempfile.TemporaryDirectory(prefix="dusk-bench-night-") as tmp:
+            work = Path(tmp)
+            env = demo_env(work, 1) | {"DUSK_TARGET": engine, **warehouse_env()}
+            try:
+                started = time.perf_counter()
+                out = subprocess.run([sys.executable, "-m", "dusk", "run"], env=env, capture_output=True, text=True)
+                seconds = time.perf_counter() - started
+            finally:
+                delete_stream(work, 1)
             if out.returncode:
                 raise SystemExit(f"the demo night on {engine} failed:\n{out.stdout[-3000:]}")
-            record = json.loads((Path(work) / "runs" / "last_run.json").read_text())
+            record = json.loads((work / "data" / "runs" / "last_run.json").read_text())
     finally:
         drop_warehouse_db()
     return {"night": seconds, "ingest": ingest_span(record["sources"]), "dbt": record["dbt"]["seconds"]}

@@ -39,7 +39,10 @@ MEASURE = (
 """Runs a command and prints its peak RSS in bytes (Linux reports kB) as the last stderr line."""
 
 
-def _env(work: Path, scale: int) -> dict[str, str]:
+def demo_env(work: Path, scale: int) -> dict[str, str]:
+    """The environment of a demo of its own in ``work`` at ``scale``: its data, dbt's target and
+    logs, and a sources.yml whose NATS stream and consumer are the bench's (never the demo's
+    DUSK_WEB, which a user's own demo on this machine reads; :func:`delete_stream` removes it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DUSK_", "SOURCES__"))}
     tag = f"{os.getpid()}_{scale}"
     sources = work / "sources.yml"
@@ -63,7 +66,7 @@ def _dusk(work: Path, scale: int, *args: str) -> tuple[float, int, dict[str, Any
     out = subprocess.run(
         [sys.executable, "-c", MEASURE, sys.executable, "-m", "dusk", *args],
         cwd=PROJECT_DIR,
-        env=_env(work, scale),
+        env=demo_env(work, scale),
         capture_output=True,
         text=True,
     )
@@ -84,16 +87,16 @@ def _create(work: Path, scale: int) -> float:
         "s = Settings.from_env()\nensure_demo(s, load_sources(s.sources_file))\n"
     )
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, env=_env(work, scale), check=True)
+    subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, env=demo_env(work, scale), check=True)
     return time.perf_counter() - started
 
 
-def _delete_stream(work: Path, scale: int) -> None:
+def delete_stream(work: Path, scale: int) -> None:
     code = (
         "from tests.conftest import delete_demo_stream\nfrom pathlib import Path\nimport sys\n"
         "delete_demo_stream(Path(sys.argv[1]))\n"
     )
-    env = _env(work, scale)
+    env = demo_env(work, scale)
     subprocess.run([sys.executable, "-c", code, env["DUSK_SOURCES_FILE"]], cwd=PROJECT_DIR, env=env, check=False)
 
 
@@ -136,7 +139,7 @@ def measure(scale: int) -> dict[str, Any]:
                     }
                 )
         finally:
-            _delete_stream(work, scale)
+            delete_stream(work, scale)
     return {
         "created": created,
         "first": first,
