@@ -136,7 +136,8 @@ def child(workdir: str, deletes: str, engine: str) -> None:
     root = Path(workdir)
     settings = Settings(root, root / "bench.duckdb", root / "target", demo=False, demo_seed=0, target=engine)
     if engine == "postgres":
-        settings = replace(settings, postgres=PostgresSettings.from_env())  # warehouse_env()
+        # DUSK_PG_* come from warehouse_env(), which run_child sets
+        settings = replace(settings, postgres=PostgresSettings.from_env())
         with open_warehouse(settings).connect():
             pass  # created
     cursor = None if deletes == "cdc" else "updated_at"
