@@ -169,6 +169,26 @@ def test_inserts_updates_and_deletes_arrive_with_their_commit_lsn_and_time(crm) 
     assert stats(quiet) == {"accounts": (0, 0), "notes": (0, 0), "kinds": (0, 0)}
 
 
+def test_a_table_with_replica_identity_full_arrives_as_the_source_holds_it(crm) -> None:
+    """REPLICA IDENTITY FULL sends each update's whole old row, so its updates are decoded message
+    by message, not in bulk: a changed value, a changed key and a delete all reach raw."""
+    settings, spec, engine = crm
+    sql(engine, "alter table notes replica identity full")
+    cdc.setup(engine.url, spec)
+    first = ingest(spec, settings)
+    assert first.ok, first.error
+    sql(
+        engine,
+        "update notes set body = 'whole old row sent' where note_id = 1",
+        "update notes set note_id = 1003 where note_id = 3",  # a key change: 3 deleted, 1003 new
+        "delete from notes where note_id = 2",
+    )
+    result = ingest(spec, settings)
+    assert result.ok, result.error
+    assert stats(result)["notes"] == (2, 2)
+    assert_raw_equals_source(settings, engine)
+
+
 def test_a_key_back_after_a_deletion_is_stamped_with_its_commit_time(crm) -> None:
     """Raw holds account 3 as deleted; a later batch inserts it again: _restored_at = the insert's
     commit time, so staging versions the return. A key deleted and inserted again within one batch

@@ -495,20 +495,20 @@ def _decode_into(batch: ChangeBatch, messages: Iterator[bytes]) -> None:
             _, changes, index, key_index = relations[message.relation_id]
             if changes is None:
                 continue
-            # (every insert, and every update without an old key or row, went to new_tuple above)
-            if isinstance(message, pgoutput.Update):  # with its old key or old row
+            # every insert, and every update without an old key or row, went to new_tuple above
+            if isinstance(message, pgoutput.Update):
+                assert message.old is not None, "an update without its old key or row reached the slow path"
                 new = [message.new[i] if i >= 0 else unknown for i in index]
-                if message.old is not None:
-                    old = _old_values(message.old, index, key_index if message.old_is_key else None)
-                    key = [changes.columns.index(k) for k in changes.spec.key_columns]
-                    if [old[i] for i in key] != [new[i] for i in key]:
-                        # the key changed: the old key is deleted, and the new row ('M', moved)
-                        # takes the values the stream leaves out from the old key's row
-                        seq += 1
-                        changes.add(seq, "D", lsn, ts, old)
-                        seq += 1
-                        changes.add(seq, "M", lsn, ts, new)
-                        continue
+                old = _old_values(message.old, index, key_index if message.old_is_key else None)
+                key = [changes.columns.index(k) for k in changes.spec.key_columns]
+                if [old[i] for i in key] != [new[i] for i in key]:
+                    # the key changed: the old key is deleted, and the new row ('M', moved)
+                    # takes the values the stream leaves out from the old key's row
+                    seq += 1
+                    changes.add(seq, "D", lsn, ts, old)
+                    seq += 1
+                    changes.add(seq, "M", lsn, ts, new)
+                    continue
                 seq += 1
                 changes.add(seq, "U", lsn, ts, new)
             elif isinstance(message, pgoutput.Delete):
