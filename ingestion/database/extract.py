@@ -24,6 +24,7 @@ from ingestion.database.columns import (
 )
 from ingestion.database.plan import (
     _DELETED_AT_TYPE,
+    BOUNDARY,
     SourceDataError,
     TablePlan,
     _incremental,
@@ -78,6 +79,8 @@ def _copy_files(
     predicate = _range_predicate(plan, start, kind if at_source else None)
     staging.mkdir(parents=True, exist_ok=True)
     with attach(url, timeouts=source_timeouts(spec)) as con:
+        if plan.boundary_keys is not None and not at_source:
+            con.register(BOUNDARY, plan.boundary_keys)
         if predicate and kind == "postgresql":
             # a filtered read: one indexed query beats DuckDB's parallel page-range scans
             con.execute("SET pg_use_ctid_scan = false")
