@@ -146,9 +146,9 @@ def _scanner_shares_one_snapshot(con: duckdb.DuckDBPyConnection) -> bool:
     between two of those beginnings is then read twice or not at all: on a 200k-row table whose
     every 50th row was updated during the read, 1-2 % of the rows came out missing or doubled in
     each of six tries (``tests/ingestion/test_consistent_read.py``). dusk reads such a server
-    through one connection (``pg_use_ctid_scan = false``): slower, but one snapshot. The question is the
-    scanner's own (its ``PostgresGetSnapshot``), asked the same way; a server that cannot answer
-    it is read through one connection too."""
+    through one connection (``pg_use_ctid_scan = false``): slower, but one snapshot. The
+    question is the scanner's own (its ``PostgresGetSnapshot``), asked the same way; a server
+    that cannot answer it is read through one connection too."""
     try:
         row = con.execute(f"SELECT * FROM postgres_query('src', {_quote(_SNAPSHOT_NOT_SHARED)})").fetchone()
     except duckdb.Error:

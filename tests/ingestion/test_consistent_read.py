@@ -25,7 +25,7 @@ def standby_url() -> Iterator[str]:
     start everywhere; the scanner asks the same unqualified question."""
     with server_database("postgres") as url:
         database = sa.make_url(url).database
-        with psycopg.connect(sa.make_url(url).render_as_string(hide_password=False), autocommit=True) as pg:
+        with psycopg.connect(url, autocommit=True) as pg:
             pg.execute("create schema standby")
             pg.execute("create function standby.pg_is_in_recovery() returns boolean language sql as 'select true'")
             pg.execute(f'alter database "{database}" set search_path = standby, pg_catalog, public')
@@ -61,7 +61,7 @@ def _read_while_updated(url: str, table: str, parallel: bool | None) -> tuple[in
 
 
 def test_a_standby_is_read_from_one_snapshot(standby_url: str) -> None:
-    url = sa.make_url(standby_url).render_as_string(hide_password=False)
+    url = standby_url
     _fill(url, "forced")
     _fill(url, "accounts")
     # the hazard: the scanner's page ranges over two connections, each with its own snapshot,
@@ -71,13 +71,11 @@ def test_a_standby_is_read_from_one_snapshot(standby_url: str) -> None:
     assert _read_while_updated(url, "accounts", parallel=None) == (ROWS, ROWS)
 
 
-def test_a_primary_is_still_read_over_several_connections(standby_url: str) -> None:
+def test_a_primary_is_still_read_over_several_connections() -> None:
     """On a primary the scanner shares one snapshot, so dusk keeps its parallel read."""
-    url = sa.make_url(standby_url).render_as_string(hide_password=False)
-    with psycopg.connect(url, autocommit=True) as pg:
-        pg.execute(f'alter database "{sa.make_url(url).database}" reset search_path')
-    _fill(url, "accounts")
-    with attach(sa.make_url(url)) as con:
-        (setting,) = con.execute("SELECT current_setting('pg_use_ctid_scan')").fetchone() or (None,)
-    assert setting is True
-    assert _read_while_updated(url, "accounts", parallel=None) == (ROWS, ROWS)
+    with server_database("postgres") as url:
+        _fill(url, "accounts")
+        with attach(sa.make_url(url)) as con:
+            (setting,) = con.execute("SELECT current_setting('pg_use_ctid_scan')").fetchone() or (None,)
+        assert setting is True
+        assert _read_while_updated(url, "accounts", parallel=None) == (ROWS, ROWS)
