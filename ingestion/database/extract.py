@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ingestion.database.columns import (
 from ingestion.database.plan import (
     _DELETED_AT_TYPE,
     BOUNDARY,
+    SharedSnapshot,
     SourceDataError,
     TablePlan,
     _incremental,
@@ -32,6 +34,7 @@ from ingestion.database.plan import (
     _range_predicate,
     _refuse_bad_keys,
     _restored_at,
+    needs_value_check,
     refuse_inexact_values,
 )
 from ingestion.database.scan import (
@@ -58,27 +61,47 @@ def _extract_files(
     # thread: both read the same rows (at 1 % churn of TPC-H SF1, pages all over the table: the
     # check took 1.4 s of a 4.7 s night, before the copy), and nothing is handed on before it passed
     with ThreadPoolExecutor(max_workers=1) as pool:
-        check = pool.submit(refuse_inexact_values, url, spec, plan, start)
+        checks: list[Future[None]] = []
+
+        def check(snapshot: SharedSnapshot | None) -> None:
+            checks.append(pool.submit(refuse_inexact_values, url, spec, plan, start, snapshot))
+
         try:
-            files = _copy_files(url, spec, plan, start, staging, load_id)
+            files = _copy_files(url, spec, plan, start, staging, load_id, check)
         except Exception:
-            check.result()  # its error names the rows and values: it comes first
+            for started in checks:
+                started.result()  # its error names the rows and values: it comes first
             raise
-        check.result()
+        for started in checks:
+            started.result()
     return files
 
 
 def _copy_files(
-    url: sa.URL, spec: SourceSpec, plan: TablePlan, start: Any, staging: Path, load_id: str
+    url: sa.URL,
+    spec: SourceSpec,
+    plan: TablePlan,
+    start: Any,
+    staging: Path,
+    load_id: str,
+    check: Callable[[SharedSnapshot | None], None],
 ) -> tuple[list[tuple[Path, int]], pa.Schema, Any]:
-    """:func:`_extract_files` without the check for values raw cannot hold."""
+    """:func:`_extract_files`'s copy. ``check`` starts the check for values raw cannot hold, on
+    PostgreSQL in the copy's own snapshot: the two read the same rows as of one moment, so a row
+    changed between the two reads cannot reach raw unchecked (the scanner copies a NaN decimal
+    as 0, without a word). Elsewhere (or where the server cannot export a snapshot) the check
+    reads its own."""
     table = plan.spec
     where = _where(spec.name, table.name)
     kind = engine_kind(url)
     at_source = needs_source_sql(kind, plan.columns)
     predicate = _range_predicate(plan, start, kind if at_source else None)
     staging.mkdir(parents=True, exist_ok=True)
-    with attach(url, timeouts=source_timeouts(spec)) as con:
+    with attach(url, timeouts=source_timeouts(spec)) as con, ExitStack() as stack:
+        shared = _export_snapshot(con) if kind == "postgresql" and needs_value_check(plan) else None
+        if shared is not None:
+            stack.callback(shared.taken.wait)  # the exporting transaction must outlive the check's start
+        check(shared)
         if plan.boundary_keys is not None and not at_source:
             con.register(BOUNDARY, plan.boundary_keys)
         if predicate and kind == "postgresql":
@@ -123,6 +146,18 @@ def _copy_files(
             f"SELECT filename, count(*) FROM read_parquet({glob}, filename = true) GROUP BY filename ORDER BY filename"
         ).fetchall()
     return [(Path(f), int(n)) for f, n in counts if n], schema, top
+
+
+def _export_snapshot(con: duckdb.DuckDBPyConnection) -> SharedSnapshot | None:
+    """Begin the read's transaction at the source and export its snapshot; None (and no
+    transaction) where the server refuses."""
+    con.execute("BEGIN")  # the scanner's queries from here run in one transaction at the source
+    try:
+        row = con.execute("SELECT * FROM postgres_query('src', 'SELECT pg_export_snapshot()')").fetchone()
+    except duckdb.Error:
+        con.execute("ROLLBACK")
+        return None
+    return SharedSnapshot(str(row[0])) if row else None
 
 
 class _ChangeFeed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -498,11 +499,39 @@ def _range_predicate(plan: TablePlan, start: Any, kind: str | None) -> str:
 _SAMPLE = 5
 
 
-def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start: Any) -> None:
+@dataclass
+class SharedSnapshot:
+    """A PostgreSQL snapshot the copy's transaction exported (``pg_export_snapshot``), for the
+    check for inexact values to read the same rows in. ``taken`` is set once the check has it
+    (or failed to): only then may the exporting transaction end."""
+
+    name: str
+    taken: threading.Event = field(default_factory=threading.Event)
+
+
+def needs_value_check(plan: TablePlan) -> bool:
+    """Whether the table has columns whose values :func:`refuse_inexact_values` must look at."""
+    return any(c.special for c in plan.columns)
+
+
+def refuse_inexact_values(
+    url: sa.URL, spec: SourceSpec, plan: TablePlan, start: Any, snapshot: SharedSnapshot | None = None
+) -> None:
     """Stop the table when rows to read hold values raw's type cannot hold exactly (NaN in a
     decimal, an infinite or zero date, a SQLite value of another storage class), naming the
     column, the keys, the values and the fix. Asked of the source in its own SQL, over the rows
-    this run reads (SQLite, local: the whole table)."""
+    this run reads (SQLite, local: the whole table). ``snapshot``: read in the copy's snapshot
+    (PostgreSQL), so that no row can change between what the check saw and what was copied."""
+    try:
+        _refuse_inexact_values(url, spec, plan, start, snapshot)
+    finally:
+        if snapshot is not None:
+            snapshot.taken.set()  # never leave the copy waiting, whatever happened here
+
+
+def _refuse_inexact_values(
+    url: sa.URL, spec: SourceSpec, plan: TablePlan, start: Any, snapshot: SharedSnapshot | None
+) -> None:
     special = [c for c in plan.columns if c.special]
     if not special:
         return
@@ -527,6 +556,11 @@ def refuse_inexact_values(url: sa.URL, spec: SourceSpec, plan: TablePlan, start:
         con = engine.raw_connection()
         try:
             cursor = con.cursor()
+            if snapshot is not None:
+                # the transaction's first statements (the driver has begun it): the copy's snapshot
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot.name}'")
+                snapshot.taken.set()
             cursor.execute(sql)
             rows = cursor.fetchall()
         finally:

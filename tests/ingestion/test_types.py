@@ -6,8 +6,10 @@ and each kind of schema change is applied when safe and stops the table when not
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import struct
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -306,6 +308,69 @@ def test_postgres_values_raw_cannot_hold_stop_the_table_and_text_keeps_them(zoo,
         (2, "1.50", "infinity"),
         (3, "2.25", "2026-01-02"),
     ]
+
+
+class _CopyAfter:
+    """dusk's DuckDB connection to the source, whose COPY of the rows waits for ``event``."""
+
+    def __init__(self, con: Any, event: threading.Event) -> None:
+        self._con, self._event = con, event
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.startswith("COPY ("):
+            assert self._event.wait(60), "the check never finished"
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+@pytest.mark.parametrize("shop_url", ["postgres"], indirect=True)
+def test_a_value_changed_between_the_check_and_the_copy_cannot_reach_raw_unchecked(
+    zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check for values raw cannot hold and the copy read the same rows side by side. A row
+    set to NaN after the check read it and before the copy did would be copied as 0.00 (the
+    scanner's reading of NaN) and never looked at again: the two read one snapshot."""
+    from ingestion.database import extract
+
+    settings, engine = zoo
+    run_script(
+        engine,
+        "create table zoo (id int primary key, updated_at timestamp not null, amount numeric(10,2));\n"
+        "insert into zoo values (1, '2026-01-01', 1.50), (2, '2026-01-01', 2.25)",
+    )
+    spec = write_sources(tmp_path / "sources.yml")
+    checked = threading.Event()
+    real_check, real_attach = extract.refuse_inexact_values, extract.attach
+
+    def check_then_change(*args: Any) -> None:
+        try:
+            real_check(*args)
+        finally:
+            run_script(engine, "update zoo set amount = 'NaN', updated_at = '2026-01-02' where id = 2")
+            checked.set()
+
+    @contextlib.contextmanager
+    def attach_holding_the_copy(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with real_attach(*args, **kwargs) as con:
+            yield _CopyAfter(con, checked)
+
+    monkeypatch.setattr(extract, "refuse_inexact_values", check_then_change)
+    monkeypatch.setattr(extract, "attach", attach_holding_the_copy)
+    result = ingest(spec, settings)
+    assert result.ok, result.error
+    assert checked.is_set()
+    # the row as the check saw it, not the NaN committed before the copy began
+    assert raw(settings, "select id, amount from raw_zoo.zoo order by id") == [
+        (1, Decimal("1.50")),
+        (2, Decimal("2.25")),
+    ]
+    monkeypatch.undo()
+    monkeypatch.setenv("SOURCES__ZOO__CREDENTIALS", engine.url.render_as_string(hide_password=False))
+    result = ingest(spec, settings)  # the next night reads the changed row, and stops on it
+    assert not result.ok
+    assert "column 'amount' (numeric(10, 2) -> raw DECIMAL(10, 2)) at id=2: 'NaN'" in (result.error or "")
 
 
 @pytest.mark.parametrize("shop_url", ["mariadb"], indirect=True)
