@@ -94,7 +94,10 @@ def _copy_files(
     table = plan.spec
     where = _where(spec.name, table.name)
     kind = engine_kind(url)
-    at_source = needs_source_sql(kind, plan.columns)
+    # Late keys are an OR beside the cursor's range, which DuckDB cannot hand to the scanner:
+    # it would read the whole table and filter it here. The source's own planner combines its
+    # indexes (the cursor's and the key's) for the one query.
+    at_source = needs_source_sql(kind, plan.columns) or (bool(plan.late_keys) and kind != "sqlite")
     predicate = _range_predicate(plan, start, kind if at_source else None)
     staging.mkdir(parents=True, exist_ok=True)
     with attach(url, timeouts=source_timeouts(spec)) as con, ExitStack() as stack:
@@ -107,7 +110,7 @@ def _copy_files(
         if predicate and kind == "postgresql":
             # a filtered read: one indexed query beats DuckDB's parallel page-range scans
             con.execute("SET pg_use_ctid_scan = false")
-        relation = read_from(kind, table.name, plan.schema, plan.columns, predicate)
+        relation = read_from(kind, table.name, plan.schema, plan.columns, predicate, at_source)
         extra = (
             f", CAST(NULL AS BIGINT) AS {SOURCE_LSN}, CAST(NULL AS TIMESTAMPTZ) AS {SOURCE_COMMITTED_AT}"
             if table.deletes == "cdc"

@@ -331,13 +331,21 @@ def qualified(kind: str, table: str, schema: str | None) -> str:
     return f"{quote(kind, schema)}.{quote(kind, table)}" if schema else quote(kind, table)
 
 
-def read_from(kind: str, table: str, schema: str | None, columns: list[SourceColumn], where: str = "") -> str:
+def read_from(
+    kind: str,
+    table: str,
+    schema: str | None,
+    columns: list[SourceColumn],
+    where: str = "",
+    at_source: bool | None = None,
+) -> str:
     """The FROM clause that reads ``columns`` of a source table, filtered by ``where``.
 
     DuckDB's scanner reads the table (``where`` in DuckDB's SQL, pushed down by the scanner)
-    unless a column needs a source-side expression (:attr:`SourceColumn.source_expr`): then the
-    whole read is one query run at the source, with ``where`` in the source's SQL inside it."""
-    if not needs_source_sql(kind, columns):
+    unless a column needs a source-side expression (:attr:`SourceColumn.source_expr`), or
+    ``at_source`` asks for it: then the whole read is one query run at the source, with
+    ``where`` in the source's SQL inside it."""
+    if not (needs_source_sql(kind, columns) if at_source is None else at_source):
         return f"{source_relation(kind, table, schema)}{f' WHERE {where}' if where else ''}"
     items = ", ".join(f"{_at_source(kind, c)} AS {quote(kind, c.name)}" for c in columns)
     query = f"SELECT {items} FROM {qualified(kind, table, schema)}{f' WHERE {where}' if where else ''}"
